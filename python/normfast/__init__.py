@@ -1,0 +1,59 @@
+"""normfast: fast CPU normalization layers and statistics for NumPy."""
+import os as _os
+import warnings as _warnings
+from importlib.metadata import PackageNotFoundError as _NotFound
+from importlib.metadata import version as _version
+
+from . import _normc
+from .functional import moments
+
+try:
+    __version__ = _version("normfast")
+except _NotFound:  # running from a source tree without installing
+    __version__ = "0+unknown"
+
+__all__ = ["moments", "set_num_threads", "get_num_threads", "show_config"]
+
+
+def set_num_threads(n):
+    """Number of threads the kernels may use (default: OpenMP's, which honours OMP_NUM_THREADS)."""
+    import operator
+
+    try:
+        n = operator.index(n)
+    except TypeError:
+        raise TypeError(f"n: expected a positive int, got {type(n).__name__}") from None
+    if n < 1:
+        raise ValueError(f"n: expected a positive int, got {n}")
+    _normc.set_num_threads(n)
+
+
+def get_num_threads():
+    return _normc.get_num_threads()
+
+
+def show_config():
+    """The build and runtime configuration, as a dict."""
+    return {
+        "version": __version__,
+        "isa": _normc.get_isa(),
+        "isa_available": list(_normc.isa_supported()),
+        "isa_compiled": list(_normc.isa_compiled()),
+        "openmp": _normc.openmp_enabled(),
+        "num_threads": _normc.get_num_threads(),
+    }
+
+
+def _apply_isa_cap():
+    """NORMFAST_ISA=baseline|avx2|avx512 caps the instruction set chosen from the CPU's features."""
+    cap = _os.environ.get("NORMFAST_ISA", "").strip().lower()
+    if not cap:
+        return
+    if cap not in _normc.ISA_NAMES:
+        _warnings.warn(f"NORMFAST_ISA: expected one of {', '.join(_normc.ISA_NAMES)}, got {cap!r}; ignored",
+                       RuntimeWarning, stacklevel=2)
+        return
+    _normc.set_isa(cap)
+
+
+_apply_isa_cap()

@@ -1,0 +1,34 @@
+# Declarations of the C engine (src/normc/include/normc.h).
+from libc.stdint cimport int64_t
+
+cdef extern from "normc.h" nogil:
+    int NF_MAXDIM
+    ctypedef enum nf_dtype:
+        NF_F32
+        NF_F64
+        NF_F16
+        NF_BF16
+    ctypedef enum nf_status:
+        NF_OK
+        NF_EINVAL
+        NF_ENOMEM
+    ctypedef enum nf_isa:
+        NF_ISA_BASELINE
+        NF_ISA_AVX2
+        NF_ISA_AVX512
+        NF_ISA_COUNT
+    ctypedef struct nf_plan:
+        int64_t count
+
+    nf_status nf_plan_make(nf_plan *plan, int ndim, const int64_t *shape, const int64_t *strides,
+                           const int64_t *out_strides, const unsigned char *reduce)
+    nf_status nf_moments(const nf_plan *plan, nf_dtype dtype, const void *x, void *mean, void *var,
+                         double ddof)
+    void nf_set_num_threads(int n)
+    int nf_get_num_threads()
+    int nf_openmp_enabled()
+    int nf_isa_compiled(nf_isa isa)
+    int nf_isa_supported(nf_isa isa)
+    nf_isa nf_set_isa(nf_isa cap)
+    nf_isa nf_get_isa()
+    const char *nf_isa_name(nf_isa isa)

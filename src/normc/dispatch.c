@@ -1,0 +1,95 @@
+/* CPU feature detection, the per-ISA kernel table, and the thread count. */
+#include "internal.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+static const nf_moments_fn nf_table[NF_ISA_COUNT] = {
+    nf_moments_baseline,
+#ifdef NF_HAVE_AVX2
+    nf_moments_avx2,
+#else
+    NULL,
+#endif
+#ifdef NF_HAVE_AVX512
+    nf_moments_avx512,
+#else
+    NULL,
+#endif
+};
+
+static const char *const nf_isa_names[NF_ISA_COUNT] = {"baseline", "avx2", "avx512"};
+
+static int nf_isa_current = -1; /* chosen on first use unless set */
+static int nf_threads = 0;      /* 0: OpenMP's default */
+
+const char *nf_isa_name(nf_isa isa) { return (unsigned)isa < NF_ISA_COUNT ? nf_isa_names[isa] : "?"; }
+
+int nf_isa_compiled(nf_isa isa) { return (unsigned)isa < NF_ISA_COUNT && nf_table[isa] != NULL; }
+
+int nf_isa_supported(nf_isa isa)
+{
+    switch (isa) {
+    case NF_ISA_BASELINE:
+        return 1;
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+    /* libgcc also checks that the OS saves the wide registers (XGETBV). */
+    case NF_ISA_AVX2:
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case NF_ISA_AVX512:
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+               __builtin_cpu_supports("fma");
+#endif
+    default:
+        return 0;
+    }
+}
+
+nf_isa nf_set_isa(nf_isa cap)
+{
+    int best = NF_ISA_BASELINE;
+    for (int i = NF_ISA_BASELINE; i < NF_ISA_COUNT && i <= (int)cap; i++)
+        if (nf_isa_compiled((nf_isa)i) && nf_isa_supported((nf_isa)i))
+            best = i;
+    nf_isa_current = best;
+    return (nf_isa)best;
+}
+
+nf_isa nf_get_isa(void)
+{
+    if (nf_isa_current < 0)
+        nf_set_isa(NF_ISA_COUNT);
+    return (nf_isa)nf_isa_current;
+}
+
+void nf_set_num_threads(int n) { nf_threads = n > 0 ? n : 1; }
+
+int nf_get_num_threads(void)
+{
+    if (nf_threads > 0)
+        return nf_threads;
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+int nf_openmp_enabled(void)
+{
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+nf_status nf_moments(const nf_plan *plan, nf_dtype dtype, const void *x, void *mean, void *var,
+                     double ddof)
+{
+    return nf_table[nf_get_isa()](plan, dtype, x, mean, var, ddof, nf_get_num_threads());
+}

@@ -1,0 +1,75 @@
+/* normc: the C engine of normfast. Plain pointers, int64 shapes and element strides, status codes.
+ * No Python headers: the Cython binding is the only caller that knows about NumPy. */
+#ifndef NORMC_H
+#define NORMC_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define NF_MAXDIM 64
+
+typedef enum { NF_F32 = 0, NF_F64 = 1, NF_F16 = 2, NF_BF16 = 3 } nf_dtype;
+
+typedef enum {
+    NF_OK = 0,
+    NF_EINVAL = -1, /* bad rank, shape, stride or dtype */
+    NF_ENOMEM = -2  /* scratch allocation failed */
+} nf_status;
+
+typedef enum { NF_ISA_BASELINE = 0, NF_ISA_AVX2 = 1, NF_ISA_AVX512 = 2, NF_ISA_COUNT = 3 } nf_isa;
+
+/* A set of axes iterated as one flat index: shape and element strides, outermost first. `ostride` is
+ * the matching stride in the output (kept axes only). */
+typedef struct {
+    int ndim;
+    int64_t size;
+    int64_t shape[NF_MAXDIM];
+    int64_t stride[NF_MAXDIM];
+    int64_t ostride[NF_MAXDIM];
+} nf_dims;
+
+/* The canonical view [O, R1, K, R2] of the design notes. Statistics live on [O, K]; reduction runs over
+ * R1 and R2. After sorting axes by stride and merging contiguous neighbours, the innermost axis is either
+ * reduced (row mode: R2 is that axis, K == 1) or kept (column mode: K is that axis, R2 == 1); every other
+ * kept axis goes to O and every other reduced axis to R1. All strides are non-negative: negative ones are
+ * flipped into x_offset / out_offset. */
+typedef struct {
+    nf_dims o, r1;
+    int64_t k, k_stride, k_ostride;
+    int64_t r2, r2_stride;
+    int64_t x_offset, out_offset; /* element offsets of the first element of x and of the output */
+    int64_t count;                /* elements reduced into each statistic (0: empty reduction) */
+} nf_plan;
+
+/* shape/strides: the input (strides in elements, any sign). reduce[i] != 0 marks reduced axes.
+ * out_strides[i]: output stride in elements for kept axis i (ignored for reduced axes). ndim 0 is a
+ * scalar. */
+nf_status nf_plan_make(nf_plan *plan, int ndim, const int64_t *shape, const int64_t *strides,
+                       const int64_t *out_strides, const unsigned char *reduce);
+
+/* Mean and variance (divisor max(count - ddof, 0)) of x over the plan's reduction, one pass over memory.
+ * Outputs are double for NF_F64 input and float otherwise, at out_offset + o/k strides. Empty
+ * reductions give NaN. Results do not depend on the number of threads. */
+nf_status nf_moments(const nf_plan *plan, nf_dtype dtype, const void *x, void *mean, void *var,
+                     double ddof);
+
+/* Threads used by the kernels (>= 1). The default is OpenMP's, so OMP_NUM_THREADS is honoured. */
+void nf_set_num_threads(int n);
+int nf_get_num_threads(void);
+int nf_openmp_enabled(void);
+
+/* ISA levels: compiled into this build, supported by this CPU, and the one in use. nf_set_isa picks the
+ * best level <= cap that is both compiled and supported and returns it. */
+int nf_isa_compiled(nf_isa isa);
+int nf_isa_supported(nf_isa isa);
+nf_isa nf_set_isa(nf_isa cap);
+nf_isa nf_get_isa(void);
+const char *nf_isa_name(nf_isa isa);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,82 @@
+/* Shared by the normc sources; not part of the public API. */
+#ifndef NORMC_INTERNAL_H
+#define NORMC_INTERNAL_H
+
+#include "normc.h"
+
+#include <string.h>
+
+/* Kernel sources are compiled once per ISA level with NF_ISA_SUFFIX set (see CMakeLists.txt); NF_FN
+ * gives each copy's entry points a distinct name for the dispatch table. */
+#ifndef NF_ISA_SUFFIX
+#define NF_ISA_SUFFIX baseline
+#endif
+#define NF_CAT2(a, b) a##_##b
+#define NF_CAT(a, b) NF_CAT2(a, b)
+#define NF_FN(name) NF_CAT(name, NF_ISA_SUFFIX)
+
+typedef nf_status (*nf_moments_fn)(const nf_plan *, nf_dtype, const void *, void *, void *, double,
+                                   int nthreads);
+
+#define NF_DECLARE_ISA(sfx) nf_status nf_moments_##sfx(const nf_plan *, nf_dtype, const void *, void *, void *, double, int);
+NF_DECLARE_ISA(baseline)
+NF_DECLARE_ISA(avx2)
+NF_DECLARE_ISA(avx512)
+
+/* Reductions smaller than this many elements run on one thread: starting a team costs microseconds. */
+#define NF_PARALLEL_MIN ((int64_t)1 << 15)
+
+/* Walks the flat index of an nf_dims forward, keeping the element offsets in input and output. */
+typedef struct {
+    int64_t idx[NF_MAXDIM];
+    int64_t off, ooff;
+} nf_iter;
+
+static inline void nf_iter_init(nf_iter *it, const nf_dims *d, int64_t flat)
+{
+    it->off = it->ooff = 0;
+    for (int i = d->ndim - 1; i >= 0; i--) {
+        int64_t q = flat / d->shape[i];
+        it->idx[i] = flat - q * d->shape[i];
+        it->off += it->idx[i] * d->stride[i];
+        it->ooff += it->idx[i] * d->ostride[i];
+        flat = q;
+    }
+}
+
+static inline void nf_iter_next(nf_iter *it, const nf_dims *d)
+{
+    for (int i = d->ndim - 1; i >= 0; i--) {
+        it->off += d->stride[i];
+        it->ooff += d->ostride[i];
+        if (++it->idx[i] < d->shape[i])
+            return;
+        it->off -= d->shape[i] * d->stride[i];
+        it->ooff -= d->shape[i] * d->ostride[i];
+        it->idx[i] = 0;
+    }
+}
+
+/* float16 and bfloat16 bits -> float, branch-free so loops over them vectorise. */
+static inline float nf_bits_to_f32(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+static inline float nf_bf16_to_f32(uint16_t h) { return nf_bits_to_f32((uint32_t)h << 16); }
+
+static inline float nf_f16_to_f32(uint16_t h)
+{
+    uint32_t em = (uint32_t)(h & 0x7fffu) << 13;
+    /* Exponent and mantissa land in float position; scaling by 2^112 rebiases normals and turns half
+     * subnormals into float normals exactly. Inf and NaN keep their mantissa under an all-ones exponent. */
+    float mag = nf_bits_to_f32(em) * 0x1p112f;
+    uint32_t bits;
+    memcpy(&bits, &mag, sizeof bits);
+    bits = em >= (0x7c00u << 13) ? (em | 0x7f800000u) : bits;
+    return nf_bits_to_f32(bits | ((uint32_t)(h & 0x8000u) << 16));
+}
+
+#endif

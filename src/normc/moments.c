@@ -1,0 +1,294 @@
+/* Welford/Chan moments over the canonical [O, R1, K, R2] view, for every reduction-axis pattern.
+ * Compiled once per ISA level (NF_FN names each copy).
+ *
+ * Determinism: the reduction of each statistic is cut into chunks whose bounds depend only on the shape;
+ * chunk partials are merged in chunk order. Threads only decide who computes which chunk, so results are
+ * bit-identical for any thread count. */
+#include "internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+#if defined(__GNUC__)
+#define NF_INLINE inline __attribute__((always_inline))
+#else
+#define NF_INLINE inline
+#endif
+
+#define NF_BLOCK 2048              /* elements reduced two-pass while in L1 */
+#define NF_DIRECT_MIN 256          /* shorter or strided rows are gathered into full blocks */
+#define NF_CHUNK ((int64_t)1 << 16) /* elements per deterministic work chunk */
+#define NF_KTILE 256               /* columns per column-mode work item */
+#define NF_RB 16                   /* rows per column-mode block */
+
+typedef struct {
+    double n, mean, m2;
+} nf_acc;
+
+static inline double nf_clamp0(double v) { return v < 0 ? 0 : v; }
+
+/* Chan et al.: fold a block (nb, mb, m2b) into a. */
+static inline void nf_chan(nf_acc *a, double nb, double mb, double m2b)
+{
+    if (a->n == 0) {
+        a->n = nb;
+        a->mean = mb;
+        a->m2 = m2b;
+        return;
+    }
+    double n = a->n + nb, d = mb - a->mean;
+    a->mean += d * (nb / n);
+    a->m2 += m2b + d * d * (a->n / n * nb);
+    a->n = n;
+}
+
+/* Vectors through GCC/Clang vector extensions: one source, as wide as the ISA this copy is built for. */
+#if defined(__AVX512F__)
+#define NF_VBYTES 64
+#elif defined(__AVX__)
+#define NF_VBYTES 32
+#else
+#define NF_VBYTES 16
+#endif
+typedef float nf_vf32 __attribute__((vector_size(NF_VBYTES)));
+typedef double nf_vf64 __attribute__((vector_size(NF_VBYTES)));
+typedef uint32_t nf_vu32 __attribute__((vector_size(NF_VBYTES)));
+typedef int32_t nf_vi32 __attribute__((vector_size(NF_VBYTES)));
+typedef uint16_t nf_vu16 __attribute__((vector_size(NF_VBYTES / 2)));
+#define NF_W32 (NF_VBYTES / 4)
+#define NF_W64 (NF_VBYTES / 8)
+
+/* Unaligned loads through memcpy: no aliasing or alignment assumptions, one vector move. */
+static NF_INLINE nf_vf32 nf_vload_f32(const float *p)
+{
+    nf_vf32 v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static NF_INLINE nf_vf64 nf_vload_f64(const double *p)
+{
+    nf_vf64 v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static NF_INLINE nf_vu32 nf_vload_u16(const uint16_t *p)
+{
+    nf_vu16 h;
+    memcpy(&h, p, sizeof h);
+    return __builtin_convertvector(h, nf_vu32);
+}
+
+static NF_INLINE nf_vf32 nf_vload_bf16(const uint16_t *p) { return (nf_vf32)(nf_vload_u16(p) << 16); }
+
+/* The vector form of nf_f16_to_f32. */
+static NF_INLINE nf_vf32 nf_vload_f16(const uint16_t *p)
+{
+    const nf_vu32 h = nf_vload_u16(p);
+    const nf_vu32 em = (h & 0x7fffu) << 13;
+    const nf_vu32 mag = (nf_vu32)((nf_vf32)em * 0x1p112f);
+    const nf_vu32 special = (nf_vu32)(em >= (0x7c00u << 13));
+    const nf_vu32 bits = (special & (em | 0x7f800000u)) | (~special & mag);
+    return (nf_vf32)(bits | ((h & 0x8000u) << 16));
+}
+
+static NF_INLINE float nf_load_f32(float v) { return v; }
+static NF_INLINE double nf_load_f64(double v) { return v; }
+
+#define NF_T float
+#define NF_A float
+#define NF_V nf_vf32
+#define NF_W NF_W32
+#define NF_LOAD nf_load_f32
+#define NF_VLOAD nf_vload_f32
+#define NF_TAG f32
+#define NF_SEG_A seg_f32
+#include "moments_tmpl.h"
+#undef NF_T
+#undef NF_A
+#undef NF_V
+#undef NF_W
+#undef NF_LOAD
+#undef NF_VLOAD
+#undef NF_TAG
+#undef NF_SEG_A
+
+#define NF_T double
+#define NF_A double
+#define NF_V nf_vf64
+#define NF_W NF_W64
+#define NF_LOAD nf_load_f64
+#define NF_VLOAD nf_vload_f64
+#define NF_TAG f64
+#define NF_SEG_A seg_f64
+#include "moments_tmpl.h"
+#undef NF_T
+#undef NF_A
+#undef NF_V
+#undef NF_W
+#undef NF_LOAD
+#undef NF_VLOAD
+#undef NF_TAG
+#undef NF_SEG_A
+
+/* Half types are widened on load and accumulated in float; gathered blocks reuse the float kernel. */
+#define NF_T uint16_t
+#define NF_A float
+#define NF_V nf_vf32
+#define NF_W NF_W32
+#define NF_SEG_A seg_f32
+#define NF_LOAD nf_f16_to_f32
+#define NF_VLOAD nf_vload_f16
+#define NF_TAG f16
+#include "moments_tmpl.h"
+#undef NF_LOAD
+#undef NF_VLOAD
+#undef NF_TAG
+#define NF_LOAD nf_bf16_to_f32
+#define NF_VLOAD nf_vload_bf16
+#define NF_TAG bf16
+#include "moments_tmpl.h"
+#undef NF_LOAD
+#undef NF_VLOAD
+#undef NF_TAG
+#undef NF_T
+#undef NF_A
+#undef NF_V
+#undef NF_W
+#undef NF_SEG_A
+
+typedef void (*nf_rows_fn)(const nf_plan *, const void *, int64_t, int64_t, int64_t, int64_t, nf_acc *);
+typedef void (*nf_cols_fn)(const nf_plan *, const void *, int64_t, int64_t, int64_t, double *, double *,
+                           double *);
+
+/* Output offset (elements) of statistic i = o * K + k. */
+static inline int64_t nf_out_at(const nf_plan *p, int64_t i)
+{
+    nf_iter it;
+    nf_iter_init(&it, &p->o, i / p->k);
+    return p->out_offset + it.ooff + (i % p->k) * p->k_ostride;
+}
+
+/* numpy's conventions: empty -> NaN, divisor max(n - ddof, 0). */
+static inline void nf_store(nf_dtype dt, void *mean, void *var, int64_t at, const nf_acc *a, double ddof)
+{
+    double mu = NAN, v = NAN;
+    if (a->n > 0) {
+        double dof = a->n - ddof;
+        mu = a->mean;
+        v = a->m2 / (dof > 0 ? dof : 0);
+    }
+    if (dt == NF_F64) {
+        ((double *)mean)[at] = mu;
+        ((double *)var)[at] = v;
+    } else {
+        ((float *)mean)[at] = (float)mu;
+        ((float *)var)[at] = (float)v;
+    }
+}
+
+/* Merge each statistic's chunk partials in chunk order and store it. */
+static void nf_finish(const nf_plan *p, nf_dtype dt, const nf_acc *part, int64_t n_chunks, void *mean,
+                      void *var, double ddof, int nt)
+{
+    const int64_t n_out = p->o.size * p->k;
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1 && n_out * n_chunks >= 4096)
+    for (int64_t i = 0; i < n_out; i++) {
+        nf_acc a = {0, 0, 0};
+        for (int64_t c = 0; c < n_chunks; c++) {
+            const nf_acc *b = &part[i * n_chunks + c];
+            nf_chan(&a, b->n, b->mean, b->m2);
+        }
+        nf_store(dt, mean, var, nf_out_at(p, i), &a, ddof);
+    }
+}
+
+static int64_t nf_cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+nf_status NF_FN(nf_moments)(const nf_plan *p, nf_dtype dt, const void *x, void *mean, void *var,
+                            double ddof, int nthreads)
+{
+    nf_rows_fn rows;
+    nf_cols_fn cols;
+    size_t isz;
+    switch (dt) {
+    case NF_F32: rows = rows_f32; cols = cols_f32; isz = 4; break;
+    case NF_F64: rows = rows_f64; cols = cols_f64; isz = 8; break;
+    case NF_F16: rows = rows_f16; cols = cols_f16; isz = 2; break;
+    case NF_BF16: rows = rows_bf16; cols = cols_bf16; isz = 2; break;
+    default: return NF_EINVAL;
+    }
+    const int64_t n_out = p->o.size * p->k;
+    if (n_out == 0)
+        return NF_OK;
+    if (p->count == 0) {
+        const nf_acc empty = {0, 0, 0};
+        for (int64_t i = 0; i < n_out; i++)
+            nf_store(dt, mean, var, nf_out_at(p, i), &empty, ddof);
+        return NF_OK;
+    }
+    const char *xb = (const char *)x + p->x_offset * (int64_t)isz;
+    const int nt = (int64_t)n_out * p->count >= NF_PARALLEL_MIN ? nthreads : 1;
+    const int64_t R1 = p->r1.size;
+    int64_t n_chunks, items;
+    nf_acc *part = NULL;
+
+    if (p->k == 1) {
+        /* Row mode: chunk = (rows of R1) x (a stretch of R2). */
+        const int64_t R2 = p->r2;
+        const int64_t seg = R2 < NF_CHUNK ? R2 : NF_CHUNK, spr = nf_cdiv(R2, seg);
+        const int64_t rpc = R2 < NF_CHUNK ? NF_CHUNK / R2 : 1;
+        n_chunks = nf_cdiv(R1, rpc) * spr;
+        items = n_out * n_chunks;
+        if (n_chunks > 1 && !(part = malloc((size_t)items * sizeof *part)))
+            return NF_ENOMEM;
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1 && items > 1)
+        for (int64_t w = 0; w < items; w++) {
+            const int64_t o = w / n_chunks, ch = w % n_chunks;
+            const int64_t rc = ch / spr, sc = ch % spr;
+            const int64_t ra = rc * rpc, rb = ra + rpc < R1 ? ra + rpc : R1;
+            const int64_t ca = sc * seg, cb = ca + seg < R2 ? ca + seg : R2;
+            nf_iter oi;
+            nf_iter_init(&oi, &p->o, o);
+            nf_acc a = {0, 0, 0};
+            rows(p, xb + oi.off * (int64_t)isz, ra, rb, ca, cb, &a);
+            if (part)
+                part[w] = a;
+            else
+                nf_store(dt, mean, var, p->out_offset + oi.ooff, &a, ddof);
+        }
+    } else {
+        /* Column mode: chunk = (rows of R1) x (a tile of at most NF_KTILE columns of K). */
+        const int64_t K = p->k, ktile = K < NF_KTILE ? K : NF_KTILE, n_tiles = nf_cdiv(K, ktile);
+        const int64_t per = NF_CHUNK / (NF_RB * ktile);
+        const int64_t rpc = NF_RB * (per > 1 ? per : 1);
+        n_chunks = nf_cdiv(R1, rpc);
+        items = p->o.size * n_chunks * n_tiles;
+        if (n_chunks > 1 && !(part = malloc((size_t)(n_out * n_chunks) * sizeof *part)))
+            return NF_ENOMEM;
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1 && items > 1)
+        for (int64_t w = 0; w < items; w++) {
+            const int64_t o = w / (n_chunks * n_tiles), ch = (w / n_tiles) % n_chunks, t = w % n_tiles;
+            const int64_t ra = ch * rpc, rb = ra + rpc < R1 ? ra + rpc : R1;
+            const int64_t k0 = t * ktile, nk = K - k0 < ktile ? K - k0 : ktile;
+            double n = 0, mu[NF_KTILE], m2[NF_KTILE];
+            nf_iter oi;
+            nf_iter_init(&oi, &p->o, o);
+            cols(p, xb + (oi.off + k0 * p->k_stride) * (int64_t)isz, ra, rb, nk, &n, mu, m2);
+            for (int64_t k = 0; k < nk; k++) {
+                const nf_acc a = {n, mu[k], m2[k]};
+                const int64_t i = o * K + k0 + k;
+                if (part)
+                    part[i * n_chunks + ch] = a;
+                else
+                    nf_store(dt, mean, var, p->out_offset + oi.ooff + (k0 + k) * p->k_ostride, &a, ddof);
+            }
+        }
+    }
+    if (part) {
+        nf_finish(p, dt, part, n_chunks, mean, var, ddof, nt);
+        free(part);
+    }
+    return NF_OK;
+}

@@ -1,0 +1,175 @@
+/* Moments kernels for one storage type, included by moments.c once per dtype with
+ *   NF_T      storage type            NF_A      accumulation type (float, or double for float64)
+ *   NF_V      vector of NF_A          NF_W      its lane count
+ *   NF_LOAD   one NF_T -> NF_A        NF_VLOAD  NF_W contiguous NF_T -> NF_V
+ *   NF_TAG    name suffix             NF_SEG_A  the seg_* kernel for contiguous NF_A data
+ * A block is reduced by the corrected two-pass algorithm while it sits in L1 (its mean, then the sums
+ * of d = x - mean and of d^2), and blocks are merged in double with Chan's formula. */
+
+#define NF_NAME2(a, b) a##_##b
+#define NF_NAME(a, b) NF_NAME2(a, b)
+
+/* Lanes summed in a fixed order, so a given ISA always rounds the same way. */
+static NF_INLINE NF_A NF_NAME(hsum, NF_TAG)(NF_V v)
+{
+    NF_A s = 0;
+    for (int j = 0; j < NF_W; j++)
+        s += v[j];
+    return s;
+}
+
+/* (mean, M2) of n <= NF_BLOCK contiguous elements; four vector accumulators hide add latency. */
+static void NF_NAME(seg, NF_TAG)(const NF_T *x, int64_t n, double *mean, double *m2)
+{
+    if (n <= 0 || n > NF_BLOCK)
+        __builtin_unreachable(); /* callers pass whole blocks or tails of them */
+    const NF_V z = {0};
+    NF_V a0 = z, a1 = z, a2 = z, a3 = z;
+    NF_A t = 0;
+    int64_t i = 0;
+    for (; i + 4 * NF_W <= n; i += 4 * NF_W) {
+        a0 += NF_VLOAD(x + i);
+        a1 += NF_VLOAD(x + i + NF_W);
+        a2 += NF_VLOAD(x + i + 2 * NF_W);
+        a3 += NF_VLOAD(x + i + 3 * NF_W);
+    }
+    for (; i + NF_W <= n; i += NF_W)
+        a0 += NF_VLOAD(x + i);
+    for (; i < n; i++)
+        t += NF_LOAD(x[i]);
+    const NF_A m = (NF_NAME(hsum, NF_TAG)((a0 + a1) + (a2 + a3)) + t) / (NF_A)n;
+
+    NF_V c0 = z, c1 = z, q0 = z, q1 = z;
+    NF_A tc = 0, tq = 0;
+    const int64_t n2 = n - n % (2 * NF_W);
+    for (i = 0; i < n2; i += 2 * NF_W) {
+        NF_V d0 = NF_VLOAD(x + i) - m, d1 = NF_VLOAD(x + i + NF_W) - m;
+        c0 += d0;
+        c1 += d1;
+        q0 += d0 * d0;
+        q1 += d1 * d1;
+    }
+    for (i = n2; i < n; i++) {
+        NF_A d = NF_LOAD(x[i]) - m;
+        tc += d;
+        tq += d * d;
+    }
+    const double sc = NF_NAME(hsum, NF_TAG)(c0 + c1) + tc, sq = NF_NAME(hsum, NF_TAG)(q0 + q1) + tq;
+    /* The correction term makes M2 exact to first order in the rounding of m. */
+    *mean = (double)m + sc / (double)n;
+    *m2 = nf_clamp0(sq - sc * sc / (double)n);
+}
+
+/* Row mode, for one statistic whose data starts at xv: rows [ra, rb) of R1, elements [ca, cb) of each
+ * R2 row. Long contiguous rows are reduced in place; short or strided ones are gathered into an L1
+ * buffer first so that every block is full. */
+static void NF_NAME(rows, NF_TAG)(const nf_plan *p, const void *xv, int64_t ra, int64_t rb, int64_t ca,
+                                  int64_t cb, nf_acc *acc)
+{
+    const NF_T *x = (const NF_T *)xv;
+    const int64_t s2 = p->r2_stride, len = cb - ca;
+    double m, q;
+    nf_iter it;
+    nf_iter_init(&it, &p->r1, ra);
+    if (s2 == 1 && len >= NF_DIRECT_MIN) {
+        for (int64_t r = ra; r < rb; r++, nf_iter_next(&it, &p->r1))
+            for (int64_t c = ca; c < cb; c += NF_BLOCK) {
+                int64_t n = cb - c < NF_BLOCK ? cb - c : NF_BLOCK;
+                NF_NAME(seg, NF_TAG)(x + it.off + c, n, &m, &q);
+                nf_chan(acc, (double)n, m, q);
+            }
+        return;
+    }
+    NF_A buf[NF_BLOCK];
+    int64_t fill = 0;
+    for (int64_t r = ra; r < rb; r++, nf_iter_next(&it, &p->r1)) {
+        const NF_T *row = x + it.off;
+        for (int64_t c = ca; c < cb;) {
+            int64_t n = cb - c < NF_BLOCK - fill ? cb - c : NF_BLOCK - fill;
+            for (int64_t j = 0; j < n; j++)
+                buf[fill + j] = NF_LOAD(row[(c + j) * s2]);
+            fill += n;
+            c += n;
+            if (fill == NF_BLOCK) {
+                NF_SEG_A(buf, fill, &m, &q);
+                nf_chan(acc, (double)fill, m, q);
+                fill = 0;
+            }
+        }
+    }
+    if (fill) {
+        NF_SEG_A(buf, fill, &m, &q);
+        nf_chan(acc, (double)fill, m, q);
+    }
+}
+
+/* Column mode: rows [ra, rb) of R1 and nk <= NF_KTILE columns of K starting at xv. Blocks of NF_RB rows
+ * are reduced per column by the two-pass algorithm, vectorised across contiguous columns, and merged
+ * into (n, mean[], m2[]). */
+static void NF_NAME(cols, NF_TAG)(const nf_plan *p, const void *xv, int64_t ra, int64_t rb, int64_t nk,
+                                  double *n_acc, double *mean, double *m2)
+{
+    const NF_T *x = (const NF_T *)xv;
+    const int64_t ks = p->k_stride;
+    const int64_t nv = ks == 1 ? nk - nk % NF_W : 0; /* columns handled by vectors */
+    NF_A sum[NF_KTILE], c[NF_KTILE], q[NF_KTILE];
+    int64_t off[NF_RB];
+    nf_iter it;
+    nf_iter_init(&it, &p->r1, ra);
+    for (int64_t r0 = ra; r0 < rb; r0 += NF_RB) {
+        const int64_t nr = rb - r0 < NF_RB ? rb - r0 : NF_RB;
+        for (int64_t r = 0; r < nr; r++, nf_iter_next(&it, &p->r1))
+            off[r] = it.off;
+        for (int64_t k = 0; k < nk; k++)
+            sum[k] = c[k] = q[k] = 0;
+        for (int64_t r = 0; r < nr; r++) {
+            const NF_T *row = x + off[r];
+            int64_t k = 0;
+            for (; k < nv; k += NF_W) {
+                NF_V s;
+                memcpy(&s, sum + k, sizeof s);
+                s += NF_VLOAD(row + k);
+                memcpy(sum + k, &s, sizeof s);
+            }
+            for (; k < nk; k++)
+                sum[k] += NF_LOAD(row[k * ks]);
+        }
+        const NF_A inv = (NF_A)1 / (NF_A)nr;
+        for (int64_t k = 0; k < nk; k++)
+            sum[k] *= inv; /* now the block mean */
+        for (int64_t r = 0; r < nr; r++) {
+            const NF_T *row = x + off[r];
+            int64_t k = 0;
+            for (; k < nv; k += NF_W) {
+                NF_V mv, cv, qv;
+                memcpy(&mv, sum + k, sizeof mv);
+                memcpy(&cv, c + k, sizeof cv);
+                memcpy(&qv, q + k, sizeof qv);
+                NF_V d = NF_VLOAD(row + k) - mv;
+                cv += d;
+                qv += d * d;
+                memcpy(c + k, &cv, sizeof cv);
+                memcpy(q + k, &qv, sizeof qv);
+            }
+            for (; k < nk; k++) {
+                NF_A d = NF_LOAD(row[k * ks]) - sum[k];
+                c[k] += d;
+                q[k] += d * d;
+            }
+        }
+        const double nb = (double)nr, na = *n_acc, nt = na + nb;
+        const double wb = nb / nt, wab = na / nt * nb;
+        for (int64_t k = 0; k < nk; k++) {
+            double bm = (double)sum[k] + (double)c[k] / nb;
+            double bq = nf_clamp0((double)q[k] - (double)c[k] * (double)c[k] / nb);
+            double d = bm - mean[k];
+            /* na == 0 takes the block as it is (no 0 * inf when the data holds infinities). */
+            mean[k] = na == 0 ? bm : mean[k] + d * wb;
+            m2[k] = na == 0 ? bq : m2[k] + bq + d * d * wab;
+        }
+        *n_acc = nt;
+    }
+}
+
+#undef NF_NAME
+#undef NF_NAME2

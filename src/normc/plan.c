@@ -1,0 +1,108 @@
+/* The planner: (shape, strides, reduced axes) -> the canonical [O, R1, K, R2] view shared by every
+ * kernel family. Reduction order is free and kept axes carry their own output strides, so axes may be
+ * reordered by stride; that is what lets any strided input run without a copy. */
+#include "normc.h"
+
+#include <string.h>
+
+typedef struct {
+    int64_t n, s, os;
+    int red;
+} axis_t;
+
+static void dims_push(nf_dims *d, const axis_t *a)
+{
+    d->shape[d->ndim] = a->n;
+    d->stride[d->ndim] = a->s;
+    d->ostride[d->ndim] = a->os;
+    d->ndim++;
+    d->size *= a->n;
+}
+
+nf_status nf_plan_make(nf_plan *p, int ndim, const int64_t *shape, const int64_t *strides,
+                       const int64_t *out_strides, const unsigned char *reduce)
+{
+    axis_t ax[NF_MAXDIM];
+    int n = 0;
+
+    if (ndim < 0 || ndim > NF_MAXDIM)
+        return NF_EINVAL;
+    memset(p, 0, sizeof *p);
+    p->o.size = p->r1.size = 1;
+    p->k = p->r2 = 1;
+    p->count = 1;
+
+    for (int i = 0; i < ndim; i++) {
+        if (shape[i] < 0)
+            return NF_EINVAL;
+        if (reduce[i])
+            p->count *= shape[i];
+        else if (shape[i] == 0)
+            p->o.size = 0;
+    }
+    if (p->o.size == 0)
+        return NF_OK; /* no statistic to compute */
+
+    for (int i = 0; i < ndim; i++) {
+        if (shape[i] <= 1 || (reduce[i] && p->count == 0))
+            continue; /* size-1 axes change nothing; an empty reduction only needs the kept shape */
+        /* An empty reduction reads nothing, so its kept axes walk the output alone (input stride 0). */
+        axis_t a = {shape[i], p->count ? strides[i] : 0, reduce[i] ? 0 : out_strides[i], reduce[i] != 0};
+        /* Flip negative strides so every walk goes forward through memory. */
+        if (a.s < 0) {
+            p->x_offset += (a.n - 1) * a.s;
+            a.s = -a.s;
+            if (!a.red) {
+                p->out_offset += (a.n - 1) * a.os;
+                a.os = -a.os;
+            }
+        }
+        ax[n++] = a;
+    }
+
+    /* Stable insertion sort by descending input stride; for equal strides (broadcast zero strides, or an
+     * empty reduction) reduced axes go inner. */
+    for (int i = 1; i < n; i++) {
+        axis_t a = ax[i];
+        int j = i - 1;
+        while (j >= 0 && (ax[j].s < a.s || (ax[j].s == a.s && ax[j].red && !a.red))) {
+            ax[j + 1] = ax[j];
+            j--;
+        }
+        ax[j + 1] = a;
+    }
+
+    /* Merge an axis into its outer neighbour when both are of one kind and together they are one
+     * evenly strided run (in the input, and for kept axes in the output too). */
+    int m = 0;
+    for (int i = 0; i < n; i++) {
+        if (m > 0) {
+            axis_t *b = &ax[m - 1];
+            if (b->red == ax[i].red && b->s == ax[i].s * ax[i].n &&
+                (b->red || b->os == ax[i].os * ax[i].n)) {
+                b->n *= ax[i].n;
+                b->s = ax[i].s;
+                b->os = ax[i].os;
+                continue;
+            }
+        }
+        ax[m++] = ax[i];
+    }
+    n = m;
+
+    int last = n - 1;
+    if (last >= 0) {
+        if (ax[last].red) {
+            p->r2 = ax[last].n;
+            p->r2_stride = ax[last].s;
+        } else {
+            p->k = ax[last].n;
+            p->k_stride = ax[last].s;
+            p->k_ostride = ax[last].os;
+        }
+    }
+    for (int i = 0; i < last; i++)
+        dims_push(ax[i].red ? &p->r1 : &p->o, &ax[i]);
+
+    return NF_OK;
+}
