@@ -49,6 +49,6 @@ def moments(x, axis=None, *, ddof=0, keepdims=False):
     if not keepdims:
         shape = tuple(n for i, n in enumerate(x.shape) if i not in red)
         mean, var = mean.reshape(shape), var.reshape(shape)
-        if not shape:
-            return mean[()], var[()]
+    if mean.ndim == 0:
+        return mean[()], var[()]  # NumPy scalars, as np.mean returns
     return mean, var

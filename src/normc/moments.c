@@ -37,7 +37,7 @@ static inline void nf_chan(nf_acc *a, double nb, double mb, double m2b)
         return;
     }
     double n = a->n + nb, d = mb - a->mean;
-    a->mean += d * (nb / n);
+    a->mean = isfinite(d) ? a->mean + d * (nb / n) : a->mean + mb; /* infinities add as in a sum */
     a->m2 += m2b + d * d * (a->n / n * nb);
     a->n = n;
 }

@@ -55,8 +55,9 @@ static void NF_NAME(seg, NF_TAG)(const NF_T *x, int64_t n, double *mean, double 
         tq += d * d;
     }
     const double sc = NF_NAME(hsum, NF_TAG)(c0 + c1) + tc, sq = NF_NAME(hsum, NF_TAG)(q0 + q1) + tq;
-    /* The correction term makes M2 exact to first order in the rounding of m. */
-    *mean = (double)m + sc / (double)n;
+    /* The correction term makes M2 exact to first order in the rounding of m. An infinite or NaN
+     * block mean stays as it is (NumPy's mean); M2 is then already NaN. */
+    *mean = isfinite(m) ? (double)m + sc / (double)n : (double)m;
     *m2 = nf_clamp0(sq - sc * sc / (double)n);
 }
 
@@ -160,11 +161,11 @@ static void NF_NAME(cols, NF_TAG)(const nf_plan *p, const void *xv, int64_t ra, 
         const double nb = (double)nr, na = *n_acc, nt = na + nb;
         const double wb = nb / nt, wab = na / nt * nb;
         for (int64_t k = 0; k < nk; k++) {
-            double bm = (double)sum[k] + (double)c[k] / nb;
+            double bm = isfinite(sum[k]) ? (double)sum[k] + (double)c[k] / nb : (double)sum[k];
             double bq = nf_clamp0((double)q[k] - (double)c[k] * (double)c[k] / nb);
             double d = bm - mean[k];
-            /* na == 0 takes the block as it is (no 0 * inf when the data holds infinities). */
-            mean[k] = na == 0 ? bm : mean[k] + d * wb;
+            /* na == 0 takes the block as it is; infinities add up as in a plain sum. */
+            mean[k] = na == 0 ? bm : isfinite(d) ? mean[k] + d * wb : mean[k] + bm;
             m2[k] = na == 0 ? bq : m2[k] + bq + d * d * wab;
         }
         *n_acc = nt;

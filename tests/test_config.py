@@ -1,0 +1,77 @@
+"""Threads, ISA selection and the reported configuration."""
+import json
+import os
+import platform
+import subprocess
+import sys
+import warnings
+
+import pytest
+
+import normfast
+from normfast import _normc
+
+
+def run_python(code, **env):
+    full = dict(os.environ, **env)
+    out = subprocess.run([sys.executable, "-c", code], env=full, capture_output=True, text=True, check=True)
+    return out.stdout.strip(), out.stderr
+
+
+def test_show_config_keys():
+    cfg = normfast.show_config()
+    assert cfg["version"] == normfast.__version__
+    assert cfg["isa"] in cfg["isa_available"]
+    assert set(cfg["isa_available"]) <= set(cfg["isa_compiled"])
+    assert cfg["num_threads"] == normfast.get_num_threads() >= 1
+    assert cfg["openmp"] is True
+
+
+def test_every_level_is_compiled():
+    """AVX-512 is built on every x86-64 build, even where this CPU cannot run it."""
+    compiled = _normc.isa_compiled()
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        assert compiled == ("baseline", "avx2", "avx512")
+    else:
+        assert compiled == ("baseline",)
+
+
+def test_set_num_threads_validates():
+    before = normfast.get_num_threads()
+    try:
+        normfast.set_num_threads(3)
+        assert normfast.get_num_threads() == 3
+        with pytest.raises(ValueError, match="n: expected a positive int"):
+            normfast.set_num_threads(0)
+        with pytest.raises(TypeError, match="n: expected a positive int"):
+            normfast.set_num_threads(1.5)
+        assert normfast.get_num_threads() == 3
+    finally:
+        normfast.set_num_threads(before)
+
+
+@pytest.mark.parametrize("n", ["1", "3"])
+def test_omp_num_threads_is_honoured(n):
+    out, _ = run_python("import normfast; print(normfast.get_num_threads())", OMP_NUM_THREADS=n)
+    assert out == n
+
+
+@pytest.mark.parametrize("cap", ["baseline", "avx2", "avx512"])
+def test_isa_cap_from_environment(cap):
+    out, _ = run_python("import json, normfast; print(json.dumps(normfast.show_config()))", NORMFAST_ISA=cap)
+    cfg = json.loads(out)
+    order = list(_normc.ISA_NAMES)
+    best = max((i for i in cfg["isa_available"] if order.index(i) <= order.index(cap)), key=order.index)
+    assert cfg["isa"] == best
+
+
+def test_bad_isa_cap_warns_and_is_ignored():
+    out, err = run_python("import normfast; print(normfast.show_config()['isa'])", NORMFAST_ISA="sse9")
+    assert "NORMFAST_ISA: expected one of baseline, avx2, avx512" in err
+    assert out == normfast.show_config()["isa"]
+
+
+def test_info_command():
+    out = subprocess.run([sys.executable, "-m", "normfast", "info"], capture_output=True, text=True, check=True)
+    for key in ("version", "isa", "openmp", "num_threads"):
+        assert key in out.stdout

@@ -1,0 +1,23 @@
+"""The reference against values worked out by hand and against NumPy's float64 statistics."""
+import numpy as np
+import pytest
+
+from normfast import reference
+
+
+def test_hand_values():
+    mean, var = reference.moments([1.0, 2.0, 3.0, 4.0])
+    assert mean == 2.5
+    assert var == 1.25  # (2.25 + 0.25 + 0.25 + 2.25) / 4
+    _, var1 = reference.moments([1.0, 2.0, 3.0, 4.0], ddof=1)
+    assert var1 == pytest.approx(5.0 / 3.0, rel=1e-15)
+
+
+def test_axes_keepdims_and_empty():
+    x = np.arange(24, dtype=np.float64).reshape(2, 3, 4)
+    mean, var = reference.moments(x, axis=(0, 2), keepdims=True)
+    assert mean.shape == (1, 3, 1)
+    np.testing.assert_allclose(mean.ravel(), x.mean(axis=(0, 2)), rtol=1e-15)
+    np.testing.assert_allclose(var.ravel(), x.var(axis=(0, 2)), rtol=1e-15)
+    mean, var = reference.moments(np.zeros((0, 3)), axis=0)
+    assert mean.shape == (3,) and np.isnan(mean).all() and np.isnan(var).all()
