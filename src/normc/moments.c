@@ -19,7 +19,7 @@
 #define NF_DIRECT_MIN 256          /* shorter or strided rows are gathered into full blocks */
 #define NF_CHUNK ((int64_t)1 << 16) /* elements per deterministic work chunk */
 #define NF_KTILE 256               /* columns per column-mode work item */
-#define NF_RB 16                   /* rows per column-mode block */
+#define NF_RB 64                   /* rows per column-mode block (reread from L2 by its second pass) */
 
 typedef struct {
     double n, mean, m2;

@@ -104,15 +104,66 @@ static void NF_NAME(rows, NF_TAG)(const nf_plan *p, const void *xv, int64_t ra, 
     }
 }
 
+/* Column-mode block means over the vector columns [0, nv): rows streamed in order, four at a time, so
+ * that memory is read front to back. */
+static NF_INLINE void NF_NAME(col_means, NF_TAG)(const NF_T *x, const int64_t *off, int64_t nr, int64_t nv,
+                                                  NF_A *sum)
+{
+    const NF_V z = {0};
+    for (int64_t k = 0; k < nv; k += NF_W)
+        memcpy(sum + k, &z, sizeof z);
+    int64_t r = 0;
+    for (; r + 4 <= nr; r += 4) {
+        const NF_T *a = x + off[r], *b = x + off[r + 1], *c = x + off[r + 2], *d = x + off[r + 3];
+        for (int64_t k = 0; k < nv; k += NF_W) {
+            NF_V s;
+            memcpy(&s, sum + k, sizeof s);
+            s += (NF_VLOAD(a + k) + NF_VLOAD(b + k)) + (NF_VLOAD(c + k) + NF_VLOAD(d + k));
+            memcpy(sum + k, &s, sizeof s);
+        }
+    }
+    for (; r < nr; r++)
+        for (int64_t k = 0; k < nv; k += NF_W) {
+            NF_V s;
+            memcpy(&s, sum + k, sizeof s);
+            s += NF_VLOAD(x + off[r] + k);
+            memcpy(sum + k, &s, sizeof s);
+        }
+    const NF_A inv = (NF_A)1 / (NF_A)nr;
+    for (int64_t k = 0; k < nv; k++)
+        sum[k] *= inv;
+}
+
+/* The sums of d and d^2 over the block for nv (1 or 4, a constant once inlined) vectors of columns from
+ * k, a strip down the block (now in cache) with the accumulators in registers. */
+static NF_INLINE void NF_NAME(col_devs, NF_TAG)(const NF_T *x, const int64_t *off, int64_t nr, int64_t k,
+                                                 int nv, const NF_A *mean, NF_A *c, NF_A *q)
+{
+    NF_V m[4], cv[4] = {{0}}, qv[4] = {{0}};
+    for (int j = 0; j < nv; j++)
+        memcpy(&m[j], mean + k + j * NF_W, sizeof m[j]);
+    for (int64_t r = 0; r < nr; r++)
+        for (int j = 0; j < nv; j++) {
+            NF_V d = NF_VLOAD(x + off[r] + k + j * NF_W) - m[j];
+            cv[j] += d;
+            qv[j] += d * d;
+        }
+    for (int j = 0; j < nv; j++) {
+        memcpy(c + k + j * NF_W, &cv[j], sizeof cv[j]);
+        memcpy(q + k + j * NF_W, &qv[j], sizeof qv[j]);
+    }
+}
+
 /* Column mode: rows [ra, rb) of R1 and nk <= NF_KTILE columns of K starting at xv. Blocks of NF_RB rows
- * are reduced per column by the two-pass algorithm, vectorised across contiguous columns, and merged
- * into (n, mean[], m2[]). */
+ * are reduced per column by the two-pass algorithm (vectorised across contiguous columns, a strip of
+ * columns at a time down the block) and merged into (n, mean[], m2[]). */
 static void NF_NAME(cols, NF_TAG)(const nf_plan *p, const void *xv, int64_t ra, int64_t rb, int64_t nk,
                                   double *n_acc, double *mean, double *m2)
 {
     const NF_T *x = (const NF_T *)xv;
     const int64_t ks = p->k_stride;
     const int64_t nv = ks == 1 ? nk - nk % NF_W : 0; /* columns handled by vectors */
+    const int64_t n4 = nv - nv % (4 * NF_W);
     NF_A sum[NF_KTILE], c[NF_KTILE], q[NF_KTILE];
     int64_t off[NF_RB];
     nf_iter it;
@@ -121,48 +172,31 @@ static void NF_NAME(cols, NF_TAG)(const nf_plan *p, const void *xv, int64_t ra, 
         const int64_t nr = rb - r0 < NF_RB ? rb - r0 : NF_RB;
         for (int64_t r = 0; r < nr; r++, nf_iter_next(&it, &p->r1))
             off[r] = it.off;
-        for (int64_t k = 0; k < nk; k++)
-            sum[k] = c[k] = q[k] = 0;
-        for (int64_t r = 0; r < nr; r++) {
-            const NF_T *row = x + off[r];
-            int64_t k = 0;
-            for (; k < nv; k += NF_W) {
-                NF_V s;
-                memcpy(&s, sum + k, sizeof s);
-                s += NF_VLOAD(row + k);
-                memcpy(sum + k, &s, sizeof s);
+        int64_t k;
+        NF_NAME(col_means, NF_TAG)(x, off, nr, nv, sum);
+        for (k = 0; k < n4; k += 4 * NF_W)
+            NF_NAME(col_devs, NF_TAG)(x, off, nr, k, 4, sum, c, q);
+        for (; k < nv; k += NF_W)
+            NF_NAME(col_devs, NF_TAG)(x, off, nr, k, 1, sum, c, q);
+        for (k = nv; k < nk; k++) { /* leftover or strided columns */
+            NF_A s = 0, cs = 0, qs = 0;
+            for (int64_t r = 0; r < nr; r++)
+                s += NF_LOAD(x[off[r] + k * ks]);
+            s /= (NF_A)nr;
+            for (int64_t r = 0; r < nr; r++) {
+                NF_A d = NF_LOAD(x[off[r] + k * ks]) - s;
+                cs += d;
+                qs += d * d;
             }
-            for (; k < nk; k++)
-                sum[k] += NF_LOAD(row[k * ks]);
+            sum[k] = s;
+            c[k] = cs;
+            q[k] = qs;
         }
-        const NF_A inv = (NF_A)1 / (NF_A)nr;
-        for (int64_t k = 0; k < nk; k++)
-            sum[k] *= inv; /* now the block mean */
-        for (int64_t r = 0; r < nr; r++) {
-            const NF_T *row = x + off[r];
-            int64_t k = 0;
-            for (; k < nv; k += NF_W) {
-                NF_V mv, cv, qv;
-                memcpy(&mv, sum + k, sizeof mv);
-                memcpy(&cv, c + k, sizeof cv);
-                memcpy(&qv, q + k, sizeof qv);
-                NF_V d = NF_VLOAD(row + k) - mv;
-                cv += d;
-                qv += d * d;
-                memcpy(c + k, &cv, sizeof cv);
-                memcpy(q + k, &qv, sizeof qv);
-            }
-            for (; k < nk; k++) {
-                NF_A d = NF_LOAD(row[k * ks]) - sum[k];
-                c[k] += d;
-                q[k] += d * d;
-            }
-        }
-        const double nb = (double)nr, na = *n_acc, nt = na + nb;
+        const double nb = (double)nr, inb = 1.0 / nb, na = *n_acc, nt = na + nb;
         const double wb = nb / nt, wab = na / nt * nb;
         for (int64_t k = 0; k < nk; k++) {
-            double bm = isfinite(sum[k]) ? (double)sum[k] + (double)c[k] / nb : (double)sum[k];
-            double bq = nf_clamp0((double)q[k] - (double)c[k] * (double)c[k] / nb);
+            double bm = isfinite(sum[k]) ? (double)sum[k] + (double)c[k] * inb : (double)sum[k];
+            double bq = nf_clamp0((double)q[k] - (double)c[k] * (double)c[k] * inb);
             double d = bm - mean[k];
             /* na == 0 takes the block as it is; infinities add up as in a plain sum. */
             mean[k] = na == 0 ? bm : isfinite(d) ? mean[k] + d * wb : mean[k] + bm;
