@@ -8,20 +8,23 @@ import numpy as np
 from . import _normc
 
 
+_CODES = {np.dtype(name): code for name, code in _normc.DTYPE_CODES.items() if name != "bfloat16"}
+
+
 def dtype_code(dt):
     """The engine's code for a supported floating dtype, else None."""
-    if dt.kind == "f" and dt.itemsize in (2, 4, 8):
-        return _normc.DTYPE_CODES[dt.name]
-    if dt.name == "bfloat16" and dt.itemsize == 2:  # ml_dtypes.bfloat16
-        return _normc.DTYPE_CODES["bfloat16"]
-    return None
+    code = _CODES.get(dt)
+    if code is None and dt.name == "bfloat16" and dt.itemsize == 2:  # ml_dtypes.bfloat16
+        code = _CODES[dt] = _normc.DTYPE_CODES["bfloat16"]
+    return code
 
 
 def float_array(x, name):
     """x as an ndarray the engine can read in place, plus its dtype code.
 
-    Views of any strides are used as they are; only byte-swapped, misaligned or oddly strided data (which
-    C cannot address as typed elements) is copied into a native array first."""
+    Views of any strides are used as they are; only byte-swapped or misaligned data (which C cannot
+    address as typed elements) is copied into a native array first. For these dtypes NumPy's `aligned`
+    flag also means every stride is a multiple of the item size."""
     if not isinstance(x, np.ndarray):
         try:
             x = np.asarray(x)
@@ -29,12 +32,11 @@ def float_array(x, name):
             raise TypeError(f"{name}: expected an array-like of floats, got {type(x).__name__} ({e})") from None
     code = dtype_code(x.dtype)
     if code is None:
+        if x.dtype.kind == "f" and not x.dtype.isnative:
+            return float_array(x.astype(x.dtype.newbyteorder("=")), name)
         raise TypeError(
             f"{name}: expected a float16, bfloat16, float32 or float64 array, got dtype {x.dtype}")
-    size = x.dtype.itemsize
-    if not x.dtype.isnative:
-        x = x.astype(x.dtype.newbyteorder("="))
-    if not x.flags.aligned or any(s % size for s in x.strides):
+    if not x.flags.aligned:
         x = np.array(x, order="K")
     return x, code
 
@@ -43,6 +45,8 @@ def axes(axis, ndim, name="axis"):
     """Normalise an int, a tuple of ints or None to a sorted tuple of non-negative axes."""
     if axis is None:
         return tuple(range(ndim))
+    if type(axis) is int and -ndim <= axis < ndim:  # the common case
+        return (axis % ndim,)
     items = axis if isinstance(axis, (tuple, list)) else (axis,)
     out = []
     for a in items:
@@ -62,6 +66,10 @@ def axes(axis, ndim, name="axis"):
 
 def real(value, name):
     """A finite real number (bools count as 0 and 1, as in NumPy)."""
+    if type(value) is int or type(value) is float:  # the common case, without the ABC check
+        value = float(value)
+        if value - value == 0:
+            return value
     if not isinstance(value, numbers.Real):
         raise TypeError(f"{name}: expected a real number, got {type(value).__name__}")
     value = float(value)
@@ -71,6 +79,8 @@ def real(value, name):
 
 
 def flag(value, name):
-    if not isinstance(value, (bool, np.bool_)):
+    if value is True or value is False:
+        return value
+    if not isinstance(value, np.bool_):
         raise TypeError(f"{name}: expected True or False, got {value!r}")
     return bool(value)

@@ -9,6 +9,8 @@ from . import _checks, _normc
 
 __all__ = ["moments"]
 
+_F64 = _normc.DTYPE_CODES["float64"]
+
 
 def moments(x, axis=None, *, ddof=0, keepdims=False):
     """Mean and variance of `x` over `axis` in one pass over memory.
@@ -34,21 +36,24 @@ def moments(x, axis=None, *, ddof=0, keepdims=False):
     ddof = _checks.real(ddof, "ddof")
     keepdims = _checks.flag(keepdims, "keepdims")
 
-    out_dtype = np.float64 if x.dtype == np.float64 else np.float32
-    kshape = tuple(1 if i in red else n for i, n in enumerate(x.shape))
+    out_dtype = np.float64 if code == _F64 else np.float32
+    reduce = [False] * x.ndim
+    for i in red:
+        reduce[i] = True
+    kshape = [1 if r else n for r, n in zip(reduce, x.shape)]
     mean = np.empty(kshape, out_dtype)
     var = np.empty(kshape, out_dtype)
-    count = math.prod(x.shape[i] for i in red)
     if mean.size:
+        count = x.size // mean.size if x.size else math.prod([x.shape[i] for i in red])
         if count == 0:
             warnings.warn("normfast.moments: mean of empty slice", RuntimeWarning, stacklevel=2)
         elif count - ddof <= 0:
             warnings.warn("normfast.moments: degrees of freedom <= 0 for slice", RuntimeWarning,
                           stacklevel=2)
-    _normc.moments(x, code, tuple(i in red for i in range(x.ndim)), mean, var, ddof)
-    if not keepdims:
-        shape = tuple(n for i, n in enumerate(x.shape) if i not in red)
+    _normc.moments(x, code, tuple(reduce), mean, var, ddof)
+    if mean.ndim == 0 or (not keepdims and red):
+        if mean.ndim == len(red):
+            return mean[(0,) * mean.ndim], var[(0,) * var.ndim]  # NumPy scalars, as np.mean returns
+        shape = [n for r, n in zip(reduce, x.shape) if not r]
         mean, var = mean.reshape(shape), var.reshape(shape)
-    if mean.ndim == 0:
-        return mean[()], var[()]  # NumPy scalars, as np.mean returns
     return mean, var
