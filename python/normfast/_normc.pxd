@@ -21,7 +21,8 @@ cdef extern from "normc.h" nogil:
         int64_t count
 
     nf_status nf_plan_make(nf_plan *plan, int ndim, const int64_t *shape, const int64_t *strides,
-                           const int64_t *out_strides, const unsigned char *reduce)
+                           const int64_t *out_strides, const int64_t *y_strides,
+                           const unsigned char *reduce)
     nf_status nf_moments(const nf_plan *plan, nf_dtype dtype, const void *x, void *mean, void *var,
                          double ddof)
     void nf_set_num_threads(int n)

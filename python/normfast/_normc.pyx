@@ -50,7 +50,7 @@ def moments(cnp.ndarray x, int dtype_code, tuple reduce, cnp.ndarray mean, cnp.n
     cdef nf_dtype dt = <nf_dtype>dtype_code
     cdef nf_status st
     with nogil:
-        st = nf_plan_make(&plan, nd, shape, strides, ostrides, red)
+        st = nf_plan_make(&plan, nd, shape, strides, ostrides, NULL, red)
         if st == NF_OK:
             st = nf_moments(&plan, dt, px, pm, pv, ddof)
     _check(st)

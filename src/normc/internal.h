@@ -23,38 +23,46 @@ NF_DECLARE_ISA(baseline)
 NF_DECLARE_ISA(avx2)
 NF_DECLARE_ISA(avx512)
 
-/* Reductions smaller than this many elements run on one thread: starting a team costs microseconds. */
+/* Work smaller than this many elements runs on one thread: starting a team costs microseconds. */
 #define NF_PARALLEL_MIN ((int64_t)1 << 15)
+/* Elements per work chunk. Chunk bounds depend only on the shape, so results do not depend on the
+ * number of threads. */
+#define NF_CHUNK ((int64_t)1 << 16)
 
 /* Walks the flat index of an nf_dims forward, keeping the element offsets in input and output. */
 typedef struct {
     int64_t idx[NF_MAXDIM];
-    int64_t off, ooff;
+    int64_t off, ooff, yoff;
 } nf_iter;
 
 static inline void nf_iter_init(nf_iter *it, const nf_dims *d, int64_t flat)
 {
-    it->off = it->ooff = 0;
+    it->off = it->ooff = it->yoff = 0;
     for (int i = d->ndim - 1; i >= 0; i--) {
         int64_t q = flat / d->shape[i];
         it->idx[i] = flat - q * d->shape[i];
         it->off += it->idx[i] * d->stride[i];
         it->ooff += it->idx[i] * d->ostride[i];
+        it->yoff += it->idx[i] * d->ystride[i];
         flat = q;
     }
 }
 
-static inline void nf_iter_next(nf_iter *it, const nf_dims *d)
+/* Steps forward; returns 0 when the walk wraps around to the start. */
+static inline int nf_iter_next(nf_iter *it, const nf_dims *d)
 {
     for (int i = d->ndim - 1; i >= 0; i--) {
         it->off += d->stride[i];
         it->ooff += d->ostride[i];
+        it->yoff += d->ystride[i];
         if (++it->idx[i] < d->shape[i])
-            return;
+            return 1;
         it->off -= d->shape[i] * d->stride[i];
         it->ooff -= d->shape[i] * d->ostride[i];
+        it->yoff -= d->shape[i] * d->ystride[i];
         it->idx[i] = 0;
     }
+    return 0;
 }
 
 /* float16 and bfloat16 bits -> float, branch-free so loops over them vectorise. */

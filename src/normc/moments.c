@@ -5,21 +5,15 @@
  * chunk partials are merged in chunk order. Threads only decide who computes which chunk, so results are
  * bit-identical for any thread count. */
 #include "internal.h"
+#include "simd.h"
 
 #include <math.h>
 #include <stdlib.h>
 
-#if defined(__GNUC__)
-#define NF_INLINE inline __attribute__((always_inline))
-#else
-#define NF_INLINE inline
-#endif
-
-#define NF_BLOCK 2048              /* elements reduced two-pass while in L1 */
-#define NF_DIRECT_MIN 256          /* shorter or strided rows are gathered into full blocks */
-#define NF_CHUNK ((int64_t)1 << 16) /* elements per deterministic work chunk */
-#define NF_KTILE 256               /* columns per column-mode work item */
-#define NF_RB 64                   /* rows per column-mode block (reread from L2 by its second pass) */
+#define NF_BLOCK 2048     /* elements reduced two-pass while in L1 */
+#define NF_DIRECT_MIN 256 /* shorter or strided rows are gathered into full blocks */
+#define NF_KTILE 256      /* columns per column-mode work item */
+#define NF_RB 64          /* rows per column-mode block (reread from L2 by its second pass) */
 
 typedef struct {
     double n, mean, m2;
@@ -41,60 +35,6 @@ static inline void nf_chan(nf_acc *a, double nb, double mb, double m2b)
     a->m2 += m2b + d * d * (a->n / n * nb);
     a->n = n;
 }
-
-/* Vectors through GCC/Clang vector extensions: one source, as wide as the ISA this copy is built for. */
-#if defined(__AVX512F__)
-#define NF_VBYTES 64
-#elif defined(__AVX__)
-#define NF_VBYTES 32
-#else
-#define NF_VBYTES 16
-#endif
-typedef float nf_vf32 __attribute__((vector_size(NF_VBYTES)));
-typedef double nf_vf64 __attribute__((vector_size(NF_VBYTES)));
-typedef uint32_t nf_vu32 __attribute__((vector_size(NF_VBYTES)));
-typedef int32_t nf_vi32 __attribute__((vector_size(NF_VBYTES)));
-typedef uint16_t nf_vu16 __attribute__((vector_size(NF_VBYTES / 2)));
-#define NF_W32 (NF_VBYTES / 4)
-#define NF_W64 (NF_VBYTES / 8)
-
-/* Unaligned loads through memcpy: no aliasing or alignment assumptions, one vector move. */
-static NF_INLINE nf_vf32 nf_vload_f32(const float *p)
-{
-    nf_vf32 v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-
-static NF_INLINE nf_vf64 nf_vload_f64(const double *p)
-{
-    nf_vf64 v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-
-static NF_INLINE nf_vu32 nf_vload_u16(const uint16_t *p)
-{
-    nf_vu16 h;
-    memcpy(&h, p, sizeof h);
-    return __builtin_convertvector(h, nf_vu32);
-}
-
-static NF_INLINE nf_vf32 nf_vload_bf16(const uint16_t *p) { return (nf_vf32)(nf_vload_u16(p) << 16); }
-
-/* The vector form of nf_f16_to_f32. */
-static NF_INLINE nf_vf32 nf_vload_f16(const uint16_t *p)
-{
-    const nf_vu32 h = nf_vload_u16(p);
-    const nf_vu32 em = (h & 0x7fffu) << 13;
-    const nf_vu32 mag = (nf_vu32)((nf_vf32)em * 0x1p112f);
-    const nf_vu32 special = (nf_vu32)(em >= (0x7c00u << 13));
-    const nf_vu32 bits = (special & (em | 0x7f800000u)) | (~special & mag);
-    return (nf_vf32)(bits | ((h & 0x8000u) << 16));
-}
-
-static NF_INLINE float nf_load_f32(float v) { return v; }
-static NF_INLINE double nf_load_f64(double v) { return v; }
 
 #define NF_T float
 #define NF_A float

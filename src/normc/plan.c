@@ -6,7 +6,7 @@
 #include <string.h>
 
 typedef struct {
-    int64_t n, s, os;
+    int64_t n, s, os, ys;
     int red;
 } axis_t;
 
@@ -15,12 +15,14 @@ static void dims_push(nf_dims *d, const axis_t *a)
     d->shape[d->ndim] = a->n;
     d->stride[d->ndim] = a->s;
     d->ostride[d->ndim] = a->os;
+    d->ystride[d->ndim] = a->ys;
     d->ndim++;
     d->size *= a->n;
 }
 
 nf_status nf_plan_make(nf_plan *p, int ndim, const int64_t *shape, const int64_t *strides,
-                       const int64_t *out_strides, const unsigned char *reduce)
+                       const int64_t *out_strides, const int64_t *y_strides,
+                       const unsigned char *reduce)
 {
     axis_t ax[NF_MAXDIM];
     int n = 0;
@@ -47,15 +49,16 @@ nf_status nf_plan_make(nf_plan *p, int ndim, const int64_t *shape, const int64_t
         if (shape[i] <= 1 || (reduce[i] && p->count == 0))
             continue; /* size-1 axes change nothing; an empty reduction only needs the kept shape */
         /* An empty reduction reads nothing, so its kept axes walk the output alone (input stride 0). */
-        axis_t a = {shape[i], p->count ? strides[i] : 0, reduce[i] ? 0 : out_strides[i], reduce[i] != 0};
-        /* Flip negative strides so every walk goes forward through memory. */
+        axis_t a = {shape[i], p->count ? strides[i] : 0, reduce[i] ? 0 : out_strides[i],
+                    y_strides ? y_strides[i] : 0, reduce[i] != 0};
+        /* Flip negative input strides so every walk goes forward through x; the other operands follow. */
         if (a.s < 0) {
             p->x_offset += (a.n - 1) * a.s;
+            p->out_offset += (a.n - 1) * a.os;
+            p->y_offset += (a.n - 1) * a.ys;
             a.s = -a.s;
-            if (!a.red) {
-                p->out_offset += (a.n - 1) * a.os;
-                a.os = -a.os;
-            }
+            a.os = -a.os;
+            a.ys = -a.ys;
         }
         ax[n++] = a;
     }
@@ -73,16 +76,17 @@ nf_status nf_plan_make(nf_plan *p, int ndim, const int64_t *shape, const int64_t
     }
 
     /* Merge an axis into its outer neighbour when both are of one kind and together they are one
-     * evenly strided run (in the input, and for kept axes in the output too). */
+     * evenly strided run (in every operand). */
     int m = 0;
     for (int i = 0; i < n; i++) {
         if (m > 0) {
             axis_t *b = &ax[m - 1];
-            if (b->red == ax[i].red && b->s == ax[i].s * ax[i].n &&
-                (b->red || b->os == ax[i].os * ax[i].n)) {
+            if (b->red == ax[i].red && b->s == ax[i].s * ax[i].n && b->os == ax[i].os * ax[i].n &&
+                b->ys == ax[i].ys * ax[i].n) {
                 b->n *= ax[i].n;
                 b->s = ax[i].s;
                 b->os = ax[i].os;
+                b->ys = ax[i].ys;
                 continue;
             }
         }
@@ -95,10 +99,12 @@ nf_status nf_plan_make(nf_plan *p, int ndim, const int64_t *shape, const int64_t
         if (ax[last].red) {
             p->r2 = ax[last].n;
             p->r2_stride = ax[last].s;
+            p->r2_ystride = ax[last].ys;
         } else {
             p->k = ax[last].n;
             p->k_stride = ax[last].s;
             p->k_ostride = ax[last].os;
+            p->k_ystride = ax[last].ys;
         }
     }
     for (int i = 0; i < last; i++)

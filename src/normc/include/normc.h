@@ -21,14 +21,16 @@ typedef enum {
 
 typedef enum { NF_ISA_BASELINE = 0, NF_ISA_AVX2 = 1, NF_ISA_AVX512 = 2, NF_ISA_COUNT = 3 } nf_isa;
 
-/* A set of axes iterated as one flat index: shape and element strides, outermost first. `ostride` is
- * the matching stride in the output (kept axes only). */
+/* A set of axes iterated as one flat index: shape and element strides, outermost first. `stride` is
+ * the input's, `ostride` the statistics' (0 on reduced axes), `ystride` an elementwise output's (the
+ * apply pass; 0 when there is none). */
 typedef struct {
     int ndim;
     int64_t size;
     int64_t shape[NF_MAXDIM];
     int64_t stride[NF_MAXDIM];
     int64_t ostride[NF_MAXDIM];
+    int64_t ystride[NF_MAXDIM];
 } nf_dims;
 
 /* The canonical view [O, R1, K, R2] of the design notes. Statistics live on [O, K]; reduction runs over
@@ -38,17 +40,19 @@ typedef struct {
  * flipped into x_offset / out_offset. */
 typedef struct {
     nf_dims o, r1;
-    int64_t k, k_stride, k_ostride;
-    int64_t r2, r2_stride;
-    int64_t x_offset, out_offset; /* element offsets of the first element of x and of the output */
-    int64_t count;                /* elements reduced into each statistic (0: empty reduction) */
+    int64_t k, k_stride, k_ostride, k_ystride;
+    int64_t r2, r2_stride, r2_ystride;
+    int64_t x_offset, out_offset, y_offset; /* element offsets of the first x, statistic and y */
+    int64_t count;                          /* elements reduced into each statistic (0: empty) */
 } nf_plan;
 
 /* shape/strides: the input (strides in elements, any sign). reduce[i] != 0 marks reduced axes.
- * out_strides[i]: output stride in elements for kept axis i (ignored for reduced axes). ndim 0 is a
- * scalar. */
+ * out_strides[i]: the statistics' stride in elements for kept axis i (ignored for reduced axes).
+ * y_strides: an elementwise output of x's shape for the apply pass, or NULL. Axes are merged only where
+ * every operand allows it. ndim 0 is a scalar. */
 nf_status nf_plan_make(nf_plan *plan, int ndim, const int64_t *shape, const int64_t *strides,
-                       const int64_t *out_strides, const unsigned char *reduce);
+                       const int64_t *out_strides, const int64_t *y_strides,
+                       const unsigned char *reduce);
 
 /* Mean and variance (divisor max(count - ddof, 0)) of x over the plan's reduction, one pass over memory.
  * Outputs are double for NF_F64 input and float otherwise, at out_offset + o/k strides. Empty
