@@ -129,9 +129,8 @@ static NF_INLINE void NF_NAME(col_means, NF_TAG)(const NF_T *x, const int64_t *o
             s += NF_VLOAD(x + off[r] + k);
             memcpy(sum + k, &s, sizeof s);
         }
-    const NF_A inv = (NF_A)1 / (NF_A)nr;
     for (int64_t k = 0; k < nv; k++)
-        sum[k] *= inv;
+        sum[k] /= (NF_A)nr; /* a true division keeps constant columns exact (variance exactly 0) */
 }
 
 /* The sums of d and d^2 over the block for nv (1 or 4, a constant once inlined) vectors of columns from
