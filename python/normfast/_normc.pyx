@@ -18,41 +18,81 @@ cdef int _check(nf_status st) except -1:
     return 0
 
 
-def moments(cnp.ndarray x, int dtype_code, tuple reduce, cnp.ndarray mean, cnp.ndarray var,
-            double ddof):
-    """Fill mean and var (arrays of x's rank, size 1 on reduced axes) with x's moments.
+ACTIVATIONS = {None: NF_ACT_NONE, "relu": NF_ACT_RELU, "sigmoid": NF_ACT_SIGMOID, "silu": NF_ACT_SILU}
 
-    x must be aligned with strides that are multiples of its item size; reduce holds one bool per axis.
-    """
+
+cdef int _same_layout(cnp.ndarray a, cnp.ndarray b, str what) except -1:
+    cdef object oa = a, ob = b  # Python-level shape and strides (typed arrays expose C pointers)
+    if oa.shape != ob.shape or oa.strides != ob.strides or cnp.PyArray_ITEMSIZE(a) != cnp.PyArray_ITEMSIZE(b):
+        raise ValueError(f"normfast: {what} must share one layout")
+    return 0
+
+
+cdef int _plan(nf_plan *plan, cnp.ndarray x, tuple reduce, cnp.ndarray stats, object y) except -1:
+    """Plan x's reduction over the axes marked in reduce. stats: an array of x's rank with size 1 on the
+    reduced axes (statistics, or the a/b of the apply pass). y: None, or an output of x's shape and item
+    size. Strides must be multiples of the item sizes (functional.py makes sure)."""
     cdef int nd = cnp.PyArray_NDIM(x), i
     cdef int64_t shape[64]
     cdef int64_t strides[64]
     cdef int64_t ostrides[64]
+    cdef int64_t ystrides[64]
     cdef unsigned char red[64]
-    cdef nf_plan plan
-    cdef Py_ssize_t isz = cnp.PyArray_ITEMSIZE(x), osz = cnp.PyArray_ITEMSIZE(mean)
-    if nd > NF_MAXDIM or cnp.PyArray_NDIM(mean) != nd or cnp.PyArray_NDIM(var) != nd or len(reduce) != nd:
-        raise ValueError("normfast: rank mismatch between x, reduce and outputs")
-    if cnp.PyArray_ITEMSIZE(var) != osz or not (cnp.PyArray_ISWRITEABLE(mean) and cnp.PyArray_ISWRITEABLE(var)):
-        raise ValueError("normfast: outputs must be writeable arrays of one dtype")
+    cdef Py_ssize_t isz = cnp.PyArray_ITEMSIZE(x), osz = cnp.PyArray_ITEMSIZE(stats)
+    cdef cnp.ndarray ya = None
+    if y is not None:
+        ya = y
+        if (<object>ya).shape != (<object>x).shape or cnp.PyArray_ITEMSIZE(ya) != isz:
+            raise ValueError("normfast: the output must have the input's shape and item size")
+        if not cnp.PyArray_ISWRITEABLE(ya):
+            raise ValueError("normfast: the output is read-only")
+    if nd > NF_MAXDIM or cnp.PyArray_NDIM(stats) != nd or len(reduce) != nd:
+        raise ValueError("normfast: rank mismatch between x, reduce and statistics")
     for i in range(nd):
         shape[i] = cnp.PyArray_DIM(x, i)
         strides[i] = cnp.PyArray_STRIDE(x, i) // isz
         red[i] = 1 if reduce[i] else 0
-        # mean and var share a layout by construction; a reduced axis has size 1 in the outputs
-        ostrides[i] = cnp.PyArray_STRIDE(mean, i) // osz
-        if cnp.PyArray_STRIDE(var, i) != cnp.PyArray_STRIDE(mean, i) or \
-                cnp.PyArray_DIM(mean, i) != (1 if red[i] else shape[i]):
-            raise ValueError("normfast: outputs do not match the kept shape of x")
+        ostrides[i] = cnp.PyArray_STRIDE(stats, i) // osz
+        ystrides[i] = cnp.PyArray_STRIDE(ya, i) // isz if ya is not None else 0
+        if cnp.PyArray_DIM(stats, i) != (1 if red[i] else shape[i]):
+            raise ValueError("normfast: statistics do not match the kept shape of x")
+    cdef nf_status st
+    with nogil:
+        st = nf_plan_make(plan, nd, shape, strides, ostrides, ystrides if ya is not None else NULL, red)
+    return _check(st)
+
+
+def moments(cnp.ndarray x, int dtype_code, tuple reduce, cnp.ndarray mean, cnp.ndarray var,
+            double ddof):
+    """Fill mean and var (arrays of x's rank, size 1 on reduced axes) with x's moments."""
+    cdef nf_plan plan
+    _same_layout(mean, var, "mean and var")
+    if not (cnp.PyArray_ISWRITEABLE(mean) and cnp.PyArray_ISWRITEABLE(var)):
+        raise ValueError("normfast: outputs must be writeable")
+    _plan(&plan, x, reduce, mean, None)
     cdef const void *px = cnp.PyArray_DATA(x)
     cdef void *pm = cnp.PyArray_DATA(mean)
     cdef void *pv = cnp.PyArray_DATA(var)
-    cdef nf_dtype dt = <nf_dtype>dtype_code
     cdef nf_status st
     with nogil:
-        st = nf_plan_make(&plan, nd, shape, strides, ostrides, NULL, red)
-        if st == NF_OK:
-            st = nf_moments(&plan, dt, px, pm, pv, ddof)
+        st = nf_moments(&plan, <nf_dtype>dtype_code, px, pm, pv, ddof)
+    _check(st)
+
+
+def apply(cnp.ndarray x, int dtype_code, tuple reduce, cnp.ndarray a, cnp.ndarray b, cnp.ndarray y,
+          activation):
+    """y = act(x * a + b), a and b laid out as statistics of x over the axes marked in reduce."""
+    cdef nf_plan plan
+    cdef nf_act act = ACTIVATIONS[activation]
+    _same_layout(a, b, "a and b")
+    _plan(&plan, x, reduce, a, y)
+    cdef const void *px = cnp.PyArray_DATA(x)
+    cdef void *py = cnp.PyArray_DATA(y)
+    cdef const void *pa = cnp.PyArray_DATA(a)
+    cdef const void *pb = cnp.PyArray_DATA(b)
+    cdef nf_status st
+    with nogil:
+        st = nf_apply(&plan, <nf_dtype>dtype_code, px, py, pa, pb, act)
     _check(st)
 
 

@@ -5,17 +5,23 @@
 #include <omp.h>
 #endif
 
-static const nf_moments_fn nf_table[NF_ISA_COUNT] = {
-    nf_moments_baseline,
+typedef struct {
+    nf_moments_fn moments;
+    nf_apply_fn apply;
+} nf_kernels;
+
+#define NF_KERNELS_OF(sfx) {nf_moments_##sfx, nf_apply_##sfx}
+static const nf_kernels nf_table[NF_ISA_COUNT] = {
+    NF_KERNELS_OF(baseline),
 #ifdef NF_HAVE_AVX2
-    nf_moments_avx2,
+    NF_KERNELS_OF(avx2),
 #else
-    NULL,
+    {NULL, NULL},
 #endif
 #ifdef NF_HAVE_AVX512
-    nf_moments_avx512,
+    NF_KERNELS_OF(avx512),
 #else
-    NULL,
+    {NULL, NULL},
 #endif
 };
 
@@ -26,7 +32,7 @@ static int nf_threads = 0;      /* 0: OpenMP's default */
 
 const char *nf_isa_name(nf_isa isa) { return (unsigned)isa < NF_ISA_COUNT ? nf_isa_names[isa] : "?"; }
 
-int nf_isa_compiled(nf_isa isa) { return (unsigned)isa < NF_ISA_COUNT && nf_table[isa] != NULL; }
+int nf_isa_compiled(nf_isa isa) { return (unsigned)isa < NF_ISA_COUNT && nf_table[isa].moments != NULL; }
 
 int nf_isa_supported(nf_isa isa)
 {
@@ -91,5 +97,11 @@ int nf_openmp_enabled(void)
 nf_status nf_moments(const nf_plan *plan, nf_dtype dtype, const void *x, void *mean, void *var,
                      double ddof)
 {
-    return nf_table[nf_get_isa()](plan, dtype, x, mean, var, ddof, nf_get_num_threads());
+    return nf_table[nf_get_isa()].moments(plan, dtype, x, mean, var, ddof, nf_get_num_threads());
+}
+
+nf_status nf_apply(const nf_plan *plan, nf_dtype dtype, const void *x, void *y, const void *a,
+                   const void *b, nf_act act)
+{
+    return nf_table[nf_get_isa()].apply(plan, dtype, x, y, a, b, act, nf_get_num_threads());
 }

@@ -4,6 +4,7 @@
 
 #include "normc.h"
 
+#include <math.h>
 #include <string.h>
 
 /* Kernel sources are compiled once per ISA level with NF_ISA_SUFFIX set (see CMakeLists.txt); NF_FN
@@ -17,8 +18,13 @@
 
 typedef nf_status (*nf_moments_fn)(const nf_plan *, nf_dtype, const void *, void *, void *, double,
                                    int nthreads);
+typedef nf_status (*nf_apply_fn)(const nf_plan *, nf_dtype, const void *, void *, const void *,
+                                 const void *, nf_act, int nthreads);
 
-#define NF_DECLARE_ISA(sfx) nf_status nf_moments_##sfx(const nf_plan *, nf_dtype, const void *, void *, void *, double, int);
+#define NF_DECLARE_ISA(sfx)                                                                                \
+    nf_status nf_moments_##sfx(const nf_plan *, nf_dtype, const void *, void *, void *, double, int);      \
+    nf_status nf_apply_##sfx(const nf_plan *, nf_dtype, const void *, void *, const void *, const void *, \
+                             nf_act, int);
 NF_DECLARE_ISA(baseline)
 NF_DECLARE_ISA(avx2)
 NF_DECLARE_ISA(avx512)
@@ -85,6 +91,35 @@ static inline float nf_f16_to_f32(uint16_t h)
     memcpy(&bits, &mag, sizeof bits);
     bits = em >= (0x7c00u << 13) ? (em | 0x7f800000u) : bits;
     return nf_bits_to_f32(bits | ((uint32_t)(h & 0x8000u) << 16));
+}
+
+/* float -> float16 / bfloat16 bits, rounding to nearest even, branch-free. */
+static inline uint32_t nf_f32_bits(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+static inline uint16_t nf_f32_to_bf16(float f)
+{
+    uint32_t u = nf_f32_bits(f);
+    uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    return (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? ((u >> 16) | 0x40u) : r); /* NaN stays quiet */
+}
+
+static inline uint16_t nf_f32_to_f16(float f)
+{
+    uint32_t u = nf_f32_bits(f), sign = (u >> 16) & 0x8000u;
+    u &= 0x7fffffffu;
+    /* |f| >= 65536 or Inf/NaN */
+    uint32_t big = u > 0x7f800000u ? 0x7e00u : 0x7c00u;
+    /* |f| < 2^-14: adding 0.5 lines the float's last place up with half's 2^-24, so the FPU rounds */
+    uint32_t sub = nf_f32_bits(nf_bits_to_f32(u) + 0.5f) - 0x3f000000u;
+    /* normal: rebias the exponent (-112 << 23) and round half to even on the 13 dropped bits */
+    uint32_t norm = (u + 0xc8000fffu + ((u >> 13) & 1u)) >> 13;
+    uint32_t h = u >= 0x47800000u ? big : u < 0x38800000u ? sub : norm;
+    return (uint16_t)(h | sign);
 }
 
 #endif

@@ -1,0 +1,124 @@
+/* The apply pass, y = act(x * a + b) with a and b per statistics group, over the same canonical view
+ * as the moments. Compiled once per ISA level. */
+#include "internal.h"
+#include "simd.h"
+
+#include <math.h>
+
+static NF_INLINE void nf_vstore_f32(float *p, nf_vf32 v) { memcpy(p, &v, sizeof v); }
+static NF_INLINE void nf_vstore_f64(double *p, nf_vf64 v) { memcpy(p, &v, sizeof v); }
+static NF_INLINE float nf_store_f32(float v) { return v; }
+static NF_INLINE double nf_store_f64(double v) { return v; }
+
+#define NF_T float
+#define NF_A float
+#define NF_V nf_vf32
+#define NF_VI nf_vi32
+#define NF_W NF_W32
+#define NF_LOAD nf_load_f32
+#define NF_VLOAD nf_vload_f32
+#define NF_STORE nf_store_f32
+#define NF_VSTORE nf_vstore_f32
+#define NF_EXP expf
+#define NF_TAG f32
+#include "apply_tmpl.h"
+#undef NF_T
+#undef NF_A
+#undef NF_V
+#undef NF_VI
+#undef NF_W
+#undef NF_LOAD
+#undef NF_VLOAD
+#undef NF_STORE
+#undef NF_VSTORE
+#undef NF_EXP
+#undef NF_TAG
+
+#define NF_T double
+#define NF_A double
+#define NF_V nf_vf64
+#define NF_VI nf_vi64
+#define NF_W NF_W64
+#define NF_LOAD nf_load_f64
+#define NF_VLOAD nf_vload_f64
+#define NF_STORE nf_store_f64
+#define NF_VSTORE nf_vstore_f64
+#define NF_EXP exp
+#define NF_TAG f64
+#include "apply_tmpl.h"
+#undef NF_T
+#undef NF_A
+#undef NF_V
+#undef NF_VI
+#undef NF_W
+#undef NF_LOAD
+#undef NF_VLOAD
+#undef NF_STORE
+#undef NF_VSTORE
+#undef NF_EXP
+#undef NF_TAG
+
+/* Half types: computed in float, rounded to nearest even on store (scalar rows for now). */
+#define NF_T uint16_t
+#define NF_A float
+#define NF_EXP expf
+#define NF_LOAD nf_f16_to_f32
+#define NF_STORE nf_f32_to_f16
+#define NF_TAG f16
+#include "apply_tmpl.h"
+#undef NF_LOAD
+#undef NF_STORE
+#undef NF_TAG
+#define NF_LOAD nf_bf16_to_f32
+#define NF_STORE nf_f32_to_bf16
+#define NF_TAG bf16
+#include "apply_tmpl.h"
+#undef NF_LOAD
+#undef NF_STORE
+#undef NF_TAG
+#undef NF_T
+#undef NF_A
+#undef NF_EXP
+
+typedef void (*nf_row_fn)(const void *, int64_t, void *, int64_t, const void *, const void *, int64_t,
+                          int64_t, int);
+
+nf_status NF_FN(nf_apply)(const nf_plan *p, nf_dtype dt, const void *x, void *y, const void *a,
+                          const void *b, nf_act act, int nthreads)
+{
+    nf_row_fn row;
+    int64_t isz, psz = dt == NF_F64 ? 8 : 4;
+    switch (dt) {
+    case NF_F32: row = row_f32; isz = 4; break;
+    case NF_F64: row = row_f64; isz = 8; break;
+    case NF_F16: row = row_f16; isz = 2; break;
+    case NF_BF16: row = row_bf16; isz = 2; break;
+    default: return NF_EINVAL;
+    }
+    if (p->o.size == 0 || p->count == 0)
+        return NF_OK; /* x has no elements */
+    /* A row is the innermost axis: K (groups vary along it) or R2 (one group along it). */
+    const int col = p->r2 == 1;
+    const int64_t len = col ? p->k : p->r2, xs = col ? p->k_stride : p->r2_stride;
+    const int64_t ys = col ? p->k_ystride : p->r2_ystride, ps = col ? p->k_ostride : 0;
+    const int64_t R1 = p->r1.size, rows = p->o.size * R1;
+    const int64_t rpc = len < NF_CHUNK ? NF_CHUNK / len : 1, n_chunks = (rows + rpc - 1) / rpc;
+    const int nt = rows * len >= NF_PARALLEL_MIN ? nthreads : 1;
+    const char *xb = (const char *)x + p->x_offset * isz;
+    char *yb = (char *)y + p->y_offset * isz;
+    const char *ab = (const char *)a + p->out_offset * psz, *bb = (const char *)b + p->out_offset * psz;
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1 && n_chunks > 1)
+    for (int64_t c = 0; c < n_chunks; c++) {
+        const int64_t w0 = c * rpc, w1 = w0 + rpc < rows ? w0 + rpc : rows;
+        nf_iter io, ir;
+        nf_iter_init(&io, &p->o, w0 / R1);
+        nf_iter_init(&ir, &p->r1, w0 % R1);
+        for (int64_t w = w0; w < w1; w++) {
+            row(xb + (io.off + ir.off) * isz, xs, yb + (io.yoff + ir.yoff) * isz, ys, ab + io.ooff * psz,
+                bb + io.ooff * psz, ps, len, act);
+            if (!nf_iter_next(&ir, &p->r1))
+                nf_iter_next(&io, &p->o);
+        }
+    }
+    return NF_OK;
+}
