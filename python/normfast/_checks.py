@@ -84,3 +84,91 @@ def flag(value, name):
     if not isinstance(value, np.bool_):
         raise TypeError(f"{name}: expected True or False, got {value!r}")
     return bool(value)
+
+
+def channel_axis(axis, ndim, name="axis"):
+    """The channel axis of an input of rank >= 2, as a non-negative int."""
+    if ndim < 2:
+        raise ValueError(f"x: expected an array of rank >= 2 (batch and channels), got rank {ndim}")
+    try:
+        a = operator.index(axis)
+    except TypeError:
+        raise TypeError(f"{name}: expected an int, got {type(axis).__name__}") from None
+    if not -ndim <= a < ndim:
+        raise np.exceptions.AxisError(f"{name}: axis {a} is out of range for an array of rank {ndim}")
+    return a % ndim
+
+
+def positive(value, name):
+    value = real(value, name)
+    if value <= 0:
+        raise ValueError(f"{name}: expected a number > 0, got {value}")
+    return value
+
+
+def fraction(value, name, allow_none=False):
+    """A number in [0, 1] (or None where allowed)."""
+    if value is None and allow_none:
+        return None
+    value = real(value, name)
+    if not 0 <= value <= 1:
+        raise ValueError(f"{name}: expected a number in [0, 1]{' or None' if allow_none else ''}, got {value}")
+    return value
+
+
+def activation(value):
+    if value not in _normc.ACTIVATIONS:
+        raise ValueError(f"activation: expected None, 'relu', 'sigmoid' or 'silu', got {value!r}")
+    return value
+
+
+def vector(v, length, name):
+    """An optional per-channel parameter as a float64 vector of the given length."""
+    if v is None:
+        return None
+    arr = v if isinstance(v, np.ndarray) else np.asarray(v)
+    if arr.dtype.kind != "f" and dtype_code(arr.dtype) is None:
+        raise TypeError(f"{name}: expected a float array, got dtype {arr.dtype}")
+    if arr.shape != (length,):
+        raise ValueError(f"{name}: expected shape ({length},), got {arr.shape}")
+    return arr.astype(np.float64)
+
+
+def running(v, length, dtype, name, written):
+    """A running-statistics array: shape (length,), the statistics dtype; if it will be updated, also a
+    writeable contiguous ndarray (it is updated in place)."""
+    if v is None:
+        return None
+    if written:
+        if not isinstance(v, np.ndarray):
+            raise TypeError(f"{name}: expected a numpy array updated in place, got {type(v).__name__}")
+        if v.dtype != dtype:
+            raise TypeError(f"{name}: expected dtype {np.dtype(dtype)}, got {v.dtype}")
+        if not v.flags.writeable:
+            raise ValueError(f"{name}: the array is read-only but is updated in training")
+        if not v.flags.c_contiguous:
+            raise ValueError(f"{name}: expected a contiguous array, got strides {v.strides}")
+    arr = v if isinstance(v, np.ndarray) else np.asarray(v)
+    if arr.shape != (length,):
+        raise ValueError(f"{name}: expected shape ({length},), got {arr.shape}")
+    if arr.dtype.kind != "f":
+        raise TypeError(f"{name}: expected a float array, got dtype {arr.dtype}")
+    return arr
+
+
+def output(out, x, name="out"):
+    """A fresh output like x, or the caller's `out` after checking it (x itself is allowed)."""
+    if out is None:
+        return np.empty_like(x)
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy array, got {type(out).__name__}")
+    if out.shape != x.shape or out.dtype != x.dtype:
+        raise ValueError(f"{name}: expected shape {x.shape} and dtype {x.dtype}, got {out.shape} and {out.dtype}")
+    if not out.flags.writeable:
+        raise ValueError(f"{name}: the array is read-only")
+    if not out.flags.aligned:
+        raise ValueError(f"{name}: the array is misaligned")
+    same = out.__array_interface__["data"][0] == x.__array_interface__["data"][0] and out.strides == x.strides
+    if not same and np.may_share_memory(out, x):
+        raise ValueError(f"{name}: overlaps x without being x itself")
+    return out

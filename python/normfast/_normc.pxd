@@ -23,15 +23,15 @@ cdef extern from "normc.h" nogil:
     nf_status nf_plan_make(nf_plan *plan, int ndim, const int64_t *shape, const int64_t *strides,
                            const int64_t *out_strides, const int64_t *y_strides,
                            const unsigned char *reduce)
-    nf_status nf_moments(const nf_plan *plan, nf_dtype dtype, const void *x, void *mean, void *var,
-                         double ddof)
+    nf_status nf_moments(const nf_plan *plan, nf_dtype dtype, const void *x, nf_dtype out_dtype, void *mean,
+                         void *var, double ddof)
     ctypedef enum nf_act:
         NF_ACT_NONE
         NF_ACT_RELU
         NF_ACT_SIGMOID
         NF_ACT_SILU
-    nf_status nf_apply(const nf_plan *plan, nf_dtype dtype, const void *x, void *y, const void *a,
-                       const void *b, nf_act act)
+    nf_status nf_apply(const nf_plan *plan, nf_dtype dtype, const void *x, void *y, const void *shift,
+                       const void *scale, const void *bias, nf_act act)
     void nf_set_num_threads(int n)
     int nf_get_num_threads()
     int nf_openmp_enabled()

@@ -64,8 +64,10 @@ cdef int _plan(nf_plan *plan, cnp.ndarray x, tuple reduce, cnp.ndarray stats, ob
 
 def moments(cnp.ndarray x, int dtype_code, tuple reduce, cnp.ndarray mean, cnp.ndarray var,
             double ddof):
-    """Fill mean and var (arrays of x's rank, size 1 on reduced axes) with x's moments."""
+    """Fill mean and var (float32 or float64 arrays of x's rank, size 1 on reduced axes) with x's
+    moments."""
     cdef nf_plan plan
+    cdef nf_dtype odt = NF_F64 if cnp.PyArray_ITEMSIZE(mean) == 8 else NF_F32
     _same_layout(mean, var, "mean and var")
     if not (cnp.PyArray_ISWRITEABLE(mean) and cnp.PyArray_ISWRITEABLE(var)):
         raise ValueError("normfast: outputs must be writeable")
@@ -75,24 +77,27 @@ def moments(cnp.ndarray x, int dtype_code, tuple reduce, cnp.ndarray mean, cnp.n
     cdef void *pv = cnp.PyArray_DATA(var)
     cdef nf_status st
     with nogil:
-        st = nf_moments(&plan, <nf_dtype>dtype_code, px, pm, pv, ddof)
+        st = nf_moments(&plan, <nf_dtype>dtype_code, px, odt, pm, pv, ddof)
     _check(st)
 
 
-def apply(cnp.ndarray x, int dtype_code, tuple reduce, cnp.ndarray a, cnp.ndarray b, cnp.ndarray y,
-          activation):
-    """y = act(x * a + b), a and b laid out as statistics of x over the axes marked in reduce."""
+def apply(cnp.ndarray x, int dtype_code, tuple reduce, cnp.ndarray shift, cnp.ndarray scale,
+          cnp.ndarray bias, cnp.ndarray y, activation):
+    """y = act((x - shift) * scale + bias), the three laid out as statistics of x over the axes marked in
+    reduce."""
     cdef nf_plan plan
     cdef nf_act act = ACTIVATIONS[activation]
-    _same_layout(a, b, "a and b")
-    _plan(&plan, x, reduce, a, y)
+    _same_layout(shift, scale, "shift and scale")
+    _same_layout(shift, bias, "shift and bias")
+    _plan(&plan, x, reduce, shift, y)
     cdef const void *px = cnp.PyArray_DATA(x)
     cdef void *py = cnp.PyArray_DATA(y)
-    cdef const void *pa = cnp.PyArray_DATA(a)
-    cdef const void *pb = cnp.PyArray_DATA(b)
+    cdef const void *ps = cnp.PyArray_DATA(shift)
+    cdef const void *pa = cnp.PyArray_DATA(scale)
+    cdef const void *pb = cnp.PyArray_DATA(bias)
     cdef nf_status st
     with nogil:
-        st = nf_apply(&plan, <nf_dtype>dtype_code, px, py, pa, pb, act)
+        st = nf_apply(&plan, <nf_dtype>dtype_code, px, py, ps, pa, pb, act)
     _check(st)
 
 

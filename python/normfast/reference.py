@@ -27,3 +27,87 @@ def moments(x, axis=None, ddof=0, keepdims=False):
 def _normalize(axis, ndim):
     items = axis if isinstance(axis, (tuple, list)) else (axis,)
     return tuple(sorted(int(a) % ndim for a in items))
+
+
+# --- normalization layers --------------------------------------------------------------------------
+# Each takes the channel axis `axis` (batch is axis 0) and returns y in float64, plus, where the layer
+# keeps running statistics, their new values as new arrays (the package updates them in place).
+
+def activate(y, activation):
+    if activation is None:
+        return y
+    if activation == "relu":
+        return np.where(y < 0, 0.0, y)
+    if activation == "sigmoid":
+        return 1.0 / (1.0 + np.exp(-y))
+    if activation == "silu":
+        return y / (1.0 + np.exp(-y))
+    raise ValueError(activation)
+
+
+def _channels_last(x, axis):
+    """float64 copy of x with the channel axis moved last."""
+    return np.moveaxis(np.asarray(x).astype(np.float64), axis, -1)
+
+
+def _affine(z, weight, bias):
+    if weight is not None:
+        z = z * np.asarray(weight, np.float64)
+    if bias is not None:
+        z = z + np.asarray(bias, np.float64)
+    return z
+
+
+def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, training=False,
+               momentum=0.1, eps=1e-5, axis=1, unbiased=True, activation=None, num_batches_tracked=0):
+    """Returns (y, new_running_mean, new_running_var); momentum=None averages over
+    num_batches_tracked + 1 batches."""
+    xl = _channels_last(x, axis)
+    flat = xl.reshape(-1, xl.shape[-1])
+    n = flat.shape[0]
+    new_rm, new_rv = running_mean, running_var
+    if training:
+        mean = flat.sum(axis=0) / n
+        var = ((flat - mean) ** 2).sum(axis=0) / n
+        if running_mean is not None:
+            f = momentum if momentum is not None else 1.0 / (num_batches_tracked + 1)
+            batch_var = var * n / (n - 1) if unbiased else var
+            new_rm = (1 - f) * np.asarray(running_mean, np.float64) + f * mean
+            new_rv = (1 - f) * np.asarray(running_var, np.float64) + f * batch_var
+    else:
+        mean = np.asarray(running_mean, np.float64)
+        var = np.asarray(running_var, np.float64)
+    y = activate(_affine((xl - mean) / np.sqrt(var + eps), weight, bias), activation)
+    return np.moveaxis(y, -1, axis), new_rm, new_rv
+
+
+def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None, use_input_stats=True,
+                  momentum=0.1, eps=1e-5, axis=1, activation=None):
+    xl = _channels_last(x, axis)  # (N, *spatial, C)
+    spatial = tuple(range(1, xl.ndim - 1))
+    new_rm, new_rv = running_mean, running_var
+    if use_input_stats:
+        n = int(np.prod([xl.shape[i] for i in spatial]))
+        mean = xl.sum(axis=spatial, keepdims=True) / n
+        var = ((xl - mean) ** 2).sum(axis=spatial, keepdims=True) / n
+        if running_mean is not None:
+            inst_mean = mean.reshape(xl.shape[0], -1).mean(axis=0)
+            inst_var = (var * n / (n - 1)).reshape(xl.shape[0], -1).mean(axis=0)
+            new_rm = (1 - momentum) * np.asarray(running_mean, np.float64) + momentum * inst_mean
+            new_rv = (1 - momentum) * np.asarray(running_var, np.float64) + momentum * inst_var
+    else:
+        mean = np.asarray(running_mean, np.float64)
+        var = np.asarray(running_var, np.float64)
+    y = activate(_affine((xl - mean) / np.sqrt(var + eps), weight, bias), activation)
+    return np.moveaxis(y, -1, axis), new_rm, new_rv
+
+
+def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, axis=1, activation=None):
+    xl = _channels_last(x, axis)  # (N, *spatial, C)
+    N, C = xl.shape[0], xl.shape[-1]
+    g = xl.reshape(N, -1, num_groups, C // num_groups)  # (N, spatial, G, C/G)
+    mean = g.mean(axis=(1, 3), keepdims=True)
+    var = ((g - mean) ** 2).mean(axis=(1, 3), keepdims=True)
+    z = ((g - mean) / np.sqrt(var + eps)).reshape(xl.shape)
+    y = activate(_affine(z, weight, bias), activation)
+    return np.moveaxis(y, -1, axis)

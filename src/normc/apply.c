@@ -1,4 +1,4 @@
-/* The apply pass, y = act(x * a + b) with a and b per statistics group, over the same canonical view
+/* The apply pass, y = act((x - s) * a + c) with s, a, c per statistics group, over the same canonical view
  * as the moments. Compiled once per ISA level. */
 #include "internal.h"
 #include "simd.h"
@@ -80,11 +80,11 @@ static NF_INLINE double nf_store_f64(double v) { return v; }
 #undef NF_A
 #undef NF_EXP
 
-typedef void (*nf_row_fn)(const void *, int64_t, void *, int64_t, const void *, const void *, int64_t,
-                          int64_t, int);
+typedef void (*nf_row_fn)(const void *, int64_t, void *, int64_t, const void *const *, int64_t, int64_t,
+                          int);
 
-nf_status NF_FN(nf_apply)(const nf_plan *p, nf_dtype dt, const void *x, void *y, const void *a,
-                          const void *b, nf_act act, int nthreads)
+nf_status NF_FN(nf_apply)(const nf_plan *p, nf_dtype dt, const void *x, void *y, const void *shift,
+                          const void *scale, const void *bias, nf_act act, int nthreads)
 {
     nf_row_fn row;
     int64_t isz, psz = dt == NF_F64 ? 8 : 4;
@@ -106,7 +106,8 @@ nf_status NF_FN(nf_apply)(const nf_plan *p, nf_dtype dt, const void *x, void *y,
     const int nt = rows * len >= NF_PARALLEL_MIN ? nthreads : 1;
     const char *xb = (const char *)x + p->x_offset * isz;
     char *yb = (char *)y + p->y_offset * isz;
-    const char *ab = (const char *)a + p->out_offset * psz, *bb = (const char *)b + p->out_offset * psz;
+    const char *pb[3] = {(const char *)shift + p->out_offset * psz, (const char *)scale + p->out_offset * psz,
+                         (const char *)bias + p->out_offset * psz};
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1 && n_chunks > 1)
     for (int64_t c = 0; c < n_chunks; c++) {
         const int64_t w0 = c * rpc, w1 = w0 + rpc < rows ? w0 + rpc : rows;
@@ -114,8 +115,8 @@ nf_status NF_FN(nf_apply)(const nf_plan *p, nf_dtype dt, const void *x, void *y,
         nf_iter_init(&io, &p->o, w0 / R1);
         nf_iter_init(&ir, &p->r1, w0 % R1);
         for (int64_t w = w0; w < w1; w++) {
-            row(xb + (io.off + ir.off) * isz, xs, yb + (io.yoff + ir.yoff) * isz, ys, ab + io.ooff * psz,
-                bb + io.ooff * psz, ps, len, act);
+            const void *params[3] = {pb[0] + io.ooff * psz, pb[1] + io.ooff * psz, pb[2] + io.ooff * psz};
+            row(xb + (io.off + ir.off) * isz, xs, yb + (io.yoff + ir.yoff) * isz, ys, params, ps, len, act);
             if (!nf_iter_next(&ir, &p->r1))
                 nf_iter_next(&io, &p->o);
         }

@@ -17,22 +17,23 @@ static NF_INLINE NF_A NF_NAME(act, NF_TAG)(NF_A v, int act)
     }
 }
 
-/* y[j] = act(x[j] * a[j * ps] + b[j * ps]) for j < n; ps is 0 (one group along the row) or the
- * groups' stride. `act` is a constant in each inlined copy. */
-static NF_INLINE void NF_NAME(row_body, NF_TAG)(const NF_T *x, int64_t xs, NF_T *y, int64_t ys, const NF_A *a,
-                                                 const NF_A *b, int64_t ps, int64_t n, int act)
+/* y[j] = act((x[j] - s[j * ps]) * a[j * ps] + c[j * ps]) for j < n; ps is 0 (one group along the row)
+ * or the groups' stride. `act` is a constant in each inlined copy. */
+static NF_INLINE void NF_NAME(row_body, NF_TAG)(const NF_T *x, int64_t xs, NF_T *y, int64_t ys, const NF_A *s,
+                                                 const NF_A *a, const NF_A *c, int64_t ps, int64_t n, int act)
 {
     int64_t j = 0;
 #ifdef NF_VSTORE
     if (xs == 1 && ys == 1 && act <= NF_ACT_RELU && (ps == 0 || ps == 1)) {
         const NF_V z = {0};
-        NF_V av = z + a[0], bv = z + b[0];
+        NF_V sv = z + s[0], av = z + a[0], cv = z + c[0];
         for (; j + NF_W <= n; j += NF_W) {
             if (ps) {
+                memcpy(&sv, s + j, sizeof sv);
                 memcpy(&av, a + j, sizeof av);
-                memcpy(&bv, b + j, sizeof bv);
+                memcpy(&cv, c + j, sizeof cv);
             }
-            NF_V v = NF_VLOAD(x + j) * av + bv;
+            NF_V v = (NF_VLOAD(x + j) - sv) * av + cv;
             if (act == NF_ACT_RELU)
                 v = (NF_V)((NF_VI)v & ~(NF_VI)(v < z));
             NF_VSTORE(y + j, v);
@@ -40,20 +41,20 @@ static NF_INLINE void NF_NAME(row_body, NF_TAG)(const NF_T *x, int64_t xs, NF_T 
     }
 #endif
     for (; j < n; j++)
-        y[j * ys] = NF_STORE(NF_NAME(act, NF_TAG)(NF_LOAD(x[j * xs]) * a[j * ps] + b[j * ps], act));
+        y[j * ys] = NF_STORE(NF_NAME(act, NF_TAG)((NF_LOAD(x[j * xs]) - s[j * ps]) * a[j * ps] + c[j * ps], act));
 }
 
-static void NF_NAME(row, NF_TAG)(const void *x, int64_t xs, void *y, int64_t ys, const void *a,
-                                 const void *b, int64_t ps, int64_t n, int act)
+static void NF_NAME(row, NF_TAG)(const void *x, int64_t xs, void *y, int64_t ys, const void *const *p,
+                                 int64_t ps, int64_t n, int act)
 {
     const NF_T *xt = (const NF_T *)x;
     NF_T *yt = (NF_T *)y;
-    const NF_A *at = (const NF_A *)a, *bt = (const NF_A *)b;
+    const NF_A *s = (const NF_A *)p[0], *a = (const NF_A *)p[1], *c = (const NF_A *)p[2];
     switch (act) {
-    case NF_ACT_RELU: NF_NAME(row_body, NF_TAG)(xt, xs, yt, ys, at, bt, ps, n, NF_ACT_RELU); break;
-    case NF_ACT_SIGMOID: NF_NAME(row_body, NF_TAG)(xt, xs, yt, ys, at, bt, ps, n, NF_ACT_SIGMOID); break;
-    case NF_ACT_SILU: NF_NAME(row_body, NF_TAG)(xt, xs, yt, ys, at, bt, ps, n, NF_ACT_SILU); break;
-    default: NF_NAME(row_body, NF_TAG)(xt, xs, yt, ys, at, bt, ps, n, NF_ACT_NONE); break;
+    case NF_ACT_RELU: NF_NAME(row_body, NF_TAG)(xt, xs, yt, ys, s, a, c, ps, n, NF_ACT_RELU); break;
+    case NF_ACT_SIGMOID: NF_NAME(row_body, NF_TAG)(xt, xs, yt, ys, s, a, c, ps, n, NF_ACT_SIGMOID); break;
+    case NF_ACT_SILU: NF_NAME(row_body, NF_TAG)(xt, xs, yt, ys, s, a, c, ps, n, NF_ACT_SILU); break;
+    default: NF_NAME(row_body, NF_TAG)(xt, xs, yt, ys, s, a, c, ps, n, NF_ACT_NONE); break;
     }
 }
 

@@ -94,14 +94,14 @@ int nf_openmp_enabled(void)
 #endif
 }
 
-nf_status nf_moments(const nf_plan *plan, nf_dtype dtype, const void *x, void *mean, void *var,
-                     double ddof)
+nf_status nf_moments(const nf_plan *plan, nf_dtype dtype, const void *x, nf_dtype out_dtype, void *mean,
+                     void *var, double ddof)
 {
-    return nf_table[nf_get_isa()].moments(plan, dtype, x, mean, var, ddof, nf_get_num_threads());
+    return nf_table[nf_get_isa()].moments(plan, dtype, x, out_dtype, mean, var, ddof, nf_get_num_threads());
 }
 
-nf_status nf_apply(const nf_plan *plan, nf_dtype dtype, const void *x, void *y, const void *a,
-                   const void *b, nf_act act)
+nf_status nf_apply(const nf_plan *plan, nf_dtype dtype, const void *x, void *y, const void *shift,
+                   const void *scale, const void *bias, nf_act act)
 {
-    return nf_table[nf_get_isa()].apply(plan, dtype, x, y, a, b, act, nf_get_num_threads());
+    return nf_table[nf_get_isa()].apply(plan, dtype, x, y, shift, scale, bias, act, nf_get_num_threads());
 }

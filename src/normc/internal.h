@@ -16,15 +16,16 @@
 #define NF_CAT(a, b) NF_CAT2(a, b)
 #define NF_FN(name) NF_CAT(name, NF_ISA_SUFFIX)
 
-typedef nf_status (*nf_moments_fn)(const nf_plan *, nf_dtype, const void *, void *, void *, double,
-                                   int nthreads);
+typedef nf_status (*nf_moments_fn)(const nf_plan *, nf_dtype, const void *, nf_dtype, void *, void *,
+                                   double, int nthreads);
 typedef nf_status (*nf_apply_fn)(const nf_plan *, nf_dtype, const void *, void *, const void *,
-                                 const void *, nf_act, int nthreads);
+                                 const void *, const void *, nf_act, int nthreads);
 
 #define NF_DECLARE_ISA(sfx)                                                                                \
-    nf_status nf_moments_##sfx(const nf_plan *, nf_dtype, const void *, void *, void *, double, int);      \
+    nf_status nf_moments_##sfx(const nf_plan *, nf_dtype, const void *, nf_dtype, void *, void *, double, \
+                               int);                                                                     \
     nf_status nf_apply_##sfx(const nf_plan *, nf_dtype, const void *, void *, const void *, const void *, \
-                             nf_act, int);
+                             const void *, nf_act, int);
 NF_DECLARE_ISA(baseline)
 NF_DECLARE_ISA(avx2)
 NF_DECLARE_ISA(avx512)

@@ -111,7 +111,7 @@ static inline int64_t nf_out_at(const nf_plan *p, int64_t i)
 }
 
 /* numpy's conventions: empty -> NaN, divisor max(n - ddof, 0). */
-static inline void nf_store(nf_dtype dt, void *mean, void *var, int64_t at, const nf_acc *a, double ddof)
+static inline void nf_store(nf_dtype odt, void *mean, void *var, int64_t at, const nf_acc *a, double ddof)
 {
     double mu = NAN, v = NAN;
     if (a->n > 0) {
@@ -119,7 +119,7 @@ static inline void nf_store(nf_dtype dt, void *mean, void *var, int64_t at, cons
         mu = a->mean;
         v = a->m2 / (dof > 0 ? dof : 0);
     }
-    if (dt == NF_F64) {
+    if (odt == NF_F64) {
         ((double *)mean)[at] = mu;
         ((double *)var)[at] = v;
     } else {
@@ -129,7 +129,7 @@ static inline void nf_store(nf_dtype dt, void *mean, void *var, int64_t at, cons
 }
 
 /* Merge each statistic's chunk partials in chunk order and store it. */
-static void nf_finish(const nf_plan *p, nf_dtype dt, const nf_acc *part, int64_t n_chunks, void *mean,
+static void nf_finish(const nf_plan *p, nf_dtype odt, const nf_acc *part, int64_t n_chunks, void *mean,
                       void *var, double ddof, int nt)
 {
     const int64_t n_out = p->o.size * p->k;
@@ -140,14 +140,14 @@ static void nf_finish(const nf_plan *p, nf_dtype dt, const nf_acc *part, int64_t
             const nf_acc *b = &part[i * n_chunks + c];
             nf_chan(&a, b->n, b->mean, b->m2);
         }
-        nf_store(dt, mean, var, nf_out_at(p, i), &a, ddof);
+        nf_store(odt, mean, var, nf_out_at(p, i), &a, ddof);
     }
 }
 
 static int64_t nf_cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-nf_status NF_FN(nf_moments)(const nf_plan *p, nf_dtype dt, const void *x, void *mean, void *var,
-                            double ddof, int nthreads)
+nf_status NF_FN(nf_moments)(const nf_plan *p, nf_dtype dt, const void *x, nf_dtype odt, void *mean,
+                            void *var, double ddof, int nthreads)
 {
     nf_rows_fn rows;
     nf_cols_fn cols;
@@ -159,13 +159,15 @@ nf_status NF_FN(nf_moments)(const nf_plan *p, nf_dtype dt, const void *x, void *
     case NF_BF16: rows = rows_bf16; cols = cols_bf16; isz = 2; break;
     default: return NF_EINVAL;
     }
+    if (odt != NF_F32 && odt != NF_F64)
+        return NF_EINVAL;
     const int64_t n_out = p->o.size * p->k;
     if (n_out == 0)
         return NF_OK;
     if (p->count == 0) {
         const nf_acc empty = {0, 0, 0};
         for (int64_t i = 0; i < n_out; i++)
-            nf_store(dt, mean, var, nf_out_at(p, i), &empty, ddof);
+            nf_store(odt, mean, var, nf_out_at(p, i), &empty, ddof);
         return NF_OK;
     }
     const char *xb = (const char *)x + p->x_offset * (int64_t)isz;
@@ -196,7 +198,7 @@ nf_status NF_FN(nf_moments)(const nf_plan *p, nf_dtype dt, const void *x, void *
             if (part)
                 part[w] = a;
             else
-                nf_store(dt, mean, var, p->out_offset + oi.ooff, &a, ddof);
+                nf_store(odt, mean, var, p->out_offset + oi.ooff, &a, ddof);
         }
     } else {
         /* Column mode: chunk = (rows of R1) x (a tile of at most NF_KTILE columns of K). */
@@ -222,12 +224,12 @@ nf_status NF_FN(nf_moments)(const nf_plan *p, nf_dtype dt, const void *x, void *
                 if (part)
                     part[i * n_chunks + ch] = a;
                 else
-                    nf_store(dt, mean, var, p->out_offset + oi.ooff + (k0 + k) * p->k_ostride, &a, ddof);
+                    nf_store(odt, mean, var, p->out_offset + oi.ooff + (k0 + k) * p->k_ostride, &a, ddof);
             }
         }
     }
     if (part) {
-        nf_finish(p, dt, part, n_chunks, mean, var, ddof, nt);
+        nf_finish(p, odt, part, n_chunks, mean, var, ddof, nt);
         free(part);
     }
     return NF_OK;

@@ -55,18 +55,19 @@ nf_status nf_plan_make(nf_plan *plan, int ndim, const int64_t *shape, const int6
                        const unsigned char *reduce);
 
 /* Mean and variance (divisor max(count - ddof, 0)) of x over the plan's reduction, one pass over memory.
- * Outputs are double for NF_F64 input and float otherwise, at out_offset + o/k strides. Empty
- * reductions give NaN. Results do not depend on the number of threads. */
-nf_status nf_moments(const nf_plan *plan, nf_dtype dtype, const void *x, void *mean, void *var,
-                     double ddof);
+ * Outputs are out_dtype (NF_F32 or NF_F64) at out_offset + o/k strides. Empty reductions give NaN.
+ * Results do not depend on the number of threads. */
+nf_status nf_moments(const nf_plan *plan, nf_dtype dtype, const void *x, nf_dtype out_dtype, void *mean,
+                     void *var, double ddof);
 
 typedef enum { NF_ACT_NONE = 0, NF_ACT_RELU = 1, NF_ACT_SIGMOID = 2, NF_ACT_SILU = 3 } nf_act;
 
-/* The apply pass: y = act(x * a + b) elementwise, a and b laid out like the statistics of the plan (one
- * value per [O, K] group; double for NF_F64, float otherwise). y has x's dtype; the plan must have been
- * made with y's strides. y may be x itself. */
-nf_status nf_apply(const nf_plan *plan, nf_dtype dtype, const void *x, void *y, const void *a,
-                   const void *b, nf_act act);
+/* The apply pass: y = act((x - shift) * scale + bias) elementwise, the three laid out like the
+ * statistics of the plan (one value per [O, K] group; double for NF_F64, float otherwise). Subtracting
+ * first keeps y accurate when the mean is large next to the spread. y has x's dtype; the plan must have
+ * been made with y's strides. y may be x itself. */
+nf_status nf_apply(const nf_plan *plan, nf_dtype dtype, const void *x, void *y, const void *shift,
+                   const void *scale, const void *bias, nf_act act);
 
 /* Threads used by the kernels (>= 1). The default is OpenMP's, so OMP_NUM_THREADS is honoured. */
 void nf_set_num_threads(int n);

@@ -1,0 +1,198 @@
+"""The normalization family, forward. Each norm reduces with the moments engine, turns the statistics
+into one scale and shift per group (float64, on small arrays), and writes y = act(x * a + b) with the
+apply pass. Everything is checked before anything is written; running statistics are updated last."""
+import math
+import operator
+
+import numpy as np
+
+from . import _checks, _normc
+
+__all__ = ["batch_norm", "instance_norm", "group_norm"]
+
+
+def _stats_dtype(x):
+    return np.float64 if x.dtype == np.float64 else np.float32
+
+
+def _layout(ndim, sizes):
+    """Shape of x's rank with the given {axis: size} and 1 elsewhere."""
+    return [sizes.get(i, 1) for i in range(ndim)]
+
+
+def _moments(x, code, keep):
+    """Biased mean and variance over every axis not in `keep`, in x's rank, as float64 whatever x's
+    dtype (the engine accumulates in double; rounding them to float32 would cost the apply pass)."""
+    shape = _layout(x.ndim, {i: x.shape[i] for i in keep})
+    mean, var = np.empty(shape), np.empty(shape)
+    _normc.moments(x, code, tuple(i not in keep for i in range(x.ndim)), mean, var, 0.0)
+    return mean, var
+
+
+def _apply(x, code, keep, mean, var, eps, weight, bias, activation, out, pdt):
+    """y = act((x - mean) / sqrt(var + eps) * weight + bias), statistics laid out over the `keep` axes,
+    weight and bias already shaped to broadcast against them.
+
+    The kernel computes (x - s) * a + c with s the mean rounded to x's compute precision; the rounding
+    of s is folded into c in float64, so a large mean costs no accuracy."""
+    a = 1.0 / np.sqrt(var + eps)
+    if weight is not None:
+        a = a * weight
+    shape = _layout(x.ndim, {i: x.shape[i] for i in keep})
+    s = np.ascontiguousarray(np.broadcast_to(mean, shape), dtype=pdt)
+    c = (s - mean) * a if bias is None else bias + (s - mean) * a
+    a = np.ascontiguousarray(np.broadcast_to(a, shape), dtype=pdt)
+    c = np.ascontiguousarray(np.broadcast_to(c, shape), dtype=pdt)
+    _normc.apply(x, code, tuple(i not in keep for i in range(x.ndim)), s, a, c, out, activation)
+    return out
+
+
+def _channel_vector(v, x, c):
+    """A (C,) vector shaped to broadcast along channel axis c of x."""
+    return None if v is None else v.reshape(_layout(x.ndim, {c: x.shape[c]}))
+
+
+def _counter(num_batches_tracked):
+    if num_batches_tracked is None:
+        return None
+    n = num_batches_tracked
+    if not (isinstance(n, np.ndarray) and n.size == 1 and n.dtype.kind in "iu" and n.flags.writeable):
+        raise TypeError("num_batches_tracked: expected a writeable integer array of one element, "
+                        f"got {type(n).__name__}")
+    return n
+
+
+def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, *, training=False,
+               momentum=0.1, eps=1e-5, axis=1, unbiased=True, activation=None, out=None,
+               num_batches_tracked=None):
+    """Batch normalization over every axis but the channel axis `axis` (PyTorch semantics).
+
+    training=True normalizes with the batch statistics and, when running_mean/running_var are given,
+    updates them in place: r = (1 - momentum) * r + momentum * batch, with the variance unbiased unless
+    unbiased=False. momentum=None is the cumulative average, which counts batches in
+    `num_batches_tracked` (an integer array of one element, incremented in place). training=False
+    normalizes with the running statistics. Returns `out` (a new array like x unless given; x itself
+    is allowed)."""
+    x, code = _checks.float_array(x, "x")
+    c = _checks.channel_axis(axis, x.ndim)
+    C, pdt = x.shape[c], _stats_dtype(x)
+    training = _checks.flag(training, "training")
+    unbiased = _checks.flag(unbiased, "unbiased")
+    eps = _checks.positive(eps, "eps")
+    momentum = _checks.fraction(momentum, "momentum", allow_none=True)
+    activation = _checks.activation(activation)
+    weight = _checks.vector(weight, C, "weight")
+    bias = _checks.vector(bias, C, "bias")
+    update = training and (running_mean is not None or running_var is not None)
+    rm = _checks.running(running_mean, C, pdt, "running_mean", update)
+    rv = _checks.running(running_var, C, pdt, "running_var", update)
+    if (rm is None) != (rv is None):
+        raise ValueError("running_mean, running_var: give both or neither")
+    if not training and rm is None:
+        raise ValueError("running_mean, running_var: required when training=False")
+    nbt = _counter(num_batches_tracked)
+    if update and momentum is None and nbt is None:
+        raise ValueError("num_batches_tracked: required for momentum=None (the cumulative average)")
+    out = _checks.output(out, x)
+    count = math.prod(n for i, n in enumerate(x.shape) if i != c)
+    if training:
+        if count <= 1 and x.size:
+            raise ValueError(f"x: expected more than 1 value per channel when training, got {count}")
+        mean, var = _moments(x, code, (c,))
+    else:
+        mean = _channel_vector(rm.astype(np.float64), x, c)
+        var = _channel_vector(rv.astype(np.float64), x, c)
+    if update:
+        f = momentum if momentum is not None else 1.0 / (int(nbt.flat[0]) + 1)
+        batch_var = var.ravel() * (count / (count - 1) if unbiased else 1.0)
+        new_rm = (1 - f) * rm + f * mean.ravel()
+        new_rv = (1 - f) * rv + f * batch_var
+    _apply(x, code, (c,), mean, var, eps, _channel_vector(weight, x, c), _channel_vector(bias, x, c),
+           activation, out, pdt)
+    if update:
+        rm[...] = new_rm
+        rv[...] = new_rv
+        if nbt is not None:
+            nbt += 1
+    return out
+
+
+def _instance_axes(x, axis):
+    c = _checks.channel_axis(axis, x.ndim)
+    if c == 0:
+        raise ValueError("axis: the channel axis cannot be axis 0, the batch axis")
+    return c
+
+
+def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None, *, use_input_stats=True,
+                  momentum=0.1, eps=1e-5, axis=1, activation=None, out=None):
+    """Instance normalization: statistics per sample and channel over the other axes (PyTorch semantics).
+
+    With use_input_stats and running arrays, they are updated in place with the batch average of the
+    instance means and unbiased variances; use_input_stats=False normalizes with them instead."""
+    x, code = _checks.float_array(x, "x")
+    c = _instance_axes(x, axis)
+    N, C, pdt = x.shape[0], x.shape[c], _stats_dtype(x)
+    use_input_stats = _checks.flag(use_input_stats, "use_input_stats")
+    eps = _checks.positive(eps, "eps")
+    momentum = _checks.fraction(momentum, "momentum")
+    activation = _checks.activation(activation)
+    weight = _checks.vector(weight, C, "weight")
+    bias = _checks.vector(bias, C, "bias")
+    update = use_input_stats and (running_mean is not None or running_var is not None)
+    rm = _checks.running(running_mean, C, pdt, "running_mean", update)
+    rv = _checks.running(running_var, C, pdt, "running_var", update)
+    if (rm is None) != (rv is None):
+        raise ValueError("running_mean, running_var: give both or neither")
+    if not use_input_stats and rm is None:
+        raise ValueError("running_mean, running_var: required when use_input_stats=False")
+    out = _checks.output(out, x)
+    count = math.prod(n for i, n in enumerate(x.shape) if i not in (0, c))
+    if use_input_stats:
+        if count <= 1 and x.size:
+            raise ValueError(f"x: expected more than 1 spatial element when use_input_stats=True, got {count}")
+        mean, var = _moments(x, code, (0, c))
+    else:
+        mean = _channel_vector(rm.astype(np.float64), x, c)
+        var = _channel_vector(rv.astype(np.float64), x, c)
+    if update:
+        per_channel = [i for i in range(x.ndim) if i != c]
+        new_rm = (1 - momentum) * rm + momentum * mean.mean(axis=tuple(per_channel)).ravel()
+        unb = var * (count / (count - 1))
+        new_rv = (1 - momentum) * rv + momentum * unb.mean(axis=tuple(per_channel)).ravel()
+    _apply(x, code, (0, c), mean, var, eps, _channel_vector(weight, x, c), _channel_vector(bias, x, c),
+           activation, out, pdt)
+    if update:
+        rm[...] = new_rm
+        rv[...] = new_rv
+    return out
+
+
+def group_norm(x, num_groups, weight=None, bias=None, *, eps=1e-5, axis=1, activation=None, out=None):
+    """Group normalization: statistics per sample over groups of num_groups consecutive channels and the
+    other axes; weight and bias per channel (PyTorch semantics)."""
+    x, code = _checks.float_array(x, "x")
+    c = _instance_axes(x, axis)
+    C, pdt = x.shape[c], _stats_dtype(x)
+    try:
+        G = operator.index(num_groups)
+    except TypeError:
+        raise TypeError(f"num_groups: expected an int, got {type(num_groups).__name__}") from None
+    if G < 1 or C % G:
+        raise ValueError(f"num_groups: expected a positive divisor of the {C} channels, got {G}")
+    eps = _checks.positive(eps, "eps")
+    activation = _checks.activation(activation)
+    weight = _checks.vector(weight, C, "weight")
+    bias = _checks.vector(bias, C, "bias")
+    out = _checks.output(out, x)
+    # The channel axis split into (G, C/G): always expressible as a view of x, so nothing is copied.
+    cg = C // G
+    shape = x.shape[:c] + (G, cg) + x.shape[c + 1:]
+    strides = x.strides[:c] + (cg * x.strides[c], x.strides[c]) + x.strides[c + 1:]
+    xs = np.lib.stride_tricks.as_strided(x, shape, strides, writeable=False)
+    mean, var = _moments(xs, code, (0, c))
+    # Per group -> per channel: repeat along the group axis, then drop the (size 1) within-group axis.
+    mean = np.repeat(mean, cg, axis=c).squeeze(c + 1)
+    var = np.repeat(var, cg, axis=c).squeeze(c + 1)
+    return _apply(x, code, (0, c), mean, var, eps, _channel_vector(weight, x, c),
+                  _channel_vector(bias, x, c), activation, out, pdt)
