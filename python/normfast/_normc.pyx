@@ -22,9 +22,14 @@ ACTIVATIONS = {None: NF_ACT_NONE, "relu": NF_ACT_RELU, "sigmoid": NF_ACT_SIGMOID
 
 
 cdef int _same_layout(cnp.ndarray a, cnp.ndarray b, str what) except -1:
-    cdef object oa = a, ob = b  # Python-level shape and strides (typed arrays expose C pointers)
-    if oa.shape != ob.shape or oa.strides != ob.strides or cnp.PyArray_ITEMSIZE(a) != cnp.PyArray_ITEMSIZE(b):
+    """Same shape, item size and strides (strides of size-1 axes never matter)."""
+    cdef int i
+    if cnp.PyArray_NDIM(a) != cnp.PyArray_NDIM(b) or cnp.PyArray_ITEMSIZE(a) != cnp.PyArray_ITEMSIZE(b):
         raise ValueError(f"normfast: {what} must share one layout")
+    for i in range(cnp.PyArray_NDIM(a)):
+        if cnp.PyArray_DIM(a, i) != cnp.PyArray_DIM(b, i) or \
+                (cnp.PyArray_DIM(a, i) > 1 and cnp.PyArray_STRIDE(a, i) != cnp.PyArray_STRIDE(b, i)):
+            raise ValueError(f"normfast: {what} must share one layout")
     return 0
 
 

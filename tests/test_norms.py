@@ -1,0 +1,281 @@
+"""batch_norm, instance_norm and group_norm against the float64 reference and against PyTorch."""
+import ml_dtypes
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import normfast
+from normfast import reference
+
+from conftest import ISAS, use_isa
+
+DTYPES = [np.float32, np.float64, np.float16, ml_dtypes.bfloat16]
+ACTS = [None, "relu", "sigmoid", "silu"]
+
+# Output tolerance relative to the output's scale: the computation is float32 (float64 for float64),
+# then rounded to the output dtype.
+Y_TOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 2e-5, np.dtype(np.float16): 2e-3,
+         np.dtype(ml_dtypes.bfloat16): 1.6e-2}
+
+
+def assert_close_y(y, ref, dtype):
+    assert y.dtype == np.dtype(dtype) and y.shape == ref.shape
+    tol = Y_TOL[np.dtype(dtype)]
+    np.testing.assert_allclose(np.asarray(y, np.float64), ref, rtol=tol, atol=tol * max(1.0, np.abs(ref).max(initial=0)))
+
+
+@st.composite
+def norm_inputs(draw, min_spatial=1):
+    """(x, axis, C): a strided view of rank 2-5 whose channel axis is 1 or last."""
+    ndim = draw(st.integers(2, 5))
+    n = draw(st.integers(1, 4))
+    c = draw(st.sampled_from([1, 2, 3, 4, 6, 8]))
+    spatial = draw(st.lists(st.integers(1, 7), min_size=ndim - 2, max_size=ndim - 2))
+    if np.prod(spatial) < min_spatial:
+        spatial = spatial[:-1] + [min_spatial] if spatial else spatial
+    last = draw(st.booleans())
+    shape = [n] + ([] if last else [c]) + spatial + ([c] if last else [])
+    steps = draw(st.lists(st.sampled_from([1, 1, 2, -1]), min_size=ndim, max_size=ndim))
+    dtype = draw(st.sampled_from(DTYPES))
+    offset = draw(st.sampled_from([0.0, 5.0, -300.0]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    base = (rng.standard_normal([s * abs(k) for s, k in zip(shape, steps)]) * 2 + offset).astype(dtype)
+    x = base[tuple(slice(None, None, k) for k in steps)]
+    return x, (ndim - 1 if last else 1) - (ndim if last and draw(st.booleans()) else 0), c
+
+
+def params(c, affine, seed=0):
+    if not affine:
+        return None, None
+    rng = np.random.default_rng(seed)
+    return rng.uniform(0.5, 1.5, c), rng.standard_normal(c)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(inp=norm_inputs(), affine=st.booleans(), act=st.sampled_from(ACTS), eps=st.sampled_from([1e-5, 0.1]),
+       training=st.booleans())
+def test_batch_norm_matches_reference(isa, inp, affine, act, eps, training):
+    x, axis, c = inp
+    if training and x.size // c < 2:
+        return
+    w, b = params(c, affine)
+    pdt = np.float64 if x.dtype == np.float64 else np.float32
+    rm, rv = np.linspace(-1, 1, c).astype(pdt), np.linspace(0.5, 2, c).astype(pdt)
+    ref_y, ref_rm, ref_rv = reference.batch_norm(x, rm, rv, w, b, training=training, eps=eps, axis=axis,
+                                                 activation=act)
+    with use_isa(isa):
+        y = normfast.batch_norm(x, rm, rv, w, b, training=training, eps=eps, axis=axis, activation=act)
+    assert_close_y(y, ref_y, x.dtype)
+    rtol = 1e-12 if pdt == np.float64 else 2e-6
+    np.testing.assert_allclose(rm, ref_rm, rtol=rtol, atol=rtol)
+    np.testing.assert_allclose(rv, ref_rv, rtol=rtol, atol=rtol)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(inp=norm_inputs(min_spatial=2), affine=st.booleans(), act=st.sampled_from(ACTS),
+       use_input_stats=st.booleans())
+def test_instance_norm_matches_reference(isa, inp, affine, act, use_input_stats):
+    x, axis, c = inp
+    if x.ndim < 3 or x.size // (x.shape[0] * c) < 2:
+        return
+    w, b = params(c, affine)
+    pdt = np.float64 if x.dtype == np.float64 else np.float32
+    rm, rv = np.linspace(-1, 1, c).astype(pdt), np.linspace(0.5, 2, c).astype(pdt)
+    ref_y, ref_rm, ref_rv = reference.instance_norm(x, rm, rv, w, b, use_input_stats=use_input_stats,
+                                                    axis=axis, activation=act)
+    with use_isa(isa):
+        y = normfast.instance_norm(x, rm, rv, w, b, use_input_stats=use_input_stats, axis=axis, activation=act)
+    assert_close_y(y, ref_y, x.dtype)
+    rtol = 1e-12 if pdt == np.float64 else 2e-6
+    np.testing.assert_allclose(rm, ref_rm, rtol=rtol, atol=rtol)
+    np.testing.assert_allclose(rv, ref_rv, rtol=rtol, atol=rtol)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(inp=norm_inputs(), affine=st.booleans(), act=st.sampled_from(ACTS), data=st.data())
+def test_group_norm_matches_reference(isa, inp, affine, act, data):
+    x, axis, c = inp
+    groups = data.draw(st.sampled_from([g for g in range(1, c + 1) if c % g == 0]))
+    w, b = params(c, affine)
+    ref_y = reference.group_norm(x, groups, w, b, axis=axis, activation=act)
+    with use_isa(isa):
+        y = normfast.group_norm(x, groups, w, b, axis=axis, activation=act)
+    assert_close_y(y, ref_y, x.dtype)
+
+
+def to_torch_layout(x, axis):
+    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, axis, 1)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("axis", [1, -1])
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_batch_norm_running_statistics_like_torch(dtype, axis, momentum):
+    """Five training batches, then inference, against torch.nn.functional.batch_norm."""
+    rng = np.random.default_rng(5)
+    c = 6
+    w, b = params(c, True)
+    rm, rv = np.zeros(c, dtype), np.ones(c, dtype)
+    trm, trv = torch.zeros(c, dtype=torch.from_numpy(rm).dtype), torch.ones(c, dtype=torch.from_numpy(rv).dtype)
+    tw, tb = torch.from_numpy(w.astype(dtype)), torch.from_numpy(b.astype(dtype))
+    nbt = np.zeros(1, np.int64)
+    shape = (4, 5, 7, c) if axis == -1 else (4, c, 5, 7)
+    tol = 1e-12 if dtype == np.float64 else 2e-5
+    for step in range(6):
+        x = (rng.standard_normal(shape) * (step + 1) + step).astype(dtype)
+        training = step < 5
+        factor = momentum if momentum is not None else 1.0 / (step + 1)
+        y = normfast.batch_norm(x, rm, rv, w, b, training=training, momentum=momentum, axis=axis,
+                                num_batches_tracked=nbt)
+        ty = F.batch_norm(to_torch_layout(x, axis), trm, trv, tw, tb, training=training, momentum=factor)
+        np.testing.assert_allclose(np.moveaxis(y, axis, 1), ty.numpy(), rtol=tol, atol=tol)
+        np.testing.assert_allclose(rm, trm.numpy(), rtol=tol, atol=tol)
+        np.testing.assert_allclose(rv, trv.numpy(), rtol=tol, atol=tol)
+    assert nbt[0] == 5
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("axis", [1, -1])
+def test_instance_and_group_norm_like_torch(dtype, axis):
+    rng = np.random.default_rng(6)
+    c = 8
+    shape = (3, 9, 11, c) if axis == -1 else (3, c, 9, 11)
+    w, b = params(c, True)
+    tw, tb = torch.from_numpy(w.astype(dtype)), torch.from_numpy(b.astype(dtype))
+    tol = 1e-12 if dtype == np.float64 else 2e-5
+    rm, rv = np.zeros(c, dtype), np.ones(c, dtype)
+    trm, trv = torch.zeros(c, dtype=tw.dtype), torch.ones(c, dtype=tw.dtype)
+    for step in range(6):
+        x = (rng.standard_normal(shape) * 3 + step).astype(dtype)
+        use_input_stats = step < 5
+        y = normfast.instance_norm(x, rm, rv, w, b, use_input_stats=use_input_stats, axis=axis)
+        ty = F.instance_norm(to_torch_layout(x, axis), trm, trv, tw, tb, use_input_stats=use_input_stats)
+        np.testing.assert_allclose(np.moveaxis(y, axis, 1), ty.numpy(), rtol=tol, atol=tol)
+        np.testing.assert_allclose(rm, trm.numpy(), rtol=tol, atol=tol)
+        np.testing.assert_allclose(rv, trv.numpy(), rtol=tol, atol=tol)
+    for groups in (1, 2, 4, 8):
+        y = normfast.group_norm(x, groups, w, b, axis=axis)
+        ty = F.group_norm(to_torch_layout(x, axis), groups, tw, tb)
+        np.testing.assert_allclose(np.moveaxis(y, axis, 1), ty.numpy(), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("act", ["relu", "sigmoid", "silu"])
+def test_activations_like_torch(act):
+    x = np.random.default_rng(7).standard_normal((4, 6, 10)).astype(np.float32)
+    y = normfast.group_norm(x, 3, activation=act)
+    ty = getattr(F, act)(F.group_norm(torch.from_numpy(x), 3))
+    np.testing.assert_allclose(y, ty.numpy(), rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_large_mean_normalizes(isa, channels_last):
+    """float32 1e4 + N(0, 1): every norm gives mean 0 and variance 1 within 1e-3."""
+    x = (1e4 + np.random.default_rng(8).standard_normal((8, 16, 24, 24))).astype(np.float32)
+    axis = 1
+    if channels_last:
+        x, axis = np.moveaxis(x, 1, -1), -1
+    spatial = (1, 2) if channels_last else (2, 3)
+    c = x.ndim - 1 if channels_last else 1
+    with use_isa(isa):
+        cases = [
+            (normfast.batch_norm(x, training=True, axis=axis), tuple(i for i in range(4) if i != c), 1),
+            (normfast.instance_norm(x, axis=axis), spatial, 1),
+        ]
+        g = normfast.group_norm(x, 4, axis=axis)
+    for y, axes, _ in cases:
+        y = y.astype(np.float64)
+        assert np.abs(y.mean(axis=axes)).max() < 1e-3
+        assert np.abs(y.var(axis=axes) - 1).max() < 1e-3
+    grouped = np.moveaxis(g.astype(np.float64), c, 1).reshape(8, 4, -1)
+    assert np.abs(grouped.mean(axis=2)).max() < 1e-3
+    assert np.abs(grouped.var(axis=2) - 1).max() < 1e-3
+
+
+def test_in_place_and_out():
+    x = np.random.default_rng(9).standard_normal((4, 3, 5)).astype(np.float32)
+    want = normfast.group_norm(x, 3)
+    out = np.empty_like(x)
+    assert normfast.group_norm(x, 3, out=out) is out
+    np.testing.assert_array_equal(out, want)
+    xc = x.copy()
+    assert normfast.group_norm(xc, 3, out=xc) is xc
+    np.testing.assert_array_equal(xc, want)
+
+
+def test_nan_stays_in_its_group():
+    x = np.random.default_rng(10).standard_normal((2, 4, 6)).astype(np.float32)
+    x[1, 2, 3] = np.nan
+    y = normfast.group_norm(x, 2)
+    assert np.isnan(y[1, 2:]).all()
+    assert not np.isnan(y[0]).any() and not np.isnan(y[1, :2]).any()
+    y = normfast.instance_norm(x)
+    assert np.isnan(y[1, 2]).all() and np.isnan(y).sum() == 6
+    y = normfast.batch_norm(x, training=True)
+    assert np.isnan(y[:, 2]).all() and np.isnan(y).sum() == 12
+
+
+X = np.ones((2, 4, 3), np.float32)
+RM, RV = np.zeros(4, np.float32), np.ones(4, np.float32)
+
+
+@pytest.mark.parametrize(
+    "fn,kwargs,exc,match",
+    [
+        (normfast.batch_norm, {"weight": np.ones(3)}, ValueError, r"weight: expected shape \(4,\)"),
+        (normfast.batch_norm, {"bias": np.ones((4, 1))}, ValueError, "bias: expected shape"),
+        (normfast.batch_norm, {"running_mean": np.zeros(5, np.float32), "running_var": RV, "training": True},
+         ValueError, "running_mean: expected shape"),
+        (normfast.batch_norm, {"running_mean": RM.astype(np.float64), "running_var": RV, "training": True},
+         TypeError, "running_mean: expected dtype float32"),
+        (normfast.batch_norm, {"running_mean": np.zeros(8, np.float32)[::2], "running_var": RV, "training": True},
+         ValueError, "running_mean: expected a contiguous"),
+        (normfast.batch_norm, {"running_mean": RM, "running_var": np.ones(4, np.float32).setflags(write=False)
+                               or None, "training": True}, ValueError, "give both or neither"),
+        (normfast.batch_norm, {}, ValueError, "required when training=False"),
+        (normfast.batch_norm, {"training": True, "eps": 0}, ValueError, "eps: expected a number > 0"),
+        (normfast.batch_norm, {"training": True, "momentum": 1.5}, ValueError, r"momentum: expected a number in \[0, 1\]"),
+        (normfast.batch_norm, {"training": True, "activation": "tanh"}, ValueError, "activation: expected"),
+        (normfast.batch_norm, {"training": True, "out": np.empty((2, 4, 3))}, ValueError, "out: expected shape"),
+        (normfast.batch_norm, {"training": True, "axis": 3}, ValueError, "axis: axis 3 is out of range"),
+        (normfast.batch_norm, {"training": True, "running_mean": RM, "running_var": RV, "momentum": None},
+         ValueError, "num_batches_tracked: required"),
+        (normfast.group_norm, {"num_groups": 3}, ValueError, "num_groups: expected a positive divisor of the 4"),
+        (normfast.group_norm, {"num_groups": 2, "axis": 0}, ValueError, "axis: the channel axis cannot be axis 0"),
+        (normfast.instance_norm, {"eps": -1.0}, ValueError, "eps: expected a number > 0"),
+    ],
+)
+def test_bad_input_writes_nothing(fn, kwargs, exc, match):
+    x = X.copy()
+    rm, rv = RM.copy(), RV.copy()
+    out = np.full_like(x, 7.0)
+    kw = dict(kwargs)
+    if fn is normfast.group_norm:
+        args = (x, kw.pop("num_groups"))
+    else:
+        args = (x,)
+    if "out" not in kw:
+        kw["out"] = out
+    with pytest.raises(exc, match=match):
+        fn(*args, **kw)
+    assert (out == 7.0).all() and (x == 1.0).all()
+    for name in ("running_mean", "running_var"):
+        if isinstance(kw.get(name), np.ndarray) and kw[name].shape == (4,):
+            assert (kw[name] == (RM if name == "running_mean" else RV)).all()
+
+
+def test_read_only_running_stats_are_refused_in_training():
+    rv = np.ones(4, np.float32)
+    rv.setflags(write=False)
+    rm = np.zeros(4, np.float32)
+    with pytest.raises(ValueError, match="running_var: the array is read-only"):
+        normfast.batch_norm(X, rm, rv, training=True)
+    assert (rm == 0).all()
+    # inference only reads them
+    normfast.batch_norm(X, rm, rv)
