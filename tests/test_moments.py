@@ -88,6 +88,7 @@ def test_matches_reference(isa, case):
         ((4, 6, 5, 33), (2, 3)),  # instance norm, NCHW
         ((4, 40, 3), (1,)),  # instance norm, channels last, three channels
         ((3, 70001), 1),  # rows longer than a chunk
+        ((4, 30, 30, 16, 2), (1, 2, 4)),  # group norm, channels last: short rows as columns
     ],
 )
 def test_layouts(isa, dtype, shape, axis):
@@ -120,7 +121,8 @@ def test_large_offset_accuracy(isa):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
 @pytest.mark.parametrize(
     "shape,axis",
-    [((3000, 700), 0), ((700, 3000), 1), ((1100, 900), None), ((8, 50, 333), (0, 2)), ((5, 300000), 1)],
+    [((3000, 700), 0), ((700, 3000), 1), ((1100, 900), None), ((8, 50, 333), (0, 2)), ((5, 300000), 1),
+     ((20000, 6), 1), ((4, 3000, 8, 2), (1, 3))],  # the last two: short rows run as columns
 )
 def test_bit_identical_across_threads(isa, dtype, shape, axis):
     x = np.random.default_rng(2).standard_normal(shape).astype(dtype)

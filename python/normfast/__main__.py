@@ -13,39 +13,56 @@ def cmd_info(_args):
     return 0
 
 
+def _table(cols, rows):
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
+    for r in [cols] + rows:
+        print("  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths))))
+
+
 def cmd_bench(args):
     if args.threads is not None:
         set_num_threads(args.threads)
+    threads = get_num_threads()
     try:
         import torch
 
-        torch.set_num_threads(get_num_threads())
+        torch.set_num_threads(threads)
     except ImportError:
         torch = None
     cfg = show_config()
-    print(f"normfast {cfg['version']}  isa={cfg['isa']}  threads={get_num_threads()}"
-          f"  numpy {np.__version__}" + (f"  torch {torch.__version__}" if torch else "  (torch not installed)"))
-    print("mean+var, median of repeated calls; speedup = peer time / normfast time")
-    cols = ["case", "normfast ms", "numpy ms", "speedup"] + (["torch ms", "speedup"] if torch else [])
-    cols += ["copy ms", "nf/copy"]
+    print(f"normfast {cfg['version']}  isa={cfg['isa']}  threads={threads}  numpy {np.__version__}"
+          + (f"  torch {torch.__version__}" if torch else "  (torch not installed)"))
+    print("Median of repeated calls, ms; speedup = peer time / normfast time.\n")
+
+    print("moments (mean and variance); floor = copying the same bytes")
+    peers = ["numpy"] + (["torch"] if torch else [])
     rows = []
     for name, shape, dtype, axis in _bench.CASES:
         if args.quick and np.prod(shape) > 4_000_000:
-            shape = tuple(max(1, n // 4) if i == 0 else n for i, n in enumerate(shape))
+            shape = (max(1, shape[0] // 4),) + tuple(shape[1:])
         x = _bench.make_input(shape, dtype)
-        fns = _bench.peers(x, axis)
-        t = {k: _bench.median_time(f, args.repeat) * 1e3 for k, f in fns.items()}
+        t = {k: _bench.median_time(f, args.repeat) * 1e3 for k, f in _bench.peers(x, axis).items()}
         copy = _bench.median_time(_bench.copy_floor(x), args.repeat) * 1e3
-        row = [name, f"{t['normfast']:.2f}", f"{t['numpy']:.2f}", f"{t['numpy'] / t['normfast']:.1f}x"]
-        if torch:
-            row += [f"{t['torch']:.2f}", f"{t['torch'] / t['normfast']:.1f}x"]
-        row += [f"{copy:.2f}", f"{t['normfast'] / copy:.2f}"]
-        rows.append(row)
+        rows.append([name, f"{t['normfast']:.2f}"] + [f"{t[p]:.2f} ({t[p] / t['normfast']:.1f}x)" for p in peers]
+                    + [f"{copy:.2f}", f"{t['normfast'] / copy:.2f}"])
         del x
-    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
-    print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cols, widths))))
-    for r in rows:
-        print("  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths))))
+    _table(["case", "normfast"] + peers + ["floor", "nf/floor"], rows)
+
+    print("\nnormalization layers, float32, normfast with out=; floor = the faster of np.copyto and "
+          "torch copy_; '-' = peer has no such op")
+    peers = ["numpy", "torch", "onnxruntime"]
+    rows = []
+    for name, shape, last, norm in _bench.NORM_CASES:
+        if args.quick and shape[0] > 8:
+            continue
+        fns, floors = _bench.norm_peers(shape, last, norm, threads)
+        t = {k: _bench.median_time(f, args.repeat) * 1e3 for k, f in fns.items()}
+        floor = min(_bench.median_time(f, args.repeat) for f in floors) * 1e3
+        best = min(v for k, v in t.items() if k != "normfast")
+        rows.append([name, f"{t['normfast']:.2f}"]
+                    + [f"{t[p]:.2f} ({t[p] / t['normfast']:.1f}x)" if p in t else "-" for p in peers]
+                    + [f"{best / t['normfast']:.2f}x", f"{floor:.2f}", f"{t['normfast'] / floor:.2f}"])
+    _table(["case", "normfast"] + peers + ["vs best", "floor", "nf/floor"], rows)
     return 0
 
 

@@ -46,7 +46,9 @@ def copy_floor(x):
 
 
 def median_time(fn, repeat, min_time=0.0):
-    """Median wall time of fn over `repeat` calls (after one warm-up call)."""
+    """Median wall time of fn over `repeat` calls (after one warm-up call). A short pause first lets
+    another library's spinning worker threads (OpenMP, ORT) go idle, so peers do not slow each other."""
+    time.sleep(0.05)
     fn()
     times = []
     start = time.perf_counter()
@@ -55,3 +57,107 @@ def median_time(fn, repeat, min_time=0.0):
         fn()
         times.append(time.perf_counter() - t0)
     return float(np.median(times))
+
+
+# --- normalization layers ---------------------------------------------------------------------------
+# (name, shape, channels_last, norm) with norm one of "bn-train", "bn-infer", "gn32", "in".
+NORM_SHAPES = [(8, 64, 56, 56), (32, 64, 56, 56)]
+NORMS = ["bn-train", "bn-infer", "gn32", "in"]
+NORM_CASES = [(f"{norm} {'NHWC' if last else 'NCHW'} {shape}", shape, last, norm)
+              for shape in NORM_SHAPES for last in (False, True) for norm in NORMS]
+EPS = 1e-5
+
+
+def _numpy_norm(x, axes, gamma, beta):
+    """Normalization as the tutorials write it."""
+    mu = np.mean(x, axis=axes, keepdims=True)
+    var = np.var(x, axis=axes, keepdims=True)
+    return (x - mu) / np.sqrt(var + EPS) * gamma + beta
+
+
+def _ort_session(op, x_shape, inits, attrs, threads):
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    names = ["X"] + [n for n, _ in inits]
+    node = helper.make_node(op, names, ["Y"], **attrs)
+    graph = helper.make_graph(
+        [node], "norm", [helper.make_tensor_value_info("X", TensorProto.FLOAT, list(x_shape))],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, list(x_shape))],
+        [numpy_helper.from_array(np.asarray(v, np.float32), n) for n, v in inits])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    # Idle ORT workers would otherwise spin and steal cores from whatever is timed next.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return sess
+
+
+def norm_peers(shape, channels_last, norm, threads):
+    """Callables for one normalization case by implementation name, plus the copy floor."""
+    from . import norms
+
+    nchw = make_input(shape, np.float32)
+    x = np.ascontiguousarray(np.moveaxis(nchw, 1, -1)) if channels_last else nchw
+    c = x.ndim - 1 if channels_last else 1
+    C, N = x.shape[c], x.shape[0]
+    rng = np.random.default_rng(1)
+    gamma, beta = rng.uniform(0.5, 1.5, C).astype(np.float32), rng.standard_normal(C).astype(np.float32)
+    rm, rv = rng.standard_normal(C).astype(np.float32), rng.uniform(0.5, 2, C).astype(np.float32)
+    bshape = [C if i == c else 1 for i in range(x.ndim)]
+    g, b = gamma.reshape(bshape), beta.reshape(bshape)
+    out = np.empty_like(x)
+    spatial = tuple(i for i in range(1, x.ndim) if i != c)
+    fns = {}
+    if norm == "bn-train":
+        fns["normfast"] = lambda: norms.batch_norm(x, rm.copy(), rv.copy(), gamma, beta, training=True, axis=c, out=out)
+        fns["numpy"] = lambda: _numpy_norm(x, (0,) + spatial, g, b)
+    elif norm == "bn-infer":
+        fns["normfast"] = lambda: norms.batch_norm(x, rm, rv, gamma, beta, axis=c, out=out)
+        fns["numpy"] = lambda: (x - rm.reshape(bshape)) / np.sqrt(rv.reshape(bshape) + EPS) * g + b
+    elif norm == "gn32":
+        fns["normfast"] = lambda: norms.group_norm(x, 32, gamma, beta, axis=c, out=out)
+        grouped = list(x.shape)
+        grouped[c:c + 1] = [32, C // 32]
+
+        def np_gn():
+            xg = x.reshape(grouped)
+            axes = tuple(i for i in range(1, xg.ndim) if i != c)
+            return _numpy_norm(xg, axes, 1.0, 0.0).reshape(x.shape) * g + b
+        fns["numpy"] = np_gn
+    else:
+        fns["normfast"] = lambda: norms.instance_norm(x, None, None, gamma, beta, axis=c, out=out)
+        fns["numpy"] = lambda: _numpy_norm(x, spatial, g, b)
+    try:
+        import torch
+        import torch.nn.functional as F
+
+        t = torch.from_numpy(x)
+        t = t.permute(0, x.ndim - 1, *range(1, x.ndim - 1)) if channels_last else t
+        tg, tb, trm, trv = (torch.from_numpy(v) for v in (gamma, beta, rm, rv))
+        fns["torch"] = {
+            "bn-train": lambda: F.batch_norm(t, trm.clone(), trv.clone(), tg, tb, training=True),
+            "bn-infer": lambda: F.batch_norm(t, trm, trv, tg, tb),
+            "gn32": lambda: F.group_norm(t, 32, tg, tb),
+            "in": lambda: F.instance_norm(t, weight=tg, bias=tb),
+        }[norm]
+        tsrc, tdst = torch.from_numpy(x), torch.empty_like(torch.from_numpy(x))
+        torch_copy = lambda: tdst.copy_(tsrc)  # noqa: E731
+    except ImportError:
+        torch_copy = None
+    try:
+        if not channels_last and norm != "bn-train":
+            op, inits, attrs = {
+                "bn-infer": ("BatchNormalization", [("s", gamma), ("b", beta), ("m", rm), ("v", rv)], {}),
+                "gn32": ("GroupNormalization", [("s", gamma), ("b", beta)], {"num_groups": 32}),
+                "in": ("InstanceNormalization", [("s", gamma), ("b", beta)], {}),
+            }[norm]
+            sess = _ort_session(op, x.shape, inits, {"epsilon": EPS, **attrs}, threads)
+            fns["onnxruntime"] = lambda: sess.run(None, {"X": x})
+    except ImportError:
+        pass
+    floors = [copy_floor(x)] + ([torch_copy] if torch_copy else [])
+    return fns, floors

@@ -14,6 +14,7 @@
 #define NF_DIRECT_MIN 256 /* shorter or strided rows are gathered into full blocks */
 #define NF_KTILE 256      /* columns per column-mode work item */
 #define NF_RB 64          /* rows per column-mode block (reread from L2 by its second pass) */
+#define NF_SHORT_ROW 16   /* contiguous rows up to this long run in column mode when they can */
 
 typedef struct {
     double n, mean, m2;
@@ -128,16 +129,17 @@ static inline void nf_store(nf_dtype odt, void *mean, void *var, int64_t at, con
     }
 }
 
-/* Merge each statistic's chunk partials in chunk order and store it. */
-static void nf_finish(const nf_plan *p, nf_dtype odt, const nf_acc *part, int64_t n_chunks, void *mean,
-                      void *var, double ddof, int nt)
+/* Merge each statistic's partials (`group` sub-statistics x `n_chunks` chunks, in that fixed order) and
+ * store it. */
+static void nf_finish(const nf_plan *p, nf_dtype odt, const nf_acc *part, int64_t group, int64_t n_chunks,
+                      void *mean, void *var, double ddof, int nt)
 {
-    const int64_t n_out = p->o.size * p->k;
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1 && n_out * n_chunks >= 4096)
+    const int64_t n_out = p->o.size * p->k, per = group * n_chunks;
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1 && n_out * per >= 4096)
     for (int64_t i = 0; i < n_out; i++) {
         nf_acc a = {0, 0, 0};
-        for (int64_t c = 0; c < n_chunks; c++) {
-            const nf_acc *b = &part[i * n_chunks + c];
+        for (int64_t c = 0; c < per; c++) {
+            const nf_acc *b = &part[i * per + c];
             nf_chan(&a, b->n, b->mean, b->m2);
         }
         nf_store(odt, mean, var, nf_out_at(p, i), &a, ddof);
@@ -173,10 +175,12 @@ nf_status NF_FN(nf_moments)(const nf_plan *p, nf_dtype dt, const void *x, nf_dty
     const char *xb = (const char *)x + p->x_offset * (int64_t)isz;
     const int nt = (int64_t)n_out * p->count >= NF_PARALLEL_MIN ? nthreads : 1;
     const int64_t R1 = p->r1.size;
-    int64_t n_chunks, items;
+    int64_t n_chunks, items, group = 1;
     nf_acc *part = NULL;
+    const int short_rows = p->k == 1 && p->r2 > 1 && p->r2 <= NF_SHORT_ROW && p->r2_stride == 1 &&
+                           p->o.ndim > 0 && p->o.stride[p->o.ndim - 1] == p->r2;
 
-    if (p->k == 1) {
+    if (p->k == 1 && !short_rows) {
         /* Row mode: chunk = (rows of R1) x (a stretch of R2). */
         const int64_t R2 = p->r2;
         const int64_t seg = R2 < NF_CHUNK ? R2 : NF_CHUNK, spr = nf_cdiv(R2, seg);
@@ -201,13 +205,21 @@ nf_status NF_FN(nf_moments)(const nf_plan *p, nf_dtype dt, const void *x, nf_dty
                 nf_store(odt, mean, var, p->out_offset + oi.ooff, &a, ddof);
         }
     } else {
-        /* Column mode: chunk = (rows of R1) x (a tile of at most NF_KTILE columns of K). */
-        const int64_t K = p->k, ktile = K < NF_KTILE ? K : NF_KTILE, n_tiles = nf_cdiv(K, ktile);
+        /* Column mode: chunk = (rows of R1) x (a tile of at most NF_KTILE columns of K). Short
+         * contiguous rows whose statistics sit side by side (group norm channels-last: R2 = C/G) run
+         * here too, as K' = (innermost O axis) * R2 columns; each statistic is then the merge of R2
+         * adjacent columns. */
+        nf_plan q = *p;
+        const int64_t last = p->o.ndim - 1;
+        if (p->k == 1)
+            q.o.ndim--, q.o.size /= p->o.shape[last], q.k = p->o.shape[last] * p->r2, q.k_stride = 1, q.r2 = 1;
+        group = p->k == 1 ? p->r2 : 1;
+        const int64_t K = q.k, ktile = K < NF_KTILE ? K : NF_KTILE, n_tiles = nf_cdiv(K, ktile);
         const int64_t per = NF_CHUNK / (NF_RB * ktile);
         const int64_t rpc = NF_RB * (per > 1 ? per : 1);
         n_chunks = nf_cdiv(R1, rpc);
-        items = p->o.size * n_chunks * n_tiles;
-        if (n_chunks > 1 && !(part = malloc((size_t)(n_out * n_chunks) * sizeof *part)))
+        items = q.o.size * n_chunks * n_tiles;
+        if ((n_chunks > 1 || group > 1) && !(part = malloc((size_t)(n_out * group * n_chunks) * sizeof *part)))
             return NF_ENOMEM;
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1 && items > 1)
         for (int64_t w = 0; w < items; w++) {
@@ -216,20 +228,20 @@ nf_status NF_FN(nf_moments)(const nf_plan *p, nf_dtype dt, const void *x, nf_dty
             const int64_t k0 = t * ktile, nk = K - k0 < ktile ? K - k0 : ktile;
             double n = 0, mu[NF_KTILE], m2[NF_KTILE];
             nf_iter oi;
-            nf_iter_init(&oi, &p->o, o);
-            cols(p, xb + (oi.off + k0 * p->k_stride) * (int64_t)isz, ra, rb, nk, &n, mu, m2);
+            nf_iter_init(&oi, &q.o, o);
+            cols(&q, xb + (oi.off + k0 * q.k_stride) * (int64_t)isz, ra, rb, nk, &n, mu, m2);
             for (int64_t k = 0; k < nk; k++) {
                 const nf_acc a = {n, mu[k], m2[k]};
                 const int64_t i = o * K + k0 + k;
                 if (part)
                     part[i * n_chunks + ch] = a;
                 else
-                    nf_store(odt, mean, var, p->out_offset + oi.ooff + (k0 + k) * p->k_ostride, &a, ddof);
+                    nf_store(odt, mean, var, q.out_offset + oi.ooff + (k0 + k) * q.k_ostride, &a, ddof);
             }
         }
     }
     if (part) {
-        nf_finish(p, odt, part, n_chunks, mean, var, ddof, nt);
+        nf_finish(p, odt, part, group, n_chunks, mean, var, ddof, nt);
         free(part);
     }
     return NF_OK;
