@@ -32,6 +32,8 @@ cdef extern from "normc.h" nogil:
         NF_ACT_SILU
     nf_status nf_apply(const nf_plan *plan, nf_dtype dtype, const void *x, void *y, const void *shift,
                        const void *scale, const void *bias, nf_act act)
+    nf_status nf_rownorm(const nf_plan *plan, nf_dtype dtype, const void *x, void *y, const void *weight,
+                         const void *bias, double eps, int rms)
     void nf_set_num_threads(int n)
     int nf_get_num_threads()
     int nf_openmp_enabled()

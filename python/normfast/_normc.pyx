@@ -33,17 +33,18 @@ cdef int _same_layout(cnp.ndarray a, cnp.ndarray b, str what) except -1:
     return 0
 
 
-cdef int _plan(nf_plan *plan, cnp.ndarray x, tuple reduce, cnp.ndarray stats, object y) except -1:
-    """Plan x's reduction over the axes marked in reduce. stats: an array of x's rank with size 1 on the
-    reduced axes (statistics, or the a/b of the apply pass). y: None, or an output of x's shape and item
-    size. Strides must be multiples of the item sizes (functional.py makes sure)."""
+cdef int _plan(nf_plan *plan, cnp.ndarray x, tuple reduce, object stats, object y) except -1:
+    """Plan x's reduction over the axes marked in reduce. stats: None, or an array of x's rank with size 1
+    on the reduced axes (statistics, or the parameters of the apply pass). y: None, or an output of x's
+    shape and item size. Strides must be multiples of the item sizes (functional.py makes sure)."""
     cdef int nd = cnp.PyArray_NDIM(x), i
     cdef int64_t shape[64]
     cdef int64_t strides[64]
     cdef int64_t ostrides[64]
     cdef int64_t ystrides[64]
     cdef unsigned char red[64]
-    cdef Py_ssize_t isz = cnp.PyArray_ITEMSIZE(x), osz = cnp.PyArray_ITEMSIZE(stats)
+    cdef cnp.ndarray sa = stats if stats is not None else x
+    cdef Py_ssize_t isz = cnp.PyArray_ITEMSIZE(x), osz = cnp.PyArray_ITEMSIZE(sa)
     cdef cnp.ndarray ya = None
     if y is not None:
         ya = y
@@ -51,15 +52,15 @@ cdef int _plan(nf_plan *plan, cnp.ndarray x, tuple reduce, cnp.ndarray stats, ob
             raise ValueError("normfast: the output must have the input's shape and item size")
         if not cnp.PyArray_ISWRITEABLE(ya):
             raise ValueError("normfast: the output is read-only")
-    if nd > NF_MAXDIM or cnp.PyArray_NDIM(stats) != nd or len(reduce) != nd:
+    if nd > NF_MAXDIM or cnp.PyArray_NDIM(sa) != nd or len(reduce) != nd:
         raise ValueError("normfast: rank mismatch between x, reduce and statistics")
     for i in range(nd):
         shape[i] = cnp.PyArray_DIM(x, i)
         strides[i] = cnp.PyArray_STRIDE(x, i) // isz
         red[i] = 1 if reduce[i] else 0
-        ostrides[i] = cnp.PyArray_STRIDE(stats, i) // osz
+        ostrides[i] = cnp.PyArray_STRIDE(sa, i) // osz if stats is not None else 0
         ystrides[i] = cnp.PyArray_STRIDE(ya, i) // isz if ya is not None else 0
-        if cnp.PyArray_DIM(stats, i) != (1 if red[i] else shape[i]):
+        if stats is not None and cnp.PyArray_DIM(sa, i) != (1 if red[i] else shape[i]):
             raise ValueError("normfast: statistics do not match the kept shape of x")
     cdef nf_status st
     with nogil:
@@ -104,6 +105,29 @@ def apply(cnp.ndarray x, int dtype_code, tuple reduce, cnp.ndarray shift, cnp.nd
     with nogil:
         st = nf_apply(&plan, <nf_dtype>dtype_code, px, py, ps, pa, pb, act)
     _check(st)
+
+
+def rownorm(cnp.ndarray x, int dtype_code, cnp.ndarray y, cnp.ndarray weight, cnp.ndarray bias,
+            double eps, bint rms):
+    """Layer or RMS norm over the last axis of x into y when that axis is contiguous in both and is the
+    only reduced axis of the plan; returns False (nothing written) when the layout does not allow it."""
+    cdef nf_plan plan
+    cdef int nd = cnp.PyArray_NDIM(x)
+    if nd < 1 or cnp.PyArray_DIM(weight, 0) != cnp.PyArray_DIM(x, nd - 1) or \
+            cnp.PyArray_DIM(bias, 0) != cnp.PyArray_DIM(x, nd - 1):
+        raise ValueError("normfast: weight and bias must match the last axis of x")
+    _plan(&plan, x, (False,) * (nd - 1) + (True,), None, y)
+    cdef const void *px = cnp.PyArray_DATA(x)
+    cdef void *py = cnp.PyArray_DATA(y)
+    cdef const void *pw = cnp.PyArray_DATA(weight)
+    cdef const void *pb = cnp.PyArray_DATA(bias)
+    cdef nf_status st
+    with nogil:
+        st = nf_rownorm(&plan, <nf_dtype>dtype_code, px, py, pw, pb, eps, rms)
+    if st == NF_EINVAL:
+        return False
+    _check(st)
+    return True
 
 
 def set_num_threads(int n):

@@ -8,7 +8,7 @@ import numpy as np
 
 from . import _checks, _normc
 
-__all__ = ["batch_norm", "instance_norm", "group_norm"]
+__all__ = ["batch_norm", "instance_norm", "group_norm", "layer_norm", "rms_norm"]
 
 
 def _stats_dtype(x):
@@ -196,3 +196,82 @@ def group_norm(x, num_groups, weight=None, bias=None, *, eps=1e-5, axis=1, activ
     var = np.repeat(var, cg, axis=c).squeeze(c + 1)
     return _apply(x, code, (0, c), mean, var, eps, _channel_vector(weight, x, c),
                   _channel_vector(bias, x, c), activation, out, pdt)
+
+
+def _row_norm(x, normalized_shape, weight, bias, eps, residual, residual_out, out, rms):
+    x, code = _checks.float_array(x, "x")
+    if isinstance(normalized_shape, (int, np.integer)):
+        normalized_shape = (int(normalized_shape),)
+    try:
+        nshape = tuple(operator.index(n) for n in normalized_shape)
+    except TypeError:
+        raise TypeError(f"normalized_shape: expected an int or a tuple of ints, got {normalized_shape!r}") from None
+    k = len(nshape)
+    if k == 0 or k > x.ndim or x.shape[x.ndim - k:] != nshape:
+        raise ValueError(f"normalized_shape: expected the trailing dimensions of x {x.shape}, got {nshape}")
+    pdt = _stats_dtype(x)
+    if eps is None:  # RMS norm's default, as PyTorch: the machine epsilon of x's dtype
+        eps = 2.0**-7 if x.dtype.name == "bfloat16" else float(np.finfo(x.dtype).eps)
+    eps = _checks.positive(eps, "eps")
+    length = math.prod(nshape)
+    params = []
+    for name, v, default in (("weight", weight, 1.0), ("bias", bias, 0.0)):
+        if v is None:
+            params.append(np.full(length, default, pdt))
+            continue
+        arr = v if isinstance(v, np.ndarray) else np.asarray(v)
+        if arr.shape != nshape:
+            raise ValueError(f"{name}: expected shape {nshape}, got {arr.shape}")
+        if arr.dtype.kind != "f" and _checks.dtype_code(arr.dtype) is None:
+            raise TypeError(f"{name}: expected a float array, got dtype {arr.dtype}")
+        params.append(np.ascontiguousarray(arr.reshape(-1), dtype=pdt))
+    if residual is not None:
+        res, _ = _checks.float_array(residual, "residual")
+        if res.shape != x.shape:
+            raise ValueError(f"residual: expected shape {x.shape}, got {res.shape}")
+        if residual_out is not None:
+            residual_out = _checks.output(residual_out, x, "residual_out")
+    elif residual_out is not None:
+        raise ValueError("residual_out: only meaningful with residual")
+    out = _checks.output(out, x)
+    if residual is not None:
+        # x + residual, in x's dtype as PyTorch adds them; the sum is what gets normalized.
+        x = np.add(x, res.astype(x.dtype, copy=False), out=residual_out)
+    x2 = _merge_trailing(x, k, length)
+    y2 = _merge_trailing(out, k, length)
+    if x2 is not None and y2 is not None and _normc.rownorm(x2, code, y2, params[0], params[1], eps, rms):
+        return out
+    # Rows that are not contiguous (or leading axes the kernel cannot walk row by row): normalize a
+    # contiguous copy with the same kernel.
+    xc = np.ascontiguousarray(x)
+    yc = np.empty_like(xc)
+    _normc.rownorm(_merge_trailing(xc, k, length), code, _merge_trailing(yc, k, length), params[0],
+                   params[1], eps, rms)
+    out[...] = yc
+    return out
+
+
+def _merge_trailing(a, k, length):
+    """a's last k axes as one axis of stride 1 (a view), or None when they are not one contiguous run."""
+    step = a.itemsize
+    for n, s in zip(reversed(a.shape[a.ndim - k:]), reversed(a.strides[a.ndim - k:])):
+        if n != 1 and s != step:
+            return None
+        step *= n
+    return np.lib.stride_tricks.as_strided(a, a.shape[:a.ndim - k] + (length,),
+                                           a.strides[:a.ndim - k] + (a.itemsize,))
+
+
+def layer_norm(x, normalized_shape, weight=None, bias=None, *, eps=1e-5, residual=None, residual_out=None,
+               out=None):
+    """Layer normalization over the trailing `normalized_shape` dimensions (PyTorch semantics).
+
+    With `residual`, normalizes x + residual and, if `residual_out` is given, stores that sum there
+    (pre-norm transformer blocks). Rows contiguous in memory are normalized in one visit each."""
+    return _row_norm(x, normalized_shape, weight, bias, eps, residual, residual_out, out, rms=False)
+
+
+def rms_norm(x, normalized_shape, weight=None, *, eps=None, residual=None, residual_out=None, out=None):
+    """RMS normalization, x / sqrt(mean(x^2) + eps) * weight, over the trailing dimensions; eps=None is
+    the machine epsilon of x's dtype, as in PyTorch."""
+    return _row_norm(x, normalized_shape, weight, None, eps, residual, residual_out, out, rms=True)

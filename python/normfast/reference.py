@@ -111,3 +111,20 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, axis=1, activati
     z = ((g - mean) / np.sqrt(var + eps)).reshape(xl.shape)
     y = activate(_affine(z, weight, bias), activation)
     return np.moveaxis(y, -1, axis)
+
+
+def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, residual=None, rms=False):
+    """Layer norm (or RMS norm with rms=True) over the trailing dimensions, float64."""
+    x = np.asarray(x).astype(np.float64)
+    if residual is not None:
+        x = x + np.asarray(residual).astype(np.float64)
+    k = 1 if np.ndim(normalized_shape) == 0 else len(normalized_shape)
+    axes = tuple(range(x.ndim - k, x.ndim))
+    n = int(np.prod(x.shape[x.ndim - k:]))
+    if rms:
+        z = x / np.sqrt((x * x).sum(axis=axes, keepdims=True) / n + eps)
+    else:
+        mean = x.sum(axis=axes, keepdims=True) / n
+        var = ((x - mean) ** 2).sum(axis=axes, keepdims=True) / n
+        z = (x - mean) / np.sqrt(var + eps)
+    return _affine(z, weight, bias)

@@ -5,10 +5,6 @@
 
 #include <math.h>
 
-static NF_INLINE void nf_vstore_f32(float *p, nf_vf32 v) { memcpy(p, &v, sizeof v); }
-static NF_INLINE void nf_vstore_f64(double *p, nf_vf64 v) { memcpy(p, &v, sizeof v); }
-static NF_INLINE float nf_store_f32(float v) { return v; }
-static NF_INLINE double nf_store_f64(double v) { return v; }
 
 #define NF_T float
 #define NF_A float
@@ -17,7 +13,7 @@ static NF_INLINE double nf_store_f64(double v) { return v; }
 #define NF_W NF_W32
 #define NF_LOAD nf_load_f32
 #define NF_VLOAD nf_vload_f32
-#define NF_STORE nf_store_f32
+#define NF_STORE nf_load_f32
 #define NF_VSTORE nf_vstore_f32
 #define NF_EXP expf
 #define NF_TAG f32
@@ -41,7 +37,7 @@ static NF_INLINE double nf_store_f64(double v) { return v; }
 #define NF_W NF_W64
 #define NF_LOAD nf_load_f64
 #define NF_VLOAD nf_vload_f64
-#define NF_STORE nf_store_f64
+#define NF_STORE nf_load_f64
 #define NF_VSTORE nf_vstore_f64
 #define NF_EXP exp
 #define NF_TAG f64

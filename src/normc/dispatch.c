@@ -8,20 +8,21 @@
 typedef struct {
     nf_moments_fn moments;
     nf_apply_fn apply;
+    nf_rownorm_fn_t rownorm;
 } nf_kernels;
 
-#define NF_KERNELS_OF(sfx) {nf_moments_##sfx, nf_apply_##sfx}
+#define NF_KERNELS_OF(sfx) {nf_moments_##sfx, nf_apply_##sfx, nf_rownorm_##sfx}
 static const nf_kernels nf_table[NF_ISA_COUNT] = {
     NF_KERNELS_OF(baseline),
 #ifdef NF_HAVE_AVX2
     NF_KERNELS_OF(avx2),
 #else
-    {NULL, NULL},
+    {NULL, NULL, NULL},
 #endif
 #ifdef NF_HAVE_AVX512
     NF_KERNELS_OF(avx512),
 #else
-    {NULL, NULL},
+    {NULL, NULL, NULL},
 #endif
 };
 
@@ -104,4 +105,10 @@ nf_status nf_apply(const nf_plan *plan, nf_dtype dtype, const void *x, void *y, 
                    const void *scale, const void *bias, nf_act act)
 {
     return nf_table[nf_get_isa()].apply(plan, dtype, x, y, shift, scale, bias, act, nf_get_num_threads());
+}
+
+nf_status nf_rownorm(const nf_plan *plan, nf_dtype dtype, const void *x, void *y, const void *weight,
+                     const void *bias, double eps, int rms)
+{
+    return nf_table[nf_get_isa()].rownorm(plan, dtype, x, y, weight, bias, eps, rms, nf_get_num_threads());
 }

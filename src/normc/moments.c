@@ -1,5 +1,6 @@
-/* Welford/Chan moments over the canonical [O, R1, K, R2] view, for every reduction-axis pattern.
- * Compiled once per ISA level (NF_FN names each copy).
+/* Welford/Chan moments over the canonical [O, R1, K, R2] view, for every reduction-axis pattern, and
+ * the fused row norms (layer / RMS) that reuse its block kernels. Compiled once per ISA level (NF_FN
+ * names each copy).
  *
  * Determinism: the reduction of each statistic is cut into chunks whose bounds depend only on the shape;
  * chunk partials are merged in chunk order. Threads only decide who computes which chunk, so results are
@@ -45,7 +46,12 @@ static inline void nf_chan(nf_acc *a, double nb, double mb, double m2b)
 #define NF_VLOAD nf_vload_f32
 #define NF_TAG f32
 #define NF_SEG_A seg_f32
+#define NF_STORE nf_load_f32
+#define NF_VSTORE nf_vstore_f32
 #include "moments_tmpl.h"
+#include "rownorm_tmpl.h"
+#undef NF_STORE
+#undef NF_VSTORE
 #undef NF_T
 #undef NF_A
 #undef NF_V
@@ -63,7 +69,12 @@ static inline void nf_chan(nf_acc *a, double nb, double mb, double m2b)
 #define NF_VLOAD nf_vload_f64
 #define NF_TAG f64
 #define NF_SEG_A seg_f64
+#define NF_STORE nf_load_f64
+#define NF_VSTORE nf_vstore_f64
 #include "moments_tmpl.h"
+#include "rownorm_tmpl.h"
+#undef NF_STORE
+#undef NF_VSTORE
 #undef NF_T
 #undef NF_A
 #undef NF_V
@@ -82,14 +93,20 @@ static inline void nf_chan(nf_acc *a, double nb, double mb, double m2b)
 #define NF_LOAD nf_f16_to_f32
 #define NF_VLOAD nf_vload_f16
 #define NF_TAG f16
+#define NF_STORE nf_f32_to_f16
 #include "moments_tmpl.h"
+#include "rownorm_tmpl.h"
+#undef NF_STORE
 #undef NF_LOAD
 #undef NF_VLOAD
 #undef NF_TAG
 #define NF_LOAD nf_bf16_to_f32
 #define NF_VLOAD nf_vload_bf16
 #define NF_TAG bf16
+#define NF_STORE nf_f32_to_bf16
 #include "moments_tmpl.h"
+#include "rownorm_tmpl.h"
+#undef NF_STORE
 #undef NF_LOAD
 #undef NF_VLOAD
 #undef NF_TAG
@@ -243,6 +260,35 @@ nf_status NF_FN(nf_moments)(const nf_plan *p, nf_dtype dt, const void *x, nf_dty
     if (part) {
         nf_finish(p, odt, part, group, n_chunks, mean, var, ddof, nt);
         free(part);
+    }
+    return NF_OK;
+}
+
+typedef void (*nf_rownorm_fn)(const void *, void *, int64_t, const void *, const void *, double, int);
+
+nf_status NF_FN(nf_rownorm)(const nf_plan *p, nf_dtype dt, const void *x, void *y, const void *w,
+                            const void *b, double eps, int rms, int nthreads)
+{
+    nf_rownorm_fn row;
+    int64_t isz;
+    switch (dt) {
+    case NF_F32: row = rownorm_f32; isz = 4; break;
+    case NF_F64: row = rownorm_f64; isz = 8; break;
+    case NF_F16: row = rownorm_f16; isz = 2; break;
+    case NF_BF16: row = rownorm_bf16; isz = 2; break;
+    default: return NF_EINVAL;
+    }
+    if (p->k != 1 || p->r1.size != 1 || p->r2 < 2 || p->r2_stride != 1 || p->r2_ystride != 1)
+        return NF_EINVAL; /* rows must be contiguous in x and y */
+    const int64_t rows = p->o.size, n = p->r2;
+    const int nt = rows * n >= NF_PARALLEL_MIN ? nthreads : 1;
+    const char *xb = (const char *)x + p->x_offset * isz;
+    char *yb = (char *)y + p->y_offset * isz;
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1 && rows > 1)
+    for (int64_t r = 0; r < rows; r++) {
+        nf_iter oi;
+        nf_iter_init(&oi, &p->o, r);
+        row(xb + oi.off * isz, yb + oi.yoff * isz, n, w, b, eps, rms);
     }
     return NF_OK;
 }

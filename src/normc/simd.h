@@ -63,6 +63,8 @@ static NF_INLINE nf_vf32 nf_vload_f16(const uint16_t *p)
     return (nf_vf32)(bits | ((h & 0x8000u) << 16));
 }
 
+static NF_INLINE void nf_vstore_f32(float *p, nf_vf32 v) { memcpy(p, &v, sizeof v); }
+static NF_INLINE void nf_vstore_f64(double *p, nf_vf64 v) { memcpy(p, &v, sizeof v); }
 static NF_INLINE float nf_load_f32(float v) { return v; }
 static NF_INLINE double nf_load_f64(double v) { return v; }
 

@@ -69,6 +69,12 @@ typedef enum { NF_ACT_NONE = 0, NF_ACT_RELU = 1, NF_ACT_SIGMOID = 2, NF_ACT_SILU
 nf_status nf_apply(const nf_plan *plan, nf_dtype dtype, const void *x, void *y, const void *shift,
                    const void *scale, const void *bias, nf_act act);
 
+/* Layer norm (rms == 0) or RMS norm (rms != 0) of contiguous rows, statistics and output in one visit
+ * of each row: the plan reduces only the last axis (R2, stride 1 in x and y; K == 1, no R1). weight
+ * and bias have R2 elements (double for NF_F64, float otherwise). */
+nf_status nf_rownorm(const nf_plan *plan, nf_dtype dtype, const void *x, void *y, const void *weight,
+                     const void *bias, double eps, int rms);
+
 /* Threads used by the kernels (>= 1). The default is OpenMP's, so OMP_NUM_THREADS is honoured. */
 void nf_set_num_threads(int n);
 int nf_get_num_threads(void);

@@ -1,0 +1,107 @@
+"""layer_norm and rms_norm against the float64 reference and against PyTorch."""
+import ml_dtypes
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import normfast
+from normfast import reference
+
+from conftest import ISAS, use_isa
+from test_norms import assert_close_y
+
+DTYPES = [np.float32, np.float64, np.float16, ml_dtypes.bfloat16]
+
+
+@st.composite
+def row_inputs(draw):
+    """(x, normalized_shape): rank 1-4, one or two normalized dims, contiguous or strided views."""
+    ndim = draw(st.integers(1, 4))
+    k = draw(st.integers(1, min(2, ndim)))
+    shape = draw(st.lists(st.one_of(st.integers(1, 9), st.sampled_from([31, 64, 257, 2100])),
+                          min_size=ndim, max_size=ndim).filter(lambda s: np.prod(s) <= 50_000))
+    if np.prod(shape[ndim - k:]) < 2:
+        shape[-1] = 2
+    steps = draw(st.lists(st.sampled_from([1, 1, 1, 2, -1]), min_size=ndim, max_size=ndim))
+    dtype = draw(st.sampled_from(DTYPES))
+    offset = draw(st.sampled_from([0.0, 3.0, -100.0]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    base = (rng.standard_normal([n * abs(s) for n, s in zip(shape, steps)]) * 2 + offset).astype(dtype)
+    return base[tuple(slice(None, None, s) for s in steps)], tuple(shape[ndim - k:])
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("rms", [False, True])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(inp=row_inputs(), affine=st.booleans(), with_residual=st.booleans(), eps=st.sampled_from([1e-5, 1e-2]))
+def test_matches_reference(isa, rms, inp, affine, with_residual, eps):
+    x, nshape = inp
+    rng = np.random.default_rng(1)
+    w = rng.uniform(0.5, 1.5, nshape) if affine else None
+    b = rng.standard_normal(nshape) if affine and not rms else None
+    res = rng.standard_normal(x.shape).astype(x.dtype) if with_residual else None
+    res_out = np.empty_like(x) if with_residual else None
+    # the residual sum is rounded to x's dtype first, as in the package and PyTorch
+    summed = (np.asarray(x, np.float64) + np.asarray(res, np.float64)).astype(x.dtype) if with_residual else x
+    ref = reference.layer_norm(summed, nshape, w, b, eps=eps, rms=rms)
+    with use_isa(isa):
+        if rms:
+            y = normfast.rms_norm(x, nshape, w, eps=eps, residual=res, residual_out=res_out)
+        else:
+            y = normfast.layer_norm(x, nshape, w, b, eps=eps, residual=res, residual_out=res_out)
+    assert_close_y(y, ref, x.dtype)
+    if with_residual:
+        np.testing.assert_array_equal(res_out, summed)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape,nshape", [((8, 768), (768,)), ((4, 5, 64), (5, 64)), ((3, 4097), (4097,))])
+def test_like_torch(dtype, shape, nshape):
+    rng = np.random.default_rng(2)
+    x = (rng.standard_normal(shape) * 3 + 2).astype(dtype)
+    w, b = rng.uniform(0.5, 1.5, nshape).astype(dtype), rng.standard_normal(nshape).astype(dtype)
+    tx, tw, tb = (torch.from_numpy(v) for v in (x, w, b))
+    tol = 1e-12 if dtype == np.float64 else 2e-5
+    np.testing.assert_allclose(normfast.layer_norm(x, nshape, w, b), F.layer_norm(tx, nshape, tw, tb).numpy(),
+                               rtol=tol, atol=tol)
+    np.testing.assert_allclose(normfast.rms_norm(x, nshape, w), F.rms_norm(tx, nshape, tw).numpy(),
+                               rtol=tol, atol=tol)
+
+
+def test_large_mean_rows():
+    x = (1e4 + np.random.default_rng(3).standard_normal((64, 4096))).astype(np.float32)
+    y = normfast.layer_norm(x, 4096).astype(np.float64)
+    assert np.abs(y.mean(axis=1)).max() < 1e-3 and np.abs(y.var(axis=1) - 1).max() < 1e-3
+
+
+def test_rms_norm_default_eps_is_machine_epsilon():
+    x = np.zeros((2, 4), np.float32)
+    x[0, 0] = 1e-4  # mean square 2.5e-9, next to float32 eps 1.19e-7
+    y = normfast.rms_norm(x, 4)
+    want = 1e-4 / np.sqrt(2.5e-9 + np.finfo(np.float32).eps)
+    np.testing.assert_allclose(y[0, 0], want, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kwargs,exc,match",
+    [
+        ({"normalized_shape": (5,)}, ValueError, r"normalized_shape: expected the trailing dimensions"),
+        ({"normalized_shape": (4,), "weight": np.ones(3)}, ValueError, r"weight: expected shape \(4,\)"),
+        ({"normalized_shape": 4, "eps": 0.0}, ValueError, "eps: expected a number > 0"),
+        ({"normalized_shape": 4, "residual": np.ones((2, 5))}, ValueError, "residual: expected shape"),
+        ({"normalized_shape": 4, "residual_out": np.empty((2, 3, 4), np.float32)}, ValueError,
+         "residual_out: only meaningful with residual"),
+        ({"normalized_shape": 4, "out": np.empty((2, 3, 4))}, ValueError, "out: expected shape"),
+        ({"normalized_shape": "4"}, TypeError, "normalized_shape: expected an int or a tuple"),
+    ],
+)
+def test_bad_input_writes_nothing(kwargs, exc, match):
+    x = np.ones((2, 3, 4), np.float32)
+    out = np.full_like(x, 7.0)
+    kw = {"out": out, **kwargs}
+    with pytest.raises(exc, match=match):
+        normfast.layer_norm(x, **kw)
+    assert (out == 7.0).all()
