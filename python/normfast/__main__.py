@@ -52,16 +52,18 @@ def cmd_bench(args):
           "torch copy_; '-' = peer has no such op")
     peers = ["numpy", "torch", "onnxruntime"]
     rows = []
-    for name, shape, last, norm in _bench.NORM_CASES:
-        if args.quick and shape[0] > 8:
-            continue
-        fns, floors = _bench.norm_peers(shape, last, norm, threads)
+    cases = [(name, lambda s=shape, r=rms: _bench.row_peers(s, r, threads)) for name, shape, rms in _bench.ROW_CASES
+             if not (args.quick and shape[0] > 512)]
+    cases += [(name, lambda s=shape, la=last, n=norm: _bench.norm_peers(s, la, n, threads))
+              for name, shape, last, norm in _bench.NORM_CASES if not (args.quick and shape[0] > 8)]
+    for name, make in cases:
+        fns, floors = make()
         t = {k: _bench.median_time(f, args.repeat) * 1e3 for k, f in fns.items()}
         floor = min(_bench.median_time(f, args.repeat) for f in floors) * 1e3
         best = min(v for k, v in t.items() if k != "normfast")
-        rows.append([name, f"{t['normfast']:.2f}"]
-                    + [f"{t[p]:.2f} ({t[p] / t['normfast']:.1f}x)" if p in t else "-" for p in peers]
-                    + [f"{best / t['normfast']:.2f}x", f"{floor:.2f}", f"{t['normfast'] / floor:.2f}"])
+        rows.append([name, f"{t['normfast']:.3f}"]
+                    + [f"{t[p]:.3f} ({t[p] / t['normfast']:.1f}x)" if p in t else "-" for p in peers]
+                    + [f"{best / t['normfast']:.2f}x", f"{floor:.3f}", f"{t['normfast'] / floor:.2f}"])
     _table(["case", "normfast"] + peers + ["vs best", "floor", "nf/floor"], rows)
     return 0
 

@@ -75,18 +75,20 @@ def _numpy_norm(x, axes, gamma, beta):
     return (x - mu) / np.sqrt(var + EPS) * gamma + beta
 
 
-def _ort_session(op, x_shape, inits, attrs, threads):
+def _ort_session(op, x_shape, inits, attrs, threads, opset=21):
     import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
     names = ["X"] + [n for n, _ in inits]
+    if "Y" in names:
+        raise ValueError("initializer names must not be X or Y")
     node = helper.make_node(op, names, ["Y"], **attrs)
     graph = helper.make_graph(
         [node], "norm", [helper.make_tensor_value_info("X", TensorProto.FLOAT, list(x_shape))],
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, list(x_shape))],
         [numpy_helper.from_array(np.asarray(v, np.float32), n) for n, v in inits])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
@@ -160,4 +162,47 @@ def norm_peers(shape, channels_last, norm, threads):
     except ImportError:
         pass
     floors = [copy_floor(x)] + ([torch_copy] if torch_copy else [])
+    return fns, floors
+
+
+# Layer and RMS norm over the last axis: (name, shape, rms).
+ROW_CASES = [(f"{'rms' if rms else 'layer'} {shape}", shape, rms)
+             for shape in [(8, 768), (512, 1024), (4096, 4096)] for rms in (False, True)]
+
+
+def row_peers(shape, rms, threads):
+    from . import norms
+
+    x = make_input(shape, np.float32)
+    L = shape[-1]
+    rng = np.random.default_rng(2)
+    w, b = rng.uniform(0.5, 1.5, L).astype(np.float32), rng.standard_normal(L).astype(np.float32)
+    out = np.empty_like(x)
+    fns = {}
+    if rms:
+        fns["normfast"] = lambda: norms.rms_norm(x, L, w, eps=EPS, out=out)
+        fns["numpy"] = lambda: x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + EPS) * w
+    else:
+        fns["normfast"] = lambda: norms.layer_norm(x, L, w, b, eps=EPS, out=out)
+        fns["numpy"] = lambda: _numpy_norm(x, -1, w, b)
+    floors = [copy_floor(x)]
+    try:
+        import torch
+        import torch.nn.functional as F
+
+        t, tw, tb = (torch.from_numpy(v) for v in (x, w, b))
+        fns["torch"] = (lambda: F.rms_norm(t, (L,), tw, EPS)) if rms else (lambda: F.layer_norm(t, (L,), tw, tb, EPS))
+        tdst = torch.empty_like(t)
+        floors.append(lambda: tdst.copy_(t))
+    except ImportError:
+        pass
+    try:
+        if rms:
+            sess = _ort_session("RMSNormalization", shape, [("s", w)], {"epsilon": EPS, "axis": -1}, threads, 23)
+        else:
+            sess = _ort_session("LayerNormalization", shape, [("s", w), ("b", b)], {"epsilon": EPS, "axis": -1},
+                                threads)
+        fns["onnxruntime"] = lambda: sess.run(None, {"X": x})
+    except ImportError:
+        pass
     return fns, floors
