@@ -52,6 +52,19 @@ def _channel_vector(v, x, c):
     return None if v is None else v.reshape(_layout(x.ndim, {c: x.shape[c]}))
 
 
+def _running_pair(running_mean, running_var, C, pdt, batch_stats, mode):
+    """The checked running arrays (or None, None); `batch_stats` says whether this call normalizes with
+    the batch and so updates them, `mode` names that switch for the error message."""
+    update = batch_stats and (running_mean is not None or running_var is not None)
+    rm = _checks.running(running_mean, C, pdt, "running_mean", update)
+    rv = _checks.running(running_var, C, pdt, "running_var", update)
+    if (rm is None) != (rv is None):
+        raise ValueError("running_mean, running_var: give both or neither")
+    if not batch_stats and rm is None:
+        raise ValueError(f"running_mean, running_var: required when {mode}=False")
+    return rm, rv, update
+
+
 def _counter(num_batches_tracked):
     if num_batches_tracked is None:
         return None
@@ -83,13 +96,7 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, *
     activation = _checks.activation(activation)
     weight = _checks.vector(weight, C, "weight")
     bias = _checks.vector(bias, C, "bias")
-    update = training and (running_mean is not None or running_var is not None)
-    rm = _checks.running(running_mean, C, pdt, "running_mean", update)
-    rv = _checks.running(running_var, C, pdt, "running_var", update)
-    if (rm is None) != (rv is None):
-        raise ValueError("running_mean, running_var: give both or neither")
-    if not training and rm is None:
-        raise ValueError("running_mean, running_var: required when training=False")
+    rm, rv, update = _running_pair(running_mean, running_var, C, pdt, training, "training")
     nbt = _counter(num_batches_tracked)
     if update and momentum is None and nbt is None:
         raise ValueError("num_batches_tracked: required for momentum=None (the cumulative average)")
@@ -132,20 +139,14 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
     instance means and unbiased variances; use_input_stats=False normalizes with them instead."""
     x, code = _checks.float_array(x, "x")
     c = _instance_axes(x, axis)
-    N, C, pdt = x.shape[0], x.shape[c], _stats_dtype(x)
+    C, pdt = x.shape[c], _stats_dtype(x)
     use_input_stats = _checks.flag(use_input_stats, "use_input_stats")
     eps = _checks.positive(eps, "eps")
     momentum = _checks.fraction(momentum, "momentum")
     activation = _checks.activation(activation)
     weight = _checks.vector(weight, C, "weight")
     bias = _checks.vector(bias, C, "bias")
-    update = use_input_stats and (running_mean is not None or running_var is not None)
-    rm = _checks.running(running_mean, C, pdt, "running_mean", update)
-    rv = _checks.running(running_var, C, pdt, "running_var", update)
-    if (rm is None) != (rv is None):
-        raise ValueError("running_mean, running_var: give both or neither")
-    if not use_input_stats and rm is None:
-        raise ValueError("running_mean, running_var: required when use_input_stats=False")
+    rm, rv, update = _running_pair(running_mean, running_var, C, pdt, use_input_stats, "use_input_stats")
     out = _checks.output(out, x)
     count = math.prod(n for i, n in enumerate(x.shape) if i not in (0, c))
     if use_input_stats:

@@ -18,17 +18,7 @@
 #define NF_EXP expf
 #define NF_TAG f32
 #include "apply_tmpl.h"
-#undef NF_T
-#undef NF_A
-#undef NF_V
-#undef NF_VI
-#undef NF_W
-#undef NF_LOAD
-#undef NF_VLOAD
-#undef NF_STORE
-#undef NF_VSTORE
-#undef NF_EXP
-#undef NF_TAG
+#include "tmpl_end.h"
 
 #define NF_T double
 #define NF_A double
@@ -42,17 +32,7 @@
 #define NF_EXP exp
 #define NF_TAG f64
 #include "apply_tmpl.h"
-#undef NF_T
-#undef NF_A
-#undef NF_V
-#undef NF_VI
-#undef NF_W
-#undef NF_LOAD
-#undef NF_VLOAD
-#undef NF_STORE
-#undef NF_VSTORE
-#undef NF_EXP
-#undef NF_TAG
+#include "tmpl_end.h"
 
 /* Half types: computed in float, rounded to nearest even on store (scalar rows for now). */
 #define NF_T uint16_t
@@ -62,19 +42,16 @@
 #define NF_STORE nf_f32_to_f16
 #define NF_TAG f16
 #include "apply_tmpl.h"
-#undef NF_LOAD
-#undef NF_STORE
-#undef NF_TAG
+#include "tmpl_end.h"
+
+#define NF_T uint16_t
+#define NF_A float
+#define NF_EXP expf
 #define NF_LOAD nf_bf16_to_f32
 #define NF_STORE nf_f32_to_bf16
 #define NF_TAG bf16
 #include "apply_tmpl.h"
-#undef NF_LOAD
-#undef NF_STORE
-#undef NF_TAG
-#undef NF_T
-#undef NF_A
-#undef NF_EXP
+#include "tmpl_end.h"
 
 typedef void (*nf_row_fn)(const void *, int64_t, void *, int64_t, const void *const *, int64_t, int64_t,
                           int);

@@ -50,16 +50,7 @@ static inline void nf_chan(nf_acc *a, double nb, double mb, double m2b)
 #define NF_VSTORE nf_vstore_f32
 #include "moments_tmpl.h"
 #include "rownorm_tmpl.h"
-#undef NF_STORE
-#undef NF_VSTORE
-#undef NF_T
-#undef NF_A
-#undef NF_V
-#undef NF_W
-#undef NF_LOAD
-#undef NF_VLOAD
-#undef NF_TAG
-#undef NF_SEG_A
+#include "tmpl_end.h"
 
 #define NF_T double
 #define NF_A double
@@ -73,16 +64,7 @@ static inline void nf_chan(nf_acc *a, double nb, double mb, double m2b)
 #define NF_VSTORE nf_vstore_f64
 #include "moments_tmpl.h"
 #include "rownorm_tmpl.h"
-#undef NF_STORE
-#undef NF_VSTORE
-#undef NF_T
-#undef NF_A
-#undef NF_V
-#undef NF_W
-#undef NF_LOAD
-#undef NF_VLOAD
-#undef NF_TAG
-#undef NF_SEG_A
+#include "tmpl_end.h"
 
 /* Half types are widened on load and accumulated in float; gathered blocks reuse the float kernel. */
 #define NF_T uint16_t
@@ -96,25 +78,20 @@ static inline void nf_chan(nf_acc *a, double nb, double mb, double m2b)
 #define NF_STORE nf_f32_to_f16
 #include "moments_tmpl.h"
 #include "rownorm_tmpl.h"
-#undef NF_STORE
-#undef NF_LOAD
-#undef NF_VLOAD
-#undef NF_TAG
+#include "tmpl_end.h"
+
+#define NF_T uint16_t
+#define NF_A float
+#define NF_V nf_vf32
+#define NF_W NF_W32
+#define NF_SEG_A seg_f32
 #define NF_LOAD nf_bf16_to_f32
 #define NF_VLOAD nf_vload_bf16
 #define NF_TAG bf16
 #define NF_STORE nf_f32_to_bf16
 #include "moments_tmpl.h"
 #include "rownorm_tmpl.h"
-#undef NF_STORE
-#undef NF_LOAD
-#undef NF_VLOAD
-#undef NF_TAG
-#undef NF_T
-#undef NF_A
-#undef NF_V
-#undef NF_W
-#undef NF_SEG_A
+#include "tmpl_end.h"
 
 typedef void (*nf_rows_fn)(const nf_plan *, const void *, int64_t, int64_t, int64_t, int64_t, nf_acc *);
 typedef void (*nf_cols_fn)(const nf_plan *, const void *, int64_t, int64_t, int64_t, double *, double *,

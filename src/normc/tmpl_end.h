@@ -1,0 +1,13 @@
+/* Ends one instantiation of a kernel template: undefines every parameter the templates take. */
+#undef NF_T
+#undef NF_A
+#undef NF_V
+#undef NF_VI
+#undef NF_W
+#undef NF_LOAD
+#undef NF_VLOAD
+#undef NF_STORE
+#undef NF_VSTORE
+#undef NF_EXP
+#undef NF_TAG
+#undef NF_SEG_A
