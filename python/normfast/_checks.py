@@ -168,7 +168,7 @@ def output(out, x, name="out"):
         raise ValueError(f"{name}: the array is read-only")
     if not out.flags.aligned:
         raise ValueError(f"{name}: the array is misaligned")
-    same = out.__array_interface__["data"][0] == x.__array_interface__["data"][0] and out.strides == x.strides
-    if not same and np.may_share_memory(out, x):
+    if out is not x and np.may_share_memory(out, x) and not (
+            out.__array_interface__["data"][0] == x.__array_interface__["data"][0] and out.strides == x.strides):
         raise ValueError(f"{name}: overlaps x without being x itself")
     return out

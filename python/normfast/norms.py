@@ -189,8 +189,7 @@ def group_norm(x, num_groups, weight=None, bias=None, *, eps=1e-5, axis=1, activ
     # The channel axis split into (G, C/G): always expressible as a view of x, so nothing is copied.
     cg = C // G
     shape = x.shape[:c] + (G, cg) + x.shape[c + 1:]
-    strides = x.strides[:c] + (cg * x.strides[c], x.strides[c]) + x.strides[c + 1:]
-    xs = np.lib.stride_tricks.as_strided(x, shape, strides, writeable=False)
+    xs = x.reshape(shape)  # splitting one axis is always a view
     mean, var = _moments(xs, code, (0, c))
     # Per group -> per channel: repeat along the group axis, then drop the (size 1) within-group axis.
     mean = np.repeat(mean, cg, axis=c).squeeze(c + 1)
@@ -201,12 +200,14 @@ def group_norm(x, num_groups, weight=None, bias=None, *, eps=1e-5, axis=1, activ
 
 def _row_norm(x, normalized_shape, weight, bias, eps, residual, residual_out, out, rms):
     x, code = _checks.float_array(x, "x")
-    if isinstance(normalized_shape, (int, np.integer)):
-        normalized_shape = (int(normalized_shape),)
-    try:
-        nshape = tuple(operator.index(n) for n in normalized_shape)
-    except TypeError:
-        raise TypeError(f"normalized_shape: expected an int or a tuple of ints, got {normalized_shape!r}") from None
+    if type(normalized_shape) is int:
+        nshape = (normalized_shape,)
+    else:
+        try:
+            nshape = tuple(operator.index(n) for n in (
+                normalized_shape if isinstance(normalized_shape, (tuple, list)) else (normalized_shape,)))
+        except TypeError:
+            raise TypeError(f"normalized_shape: expected an int or a tuple of ints, got {normalized_shape!r}") from None
     k = len(nshape)
     if k == 0 or k > x.ndim or x.shape[x.ndim - k:] != nshape:
         raise ValueError(f"normalized_shape: expected the trailing dimensions of x {x.shape}, got {nshape}")
@@ -259,8 +260,7 @@ def _merge_trailing(a, k, length):
         if n != 1 and s != step:
             return None
         step *= n
-    return np.lib.stride_tricks.as_strided(a, a.shape[:a.ndim - k] + (length,),
-                                           a.strides[:a.ndim - k] + (a.itemsize,))
+    return a.reshape(a.shape[:a.ndim - k] + (length,))  # merging one contiguous run is always a view
 
 
 def layer_norm(x, normalized_shape, weight=None, bias=None, *, eps=1e-5, residual=None, residual_out=None,
