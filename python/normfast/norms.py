@@ -35,14 +35,14 @@ def _apply(x, code, keep, mean, var, eps, weight, bias, activation, out, pdt):
 
     The kernel computes (x - s) * a + c with s the mean rounded to x's compute precision; the rounding
     of s is folded into c in float64, so a large mean costs no accuracy."""
-    a = 1.0 / np.sqrt(var + eps)
+    a64 = 1.0 / np.sqrt(var + eps)
     if weight is not None:
-        a = a * weight
+        a64 = a64 * weight
     shape = _layout(x.ndim, {i: x.shape[i] for i in keep})
-    s = np.ascontiguousarray(np.broadcast_to(mean, shape), dtype=pdt)
-    c = (s - mean) * a if bias is None else bias + (s - mean) * a
-    a = np.ascontiguousarray(np.broadcast_to(a, shape), dtype=pdt)
-    c = np.ascontiguousarray(np.broadcast_to(c, shape), dtype=pdt)
+    s, a, c = np.empty(shape, pdt), np.empty(shape, pdt), np.empty(shape, pdt)
+    s[...] = mean  # broadcasting assignments: cheaper than broadcast_to + a copy
+    a[...] = a64
+    c[...] = (s - mean) * a64 if bias is None else bias + (s - mean) * a64
     _normc.apply(x, code, tuple(i not in keep for i in range(x.ndim)), s, a, c, out, activation)
     return out
 
