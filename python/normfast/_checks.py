@@ -122,16 +122,21 @@ def activation(value):
     return value
 
 
-def vector(v, length, name):
-    """An optional per-channel parameter as a float64 vector of the given length."""
+def stats_dtype(x):
+    """Statistics and parameters are float64 for float64 data, float32 otherwise."""
+    return np.float64 if x.dtype == np.float64 else np.float32
+
+
+def param(v, shape, name, dtype=np.float64):
+    """An optional affine parameter (weight, bias) of the given shape, as a contiguous `dtype` array."""
     if v is None:
         return None
     arr = v if isinstance(v, np.ndarray) else np.asarray(v)
     if arr.dtype.kind != "f" and dtype_code(arr.dtype) is None:
         raise TypeError(f"{name}: expected a float array, got dtype {arr.dtype}")
-    if arr.shape != (length,):
-        raise ValueError(f"{name}: expected shape ({length},), got {arr.shape}")
-    return arr.astype(np.float64)
+    if arr.shape != shape:
+        raise ValueError(f"{name}: expected shape {shape}, got {arr.shape}")
+    return np.ascontiguousarray(arr, dtype=dtype)
 
 
 def running(v, length, dtype, name, written):

@@ -9,8 +9,6 @@ from . import _checks, _normc
 
 __all__ = ["moments"]
 
-_F64 = _normc.DTYPE_CODES["float64"]
-
 
 def moments(x, axis=None, *, ddof=0, keepdims=False):
     """Mean and variance of `x` over `axis` in one pass over memory.
@@ -36,7 +34,7 @@ def moments(x, axis=None, *, ddof=0, keepdims=False):
     ddof = _checks.real(ddof, "ddof")
     keepdims = _checks.flag(keepdims, "keepdims")
 
-    out_dtype = np.float64 if code == _F64 else np.float32
+    out_dtype = _checks.stats_dtype(x)
     reduce = [False] * x.ndim
     for i in red:
         reduce[i] = True

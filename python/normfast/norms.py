@@ -1,6 +1,7 @@
-"""The normalization family, forward. Each norm reduces with the moments engine, turns the statistics
-into one scale and shift per group (float64, on small arrays), and writes y = act(x * a + b) with the
-apply pass. Everything is checked before anything is written; running statistics are updated last."""
+"""The normalization family, forward. Batch, instance and group norm reduce with the moments engine,
+turn the statistics into a shift, scale and bias per group (float64, on small arrays) and write
+y = act((x - s) * a + c) with the apply pass; layer and RMS norm run the fused row kernel. Everything is
+checked before anything is written; running statistics are updated last."""
 import math
 import operator
 
@@ -9,10 +10,6 @@ import numpy as np
 from . import _checks, _normc
 
 __all__ = ["batch_norm", "instance_norm", "group_norm", "layer_norm", "rms_norm"]
-
-
-def _stats_dtype(x):
-    return np.float64 if x.dtype == np.float64 else np.float32
 
 
 def _layout(ndim, sizes):
@@ -65,6 +62,16 @@ def _running_pair(running_mean, running_var, C, pdt, batch_stats, mode):
     return rm, rv, update
 
 
+def _running_stats(rm, rv, x, c):
+    """Running statistics as float64 arrays shaped along channel axis c of x (inference)."""
+    return _channel_vector(rm.astype(np.float64), x, c), _channel_vector(rv.astype(np.float64), x, c)
+
+
+def _blend(running, batch, f):
+    """PyTorch's running update, (1 - f) * running + f * batch, as a new float64 array."""
+    return (1 - f) * running + f * batch
+
+
 def _counter(num_batches_tracked):
     if num_batches_tracked is None:
         return None
@@ -88,14 +95,14 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, *
     is allowed)."""
     x, code = _checks.float_array(x, "x")
     c = _checks.channel_axis(axis, x.ndim)
-    C, pdt = x.shape[c], _stats_dtype(x)
+    C, pdt = x.shape[c], _checks.stats_dtype(x)
     training = _checks.flag(training, "training")
     unbiased = _checks.flag(unbiased, "unbiased")
     eps = _checks.positive(eps, "eps")
     momentum = _checks.fraction(momentum, "momentum", allow_none=True)
     activation = _checks.activation(activation)
-    weight = _checks.vector(weight, C, "weight")
-    bias = _checks.vector(bias, C, "bias")
+    weight = _checks.param(weight, (C,), "weight")
+    bias = _checks.param(bias, (C,), "bias")
     rm, rv, update = _running_pair(running_mean, running_var, C, pdt, training, "training")
     nbt = _counter(num_batches_tracked)
     if update and momentum is None and nbt is None:
@@ -107,13 +114,11 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, *
             raise ValueError(f"x: expected more than 1 value per channel when training, got {count}")
         mean, var = _moments(x, code, (c,))
     else:
-        mean = _channel_vector(rm.astype(np.float64), x, c)
-        var = _channel_vector(rv.astype(np.float64), x, c)
+        mean, var = _running_stats(rm, rv, x, c)
     if update:
         f = momentum if momentum is not None else 1.0 / (int(nbt.flat[0]) + 1)
-        batch_var = var.ravel() * (count / (count - 1) if unbiased else 1.0)
-        new_rm = (1 - f) * rm + f * mean.ravel()
-        new_rv = (1 - f) * rv + f * batch_var
+        new_rm = _blend(rm, mean.ravel(), f)
+        new_rv = _blend(rv, var.ravel() * (count / (count - 1) if unbiased else 1.0), f)
     _apply(x, code, (c,), mean, var, eps, _channel_vector(weight, x, c), _channel_vector(bias, x, c),
            activation, out, pdt)
     if update:
@@ -139,13 +144,13 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
     instance means and unbiased variances; use_input_stats=False normalizes with them instead."""
     x, code = _checks.float_array(x, "x")
     c = _instance_axes(x, axis)
-    C, pdt = x.shape[c], _stats_dtype(x)
+    C, pdt = x.shape[c], _checks.stats_dtype(x)
     use_input_stats = _checks.flag(use_input_stats, "use_input_stats")
     eps = _checks.positive(eps, "eps")
     momentum = _checks.fraction(momentum, "momentum")
     activation = _checks.activation(activation)
-    weight = _checks.vector(weight, C, "weight")
-    bias = _checks.vector(bias, C, "bias")
+    weight = _checks.param(weight, (C,), "weight")
+    bias = _checks.param(bias, (C,), "bias")
     rm, rv, update = _running_pair(running_mean, running_var, C, pdt, use_input_stats, "use_input_stats")
     out = _checks.output(out, x)
     count = math.prod(n for i, n in enumerate(x.shape) if i not in (0, c))
@@ -154,13 +159,11 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
             raise ValueError(f"x: expected more than 1 spatial element when use_input_stats=True, got {count}")
         mean, var = _moments(x, code, (0, c))
     else:
-        mean = _channel_vector(rm.astype(np.float64), x, c)
-        var = _channel_vector(rv.astype(np.float64), x, c)
-    if update:
-        per_channel = [i for i in range(x.ndim) if i != c]
-        new_rm = (1 - momentum) * rm + momentum * mean.mean(axis=tuple(per_channel)).ravel()
-        unb = var * (count / (count - 1))
-        new_rv = (1 - momentum) * rv + momentum * unb.mean(axis=tuple(per_channel)).ravel()
+        mean, var = _running_stats(rm, rv, x, c)
+    if update:  # the batch average of the instance means and unbiased variances
+        over_batch = tuple(i for i in range(x.ndim) if i != c)
+        new_rm = _blend(rm, mean.mean(axis=over_batch).ravel(), momentum)
+        new_rv = _blend(rv, (var * (count / (count - 1))).mean(axis=over_batch).ravel(), momentum)
     _apply(x, code, (0, c), mean, var, eps, _channel_vector(weight, x, c), _channel_vector(bias, x, c),
            activation, out, pdt)
     if update:
@@ -174,7 +177,7 @@ def group_norm(x, num_groups, weight=None, bias=None, *, eps=1e-5, axis=1, activ
     other axes; weight and bias per channel (PyTorch semantics)."""
     x, code = _checks.float_array(x, "x")
     c = _instance_axes(x, axis)
-    C, pdt = x.shape[c], _stats_dtype(x)
+    C, pdt = x.shape[c], _checks.stats_dtype(x)
     try:
         G = operator.index(num_groups)
     except TypeError:
@@ -183,8 +186,8 @@ def group_norm(x, num_groups, weight=None, bias=None, *, eps=1e-5, axis=1, activ
         raise ValueError(f"num_groups: expected a positive divisor of the {C} channels, got {G}")
     eps = _checks.positive(eps, "eps")
     activation = _checks.activation(activation)
-    weight = _checks.vector(weight, C, "weight")
-    bias = _checks.vector(bias, C, "bias")
+    weight = _checks.param(weight, (C,), "weight")
+    bias = _checks.param(bias, (C,), "bias")
     out = _checks.output(out, x)
     # The channel axis split into (G, C/G): always expressible as a view of x, so nothing is copied.
     cg = C // G
@@ -211,22 +214,14 @@ def _row_norm(x, normalized_shape, weight, bias, eps, residual, residual_out, ou
     k = len(nshape)
     if k == 0 or k > x.ndim or x.shape[x.ndim - k:] != nshape:
         raise ValueError(f"normalized_shape: expected the trailing dimensions of x {x.shape}, got {nshape}")
-    pdt = _stats_dtype(x)
+    pdt = _checks.stats_dtype(x)
     if eps is None:  # RMS norm's default, as PyTorch: the machine epsilon of x's dtype
         eps = 2.0**-7 if x.dtype.name == "bfloat16" else float(np.finfo(x.dtype).eps)
     eps = _checks.positive(eps, "eps")
     length = math.prod(nshape)
-    params = []
-    for name, v, default in (("weight", weight, 1.0), ("bias", bias, 0.0)):
-        if v is None:
-            params.append(np.full(length, default, pdt))
-            continue
-        arr = v if isinstance(v, np.ndarray) else np.asarray(v)
-        if arr.shape != nshape:
-            raise ValueError(f"{name}: expected shape {nshape}, got {arr.shape}")
-        if arr.dtype.kind != "f" and _checks.dtype_code(arr.dtype) is None:
-            raise TypeError(f"{name}: expected a float array, got dtype {arr.dtype}")
-        params.append(np.ascontiguousarray(arr.reshape(-1), dtype=pdt))
+    # The kernel takes both as flat rows of the statistics dtype; absent ones are the identity.
+    params = [np.full(length, default, pdt) if v is None else _checks.param(v, nshape, name, pdt).reshape(-1)
+              for name, v, default in (("weight", weight, 1.0), ("bias", bias, 0.0))]
     if residual is not None:
         res, _ = _checks.float_array(residual, "residual")
         if res.shape != x.shape:

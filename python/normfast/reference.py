@@ -58,6 +58,17 @@ def _affine(z, weight, bias):
     return z
 
 
+def _running_update(running_mean, running_var, f, batch_mean, batch_var):
+    """(1 - f) * running + f * batch for both running arrays, in float64."""
+    return ((1 - f) * np.asarray(running_mean, np.float64) + f * batch_mean,
+            (1 - f) * np.asarray(running_var, np.float64) + f * batch_var)
+
+
+def _normalize(xl, mean, var, eps, weight, bias, activation, axis):
+    y = activate(_affine((xl - mean) / np.sqrt(var + eps), weight, bias), activation)
+    return np.moveaxis(y, -1, axis)
+
+
 def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, training=False,
                momentum=0.1, eps=1e-5, axis=1, unbiased=True, activation=None, num_batches_tracked=0):
     """Returns (y, new_running_mean, new_running_var); momentum=None averages over
@@ -72,13 +83,11 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
         if running_mean is not None:
             f = momentum if momentum is not None else 1.0 / (num_batches_tracked + 1)
             batch_var = var * n / (n - 1) if unbiased else var
-            new_rm = (1 - f) * np.asarray(running_mean, np.float64) + f * mean
-            new_rv = (1 - f) * np.asarray(running_var, np.float64) + f * batch_var
+            new_rm, new_rv = _running_update(running_mean, running_var, f, mean, batch_var)
     else:
         mean = np.asarray(running_mean, np.float64)
         var = np.asarray(running_var, np.float64)
-    y = activate(_affine((xl - mean) / np.sqrt(var + eps), weight, bias), activation)
-    return np.moveaxis(y, -1, axis), new_rm, new_rv
+    return _normalize(xl, mean, var, eps, weight, bias, activation, axis), new_rm, new_rv
 
 
 def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None, use_input_stats=True,
@@ -93,13 +102,11 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
         if running_mean is not None:
             inst_mean = mean.reshape(xl.shape[0], -1).mean(axis=0)
             inst_var = (var * n / (n - 1)).reshape(xl.shape[0], -1).mean(axis=0)
-            new_rm = (1 - momentum) * np.asarray(running_mean, np.float64) + momentum * inst_mean
-            new_rv = (1 - momentum) * np.asarray(running_var, np.float64) + momentum * inst_var
+            new_rm, new_rv = _running_update(running_mean, running_var, momentum, inst_mean, inst_var)
     else:
         mean = np.asarray(running_mean, np.float64)
         var = np.asarray(running_var, np.float64)
-    y = activate(_affine((xl - mean) / np.sqrt(var + eps), weight, bias), activation)
-    return np.moveaxis(y, -1, axis), new_rm, new_rv
+    return _normalize(xl, mean, var, eps, weight, bias, activation, axis), new_rm, new_rv
 
 
 def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, axis=1, activation=None):

@@ -59,15 +59,11 @@ typedef void (*nf_row_fn)(const void *, int64_t, void *, int64_t, const void *co
 nf_status NF_FN(nf_apply)(const nf_plan *p, nf_dtype dt, const void *x, void *y, const void *shift,
                           const void *scale, const void *bias, nf_act act, int nthreads)
 {
-    nf_row_fn row;
-    int64_t isz, psz = dt == NF_F64 ? 8 : 4;
-    switch (dt) {
-    case NF_F32: row = row_f32; isz = 4; break;
-    case NF_F64: row = row_f64; isz = 8; break;
-    case NF_F16: row = row_f16; isz = 2; break;
-    case NF_BF16: row = row_bf16; isz = 2; break;
-    default: return NF_EINVAL;
-    }
+    static const nf_row_fn rows_of[] = {row_f32, row_f64, row_f16, row_bf16}; /* by nf_dtype */
+    const int64_t isz = nf_itemsize(dt), psz = dt == NF_F64 ? 8 : 4;
+    if (!isz)
+        return NF_EINVAL;
+    const nf_row_fn row = rows_of[dt];
     if (p->o.size == 0 || p->count == 0)
         return NF_OK; /* x has no elements */
     /* A row is the innermost axis: K (groups vary along it) or R2 (one group along it). */

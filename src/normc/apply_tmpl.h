@@ -26,9 +26,10 @@ static NF_INLINE void NF_NAME(row_body, NF_TAG)(const NF_T *x, int64_t xs, NF_T 
 #ifdef NF_VSTORE
     if (xs == 1 && ys == 1 && act <= NF_ACT_RELU && (ps == 0 || ps == 1)) {
         const NF_V z = {0};
-        NF_V sv = z + s[0], av = z + a[0], cv = z + c[0];
+        const NF_V s0 = z + s[0], a0 = z + a[0], c0 = z + c[0]; /* one group along the row (ps == 0) */
         for (; j + NF_W <= n; j += NF_W) {
-            if (ps) {
+            NF_V sv = s0, av = a0, cv = c0;
+            if (ps) { /* loop-invariant: the compiler unswitches it */
                 memcpy(&sv, s + j, sizeof sv);
                 memcpy(&av, a + j, sizeof av);
                 memcpy(&cv, c + j, sizeof cv);

@@ -35,6 +35,13 @@ NF_DECLARE_ISA(baseline)
 NF_DECLARE_ISA(avx2)
 NF_DECLARE_ISA(avx512)
 
+/* Bytes per element of a storage dtype (0 for an unknown code). Kernel tables are indexed by nf_dtype. */
+static inline int64_t nf_itemsize(nf_dtype dt)
+{
+    static const int64_t size[] = {4, 8, 2, 2};
+    return (unsigned)dt < sizeof size / sizeof size[0] ? size[dt] : 0;
+}
+
 /* Work smaller than this many elements runs on one thread: starting a team costs microseconds. */
 #define NF_PARALLEL_MIN ((int64_t)1 << 15)
 /* Elements per work chunk. Chunk bounds depend only on the shape, so results do not depend on the

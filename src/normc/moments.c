@@ -145,18 +145,13 @@ static int64_t nf_cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 nf_status NF_FN(nf_moments)(const nf_plan *p, nf_dtype dt, const void *x, nf_dtype odt, void *mean,
                             void *var, double ddof, int nthreads)
 {
-    nf_rows_fn rows;
-    nf_cols_fn cols;
-    size_t isz;
-    switch (dt) {
-    case NF_F32: rows = rows_f32; cols = cols_f32; isz = 4; break;
-    case NF_F64: rows = rows_f64; cols = cols_f64; isz = 8; break;
-    case NF_F16: rows = rows_f16; cols = cols_f16; isz = 2; break;
-    case NF_BF16: rows = rows_bf16; cols = cols_bf16; isz = 2; break;
-    default: return NF_EINVAL;
-    }
-    if (odt != NF_F32 && odt != NF_F64)
+    static const nf_rows_fn rows_of[] = {rows_f32, rows_f64, rows_f16, rows_bf16}; /* by nf_dtype */
+    static const nf_cols_fn cols_of[] = {cols_f32, cols_f64, cols_f16, cols_bf16};
+    const int64_t isz = nf_itemsize(dt);
+    if (!isz || (odt != NF_F32 && odt != NF_F64))
         return NF_EINVAL;
+    const nf_rows_fn rows = rows_of[dt];
+    const nf_cols_fn cols = cols_of[dt];
     const int64_t n_out = p->o.size * p->k;
     if (n_out == 0)
         return NF_OK;
@@ -166,7 +161,7 @@ nf_status NF_FN(nf_moments)(const nf_plan *p, nf_dtype dt, const void *x, nf_dty
             nf_store(odt, mean, var, nf_out_at(p, i), &empty, ddof);
         return NF_OK;
     }
-    const char *xb = (const char *)x + p->x_offset * (int64_t)isz;
+    const char *xb = (const char *)x + p->x_offset * isz;
     const int nt = (int64_t)n_out * p->count >= NF_PARALLEL_MIN ? nthreads : 1;
     const int64_t R1 = p->r1.size;
     int64_t n_chunks, items, group = 1;
@@ -192,7 +187,7 @@ nf_status NF_FN(nf_moments)(const nf_plan *p, nf_dtype dt, const void *x, nf_dty
             nf_iter oi;
             nf_iter_init(&oi, &p->o, o);
             nf_acc a = {0, 0, 0};
-            rows(p, xb + oi.off * (int64_t)isz, ra, rb, ca, cb, &a);
+            rows(p, xb + oi.off * isz, ra, rb, ca, cb, &a);
             if (part)
                 part[w] = a;
             else
@@ -223,7 +218,7 @@ nf_status NF_FN(nf_moments)(const nf_plan *p, nf_dtype dt, const void *x, nf_dty
             double n = 0, mu[NF_KTILE], m2[NF_KTILE];
             nf_iter oi;
             nf_iter_init(&oi, &q.o, o);
-            cols(&q, xb + (oi.off + k0 * q.k_stride) * (int64_t)isz, ra, rb, nk, &n, mu, m2);
+            cols(&q, xb + (oi.off + k0 * q.k_stride) * isz, ra, rb, nk, &n, mu, m2);
             for (int64_t k = 0; k < nk; k++) {
                 const nf_acc a = {n, mu[k], m2[k]};
                 const int64_t i = o * K + k0 + k;
@@ -246,15 +241,11 @@ typedef void (*nf_rownorm_fn)(const void *, void *, int64_t, const void *, const
 nf_status NF_FN(nf_rownorm)(const nf_plan *p, nf_dtype dt, const void *x, void *y, const void *w,
                             const void *b, double eps, int rms, int nthreads)
 {
-    nf_rownorm_fn row;
-    int64_t isz;
-    switch (dt) {
-    case NF_F32: row = rownorm_f32; isz = 4; break;
-    case NF_F64: row = rownorm_f64; isz = 8; break;
-    case NF_F16: row = rownorm_f16; isz = 2; break;
-    case NF_BF16: row = rownorm_bf16; isz = 2; break;
-    default: return NF_EINVAL;
-    }
+    static const nf_rownorm_fn rows_of[] = {rownorm_f32, rownorm_f64, rownorm_f16, rownorm_bf16};
+    const int64_t isz = nf_itemsize(dt);
+    if (!isz)
+        return NF_EINVAL;
+    const nf_rownorm_fn row = rows_of[dt];
     if (p->k != 1 || p->r1.size != 1 || p->r2 < 2 || p->r2_stride != 1 || p->r2_ystride != 1)
         return NF_EINVAL; /* rows must be contiguous in x and y */
     const int64_t rows = p->o.size, n = p->r2;
