@@ -8,7 +8,7 @@ def moments(x, axis=None, ddof=0, keepdims=False):
 
     Empty reductions give NaN. Results are float64 arrays (0-d when every axis is reduced)."""
     x = np.asarray(x).astype(np.float64)
-    axes = tuple(range(x.ndim)) if axis is None else _normalize(axis, x.ndim)
+    axes = tuple(range(x.ndim)) if axis is None else _axis_tuple(axis, x.ndim)
     n = int(np.prod([x.shape[a] for a in axes])) if axes else 1
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.sum(x, axis=axes, keepdims=True) / n
@@ -24,7 +24,7 @@ def moments(x, axis=None, ddof=0, keepdims=False):
     return mean, var
 
 
-def _normalize(axis, ndim):
+def _axis_tuple(axis, ndim):
     items = axis if isinstance(axis, (tuple, list)) else (axis,)
     return tuple(sorted(int(a) % ndim for a in items))
 
@@ -64,7 +64,7 @@ def _running_update(running_mean, running_var, f, batch_mean, batch_var):
             (1 - f) * np.asarray(running_var, np.float64) + f * batch_var)
 
 
-def _normalize(xl, mean, var, eps, weight, bias, activation, axis):
+def _normalized(xl, mean, var, eps, weight, bias, activation, axis):
     y = activate(_affine((xl - mean) / np.sqrt(var + eps), weight, bias), activation)
     return np.moveaxis(y, -1, axis)
 
@@ -87,7 +87,7 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
     else:
         mean = np.asarray(running_mean, np.float64)
         var = np.asarray(running_var, np.float64)
-    return _normalize(xl, mean, var, eps, weight, bias, activation, axis), new_rm, new_rv
+    return _normalized(xl, mean, var, eps, weight, bias, activation, axis), new_rm, new_rv
 
 
 def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None, use_input_stats=True,
@@ -106,7 +106,7 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
     else:
         mean = np.asarray(running_mean, np.float64)
         var = np.asarray(running_var, np.float64)
-    return _normalize(xl, mean, var, eps, weight, bias, activation, axis), new_rm, new_rv
+    return _normalized(xl, mean, var, eps, weight, bias, activation, axis), new_rm, new_rv
 
 
 def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, axis=1, activation=None):
