@@ -112,6 +112,72 @@ def test_group_norm_matches_reference(isa, inp, affine, act, data):
     assert_close_y(y, ref_y, x.dtype)
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(inp=norm_inputs(), affine=st.booleans(), act=st.sampled_from(ACTS), training=st.booleans(),
+       using_bn=st.booleans(), data=st.data())
+def test_switchable_norm_matches_reference(isa, inp, affine, act, training, using_bn, data):
+    x, axis, c = inp
+    if using_bn and training and x.size // c < 2:
+        return
+    w, b = params(c, affine)
+    k = 3 if using_bn else 2
+    logits = st.lists(st.floats(-3, 3), min_size=k, max_size=k)
+    mw, vw = data.draw(logits), data.draw(logits)
+    pdt = np.float64 if x.dtype == np.float64 else np.float32
+    rm, rv = (np.linspace(-1, 1, c).astype(pdt), np.linspace(0.5, 2, c).astype(pdt)) if using_bn else (None, None)
+    ref_y, ref_rm, ref_rv = reference.switchable_norm(x, w, b, mw, vw, rm, rv, training=training, axis=axis,
+                                                      using_bn=using_bn, activation=act)
+    with use_isa(isa):
+        y = normfast.switchable_norm(x, w, b, mw, vw, rm, rv, training=training, axis=axis, using_bn=using_bn,
+                                     activation=act)
+    assert_close_y(y, ref_y, x.dtype)
+    if using_bn:
+        assert_close_running((rm, rv), (ref_rm, ref_rv))
+
+
+def torch_switchable_norm(x, w, b, mw, vw, rm, rv, training, momentum, eps=1e-5):
+    """Switchable norm written with torch's own reductions (NCHW, running arrays updated in place)."""
+    xt = x.flatten(2)
+    var_in, mean_in = torch.var_mean(xt, dim=2, unbiased=False, keepdim=True)
+    var_ln, mean_ln = torch.var_mean(xt, dim=(1, 2), unbiased=False, keepdim=True)
+    if training:
+        var_bn, mean_bn = torch.var_mean(xt, dim=(0, 2), unbiased=False, keepdim=True)
+        n = xt.shape[0] * xt.shape[2]
+        rm.mul_(1 - momentum).add_(momentum * mean_bn.flatten())
+        rv.mul_(1 - momentum).add_(momentum * var_bn.flatten() * n / (n - 1))
+    else:
+        mean_bn, var_bn = rm.view(1, -1, 1), rv.view(1, -1, 1)
+    sm, sv = torch.softmax(mw, 0), torch.softmax(vw, 0)
+    mean = sm[0] * mean_in + sm[1] * mean_ln + sm[2] * mean_bn
+    var = sv[0] * var_in + sv[1] * var_ln + sv[2] * var_bn
+    y = (xt - mean) / torch.sqrt(var + eps) * w.view(1, -1, 1) + b.view(1, -1, 1)
+    return y.view(x.shape)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("axis", [1, -1])
+def test_switchable_norm_running_statistics_like_torch(dtype, axis):
+    """Five training batches, then inference, against the layer written with torch's reductions."""
+    rng = np.random.default_rng(11)
+    c = 6
+    w, b = params(c, True)
+    mw, vw = np.array([0.3, -0.2, 0.5]), np.array([-1.0, 0.4, 0.1])
+    rm, rv = np.zeros(c, dtype), np.ones(c, dtype)
+    trm, trv = torch.zeros(c, dtype=torch.from_numpy(rm).dtype), torch.ones(c, dtype=torch.from_numpy(rv).dtype)
+    tol = 1e-12 if dtype == np.float64 else 2e-5
+    shape = (4, 5, 7, c) if axis == -1 else (4, c, 5, 7)
+    for step in range(6):
+        x = (rng.standard_normal(shape) * (step + 1) + step).astype(dtype)
+        training = step < 5
+        y = normfast.switchable_norm(x, w, b, mw, vw, rm, rv, training=training, axis=axis)
+        ty = torch_switchable_norm(to_torch_layout(x, axis), *(torch.from_numpy(v.astype(dtype)) for v in (w, b, mw, vw)),
+                                   trm, trv, training, 0.1)
+        np.testing.assert_allclose(np.moveaxis(y, axis, 1), ty.numpy(), rtol=tol, atol=tol)
+        np.testing.assert_allclose(rm, trm.numpy(), rtol=tol, atol=tol)
+        np.testing.assert_allclose(rv, trv.numpy(), rtol=tol, atol=tol)
+
+
 def to_torch_layout(x, axis):
     return torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, axis, 1)))
 
@@ -188,11 +254,14 @@ def test_large_mean_normalizes(isa, channels_last):
     c = x.ndim - 1 if channels_last else 1
     with use_isa(isa):
         cases = [
-            (normfast.batch_norm(x, training=True, axis=axis), tuple(i for i in range(4) if i != c), 1),
-            (normfast.instance_norm(x, axis=axis), spatial, 1),
+            (normfast.batch_norm(x, training=True, axis=axis), tuple(i for i in range(4) if i != c)),
+            (normfast.instance_norm(x, axis=axis), spatial),
         ]
+        # switchable norm with its layer, then its batch statistics dominant: both are Chan merges
+        for logits, axes in (([0.0, 60.0, 0.0], (1, 2, 3)), ([0.0, 0.0, 60.0], tuple(i for i in range(4) if i != c))):
+            cases.append((normfast.switchable_norm(x, None, None, logits, logits, training=True, axis=axis), axes))
         g = normfast.group_norm(x, 4, axis=axis)
-    for y, axes, _ in cases:
+    for y, axes in cases:
         y = y.astype(np.float64)
         assert np.abs(y.mean(axis=axes)).max() < 1e-3
         assert np.abs(y.var(axis=axes) - 1).max() < 1e-3
@@ -226,6 +295,7 @@ def test_nan_stays_in_its_group():
 
 X = np.ones((2, 4, 3), np.float32)
 RM, RV = np.zeros(4, np.float32), np.ones(4, np.float32)
+SN = {"weight": None, "bias": None, "mean_weight": [0.0, 0.0, 0.0], "var_weight": [0.0, 0.0, 0.0], "training": True}
 
 
 @pytest.mark.parametrize(
@@ -252,25 +322,34 @@ RM, RV = np.zeros(4, np.float32), np.ones(4, np.float32)
         (normfast.group_norm, {"num_groups": 3}, ValueError, "num_groups: expected a positive divisor of the 4"),
         (normfast.group_norm, {"num_groups": 2, "axis": 0}, ValueError, "axis: the channel axis cannot be axis 0"),
         (normfast.instance_norm, {"eps": -1.0}, ValueError, "eps: expected a number > 0"),
+        (normfast.switchable_norm, {**SN, "mean_weight": [0.0, 1.0]}, ValueError, r"mean_weight: expected shape \(3,\)"),
+        (normfast.switchable_norm, {**SN, "var_weight": [0.0, np.nan, 1.0]}, ValueError, "var_weight: expected finite"),
+        (normfast.switchable_norm, {**SN, "var_weight": None}, TypeError, "var_weight: expected an array of 3"),
+        (normfast.switchable_norm, {**SN, "using_bn": False, "mean_weight": [0.0, 1.0], "var_weight": [0.0, 1.0],
+                                    "running_mean": RM, "running_var": RV}, ValueError, "only used with using_bn=True"),
+        (normfast.switchable_norm, {**SN, "training": False}, ValueError, "required when training=False"),
+        (normfast.switchable_norm, {**SN, "running_mean": RM, "running_var": RV, "momentum": -0.1}, ValueError,
+         "momentum: expected"),
+        (normfast.switchable_norm, {**SN, "running_mean": RM, "running_var": RV.astype(np.float16)}, TypeError,
+         "running_var: expected dtype float32"),
     ],
 )
 def test_bad_input_writes_nothing(fn, kwargs, exc, match):
     x = X.copy()
-    rm, rv = RM.copy(), RV.copy()
     out = np.full_like(x, 7.0)
     kw = dict(kwargs)
-    if fn is normfast.group_norm:
-        args = (x, kw.pop("num_groups"))
-    else:
-        args = (x,)
+    args = (x, kw.pop("num_groups")) if fn is normfast.group_norm else (x,)
     if "out" not in kw:
         kw["out"] = out
+    before = {}
+    for name in ("running_mean", "running_var"):  # their values before the call
+        if isinstance(kw.get(name), np.ndarray):
+            before[name] = kw[name].copy()
     with pytest.raises(exc, match=match):
         fn(*args, **kw)
     assert (out == 7.0).all() and (x == 1.0).all()
-    for name in ("running_mean", "running_var"):
-        if isinstance(kw.get(name), np.ndarray) and kw[name].shape == (4,):
-            assert (kw[name] == (RM if name == "running_mean" else RV)).all()
+    for name, value in before.items():
+        np.testing.assert_array_equal(kw[name], value)
 
 
 def test_read_only_running_stats_are_refused_in_training():

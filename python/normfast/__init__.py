@@ -6,14 +6,14 @@ from importlib.metadata import version as _version
 
 from . import _normc
 from .functional import moments
-from .norms import batch_norm, group_norm, instance_norm, layer_norm, rms_norm
+from .norms import batch_norm, group_norm, instance_norm, layer_norm, rms_norm, switchable_norm
 
 try:
     __version__ = _version("normfast")
 except _NotFound:  # running from a source tree without installing
     __version__ = "0+unknown"
 
-__all__ = ["moments", "batch_norm", "instance_norm", "group_norm", "layer_norm", "rms_norm",
+__all__ = ["moments", "batch_norm", "instance_norm", "group_norm", "layer_norm", "rms_norm", "switchable_norm",
            "set_num_threads", "get_num_threads", "show_config"]
 
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from . import _checks, _normc
 
-__all__ = ["batch_norm", "instance_norm", "group_norm", "layer_norm", "rms_norm"]
+__all__ = ["batch_norm", "instance_norm", "group_norm", "switchable_norm", "layer_norm", "rms_norm"]
 
 
 def _layout(ndim, sizes):
@@ -199,6 +199,81 @@ def group_norm(x, num_groups, weight=None, bias=None, *, eps=1e-5, axis=1, activ
     var = np.repeat(var, cg, axis=c).squeeze(c + 1)
     return _apply(x, code, (0, c), mean, var, eps, _channel_vector(weight, x, c),
                   _channel_vector(bias, x, c), activation, out, pdt)
+
+
+def _softmax(logits, n, name):
+    """Softmax of a checked vector of n importance logits, in float64."""
+    w = _checks.param(logits, (n,), name)
+    if w is None:
+        raise TypeError(f"{name}: expected an array of {n} logits, got None")
+    if not np.isfinite(w).all():
+        raise ValueError(f"{name}: expected finite logits, got {w}")
+    e = np.exp(w - w.max())
+    return e / e.sum()
+
+
+def _chan_merge(mean, var, axis):
+    """Exact moments of the union of equal-count groups laid along `axis` (Chan's formula for equal
+    counts): mean of the means, and mean of the variances plus the spread of the means about it."""
+    m = mean.mean(axis=axis, keepdims=True)
+    d = mean - m
+    return m, var.mean(axis=axis, keepdims=True) + (d * d).mean(axis=axis, keepdims=True)
+
+
+def switchable_norm(x, weight, bias, mean_weight, var_weight, running_mean=None, running_var=None, *,
+                    training=False, momentum=0.1, eps=1e-5, axis=1, using_bn=True, activation=None, out=None):
+    """Switchable normalization (Luo et al., 2019): a softmax-weighted blend of the instance, layer and
+    batch statistics (that order; batch only with using_bn), each population (biased) moments.
+
+    x is read once for statistics: the instance moments come from the engine and the layer and batch
+    moments are exact Chan merges of them. mean_weight and var_weight are the raw logits, shape (3,)
+    (or (2,) without batch statistics). With using_bn, training=True updates running_mean/running_var
+    (when given) with the batch mean and unbiased batch variance, as batch_norm does; training=False
+    takes the batch statistics from them."""
+    x, code = _checks.float_array(x, "x")
+    c = _instance_axes(x, axis)
+    C, pdt = x.shape[c], _checks.stats_dtype(x)
+    training = _checks.flag(training, "training")
+    using_bn = _checks.flag(using_bn, "using_bn")
+    eps = _checks.positive(eps, "eps")
+    momentum = _checks.fraction(momentum, "momentum")
+    activation = _checks.activation(activation)
+    weight = _checks.param(weight, (C,), "weight")
+    bias = _checks.param(bias, (C,), "bias")
+    k = 3 if using_bn else 2
+    wm = _softmax(mean_weight, k, "mean_weight")
+    wv = _softmax(var_weight, k, "var_weight")
+    if using_bn:
+        rm, rv, update = _running_pair(running_mean, running_var, C, pdt, training, "training")
+    elif running_mean is not None or running_var is not None:
+        raise ValueError("running_mean, running_var: only used with using_bn=True")
+    else:
+        update = False
+    out = _checks.output(out, x)
+    spatial = math.prod(n for i, n in enumerate(x.shape) if i not in (0, c))
+    count = x.shape[0] * spatial
+    if using_bn and training and count <= 1 and x.size:
+        raise ValueError(f"x: expected more than 1 value per channel when training, got {count}")
+    mean_in, var_in = _moments(x, code, (0, c))
+    mean_ln, var_ln = _chan_merge(mean_in, var_in, c)
+    mean = wm[0] * mean_in + wm[1] * mean_ln
+    var = wv[0] * var_in + wv[1] * var_ln
+    if using_bn:
+        if training:
+            mean_bn, var_bn = _chan_merge(mean_in, var_in, 0)
+        else:
+            mean_bn, var_bn = _running_stats(rm, rv, x, c)
+        mean = mean + wm[2] * mean_bn
+        var = var + wv[2] * var_bn
+        if update:
+            new_rm = _blend(rm, mean_bn.ravel(), momentum)
+            new_rv = _blend(rv, var_bn.ravel() * (count / (count - 1)), momentum)
+    _apply(x, code, (0, c), mean, var, eps, _channel_vector(weight, x, c), _channel_vector(bias, x, c),
+           activation, out, pdt)
+    if update:
+        rm[...] = new_rm
+        rv[...] = new_rv
+    return out
 
 
 def _row_norm(x, normalized_shape, weight, bias, eps, residual, residual_out, out, rms):

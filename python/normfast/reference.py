@@ -135,3 +135,36 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, residual=N
         var = ((x - mean) ** 2).sum(axis=axes, keepdims=True) / n
         z = (x - mean) / np.sqrt(var + eps)
     return _affine(z, weight, bias)
+
+
+def switchable_norm(x, weight, bias, mean_weight, var_weight, running_mean=None, running_var=None,
+                    training=False, momentum=0.1, eps=1e-5, axis=1, using_bn=True, activation=None):
+    """Each of the instance, layer and batch moments computed directly from x (two passes, biased),
+    blended by the softmax of the logits. Returns (y, new_running_mean, new_running_var)."""
+    xl = _channels_last(x, axis)  # (N, *spatial, C)
+    spatial = tuple(range(1, xl.ndim - 1))
+
+    def stats(axes):
+        n = int(np.prod([xl.shape[i] for i in axes]))
+        mean = xl.sum(axis=axes, keepdims=True) / n
+        return mean, ((xl - mean) ** 2).sum(axis=axes, keepdims=True) / n, n
+
+    def softmax(v):
+        e = np.exp(np.asarray(v, np.float64) - np.max(v))
+        return e / e.sum()
+
+    wm, wv = softmax(mean_weight), softmax(var_weight)
+    means, variances = zip(stats(spatial)[:2], stats(spatial + (xl.ndim - 1,))[:2])
+    new_rm, new_rv = running_mean, running_var
+    if using_bn:
+        if training:
+            mean_bn, var_bn, n = stats((0,) + spatial)
+            if running_mean is not None:
+                new_rm, new_rv = _running_update(running_mean, running_var, momentum, mean_bn.ravel(),
+                                                 var_bn.ravel() * n / (n - 1))
+        else:
+            mean_bn, var_bn = np.asarray(running_mean, np.float64), np.asarray(running_var, np.float64)
+        means, variances = means + (mean_bn,), variances + (var_bn,)
+    mean = sum(w * m for w, m in zip(wm, means))
+    var = sum(w * v for w, v in zip(wv, variances))
+    return _normalized(xl, mean, var, eps, weight, bias, activation, axis), new_rm, new_rv
