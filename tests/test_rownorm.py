@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import normfast
-from normfast import reference
+from normfast import _normc, norms, reference
 
 from conftest import ISAS, use_isa
 from test_norms import assert_close_y
@@ -105,3 +105,51 @@ def test_bad_input_writes_nothing(kwargs, exc, match):
     with pytest.raises(exc, match=match):
         normfast.layer_norm(x, **kw)
     assert (out == 7.0).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rms", [False, True])
+@pytest.mark.parametrize("affine", [False, True])
+@pytest.mark.parametrize("where", ["new", "out", "in-place"])
+def test_common_call_matches_the_full_path(dtype, rms, affine, where):
+    """The binding's fast path for the common call writes the same bytes as the checked Python path."""
+    rng = np.random.default_rng(12)
+    x = (rng.standard_normal((3, 5, 300)) + 4).astype(dtype)
+    w = rng.uniform(0.5, 1.5, 300).astype(dtype) if affine else None
+    b = None if rms or not affine else rng.standard_normal(300).astype(dtype)
+    eps = None if rms else 1e-5
+    want = norms._row_norm(x.copy(), 300, w, b, 2.0**-23 if dtype == np.float32 and rms else
+                           (2.0**-52 if rms else eps), None, None, None, rms)
+    xc = x.copy()
+    out = {"new": None, "out": np.empty_like(x), "in-place": xc}[where]
+    px = x.copy()  # the same call on a copy, to see that the fast path takes it
+    probe_out = {"new": None, "out": np.empty_like(x), "in-place": px}[where]
+    assert _normc.rownorm_common(px, (300,), w, b, eps, probe_out, rms) is not None
+    y = normfast.rms_norm(xc, 300, w, out=out) if rms else normfast.layer_norm(xc, 300, w, b, out=out)
+    assert out is None or y is out
+    np.testing.assert_array_equal(y, want)
+
+
+def test_common_call_declines_everything_else():
+    x = np.ones((4, 8), np.float32)
+    w32 = np.ones(8, np.float32)
+    declined = [
+        (x.astype(np.float16), 8, None, None, 1e-5, None),   # half types take the full path
+        (x[:, ::2], 4, None, None, 1e-5, None),               # not C-contiguous
+        (x.astype(">f4"), 8, None, None, 1e-5, None),         # byte-swapped
+        (x, (4, 8), None, None, 1e-5, None),                  # more than one normalized dim
+        (x, 7, None, None, 1e-5, None),                       # wrong length: the full path reports it
+        (x, 8, np.ones(8), None, 1e-5, None),                 # float64 weight for float32 data
+        (x, 8, w32[None], None, 1e-5, None),                  # weight of another shape
+        (x, 8, None, None, 1, None),                          # an int eps
+        (x, 8, None, None, float("nan"), None),
+        (x, 8, None, None, 0.0, None),
+        (x, 8, None, None, 1e-5, np.empty((4, 8))),           # out of another dtype
+        (x, 8, None, None, 1e-5, np.empty((8, 4), np.float32).T),
+        (x.tolist(), 8, None, None, 1e-5, None),
+    ]
+    for args in declined:
+        assert _normc.rownorm_common(*args, False) is None, args
+    big = np.ones(40, np.float32)
+    with pytest.raises(ValueError, match="out: overlaps x"):
+        normfast.layer_norm(big[:32].reshape(4, 8), 8, out=big[8:].reshape(4, 8))

@@ -60,9 +60,10 @@ def median_time(fn, repeat, min_time=0.0):
 
 
 # --- normalization layers ---------------------------------------------------------------------------
-# (name, shape, channels_last, norm) with norm one of "bn-train", "bn-infer", "gn32", "in".
+# (name, shape, channels_last, norm) with norm one of "bn-train", "bn-infer", "gn32", "in", "sn"
+# (switchable, training).
 NORM_SHAPES = [(8, 64, 56, 56), (32, 64, 56, 56)]
-NORMS = ["bn-train", "bn-infer", "gn32", "in"]
+NORMS = ["bn-train", "bn-infer", "gn32", "in", "sn"]
 NORM_CASES = [(f"{norm} {'NHWC' if last else 'NCHW'} {shape}", shape, last, norm)
               for shape in NORM_SHAPES for last in (False, True) for norm in NORMS]
 EPS = 1e-5
@@ -73,6 +74,41 @@ def _numpy_norm(x, axes, gamma, beta):
     mu = np.mean(x, axis=axes, keepdims=True)
     var = np.var(x, axis=axes, keepdims=True)
     return (x - mu) / np.sqrt(var + EPS) * gamma + beta
+
+
+SN_LOGITS = np.array([0.5, -0.3, 0.2])
+_SN_W = np.exp(SN_LOGITS) / np.exp(SN_LOGITS).sum()
+
+
+def _numpy_switchable(x, c, spatial, g, b):
+    """Switchable norm as the paper's code writes it: instance moments, then layer and batch moments
+    from them (with E[x^2] - mean^2)."""
+    mean_in = np.mean(x, axis=spatial, keepdims=True)
+    var_in = np.var(x, axis=spatial, keepdims=True)
+    sq = var_in + mean_in ** 2
+    mean_ln = mean_in.mean(axis=c, keepdims=True)
+    var_ln = sq.mean(axis=c, keepdims=True) - mean_ln ** 2
+    mean_bn = mean_in.mean(axis=0, keepdims=True)
+    var_bn = sq.mean(axis=0, keepdims=True) - mean_bn ** 2
+    mean = _SN_W[0] * mean_in + _SN_W[1] * mean_ln + _SN_W[2] * mean_bn
+    var = _SN_W[0] * var_in + _SN_W[1] * var_ln + _SN_W[2] * var_bn
+    return (x - mean) / np.sqrt(var + EPS) * g + b
+
+
+def _torch_switchable(t, w, b):
+    """The same with torch's reductions (t is N, C, ...)."""
+    import torch
+
+    xt = t.flatten(2)
+    var_in, mean_in = torch.var_mean(xt, dim=2, correction=0, keepdim=True)
+    sq = var_in + mean_in ** 2
+    mean_ln = mean_in.mean(1, keepdim=True)
+    var_ln = sq.mean(1, keepdim=True) - mean_ln ** 2
+    mean_bn = mean_in.mean(0, keepdim=True)
+    var_bn = sq.mean(0, keepdim=True) - mean_bn ** 2
+    mean = _SN_W[0] * mean_in + _SN_W[1] * mean_ln + _SN_W[2] * mean_bn
+    var = _SN_W[0] * var_in + _SN_W[1] * var_ln + _SN_W[2] * var_bn
+    return torch.addcmul(b.view(1, -1, 1), (xt - mean) * torch.rsqrt(var + EPS), w.view(1, -1, 1)).view(t.shape)
 
 
 def _ort_session(op, x_shape, inits, attrs, threads, opset=21):
@@ -130,9 +166,13 @@ def norm_peers(shape, channels_last, norm, threads):
             axes = tuple(i for i in range(1, xg.ndim) if i != c)
             return _numpy_norm(xg, axes, 1.0, 0.0).reshape(x.shape) * g + b
         fns["numpy"] = np_gn
-    else:
+    elif norm == "in":
         fns["normfast"] = lambda: norms.instance_norm(x, None, None, gamma, beta, axis=c, out=out)
         fns["numpy"] = lambda: _numpy_norm(x, spatial, g, b)
+    else:
+        fns["normfast"] = lambda: norms.switchable_norm(x, gamma, beta, SN_LOGITS, SN_LOGITS, rm.copy(), rv.copy(),
+                                                        training=True, axis=c, out=out)
+        fns["numpy"] = lambda: _numpy_switchable(x, c, spatial, g, b)
     try:
         import torch
         import torch.nn.functional as F
@@ -145,13 +185,14 @@ def norm_peers(shape, channels_last, norm, threads):
             "bn-infer": lambda: F.batch_norm(t, trm, trv, tg, tb),
             "gn32": lambda: F.group_norm(t, 32, tg, tb),
             "in": lambda: F.instance_norm(t, weight=tg, bias=tb),
+            "sn": lambda: _torch_switchable(t, tg, tb),
         }[norm]
         tsrc, tdst = torch.from_numpy(x), torch.empty_like(torch.from_numpy(x))
         torch_copy = lambda: tdst.copy_(tsrc)  # noqa: E731
     except ImportError:
         torch_copy = None
     try:
-        if not channels_last and norm != "bn-train":
+        if not channels_last and norm not in ("bn-train", "sn"):
             op, inits, attrs = {
                 "bn-infer": ("BatchNormalization", [("s", gamma), ("b", beta), ("m", rm), ("v", rv)], {}),
                 "gn32": ("GroupNormalization", [("s", gamma), ("b", beta)], {"num_groups": 32}),

@@ -107,27 +107,101 @@ def apply(cnp.ndarray x, int dtype_code, tuple reduce, cnp.ndarray shift, cnp.nd
     _check(st)
 
 
-def rownorm(cnp.ndarray x, int dtype_code, cnp.ndarray y, cnp.ndarray weight, cnp.ndarray bias,
-            double eps, bint rms):
-    """Layer or RMS norm over the last axis of x into y when that axis is contiguous in both and is the
-    only reduced axis of the plan; returns False (nothing written) when the layout does not allow it."""
-    cdef nf_plan plan
-    cdef int nd = cnp.PyArray_NDIM(x)
-    if nd < 1 or cnp.PyArray_DIM(weight, 0) != cnp.PyArray_DIM(x, nd - 1) or \
-            cnp.PyArray_DIM(bias, 0) != cnp.PyArray_DIM(x, nd - 1):
-        raise ValueError("normfast: weight and bias must match the last axis of x")
-    _plan(&plan, x, (False,) * (nd - 1) + (True,), None, y)
+cdef inline const void *_data_or_null(object a):
+    return NULL if a is None else cnp.PyArray_DATA(<cnp.ndarray>a)
+
+
+cdef nf_status _rownorm(nf_plan *plan, int code, cnp.ndarray x, cnp.ndarray y, object weight, object bias,
+                        double eps, bint rms):
     cdef const void *px = cnp.PyArray_DATA(x)
     cdef void *py = cnp.PyArray_DATA(y)
-    cdef const void *pw = cnp.PyArray_DATA(weight)
-    cdef const void *pb = cnp.PyArray_DATA(bias)
+    cdef const void *pw = _data_or_null(weight)
+    cdef const void *pb = _data_or_null(bias)
     cdef nf_status st
+    if cnp.PyArray_SIZE(x) < 16384:  # below this, dropping and retaking the GIL costs a noticeable share
+        return nf_rownorm(plan, <nf_dtype>code, px, py, pw, pb, eps, rms)
     with nogil:
-        st = nf_rownorm(&plan, <nf_dtype>dtype_code, px, py, pw, pb, eps, rms)
+        st = nf_rownorm(plan, <nf_dtype>code, px, py, pw, pb, eps, rms)
+    return st
+
+
+def rownorm(cnp.ndarray x, int dtype_code, cnp.ndarray y, weight, bias, double eps, bint rms):
+    """Layer or RMS norm over the last axis of x into y when that axis is contiguous in both and is the
+    only reduced axis of the plan; returns False (nothing written) when the layout does not allow it.
+    weight and bias: None or contiguous vectors of the statistics dtype along the last axis."""
+    cdef nf_plan plan
+    cdef int nd = cnp.PyArray_NDIM(x)
+    for v in (weight, bias):
+        if v is not None and (not isinstance(v, cnp.ndarray) or v.shape != ((<object>x).shape[nd - 1],)):
+            raise ValueError("normfast: weight and bias must match the last axis of x")
+    _plan(&plan, x, (False,) * (nd - 1) + (True,), None, y)
+    st = _rownorm(&plan, dtype_code, x, y, weight, bias, eps, rms)
     if st == NF_EINVAL:
         return False
     _check(st)
     return True
+
+
+cdef bint _vector(object v, int typenum, Py_ssize_t n):
+    """None, or a C-contiguous aligned native array of that type and shape (n,)."""
+    if v is None:
+        return True
+    if type(v) is not cnp.ndarray:
+        return False
+    cdef cnp.ndarray a = <cnp.ndarray>v
+    return (cnp.PyArray_TYPE(a) == typenum and cnp.PyArray_NDIM(a) == 1 and cnp.PyArray_DIM(a, 0) == n
+            and cnp.PyArray_ISCARRAY_RO(a) and cnp.PyArray_ISNOTSWAPPED(a))
+
+
+def rownorm_common(x, normalized_shape, weight, bias, eps, out, bint rms):
+    """The common call of layer_norm / rms_norm at C speed: x a C-contiguous native float32 or float64
+    array normalized over its last axis (normalized_shape that axis's length, as an int or a 1-tuple),
+    weight and bias None or contiguous vectors of x's dtype, eps a positive finite float (or None for RMS
+    norm: the machine epsilon of x's dtype), out None or a
+    C-contiguous array like x that is x itself or does not overlap it. Returns the output, or None with
+    nothing written for any other call, which norms.py then checks and runs in full."""
+    if type(x) is not cnp.ndarray:
+        return None
+    cdef cnp.ndarray xa = <cnp.ndarray>x, ya
+    cdef int typenum = cnp.PyArray_TYPE(xa), nd = cnp.PyArray_NDIM(xa)
+    if (typenum != cnp.NPY_FLOAT32 and typenum != cnp.NPY_FLOAT64) or nd < 1 or \
+            not cnp.PyArray_ISCARRAY_RO(xa) or not cnp.PyArray_ISNOTSWAPPED(xa):
+        return None
+    cdef Py_ssize_t n = cnp.PyArray_DIM(xa, nd - 1), size = cnp.PyArray_SIZE(xa)
+    if type(normalized_shape) is tuple and len(<tuple>normalized_shape) == 1:
+        normalized_shape = (<tuple>normalized_shape)[0]
+    if type(normalized_shape) is not int or normalized_shape != n or n < 2 or size == 0:
+        return None
+    if eps is None and rms:  # RMS norm's default: the machine epsilon of x's dtype
+        eps = 2.0 ** -23 if typenum == cnp.NPY_FLOAT32 else 2.0 ** -52
+    if type(eps) is not float or not (0.0 < <double>eps < 1e308):
+        return None
+    if not (_vector(weight, typenum, n) and _vector(bias, typenum, n)):
+        return None
+    cdef char *lo
+    cdef char *hi
+    if out is None:
+        ya = cnp.PyArray_EMPTY(nd, cnp.PyArray_DIMS(xa), typenum, 0)
+    else:
+        if type(out) is not cnp.ndarray:
+            return None
+        ya = <cnp.ndarray>out
+        if cnp.PyArray_TYPE(ya) != typenum or cnp.PyArray_NDIM(ya) != nd or not cnp.PyArray_ISCARRAY(ya) or \
+                not cnp.PyArray_ISNOTSWAPPED(ya) or not cnp.PyArray_SAMESHAPE(xa, ya):
+            return None
+        lo, hi = <char *>cnp.PyArray_DATA(xa), <char *>cnp.PyArray_DATA(ya)
+        if lo != hi and lo < hi + cnp.PyArray_NBYTES(ya) and hi < lo + cnp.PyArray_NBYTES(xa):
+            return None  # partial overlap: an error, reported by the full path
+    cdef nf_plan plan
+    cdef int64_t shape[2]
+    cdef int64_t strides[2]
+    cdef int64_t no_stats[2]
+    cdef unsigned char red[2]
+    shape[0], shape[1], strides[0], strides[1], red[0], red[1] = size // n, n, n, 1, 0, 1
+    no_stats[0] = no_stats[1] = 0
+    _check(nf_plan_make(&plan, 2, shape, strides, no_stats, strides, red))
+    _check(_rownorm(&plan, NF_F32 if typenum == cnp.NPY_FLOAT32 else NF_F64, xa, ya, weight, bias, eps, rms))
+    return ya
 
 
 def set_num_threads(int n):

@@ -294,9 +294,9 @@ def _row_norm(x, normalized_shape, weight, bias, eps, residual, residual_out, ou
         eps = 2.0**-7 if x.dtype.name == "bfloat16" else float(np.finfo(x.dtype).eps)
     eps = _checks.positive(eps, "eps")
     length = math.prod(nshape)
-    # The kernel takes both as flat rows of the statistics dtype; absent ones are the identity.
-    params = [np.full(length, default, pdt) if v is None else _checks.param(v, nshape, name, pdt).reshape(-1)
-              for name, v, default in (("weight", weight, 1.0), ("bias", bias, 0.0))]
+    # The kernel takes both as flat rows of the statistics dtype, or None.
+    params = [None if v is None else _checks.param(v, nshape, name, pdt).reshape(-1)
+              for name, v in (("weight", weight), ("bias", bias))]
     if residual is not None:
         res, _ = _checks.float_array(residual, "residual")
         if res.shape != x.shape:
@@ -339,10 +339,18 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, *, eps=1e-5, residua
 
     With `residual`, normalizes x + residual and, if `residual_out` is given, stores that sum there
     (pre-norm transformer blocks). Rows contiguous in memory are normalized in one visit each."""
+    if residual is None and residual_out is None:  # the common call runs in the binding, or it says None
+        y = _normc.rownorm_common(x, normalized_shape, weight, bias, eps, out, False)
+        if y is not None:
+            return y
     return _row_norm(x, normalized_shape, weight, bias, eps, residual, residual_out, out, rms=False)
 
 
 def rms_norm(x, normalized_shape, weight=None, *, eps=None, residual=None, residual_out=None, out=None):
     """RMS normalization, x / sqrt(mean(x^2) + eps) * weight, over the trailing dimensions; eps=None is
     the machine epsilon of x's dtype, as in PyTorch."""
+    if residual is None and residual_out is None:
+        y = _normc.rownorm_common(x, normalized_shape, weight, None, eps, out, True)
+        if y is not None:
+            return y
     return _row_norm(x, normalized_shape, weight, None, eps, residual, residual_out, out, rms=True)

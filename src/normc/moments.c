@@ -252,7 +252,17 @@ nf_status NF_FN(nf_rownorm)(const nf_plan *p, nf_dtype dt, const void *x, void *
     const int nt = rows * n >= NF_PARALLEL_MIN ? nthreads : 1;
     const char *xb = (const char *)x + p->x_offset * isz;
     char *yb = (char *)y + p->y_offset * isz;
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1 && rows > 1)
+    if (rows == 0)
+        return NF_OK;
+    if (nt == 1 || rows == 1) { /* small calls skip the OpenMP region: it costs more than the rows */
+        nf_iter oi;
+        nf_iter_init(&oi, &p->o, 0);
+        do
+            row(xb + oi.off * isz, yb + oi.yoff * isz, n, w, b, eps, rms);
+        while (nf_iter_next(&oi, &p->o));
+        return NF_OK;
+    }
+#pragma omp parallel for schedule(static) num_threads(nt)
     for (int64_t r = 0; r < rows; r++) {
         nf_iter oi;
         nf_iter_init(&oi, &p->o, r);

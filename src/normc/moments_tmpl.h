@@ -39,22 +39,34 @@ static void NF_NAME(seg, NF_TAG)(const NF_T *x, int64_t n, double *mean, double 
         t += NF_LOAD(x[i]);
     const NF_A m = (NF_NAME(hsum, NF_TAG)((a0 + a1) + (a2 + a3)) + t) / (NF_A)n;
 
-    NF_V c0 = z, c1 = z, q0 = z, q1 = z;
+    /* Four chains each for the sums of d and d^2: the FMA latency, not the loads, bounds this loop. */
+    NF_V c0 = z, c1 = z, c2 = z, c3 = z, q0 = z, q1 = z, q2 = z, q3 = z;
     NF_A tc = 0, tq = 0;
-    const int64_t n2 = n - n % (2 * NF_W);
-    for (i = 0; i < n2; i += 2 * NF_W) {
+    const int64_t n4 = n - n % (4 * NF_W);
+    for (i = 0; i < n4; i += 4 * NF_W) {
         NF_V d0 = NF_VLOAD(x + i) - m, d1 = NF_VLOAD(x + i + NF_W) - m;
+        NF_V d2 = NF_VLOAD(x + i + 2 * NF_W) - m, d3 = NF_VLOAD(x + i + 3 * NF_W) - m;
         c0 += d0;
         c1 += d1;
+        c2 += d2;
+        c3 += d3;
         q0 += d0 * d0;
         q1 += d1 * d1;
+        q2 += d2 * d2;
+        q3 += d3 * d3;
     }
-    for (i = n2; i < n; i++) {
+    for (; i + NF_W <= n; i += NF_W) {
+        NF_V d0 = NF_VLOAD(x + i) - m;
+        c0 += d0;
+        q0 += d0 * d0;
+    }
+    for (; i < n; i++) {
         NF_A d = NF_LOAD(x[i]) - m;
         tc += d;
         tq += d * d;
     }
-    const double sc = NF_NAME(hsum, NF_TAG)(c0 + c1) + tc, sq = NF_NAME(hsum, NF_TAG)(q0 + q1) + tq;
+    const double sc = NF_NAME(hsum, NF_TAG)((c0 + c1) + (c2 + c3)) + tc;
+    const double sq = NF_NAME(hsum, NF_TAG)((q0 + q1) + (q2 + q3)) + tq;
     /* The correction term makes M2 exact to first order in the rounding of m. An infinite or NaN
      * block mean stays as it is (NumPy's mean); M2 is then already NaN. */
     *mean = isfinite(m) ? (double)m + sc / (double)n : (double)m;

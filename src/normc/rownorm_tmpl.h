@@ -8,22 +8,59 @@
 static double NF_NAME(sumsq, NF_TAG)(const NF_T *x, int64_t n)
 {
     const NF_V z = {0};
-    NF_V a0 = z, a1 = z;
+    NF_V a0 = z, a1 = z, a2 = z, a3 = z; /* four chains hide the FMA latency */
     NF_A t = 0;
     int64_t i = 0;
-    for (; i + 2 * NF_W <= n; i += 2 * NF_W) {
+    for (; i + 4 * NF_W <= n; i += 4 * NF_W) {
         NF_V v0 = NF_VLOAD(x + i), v1 = NF_VLOAD(x + i + NF_W);
+        NF_V v2 = NF_VLOAD(x + i + 2 * NF_W), v3 = NF_VLOAD(x + i + 3 * NF_W);
         a0 += v0 * v0;
         a1 += v1 * v1;
+        a2 += v2 * v2;
+        a3 += v3 * v3;
+    }
+    for (; i + NF_W <= n; i += NF_W) {
+        NF_V v0 = NF_VLOAD(x + i);
+        a0 += v0 * v0;
     }
     for (; i < n; i++)
         t += NF_LOAD(x[i]) * NF_LOAD(x[i]);
-    return (double)NF_NAME(hsum, NF_TAG)(a0 + a1) + t;
+    return (double)NF_NAME(hsum, NF_TAG)((a0 + a1) + (a2 + a3)) + t;
+}
+
+/* y = ((x - s) * a + cc) * w + b over one row; w and b are used only where has_w / has_b. */
+static NF_INLINE void NF_NAME(rowapply, NF_TAG)(const NF_T *x, NF_T *y, int64_t n, NF_A s, NF_A a, NF_A cc,
+                                                const NF_A *w, const NF_A *b, int has_w, int has_b)
+{
+    int64_t j = 0;
+#ifdef NF_VSTORE
+    const NF_V z = {0};
+    for (; j + NF_W <= n; j += NF_W) {
+        NF_V v = (NF_VLOAD(x + j) - (z + s)) * (z + a) + (z + cc), p;
+        if (has_w) {
+            memcpy(&p, w + j, sizeof p);
+            v *= p;
+        }
+        if (has_b) {
+            memcpy(&p, b + j, sizeof p);
+            v += p;
+        }
+        NF_VSTORE(y + j, v);
+    }
+#endif
+    for (; j < n; j++) {
+        NF_A v = (NF_LOAD(x[j]) - s) * a + cc;
+        if (has_w)
+            v *= w[j];
+        if (has_b)
+            v += b[j];
+        y[j] = NF_STORE(v);
+    }
 }
 
 /* One contiguous row of n elements: statistics while it streams in, then
  * y = ((x - s) * a + cc) * w + b while it is still in cache, where s is the mean rounded to NF_A and
- * cc = (s - mean) * a puts its rounding back (RMS norm: s = cc = 0). */
+ * cc = (s - mean) * a puts its rounding back (RMS norm: s = cc = 0). w and b may be NULL. */
 static void NF_NAME(rownorm, NF_TAG)(const void *xv, void *yv, int64_t n, const void *wv, const void *bv,
                                      double eps, int rms)
 {
@@ -49,19 +86,15 @@ static void NF_NAME(rownorm, NF_TAG)(const void *xv, void *yv, int64_t n, const 
     }
     const double a64 = 1.0 / sqrt(var + eps);
     const NF_A s = (NF_A)mean, a = (NF_A)a64, cc = (NF_A)(((double)s - mean) * a64);
-    int64_t j = 0;
-#ifdef NF_VSTORE
-    const NF_V z = {0};
-    for (; j + NF_W <= n; j += NF_W) {
-        NF_V wv_, bv_;
-        memcpy(&wv_, w + j, sizeof wv_);
-        memcpy(&bv_, b + j, sizeof bv_);
-        NF_V v = ((NF_VLOAD(x + j) - (z + s)) * (z + a) + (z + cc)) * wv_ + bv_;
-        NF_VSTORE(y + j, v);
-    }
-#endif
-    for (; j < n; j++)
-        y[j] = NF_STORE(((NF_LOAD(x[j]) - s) * a + cc) * w[j] + b[j]);
+    /* Constant flags: each call below is specialised, so absent parameters cost nothing per element. */
+    if (w && b)
+        NF_NAME(rowapply, NF_TAG)(x, y, n, s, a, cc, w, b, 1, 1);
+    else if (w)
+        NF_NAME(rowapply, NF_TAG)(x, y, n, s, a, cc, w, b, 1, 0);
+    else if (b)
+        NF_NAME(rowapply, NF_TAG)(x, y, n, s, a, cc, w, b, 0, 1);
+    else
+        NF_NAME(rowapply, NF_TAG)(x, y, n, s, a, cc, w, b, 0, 0);
 }
 
 #undef NF_NAME
