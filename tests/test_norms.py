@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import normfast
-from normfast import reference
+from normfast import norms, reference
 
 from conftest import ISAS, use_isa
 
@@ -361,3 +361,31 @@ def test_read_only_running_stats_are_refused_in_training():
     assert (rm == 0).all()
     # inference only reads them
     normfast.batch_norm(X, rm, rv)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("act", [None, "relu", "silu"])
+def test_fused_instance_and_group_norm(isa, dtype, act):
+    """Channels-first contiguous data takes the fused path (statistics and output per group in one
+    visit); it agrees with the reference, and a strided view of the same data (the two-pass path) too."""
+    rng = np.random.default_rng(13)
+    x = (rng.standard_normal((4, 16, 40, 41)) * 3 + 50).astype(dtype)
+    w, b = params(16, True)
+    pdt = np.float64 if x.dtype == np.float64 else np.float32
+    probe = np.empty_like(x)
+    assert norms._fused_groups(x, normfast._checks.dtype_code(x.dtype), 1, 4, None, None, 1e-5, None, probe,
+                               False) is True
+    strided = np.empty((4, 16, 40, 82), x.dtype)[..., ::2]
+    strided[...] = x
+    for groups in (4, 16):
+        ref = reference.group_norm(x, groups, w, b, activation=act)
+        with use_isa(isa):
+            for xi in (x, strided):
+                assert_close_y(normfast.group_norm(xi, groups, w, b, activation=act), ref, dtype)
+    rm, rv = np.zeros(16, pdt), np.ones(16, pdt)
+    ref_y, ref_rm, ref_rv = reference.instance_norm(x, rm, rv, w, b, activation=act)
+    with use_isa(isa):
+        y = normfast.instance_norm(x, rm, rv, w, b, activation=act)
+    assert_close_y(y, ref_y, dtype)
+    assert_close_running((rm, rv), (ref_rm, ref_rv))

@@ -32,8 +32,17 @@ cdef extern from "normc.h" nogil:
         NF_ACT_SILU
     nf_status nf_apply(const nf_plan *plan, nf_dtype dtype, const void *x, void *y, const void *shift,
                        const void *scale, const void *bias, nf_act act)
-    nf_status nf_rownorm(const nf_plan *plan, nf_dtype dtype, const void *x, void *y, const void *weight,
-                         const void *bias, double eps, int rms)
+    ctypedef struct nf_rowspec:
+        double eps
+        int rms
+        const void *weight
+        const void *bias
+        int64_t seg
+        int64_t period
+        nf_act act
+        double *mean
+        double *var
+    nf_status nf_rownorm(const nf_plan *plan, nf_dtype dtype, const void *x, void *y, const nf_rowspec *spec)
     void nf_set_num_threads(int n)
     int nf_get_num_threads()
     int nf_openmp_enabled()

@@ -2,6 +2,7 @@
 """Thin binding over the C engine: reads pointers, shapes and strides off NumPy arrays, releases the GIL,
 calls normc. Every argument is checked in functional.py; this layer only refuses what C cannot take."""
 cimport numpy as cnp
+import numpy as np
 from libc.stdint cimport int64_t
 
 cnp.import_array()
@@ -111,18 +112,33 @@ cdef inline const void *_data_or_null(object a):
     return NULL if a is None else cnp.PyArray_DATA(<cnp.ndarray>a)
 
 
-cdef nf_status _rownorm(nf_plan *plan, int code, cnp.ndarray x, cnp.ndarray y, object weight, object bias,
-                        double eps, bint rms):
+cdef nf_status _rownorm(nf_plan *plan, int code, cnp.ndarray x, cnp.ndarray y, nf_rowspec *spec):
     cdef const void *px = cnp.PyArray_DATA(x)
     cdef void *py = cnp.PyArray_DATA(y)
-    cdef const void *pw = _data_or_null(weight)
-    cdef const void *pb = _data_or_null(bias)
     cdef nf_status st
     if cnp.PyArray_SIZE(x) < 16384:  # below this, dropping and retaking the GIL costs a noticeable share
-        return nf_rownorm(plan, <nf_dtype>code, px, py, pw, pb, eps, rms)
+        return nf_rownorm(plan, <nf_dtype>code, px, py, spec)
     with nogil:
-        st = nf_rownorm(plan, <nf_dtype>code, px, py, pw, pb, eps, rms)
+        st = nf_rownorm(plan, <nf_dtype>code, px, py, spec)
     return st
+
+
+cdef nf_rowspec _spec(object weight, object bias, double eps, bint rms):
+    cdef nf_rowspec spec
+    spec.eps, spec.rms, spec.seg, spec.period, spec.act = eps, rms, 1, 1, NF_ACT_NONE
+    spec.weight, spec.bias, spec.mean, spec.var = _data_or_null(weight), _data_or_null(bias), NULL, NULL
+    return spec
+
+
+cdef int _rows_plan(nf_plan *plan, Py_ssize_t rows, Py_ssize_t n) except -1:
+    """The plan of `rows` contiguous rows of n elements, one after another (x and y alike)."""
+    cdef int64_t shape[2]
+    cdef int64_t strides[2]
+    cdef int64_t no_stats[2]
+    cdef unsigned char red[2]
+    shape[0], shape[1], strides[0], strides[1], red[0], red[1] = rows, n, n, 1, 0, 1
+    no_stats[0] = no_stats[1] = 0
+    return _check(nf_plan_make(plan, 2, shape, strides, no_stats, strides, red))
 
 
 def rownorm(cnp.ndarray x, int dtype_code, cnp.ndarray y, weight, bias, double eps, bint rms):
@@ -135,7 +151,8 @@ def rownorm(cnp.ndarray x, int dtype_code, cnp.ndarray y, weight, bias, double e
         if v is not None and (not isinstance(v, cnp.ndarray) or v.shape != ((<object>x).shape[nd - 1],)):
             raise ValueError("normfast: weight and bias must match the last axis of x")
     _plan(&plan, x, (False,) * (nd - 1) + (True,), None, y)
-    st = _rownorm(&plan, dtype_code, x, y, weight, bias, eps, rms)
+    cdef nf_rowspec spec = _spec(weight, bias, eps, rms)
+    st = _rownorm(&plan, dtype_code, x, y, &spec)
     if st == NF_EINVAL:
         return False
     _check(st)
@@ -193,15 +210,42 @@ def rownorm_common(x, normalized_shape, weight, bias, eps, out, bint rms):
         if lo != hi and lo < hi + cnp.PyArray_NBYTES(ya) and hi < lo + cnp.PyArray_NBYTES(xa):
             return None  # partial overlap: an error, reported by the full path
     cdef nf_plan plan
-    cdef int64_t shape[2]
-    cdef int64_t strides[2]
-    cdef int64_t no_stats[2]
-    cdef unsigned char red[2]
-    shape[0], shape[1], strides[0], strides[1], red[0], red[1] = size // n, n, n, 1, 0, 1
-    no_stats[0] = no_stats[1] = 0
-    _check(nf_plan_make(&plan, 2, shape, strides, no_stats, strides, red))
-    _check(_rownorm(&plan, NF_F32 if typenum == cnp.NPY_FLOAT32 else NF_F64, xa, ya, weight, bias, eps, rms))
+    _rows_plan(&plan, size // n, n)
+    cdef nf_rowspec spec = _spec(weight, bias, eps, rms)
+    _check(_rownorm(&plan, NF_F32 if typenum == cnp.NPY_FLOAT32 else NF_F64, xa, ya, &spec))
     return ya
+
+
+def segnorm(cnp.ndarray x, int dtype_code, cnp.ndarray y, Py_ssize_t rows, Py_ssize_t seg, Py_ssize_t period,
+            weight, bias, double eps, activation, mean, var):
+    """Instance or group norm of C-contiguous x into C-contiguous y (x itself allowed), fused per row:
+    x is `rows` contiguous groups of segments of `seg` elements (a channel's spatial extent), segment j
+    of row r scaled by weight[(r % period) * segments + j]. mean and var: None, or float64 arrays of
+    `rows` elements that receive each row's biased statistics."""
+    if not (cnp.PyArray_ISCARRAY_RO(x) and cnp.PyArray_ISCARRAY(y) and (<object>x).shape == (<object>y).shape
+            and cnp.PyArray_ITEMSIZE(x) == cnp.PyArray_ITEMSIZE(y)):
+        raise ValueError("normfast: segnorm takes C-contiguous x and y of one shape")
+    cdef Py_ssize_t size = cnp.PyArray_SIZE(x)
+    if rows < 1 or size % rows:
+        raise ValueError("normfast: rows must divide the size of x")
+    cdef Py_ssize_t n_params = period * (size // rows // seg) if seg > 0 else 0
+    for v in (weight, bias):
+        if v is not None and not (isinstance(v, cnp.ndarray) and v.flags.c_contiguous and v.size == n_params
+                                  and v.dtype == (float if dtype_code == NF_F64 else np.float32)):
+            raise ValueError("normfast: weight and bias must be contiguous statistics-dtype arrays of one "
+                             "value per segment of a period")
+    for v in (mean, var):
+        if v is not None and not (isinstance(v, cnp.ndarray) and v.dtype == float and v.shape == (rows,)
+                                  and v.flags.c_contiguous and v.flags.writeable):
+            raise ValueError("normfast: mean and var must be writeable float64 arrays of one value per row")
+    cdef nf_plan plan
+    _rows_plan(&plan, rows, size // rows)
+    cdef nf_rowspec spec = _spec(weight, bias, eps, False)
+    spec.seg, spec.period, spec.act = seg, period, ACTIVATIONS[activation]
+    if mean is not None:
+        spec.mean = <double *>cnp.PyArray_DATA(<cnp.ndarray>mean)
+        spec.var = <double *>cnp.PyArray_DATA(<cnp.ndarray>var)
+    _check(_rownorm(&plan, dtype_code, x, y, &spec))
 
 
 def set_num_threads(int n):

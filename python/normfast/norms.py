@@ -129,6 +129,22 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, *
     return out
 
 
+def _fused_groups(x, code, c, groups, weight, bias, eps, activation, out, stats):
+    """Instance or group norm in one visit of each (sample, group) while it is in cache, when x and out
+    are C-contiguous with channels first: each group is then one contiguous row, made of one segment
+    per channel. Returns False (nothing done) for other layouts or where rows would be too few to share
+    among the threads or too long to stay in cache. stats: return the per-row (mean, var), float64."""
+    rows = x.shape[0] * groups
+    length = x.size // rows if rows else 0
+    seg = length * groups // x.shape[c] if length else 0
+    if not (c == 1 and x.flags.c_contiguous and out.flags.c_contiguous and seg >= 2
+            and rows >= 4 * _normc.get_num_threads() and length <= 1 << 18):
+        return False
+    mean, var = (np.empty(rows), np.empty(rows)) if stats else (None, None)
+    _normc.segnorm(x, code, out, rows, seg, groups, weight, bias, eps, activation, mean, var)
+    return (mean, var) if stats else True
+
+
 def _instance_axes(x, axis):
     c = _checks.channel_axis(axis, x.ndim)
     if c == 0:
@@ -149,27 +165,35 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
     eps = _checks.positive(eps, "eps")
     momentum = _checks.fraction(momentum, "momentum")
     activation = _checks.activation(activation)
-    weight = _checks.param(weight, (C,), "weight")
-    bias = _checks.param(bias, (C,), "bias")
+    weight = _checks.param(weight, (C,), "weight", pdt)
+    bias = _checks.param(bias, (C,), "bias", pdt)
     rm, rv, update = _running_pair(running_mean, running_var, C, pdt, use_input_stats, "use_input_stats")
     out = _checks.output(out, x)
     count = math.prod(n for i, n in enumerate(x.shape) if i not in (0, c))
     if use_input_stats:
         if count <= 1 and x.size:
             raise ValueError(f"x: expected more than 1 spatial element when use_input_stats=True, got {count}")
+        fused = _fused_groups(x, code, c, C, weight, bias, eps, activation, out, update)
+        if fused is not False:
+            if update:
+                _update_from_instances(rm, rv, *(v.reshape(x.shape[0], C) for v in fused), count, momentum)
+            return out
         mean, var = _moments(x, code, (0, c))
     else:
         mean, var = _running_stats(rm, rv, x, c)
-    if update:  # the batch average of the instance means and unbiased variances
-        over_batch = tuple(i for i in range(x.ndim) if i != c)
-        new_rm = _blend(rm, mean.mean(axis=over_batch).ravel(), momentum)
-        new_rv = _blend(rv, (var * (count / (count - 1))).mean(axis=over_batch).ravel(), momentum)
     _apply(x, code, (0, c), mean, var, eps, _channel_vector(weight, x, c), _channel_vector(bias, x, c),
            activation, out, pdt)
     if update:
-        rm[...] = new_rm
-        rv[...] = new_rv
+        _update_from_instances(rm, rv, np.moveaxis(mean, c, 1).reshape(x.shape[0], C),
+                               np.moveaxis(var, c, 1).reshape(x.shape[0], C), count, momentum)
     return out
+
+
+def _update_from_instances(rm, rv, mean, var, count, momentum):
+    """The running update of instance norm: the batch average of the instance means and unbiased
+    variances, given as (N, C) arrays."""
+    rm[...] = _blend(rm, mean.mean(axis=0), momentum)
+    rv[...] = _blend(rv, var.mean(axis=0) * (count / (count - 1)), momentum)
 
 
 def group_norm(x, num_groups, weight=None, bias=None, *, eps=1e-5, axis=1, activation=None, out=None):
@@ -186,9 +210,11 @@ def group_norm(x, num_groups, weight=None, bias=None, *, eps=1e-5, axis=1, activ
         raise ValueError(f"num_groups: expected a positive divisor of the {C} channels, got {G}")
     eps = _checks.positive(eps, "eps")
     activation = _checks.activation(activation)
-    weight = _checks.param(weight, (C,), "weight")
-    bias = _checks.param(bias, (C,), "bias")
+    weight = _checks.param(weight, (C,), "weight", pdt)
+    bias = _checks.param(bias, (C,), "bias", pdt)
     out = _checks.output(out, x)
+    if _fused_groups(x, code, c, G, weight, bias, eps, activation, out, False):
+        return out
     # The channel axis split into (G, C/G): always expressible as a view of x, so nothing is copied.
     cg = C // G
     shape = x.shape[:c] + (G, cg) + x.shape[c + 1:]

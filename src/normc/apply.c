@@ -55,11 +55,17 @@
 
 typedef void (*nf_row_fn)(const void *, int64_t, void *, int64_t, const void *const *, int64_t, int64_t,
                           int);
+static const nf_row_fn rows_of[] = {row_f32, row_f64, row_f16, row_bf16}; /* by nf_dtype */
+
+/* One contiguous segment of n elements with one (s, a, c): the fused row norms' output step. */
+void NF_FN(nf_apply_seg)(nf_dtype dt, const void *x, void *y, const void *const *p, int64_t n, int act)
+{
+    rows_of[dt](x, 1, y, 1, p, 0, n, act);
+}
 
 nf_status NF_FN(nf_apply)(const nf_plan *p, nf_dtype dt, const void *x, void *y, const void *shift,
                           const void *scale, const void *bias, nf_act act, int nthreads)
 {
-    static const nf_row_fn rows_of[] = {row_f32, row_f64, row_f16, row_bf16}; /* by nf_dtype */
     const int64_t isz = nf_itemsize(dt), psz = dt == NF_F64 ? 8 : 4;
     if (!isz)
         return NF_EINVAL;

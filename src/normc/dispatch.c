@@ -107,8 +107,7 @@ nf_status nf_apply(const nf_plan *plan, nf_dtype dtype, const void *x, void *y, 
     return nf_table[nf_get_isa()].apply(plan, dtype, x, y, shift, scale, bias, act, nf_get_num_threads());
 }
 
-nf_status nf_rownorm(const nf_plan *plan, nf_dtype dtype, const void *x, void *y, const void *weight,
-                     const void *bias, double eps, int rms)
+nf_status nf_rownorm(const nf_plan *plan, nf_dtype dtype, const void *x, void *y, const nf_rowspec *spec)
 {
-    return nf_table[nf_get_isa()].rownorm(plan, dtype, x, y, weight, bias, eps, rms, nf_get_num_threads());
+    return nf_table[nf_get_isa()].rownorm(plan, dtype, x, y, spec, nf_get_num_threads());
 }

@@ -21,12 +21,12 @@ typedef nf_status (*nf_moments_fn)(const nf_plan *, nf_dtype, const void *, nf_d
 typedef nf_status (*nf_apply_fn)(const nf_plan *, nf_dtype, const void *, void *, const void *,
                                  const void *, const void *, nf_act, int nthreads);
 
-typedef nf_status (*nf_rownorm_fn_t)(const nf_plan *, nf_dtype, const void *, void *, const void *,
-                                     const void *, double, int, int nthreads);
+typedef nf_status (*nf_rownorm_fn_t)(const nf_plan *, nf_dtype, const void *, void *, const nf_rowspec *,
+                                     int nthreads);
 
 #define NF_DECLARE_ISA(sfx)                                                                                \
-    nf_status nf_rownorm_##sfx(const nf_plan *, nf_dtype, const void *, void *, const void *, const void *, \
-                               double, int, int);                                                        \
+    nf_status nf_rownorm_##sfx(const nf_plan *, nf_dtype, const void *, void *, const nf_rowspec *, int); \
+    void nf_apply_seg_##sfx(nf_dtype, const void *, void *, const void *const *, int64_t, int);          \
     nf_status nf_moments_##sfx(const nf_plan *, nf_dtype, const void *, nf_dtype, void *, void *, double, \
                                int);                                                                     \
     nf_status nf_apply_##sfx(const nf_plan *, nf_dtype, const void *, void *, const void *, const void *, \

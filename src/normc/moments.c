@@ -45,6 +45,7 @@ static inline void nf_chan(nf_acc *a, double nb, double mb, double m2b)
 #define NF_LOAD nf_load_f32
 #define NF_VLOAD nf_vload_f32
 #define NF_TAG f32
+#define NF_DT NF_F32
 #define NF_SEG_A seg_f32
 #define NF_STORE nf_load_f32
 #define NF_VSTORE nf_vstore_f32
@@ -59,6 +60,7 @@ static inline void nf_chan(nf_acc *a, double nb, double mb, double m2b)
 #define NF_LOAD nf_load_f64
 #define NF_VLOAD nf_vload_f64
 #define NF_TAG f64
+#define NF_DT NF_F64
 #define NF_SEG_A seg_f64
 #define NF_STORE nf_load_f64
 #define NF_VSTORE nf_vstore_f64
@@ -75,6 +77,7 @@ static inline void nf_chan(nf_acc *a, double nb, double mb, double m2b)
 #define NF_LOAD nf_f16_to_f32
 #define NF_VLOAD nf_vload_f16
 #define NF_TAG f16
+#define NF_DT NF_F16
 #define NF_STORE nf_f32_to_f16
 #include "moments_tmpl.h"
 #include "rownorm_tmpl.h"
@@ -88,6 +91,7 @@ static inline void nf_chan(nf_acc *a, double nb, double mb, double m2b)
 #define NF_LOAD nf_bf16_to_f32
 #define NF_VLOAD nf_vload_bf16
 #define NF_TAG bf16
+#define NF_DT NF_BF16
 #define NF_STORE nf_f32_to_bf16
 #include "moments_tmpl.h"
 #include "rownorm_tmpl.h"
@@ -236,10 +240,10 @@ nf_status NF_FN(nf_moments)(const nf_plan *p, nf_dtype dt, const void *x, nf_dty
     return NF_OK;
 }
 
-typedef void (*nf_rownorm_fn)(const void *, void *, int64_t, const void *, const void *, double, int);
+typedef void (*nf_rownorm_fn)(const void *, void *, int64_t, const nf_rowspec *, int64_t);
 
-nf_status NF_FN(nf_rownorm)(const nf_plan *p, nf_dtype dt, const void *x, void *y, const void *w,
-                            const void *b, double eps, int rms, int nthreads)
+nf_status NF_FN(nf_rownorm)(const nf_plan *p, nf_dtype dt, const void *x, void *y, const nf_rowspec *sp,
+                            int nthreads)
 {
     static const nf_rownorm_fn rows_of[] = {rownorm_f32, rownorm_f64, rownorm_f16, rownorm_bf16};
     const int64_t isz = nf_itemsize(dt);
@@ -249,16 +253,20 @@ nf_status NF_FN(nf_rownorm)(const nf_plan *p, nf_dtype dt, const void *x, void *
     if (p->k != 1 || p->r1.size != 1 || p->r2 < 2 || p->r2_stride != 1 || p->r2_ystride != 1)
         return NF_EINVAL; /* rows must be contiguous in x and y */
     const int64_t rows = p->o.size, n = p->r2;
+    if (sp->seg < 1 || n % sp->seg || sp->period < 1 || (sp->seg == 1 && sp->act != NF_ACT_NONE) ||
+        (!sp->mean != !sp->var))
+        return NF_EINVAL;
+    if (rows == 0)
+        return NF_OK;
     const int nt = rows * n >= NF_PARALLEL_MIN ? nthreads : 1;
     const char *xb = (const char *)x + p->x_offset * isz;
     char *yb = (char *)y + p->y_offset * isz;
-    if (rows == 0)
-        return NF_OK;
     if (nt == 1 || rows == 1) { /* small calls skip the OpenMP region: it costs more than the rows */
         nf_iter oi;
         nf_iter_init(&oi, &p->o, 0);
+        int64_t r = 0;
         do
-            row(xb + oi.off * isz, yb + oi.yoff * isz, n, w, b, eps, rms);
+            row(xb + oi.off * isz, yb + oi.yoff * isz, n, sp, r++);
         while (nf_iter_next(&oi, &p->o));
         return NF_OK;
     }
@@ -266,7 +274,7 @@ nf_status NF_FN(nf_rownorm)(const nf_plan *p, nf_dtype dt, const void *x, void *
     for (int64_t r = 0; r < rows; r++) {
         nf_iter oi;
         nf_iter_init(&oi, &p->o, r);
-        row(xb + oi.off * isz, yb + oi.yoff * isz, n, w, b, eps, rms);
+        row(xb + oi.off * isz, yb + oi.yoff * isz, n, sp, r);
     }
     return NF_OK;
 }

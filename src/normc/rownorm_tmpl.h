@@ -1,5 +1,6 @@
 /* Fused row norms for one storage type, included by moments.c after moments_tmpl.h with the same
- * macros, plus NF_STORE (NF_A -> NF_T) and, where rows store whole vectors, NF_VSTORE. */
+ * macros, plus NF_DT (the nf_dtype), NF_STORE (NF_A -> NF_T) and, where rows store whole vectors,
+ * NF_VSTORE. */
 
 #define NF_NAME2(a, b) a##_##b
 #define NF_NAME(a, b) NF_NAME2(a, b)
@@ -58,17 +59,16 @@ static NF_INLINE void NF_NAME(rowapply, NF_TAG)(const NF_T *x, NF_T *y, int64_t 
     }
 }
 
-/* One contiguous row of n elements: statistics while it streams in, then
- * y = ((x - s) * a + cc) * w + b while it is still in cache, where s is the mean rounded to NF_A and
- * cc = (s - mean) * a puts its rounding back (RMS norm: s = cc = 0). w and b may be NULL. */
-static void NF_NAME(rownorm, NF_TAG)(const void *xv, void *yv, int64_t n, const void *wv, const void *bv,
-                                     double eps, int rms)
+/* One contiguous row r of n elements: statistics while it streams in, then the output while it is still
+ * in cache, y = (x - s) * a + cc scaled and shifted by the parameters, s being the mean rounded to NF_A
+ * and cc = (s - mean) * a putting its rounding back (RMS norm: s = cc = 0). */
+static void NF_NAME(rownorm, NF_TAG)(const void *xv, void *yv, int64_t n, const nf_rowspec *sp, int64_t r)
 {
     const NF_T *x = (const NF_T *)xv;
     NF_T *y = (NF_T *)yv;
-    const NF_A *w = (const NF_A *)wv, *b = (const NF_A *)bv;
+    const NF_A *w = (const NF_A *)sp->weight, *b = (const NF_A *)sp->bias;
     double mean = 0, var;
-    if (rms) {
+    if (sp->rms) {
         double ss = 0;
         for (int64_t c = 0; c < n; c += NF_BLOCK)
             ss += NF_NAME(sumsq, NF_TAG)(x + c, n - c < NF_BLOCK ? n - c : NF_BLOCK);
@@ -84,8 +84,21 @@ static void NF_NAME(rownorm, NF_TAG)(const void *xv, void *yv, int64_t n, const 
         mean = acc.mean;
         var = acc.m2 / (double)n;
     }
-    const double a64 = 1.0 / sqrt(var + eps);
+    if (sp->mean) {
+        sp->mean[r] = mean;
+        sp->var[r] = var;
+    }
+    const double a64 = 1.0 / sqrt(var + sp->eps);
     const NF_A s = (NF_A)mean, a = (NF_A)a64, cc = (NF_A)(((double)s - mean) * a64);
+    if (sp->seg > 1) { /* one weight and bias per segment: fold them into the segment's a and c */
+        const int64_t nseg = n / sp->seg, base = (r % sp->period) * nseg;
+        for (int64_t j = 0; j < nseg; j++) {
+            const NF_A wj = w ? w[base + j] : 1, aj = a * wj, cj = cc * wj + (b ? b[base + j] : 0);
+            const void *p[3] = {&s, &aj, &cj};
+            NF_FN(nf_apply_seg)(NF_DT, x + j * sp->seg, y + j * sp->seg, p, sp->seg, sp->act);
+        }
+        return;
+    }
     /* Constant flags: each call below is specialised, so absent parameters cost nothing per element. */
     if (w && b)
         NF_NAME(rowapply, NF_TAG)(x, y, n, s, a, cc, w, b, 1, 1);

@@ -10,4 +10,5 @@
 #undef NF_VSTORE
 #undef NF_EXP
 #undef NF_TAG
+#undef NF_DT
 #undef NF_SEG_A

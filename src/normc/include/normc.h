@@ -69,11 +69,23 @@ typedef enum { NF_ACT_NONE = 0, NF_ACT_RELU = 1, NF_ACT_SIGMOID = 2, NF_ACT_SILU
 nf_status nf_apply(const nf_plan *plan, nf_dtype dtype, const void *x, void *y, const void *shift,
                    const void *scale, const void *bias, nf_act act);
 
-/* Layer norm (rms == 0) or RMS norm (rms != 0) of contiguous rows, statistics and output in one visit
- * of each row: the plan reduces only the last axis (R2, stride 1 in x and y; K == 1, no R1). weight
- * and bias have R2 elements (double for NF_F64, float otherwise). */
-nf_status nf_rownorm(const nf_plan *plan, nf_dtype dtype, const void *x, void *y, const void *weight,
-                     const void *bias, double eps, int rms);
+/* What nf_rownorm does with each row once its statistics are known. */
+typedef struct {
+    double eps;
+    int rms;          /* RMS norm: no mean is subtracted */
+    /* Affine parameters, NULL or double for NF_F64 and float otherwise. seg == 1: one per element of the
+     * row (R2 each; layer norm). seg > 1: the row is R2 / seg segments of seg elements, segment j of row r
+     * scaled by weight[(r % period) * (R2 / seg) + j] (instance and group norm over channels-first data,
+     * a segment being one channel's spatial extent). */
+    const void *weight, *bias;
+    int64_t seg, period;
+    nf_act act;       /* with seg > 1 only */
+    double *mean, *var; /* NULL, or one (biased) statistic per row, in row order */
+} nf_rowspec;
+
+/* A norm over contiguous rows, statistics and output in one visit of each row while it is in cache:
+ * the plan reduces only the last axis (R2, stride 1 in x and y; K == 1, no R1). */
+nf_status nf_rownorm(const nf_plan *plan, nf_dtype dtype, const void *x, void *y, const nf_rowspec *spec);
 
 /* Threads used by the kernels (>= 1). The default is OpenMP's, so OMP_NUM_THREADS is honoured. */
 void nf_set_num_threads(int n);
