@@ -3,6 +3,7 @@
 calls normc. Every argument is checked in functional.py; this layer only refuses what C cannot take."""
 cimport numpy as cnp
 import numpy as np
+from libc.math cimport sqrt
 from libc.stdint cimport int64_t
 
 cnp.import_array()
@@ -246,6 +247,55 @@ def segnorm(cnp.ndarray x, int dtype_code, cnp.ndarray y, Py_ssize_t rows, Py_ss
         spec.mean = <double *>cnp.PyArray_DATA(<cnp.ndarray>mean)
         spec.var = <double *>cnp.PyArray_DATA(<cnp.ndarray>var)
     _check(_rownorm(&plan, dtype_code, x, y, &spec))
+
+
+def coefficients(cnp.ndarray mean, cnp.ndarray var, double eps, weight, bias, cnp.ndarray shift,
+                 cnp.ndarray scale, cnp.ndarray offset):
+    """The apply pass's (s, a, c) from statistics: a = weight / sqrt(var + eps), s = mean rounded to the
+    parameters' dtype, c = bias + (s - mean) * a, which puts that rounding back. mean and var: contiguous
+    float64 of M values; weight and bias: None or contiguous vectors of P values in the outputs' dtype,
+    statistic i taking entry i % P; shift, scale, offset: contiguous outputs of M values, all float32 or
+    all float64."""
+    cdef Py_ssize_t m = cnp.PyArray_SIZE(mean), p = 1, i
+    cdef bint f64 = cnp.PyArray_TYPE(shift) == cnp.NPY_FLOAT64
+    cdef int typenum = cnp.NPY_FLOAT64 if f64 else cnp.NPY_FLOAT32
+    cdef cnp.ndarray arr
+    for arr in (mean, var):
+        if cnp.PyArray_TYPE(arr) != cnp.NPY_FLOAT64 or cnp.PyArray_SIZE(arr) != m or not cnp.PyArray_ISCARRAY_RO(arr):
+            raise ValueError("normfast: mean and var must be contiguous float64 arrays of one size")
+    for arr in (shift, scale, offset):
+        if cnp.PyArray_TYPE(arr) != typenum or cnp.PyArray_SIZE(arr) != m or not cnp.PyArray_ISCARRAY(arr):
+            raise ValueError("normfast: shift, scale and offset must be writeable contiguous arrays of one size")
+    for v in (weight, bias):
+        if v is not None:
+            if not isinstance(v, cnp.ndarray):
+                raise TypeError("normfast: weight and bias must be arrays")
+            arr = <cnp.ndarray>v
+            if not (cnp.PyArray_TYPE(arr) == typenum and cnp.PyArray_ISCARRAY_RO(arr) and cnp.PyArray_SIZE(arr) > 0
+                    and m % cnp.PyArray_SIZE(arr) == 0):
+                raise ValueError("normfast: weight and bias must be contiguous vectors dividing the statistics")
+            p = cnp.PyArray_SIZE(arr)
+    cdef const double *pm = <const double *>cnp.PyArray_DATA(mean)
+    cdef const double *pv = <const double *>cnp.PyArray_DATA(var)
+    cdef const char *pw = <const char *>_data_or_null(weight)
+    cdef const char *pb = <const char *>_data_or_null(bias)
+    cdef char *ps = <char *>cnp.PyArray_DATA(shift)
+    cdef char *pa = <char *>cnp.PyArray_DATA(scale)
+    cdef char *pc = <char *>cnp.PyArray_DATA(offset)
+    cdef double a, sh, w, b
+    for i in range(m):
+        w = 1.0 if pw == NULL else ((<const double *>pw)[i % p] if f64 else (<const float *>pw)[i % p])
+        b = 0.0 if pb == NULL else ((<const double *>pb)[i % p] if f64 else (<const float *>pb)[i % p])
+        a = w / sqrt(pv[i] + eps)
+        if f64:
+            (<double *>ps)[i] = pm[i]
+            (<double *>pa)[i] = a
+            (<double *>pc)[i] = b
+        else:
+            sh = <float>pm[i]
+            (<float *>ps)[i] = <float>sh
+            (<float *>pa)[i] = <float>a
+            (<float *>pc)[i] = <float>(b + (sh - pm[i]) * a)
 
 
 def set_num_threads(int n):

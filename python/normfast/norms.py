@@ -27,19 +27,14 @@ def _moments(x, code, keep):
 
 
 def _apply(x, code, keep, mean, var, eps, weight, bias, activation, out, pdt):
-    """y = act((x - mean) / sqrt(var + eps) * weight + bias), statistics laid out over the `keep` axes,
-    weight and bias already shaped to broadcast against them.
+    """y = act((x - mean) / sqrt(var + eps) * weight + bias). mean and var: contiguous float64 laid out
+    over the `keep` axes (size 1 elsewhere) with the channel axis the last kept one; weight and bias:
+    None or (C,) vectors of the statistics dtype.
 
     The kernel computes (x - s) * a + c with s the mean rounded to x's compute precision; the rounding
     of s is folded into c in float64, so a large mean costs no accuracy."""
-    a64 = 1.0 / np.sqrt(var + eps)
-    if weight is not None:
-        a64 = a64 * weight
-    shape = _layout(x.ndim, {i: x.shape[i] for i in keep})
-    s, a, c = np.empty(shape, pdt), np.empty(shape, pdt), np.empty(shape, pdt)
-    s[...] = mean  # broadcasting assignments: cheaper than broadcast_to + a copy
-    a[...] = a64
-    c[...] = (s - mean) * a64 if bias is None else bias + (s - mean) * a64
+    s, a, c = np.empty(mean.shape, pdt), np.empty(mean.shape, pdt), np.empty(mean.shape, pdt)
+    _normc.coefficients(mean, var, eps, weight, bias, s, a, c)
     _normc.apply(x, code, tuple(i not in keep for i in range(x.ndim)), s, a, c, out, activation)
     return out
 
@@ -101,8 +96,8 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, *
     eps = _checks.positive(eps, "eps")
     momentum = _checks.fraction(momentum, "momentum", allow_none=True)
     activation = _checks.activation(activation)
-    weight = _checks.param(weight, (C,), "weight")
-    bias = _checks.param(bias, (C,), "bias")
+    weight = _checks.param(weight, (C,), "weight", pdt)
+    bias = _checks.param(bias, (C,), "bias", pdt)
     rm, rv, update = _running_pair(running_mean, running_var, C, pdt, training, "training")
     nbt = _counter(num_batches_tracked)
     if update and momentum is None and nbt is None:
@@ -119,7 +114,7 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, *
         f = momentum if momentum is not None else 1.0 / (int(nbt.flat[0]) + 1)
         new_rm = _blend(rm, mean.ravel(), f)
         new_rv = _blend(rv, var.ravel() * (count / (count - 1) if unbiased else 1.0), f)
-    _apply(x, code, (c,), mean, var, eps, _channel_vector(weight, x, c), _channel_vector(bias, x, c),
+    _apply(x, code, (c,), mean, var, eps, weight, bias,
            activation, out, pdt)
     if update:
         rm[...] = new_rm
@@ -181,7 +176,7 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
         mean, var = _moments(x, code, (0, c))
     else:
         mean, var = _running_stats(rm, rv, x, c)
-    _apply(x, code, (0, c), mean, var, eps, _channel_vector(weight, x, c), _channel_vector(bias, x, c),
+    _apply(x, code, (0, c) if use_input_stats else (c,), mean, var, eps, weight, bias,
            activation, out, pdt)
     if update:
         _update_from_instances(rm, rv, np.moveaxis(mean, c, 1).reshape(x.shape[0], C),
@@ -223,8 +218,7 @@ def group_norm(x, num_groups, weight=None, bias=None, *, eps=1e-5, axis=1, activ
     # Per group -> per channel: repeat along the group axis, then drop the (size 1) within-group axis.
     mean = np.repeat(mean, cg, axis=c).squeeze(c + 1)
     var = np.repeat(var, cg, axis=c).squeeze(c + 1)
-    return _apply(x, code, (0, c), mean, var, eps, _channel_vector(weight, x, c),
-                  _channel_vector(bias, x, c), activation, out, pdt)
+    return _apply(x, code, (0, c), mean, var, eps, weight, bias, activation, out, pdt)
 
 
 def _softmax(logits, n, name):
@@ -264,8 +258,8 @@ def switchable_norm(x, weight, bias, mean_weight, var_weight, running_mean=None,
     eps = _checks.positive(eps, "eps")
     momentum = _checks.fraction(momentum, "momentum")
     activation = _checks.activation(activation)
-    weight = _checks.param(weight, (C,), "weight")
-    bias = _checks.param(bias, (C,), "bias")
+    weight = _checks.param(weight, (C,), "weight", pdt)
+    bias = _checks.param(bias, (C,), "bias", pdt)
     k = 3 if using_bn else 2
     wm = _softmax(mean_weight, k, "mean_weight")
     wv = _softmax(var_weight, k, "var_weight")
@@ -294,7 +288,7 @@ def switchable_norm(x, weight, bias, mean_weight, var_weight, running_mean=None,
         if update:
             new_rm = _blend(rm, mean_bn.ravel(), momentum)
             new_rv = _blend(rv, var_bn.ravel() * (count / (count - 1)), momentum)
-    _apply(x, code, (0, c), mean, var, eps, _channel_vector(weight, x, c), _channel_vector(bias, x, c),
+    _apply(x, code, (0, c), mean, var, eps, weight, bias,
            activation, out, pdt)
     if update:
         rm[...] = new_rm
