@@ -51,7 +51,7 @@ def cmd_bench(args):
     print("\nnormalization layers, float32, normfast with out=; floor = the faster of np.copyto and "
           "torch copy_; '-' = peer has no such op")
     peers = ["numpy", "torch", "onnxruntime"]
-    rows = []
+    rows, ratios = [], []
     cases = [(name, lambda s=shape, r=rms: _bench.row_peers(s, r, threads)) for name, shape, rms in _bench.ROW_CASES
              if not (args.quick and shape[0] > 512)]
     cases += [(name, lambda s=shape, la=last, n=norm: _bench.norm_peers(s, la, n, threads))
@@ -61,10 +61,13 @@ def cmd_bench(args):
         t = {k: _bench.median_time(f, args.repeat) * 1e3 for k, f in fns.items()}
         floor = min(_bench.median_time(f, args.repeat) for f in floors) * 1e3
         best = min(v for k, v in t.items() if k != "normfast")
+        ratios.append(best / t["normfast"])
         rows.append([name, f"{t['normfast']:.3f}"]
                     + [f"{t[p]:.3f} ({t[p] / t['normfast']:.1f}x)" if p in t else "-" for p in peers]
                     + [f"{best / t['normfast']:.2f}x", f"{floor:.3f}", f"{t['normfast'] / floor:.2f}"])
     _table(["case", "normfast"] + peers + ["vs best", "floor", "nf/floor"], rows)
+    print(f"\ngeometric mean of 'vs best': {np.exp(np.mean(np.log(ratios))):.2f}x over {len(ratios)} cases; "
+          f"{sum(r < 1 for r in ratios)} case(s) where a peer is faster")
     return 0
 
 

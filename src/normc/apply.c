@@ -54,13 +54,13 @@
 #include "tmpl_end.h"
 
 typedef void (*nf_row_fn)(const void *, int64_t, void *, int64_t, const void *const *, int64_t, int64_t,
-                          int);
+                          int, int64_t, int64_t, int64_t);
 static const nf_row_fn rows_of[] = {row_f32, row_f64, row_f16, row_bf16}; /* by nf_dtype */
 
 /* One contiguous segment of n elements with one (s, a, c): the fused row norms' output step. */
 void NF_FN(nf_apply_seg)(nf_dtype dt, const void *x, void *y, const void *const *p, int64_t n, int act)
 {
-    rows_of[dt](x, 1, y, 1, p, 0, n, act);
+    rows_of[dt](x, 1, y, 1, p, 0, n, act, 1, 0, 0);
 }
 
 nf_status NF_FN(nf_apply)(const nf_plan *p, nf_dtype dt, const void *x, void *y, const void *shift,
@@ -89,9 +89,19 @@ nf_status NF_FN(nf_apply)(const nf_plan *p, nf_dtype dt, const void *x, void *y,
         nf_iter io, ir;
         nf_iter_init(&io, &p->o, w0 / R1);
         nf_iter_init(&ir, &p->r1, w0 % R1);
-        for (int64_t w = w0; w < w1; w++) {
+        for (int64_t w = w0; w < w1;) {
             const void *params[3] = {pb[0] + io.ooff * psz, pb[1] + io.ooff * psz, pb[2] + io.ooff * psz};
-            row(xb + (io.off + ir.off) * isz, xs, yb + (io.yoff + ir.yoff) * isz, ys, params, ps, len, act);
+            /* Along a one-axis R1 the rows up to the chunk's or the axis's end share their parameters:
+             * one call for the run. */
+            const int one = p->r1.ndim == 1;
+            const int64_t nr = one ? (R1 - ir.idx[0] < w1 - w ? R1 - ir.idx[0] : w1 - w) : 1;
+            const int64_t xr = one ? p->r1.stride[0] : 0, yr = one ? p->r1.ystride[0] : 0;
+            row(xb + (io.off + ir.off) * isz, xs, yb + (io.yoff + ir.yoff) * isz, ys, params, ps, len, act, nr,
+                xr, yr);
+            w += nr;
+            ir.idx[0] += nr - 1; /* to the run's last row, then one step on */
+            ir.off += (nr - 1) * xr;
+            ir.yoff += (nr - 1) * yr;
             if (!nf_iter_next(&ir, &p->r1))
                 nf_iter_next(&io, &p->o);
         }

@@ -1,0 +1,40 @@
+"""pytest-benchmark suite for the normalization layers: normfast against NumPy, PyTorch and ONNX Runtime
+and the copy floor, one group per case (the cases of `python -m normfast bench`).
+
+Run with `python -m pytest bench --benchmark-only --benchmark-group-by=group`; times are not asserted."""
+import pytest
+
+import normfast
+from normfast import _bench
+
+IMPLS = ["normfast", "numpy", "torch", "onnxruntime"]
+CASES = ([(name, lambda s=shape, r=rms: _bench.row_peers(s, r, normfast.get_num_threads()))
+          for name, shape, rms in _bench.ROW_CASES]
+         + [(name, lambda s=shape, la=last, n=norm: _bench.norm_peers(s, la, n, normfast.get_num_threads()))
+            for name, shape, last, norm in _bench.NORM_CASES])
+
+
+@pytest.fixture(scope="module", params=CASES, ids=[name for name, _ in CASES])
+def case(request):
+    name, make = request.param
+    fns, floors = make()
+    return name, fns, floors
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_norm(benchmark, case, impl):
+    name, fns, _ = case
+    if impl not in fns:
+        pytest.skip(f"{impl} is not installed or has no such operation")
+    benchmark.group = name
+    benchmark(fns[impl])
+
+
+@pytest.mark.parametrize("floor", ["np.copyto", "torch copy_"])
+def test_copy_floor(benchmark, case, floor):
+    name, _, floors = case
+    i = ["np.copyto", "torch copy_"].index(floor)
+    if i >= len(floors):
+        pytest.skip("torch is not installed")
+    benchmark.group = name
+    benchmark(floors[i])
