@@ -77,6 +77,19 @@ def _counter(num_batches_tracked):
     return n
 
 
+def _channel_call(x, axis, weight, bias, eps, activation, per_sample):
+    """The checks every channel norm starts with: x, its channel axis (never the batch axis when
+    statistics are per sample), eps, the activation and the (C,) weight and bias in the statistics
+    dtype. Returns (x, code, c, C, pdt, weight, bias, eps, activation)."""
+    x, code = _checks.float_array(x, "x")
+    c = _instance_axes(x, axis) if per_sample else _checks.channel_axis(axis, x.ndim)
+    C, pdt = x.shape[c], _checks.stats_dtype(x)
+    eps = _checks.positive(eps, "eps")
+    activation = _checks.activation(activation)
+    return (x, code, c, C, pdt, _checks.param(weight, (C,), "weight", pdt), _checks.param(bias, (C,), "bias", pdt),
+            eps, activation)
+
+
 def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, *, training=False,
                momentum=0.1, eps=1e-5, axis=1, unbiased=True, activation=None, out=None,
                num_batches_tracked=None):
@@ -88,16 +101,10 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, *
     `num_batches_tracked` (an integer array of one element, incremented in place). training=False
     normalizes with the running statistics. Returns `out` (a new array like x unless given; x itself
     is allowed)."""
-    x, code = _checks.float_array(x, "x")
-    c = _checks.channel_axis(axis, x.ndim)
-    C, pdt = x.shape[c], _checks.stats_dtype(x)
+    x, code, c, C, pdt, weight, bias, eps, activation = _channel_call(x, axis, weight, bias, eps, activation, False)
     training = _checks.flag(training, "training")
     unbiased = _checks.flag(unbiased, "unbiased")
-    eps = _checks.positive(eps, "eps")
     momentum = _checks.fraction(momentum, "momentum", allow_none=True)
-    activation = _checks.activation(activation)
-    weight = _checks.param(weight, (C,), "weight", pdt)
-    bias = _checks.param(bias, (C,), "bias", pdt)
     rm, rv, update = _running_pair(running_mean, running_var, C, pdt, training, "training")
     nbt = _counter(num_batches_tracked)
     if update and momentum is None and nbt is None:
@@ -153,15 +160,9 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
 
     With use_input_stats and running arrays, they are updated in place with the batch average of the
     instance means and unbiased variances; use_input_stats=False normalizes with them instead."""
-    x, code = _checks.float_array(x, "x")
-    c = _instance_axes(x, axis)
-    C, pdt = x.shape[c], _checks.stats_dtype(x)
+    x, code, c, C, pdt, weight, bias, eps, activation = _channel_call(x, axis, weight, bias, eps, activation, True)
     use_input_stats = _checks.flag(use_input_stats, "use_input_stats")
-    eps = _checks.positive(eps, "eps")
     momentum = _checks.fraction(momentum, "momentum")
-    activation = _checks.activation(activation)
-    weight = _checks.param(weight, (C,), "weight", pdt)
-    bias = _checks.param(bias, (C,), "bias", pdt)
     rm, rv, update = _running_pair(running_mean, running_var, C, pdt, use_input_stats, "use_input_stats")
     out = _checks.output(out, x)
     count = math.prod(n for i, n in enumerate(x.shape) if i not in (0, c))
@@ -194,19 +195,13 @@ def _update_from_instances(rm, rv, mean, var, count, momentum):
 def group_norm(x, num_groups, weight=None, bias=None, *, eps=1e-5, axis=1, activation=None, out=None):
     """Group normalization: statistics per sample over groups of num_groups consecutive channels and the
     other axes; weight and bias per channel (PyTorch semantics)."""
-    x, code = _checks.float_array(x, "x")
-    c = _instance_axes(x, axis)
-    C, pdt = x.shape[c], _checks.stats_dtype(x)
+    x, code, c, C, pdt, weight, bias, eps, activation = _channel_call(x, axis, weight, bias, eps, activation, True)
     try:
         G = operator.index(num_groups)
     except TypeError:
         raise TypeError(f"num_groups: expected an int, got {type(num_groups).__name__}") from None
     if G < 1 or C % G:
         raise ValueError(f"num_groups: expected a positive divisor of the {C} channels, got {G}")
-    eps = _checks.positive(eps, "eps")
-    activation = _checks.activation(activation)
-    weight = _checks.param(weight, (C,), "weight", pdt)
-    bias = _checks.param(bias, (C,), "bias", pdt)
     out = _checks.output(out, x)
     if _fused_groups(x, code, c, G, weight, bias, eps, activation, out, False):
         return out
@@ -250,16 +245,10 @@ def switchable_norm(x, weight, bias, mean_weight, var_weight, running_mean=None,
     (or (2,) without batch statistics). With using_bn, training=True updates running_mean/running_var
     (when given) with the batch mean and unbiased batch variance, as batch_norm does; training=False
     takes the batch statistics from them."""
-    x, code = _checks.float_array(x, "x")
-    c = _instance_axes(x, axis)
-    C, pdt = x.shape[c], _checks.stats_dtype(x)
+    x, code, c, C, pdt, weight, bias, eps, activation = _channel_call(x, axis, weight, bias, eps, activation, True)
     training = _checks.flag(training, "training")
     using_bn = _checks.flag(using_bn, "using_bn")
-    eps = _checks.positive(eps, "eps")
     momentum = _checks.fraction(momentum, "momentum")
-    activation = _checks.activation(activation)
-    weight = _checks.param(weight, (C,), "weight", pdt)
-    bias = _checks.param(bias, (C,), "bias", pdt)
     k = 3 if using_bn else 2
     wm = _softmax(mean_weight, k, "mean_weight")
     wv = _softmax(var_weight, k, "var_weight")
