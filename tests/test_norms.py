@@ -375,7 +375,7 @@ def test_fused_instance_and_group_norm(isa, dtype, act):
     pdt = np.float64 if x.dtype == np.float64 else np.float32
     probe = np.empty_like(x)
     assert norms._fused_groups(x, normfast._checks.dtype_code(x.dtype), 1, 4, None, None, 1e-5, None, probe,
-                               False) is True
+                               False) is not None  # the fused path is taken
     strided = np.empty((4, 16, 40, 82), x.dtype)[..., ::2]
     strided[...] = x
     for groups in (4, 16):

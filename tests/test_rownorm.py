@@ -117,9 +117,9 @@ def test_common_call_matches_the_full_path(dtype, rms, affine, where):
     x = (rng.standard_normal((3, 5, 300)) + 4).astype(dtype)
     w = rng.uniform(0.5, 1.5, 300).astype(dtype) if affine else None
     b = None if rms or not affine else rng.standard_normal(300).astype(dtype)
-    eps = None if rms else 1e-5
-    want = norms._row_norm(x.copy(), 300, w, b, 2.0**-23 if dtype == np.float32 and rms else
-                           (2.0**-52 if rms else eps), None, None, None, rms)
+    # RMS norm is called below with its default eps, the machine epsilon of the dtype
+    eps = (2.0**-23 if dtype == np.float32 else 2.0**-52) if rms else 1e-5
+    want = norms._row_norm(x.copy(), 300, w, b, eps, None, None, None, rms)
     xc = x.copy()
     out = {"new": None, "out": np.empty_like(x), "in-place": xc}[where]
     px = x.copy()  # the same call on a copy, to see that the fast path takes it

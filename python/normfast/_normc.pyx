@@ -174,8 +174,7 @@ cdef bint _vector(object v, int typenum, Py_ssize_t n):
 def rownorm_common(x, normalized_shape, weight, bias, eps, out, bint rms):
     """The common call of layer_norm / rms_norm at C speed: x a C-contiguous native float32 or float64
     array normalized over its last axis (normalized_shape that axis's length, as an int or a 1-tuple),
-    weight and bias None or contiguous vectors of x's dtype, eps a positive finite float (or None for RMS
-    norm: the machine epsilon of x's dtype), out None or a
+    weight and bias None or contiguous vectors of x's dtype, eps a positive finite float, out None or a
     C-contiguous array like x that is x itself or does not overlap it. Returns the output, or None with
     nothing written for any other call, which norms.py then checks and runs in full."""
     if type(x) is not cnp.ndarray:
@@ -190,8 +189,6 @@ def rownorm_common(x, normalized_shape, weight, bias, eps, out, bint rms):
         normalized_shape = (<tuple>normalized_shape)[0]
     if type(normalized_shape) is not int or normalized_shape != n or n < 2 or size == 0:
         return None
-    if eps is None and rms:  # RMS norm's default: the machine epsilon of x's dtype
-        eps = 2.0 ** -23 if typenum == cnp.NPY_FLOAT32 else 2.0 ** -52
     if type(eps) is not float or not (0.0 < <double>eps < 1e308):
         return None
     if not (_vector(weight, typenum, n) and _vector(bias, typenum, n)):

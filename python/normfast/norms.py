@@ -39,11 +39,6 @@ def _apply(x, code, keep, mean, var, eps, weight, bias, activation, out, pdt):
     return out
 
 
-def _channel_vector(v, x, c):
-    """A (C,) vector shaped to broadcast along channel axis c of x."""
-    return None if v is None else v.reshape(_layout(x.ndim, {c: x.shape[c]}))
-
-
 def _running_pair(running_mean, running_var, C, pdt, batch_stats, mode):
     """The checked running arrays (or None, None); `batch_stats` says whether this call normalizes with
     the batch and so updates them, `mode` names that switch for the error message."""
@@ -59,12 +54,15 @@ def _running_pair(running_mean, running_var, C, pdt, batch_stats, mode):
 
 def _running_stats(rm, rv, x, c):
     """Running statistics as float64 arrays shaped along channel axis c of x (inference)."""
-    return _channel_vector(rm.astype(np.float64), x, c), _channel_vector(rv.astype(np.float64), x, c)
+    shape = _layout(x.ndim, {c: x.shape[c]})
+    return rm.astype(np.float64).reshape(shape), rv.astype(np.float64).reshape(shape)
 
 
-def _blend(running, batch, f):
-    """PyTorch's running update, (1 - f) * running + f * batch, as a new float64 array."""
-    return (1 - f) * running + f * batch
+def _update_running(rm, rv, mean, var, f):
+    """PyTorch's running update in place, r = (1 - f) * r + f * batch, from the batch's (C,) mean and
+    unbiased variance; the last step of a call, after everything that can fail."""
+    rm[...] = (1 - f) * rm + f * mean
+    rv[...] = (1 - f) * rv + f * var
 
 
 def _counter(num_batches_tracked):
@@ -117,15 +115,10 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, *
         mean, var = _moments(x, code, (c,))
     else:
         mean, var = _running_stats(rm, rv, x, c)
+    _apply(x, code, (c,), mean, var, eps, weight, bias, activation, out, pdt)
     if update:
         f = momentum if momentum is not None else 1.0 / (int(nbt.flat[0]) + 1)
-        new_rm = _blend(rm, mean.ravel(), f)
-        new_rv = _blend(rv, var.ravel() * (count / (count - 1) if unbiased else 1.0), f)
-    _apply(x, code, (c,), mean, var, eps, weight, bias,
-           activation, out, pdt)
-    if update:
-        rm[...] = new_rm
-        rv[...] = new_rv
+        _update_running(rm, rv, mean.ravel(), var.ravel() * (count / (count - 1) if unbiased else 1.0), f)
         if nbt is not None:
             nbt += 1
     return out
@@ -134,17 +127,18 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, *
 def _fused_groups(x, code, c, groups, weight, bias, eps, activation, out, stats):
     """Instance or group norm in one visit of each (sample, group) while it is in cache, when x and out
     are C-contiguous with channels first: each group is then one contiguous row, made of one segment
-    per channel. Returns False (nothing done) for other layouts or where rows would be too few to share
-    among the threads or too long to stay in cache. stats: return the per-row (mean, var), float64."""
+    per channel. Returns None (nothing done) for other layouts or where rows would be too few to share
+    among the threads or too long to stay in cache; else (mean, var), the per-row float64 statistics
+    when `stats`, otherwise (None, None)."""
     rows = x.shape[0] * groups
     length = x.size // rows if rows else 0
     seg = length * groups // x.shape[c] if length else 0
     if not (c == 1 and x.flags.c_contiguous and out.flags.c_contiguous and seg >= 2
             and rows >= 4 * _normc.get_num_threads() and length <= 1 << 18):
-        return False
+        return None
     mean, var = (np.empty(rows), np.empty(rows)) if stats else (None, None)
     _normc.segnorm(x, code, out, rows, seg, groups, weight, bias, eps, activation, mean, var)
-    return (mean, var) if stats else True
+    return mean, var
 
 
 def _instance_axes(x, axis):
@@ -170,26 +164,18 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
         if count <= 1 and x.size:
             raise ValueError(f"x: expected more than 1 spatial element when use_input_stats=True, got {count}")
         fused = _fused_groups(x, code, c, C, weight, bias, eps, activation, out, update)
-        if fused is not False:
-            if update:
-                _update_from_instances(rm, rv, *(v.reshape(x.shape[0], C) for v in fused), count, momentum)
-            return out
-        mean, var = _moments(x, code, (0, c))
+        if fused is None:
+            mean, var = _moments(x, code, (0, c))
+            _apply(x, code, (0, c), mean, var, eps, weight, bias, activation, out, pdt)
+        else:
+            mean, var = fused
     else:
-        mean, var = _running_stats(rm, rv, x, c)
-    _apply(x, code, (0, c) if use_input_stats else (c,), mean, var, eps, weight, bias,
-           activation, out, pdt)
-    if update:
-        _update_from_instances(rm, rv, np.moveaxis(mean, c, 1).reshape(x.shape[0], C),
-                               np.moveaxis(var, c, 1).reshape(x.shape[0], C), count, momentum)
+        _apply(x, code, (c,), *_running_stats(rm, rv, x, c), eps, weight, bias, activation, out, pdt)
+    if update:  # the batch average of the instance means and unbiased variances
+        # Both kinds of statistics are in (sample, channel) order: per row, or laid out like x.
+        mean, var = mean.reshape(x.shape[0], C), var.reshape(x.shape[0], C)
+        _update_running(rm, rv, mean.mean(axis=0), var.mean(axis=0) * (count / (count - 1)), momentum)
     return out
-
-
-def _update_from_instances(rm, rv, mean, var, count, momentum):
-    """The running update of instance norm: the batch average of the instance means and unbiased
-    variances, given as (N, C) arrays."""
-    rm[...] = _blend(rm, mean.mean(axis=0), momentum)
-    rv[...] = _blend(rv, var.mean(axis=0) * (count / (count - 1)), momentum)
 
 
 def group_norm(x, num_groups, weight=None, bias=None, *, eps=1e-5, axis=1, activation=None, out=None):
@@ -203,7 +189,7 @@ def group_norm(x, num_groups, weight=None, bias=None, *, eps=1e-5, axis=1, activ
     if G < 1 or C % G:
         raise ValueError(f"num_groups: expected a positive divisor of the {C} channels, got {G}")
     out = _checks.output(out, x)
-    if _fused_groups(x, code, c, G, weight, bias, eps, activation, out, False):
+    if _fused_groups(x, code, c, G, weight, bias, eps, activation, out, False) is not None:
         return out
     # The channel axis split into (G, C/G): always expressible as a view of x, so nothing is copied.
     cg = C // G
@@ -259,8 +245,7 @@ def switchable_norm(x, weight, bias, mean_weight, var_weight, running_mean=None,
     else:
         update = False
     out = _checks.output(out, x)
-    spatial = math.prod(n for i, n in enumerate(x.shape) if i not in (0, c))
-    count = x.shape[0] * spatial
+    count = math.prod(n for i, n in enumerate(x.shape) if i != c)
     if using_bn and training and count <= 1 and x.size:
         raise ValueError(f"x: expected more than 1 value per channel when training, got {count}")
     mean_in, var_in = _moments(x, code, (0, c))
@@ -274,14 +259,9 @@ def switchable_norm(x, weight, bias, mean_weight, var_weight, running_mean=None,
             mean_bn, var_bn = _running_stats(rm, rv, x, c)
         mean = mean + wm[2] * mean_bn
         var = var + wv[2] * var_bn
-        if update:
-            new_rm = _blend(rm, mean_bn.ravel(), momentum)
-            new_rv = _blend(rv, var_bn.ravel() * (count / (count - 1)), momentum)
-    _apply(x, code, (0, c), mean, var, eps, weight, bias,
-           activation, out, pdt)
+    _apply(x, code, (0, c), mean, var, eps, weight, bias, activation, out, pdt)
     if update:
-        rm[...] = new_rm
-        rv[...] = new_rv
+        _update_running(rm, rv, mean_bn.ravel(), var_bn.ravel() * (count / (count - 1)), momentum)
     return out
 
 
@@ -299,9 +279,7 @@ def _row_norm(x, normalized_shape, weight, bias, eps, residual, residual_out, ou
     if k == 0 or k > x.ndim or x.shape[x.ndim - k:] != nshape:
         raise ValueError(f"normalized_shape: expected the trailing dimensions of x {x.shape}, got {nshape}")
     pdt = _checks.stats_dtype(x)
-    if eps is None:  # RMS norm's default, as PyTorch: the machine epsilon of x's dtype
-        eps = 2.0**-7 if x.dtype.name == "bfloat16" else float(np.finfo(x.dtype).eps)
-    eps = _checks.positive(eps, "eps")
+    eps = _checks.positive(_machine_eps(x) if eps is None else eps, "eps")
     length = math.prod(nshape)
     # The kernel takes both as flat rows of the statistics dtype, or None.
     params = [None if v is None else _checks.param(v, nshape, name, pdt).reshape(-1)
@@ -355,9 +333,25 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, *, eps=1e-5, residua
     return _row_norm(x, normalized_shape, weight, bias, eps, residual, residual_out, out, rms=False)
 
 
+_MACHINE_EPS = {}
+
+
+def _machine_eps(x):
+    """RMS norm's default eps, as PyTorch's: the machine epsilon of x's dtype (None when x has no float
+    dtype; the checks then say what is wrong)."""
+    dt = getattr(x, "dtype", None)
+    if dt not in _MACHINE_EPS:
+        if not isinstance(dt, np.dtype) or _checks.dtype_code(dt) is None:
+            return None
+        _MACHINE_EPS[dt] = 2.0**-7 if dt.name == "bfloat16" else float(np.finfo(dt).eps)
+    return _MACHINE_EPS[dt]
+
+
 def rms_norm(x, normalized_shape, weight=None, *, eps=None, residual=None, residual_out=None, out=None):
     """RMS normalization, x / sqrt(mean(x^2) + eps) * weight, over the trailing dimensions; eps=None is
     the machine epsilon of x's dtype, as in PyTorch."""
+    if eps is None:
+        eps = _machine_eps(x)
     if residual is None and residual_out is None:
         y = _normc.rownorm_common(x, normalized_shape, weight, None, eps, out, True)
         if y is not None:

@@ -83,6 +83,10 @@ nf_status NF_FN(nf_apply)(const nf_plan *p, nf_dtype dt, const void *x, void *y,
     char *yb = (char *)y + p->y_offset * isz;
     const char *pb[3] = {(const char *)shift + p->out_offset * psz, (const char *)scale + p->out_offset * psz,
                          (const char *)bias + p->out_offset * psz};
+    /* Along a one-axis R1 the rows up to the chunk's or the axis's end share their parameters: one call
+     * for the run, its rows xr and yr elements apart. */
+    const int run = p->r1.ndim == 1;
+    const int64_t xr = run ? p->r1.stride[0] : 0, yr = run ? p->r1.ystride[0] : 0;
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1 && n_chunks > 1)
     for (int64_t c = 0; c < n_chunks; c++) {
         const int64_t w0 = c * rpc, w1 = w0 + rpc < rows ? w0 + rpc : rows;
@@ -91,11 +95,7 @@ nf_status NF_FN(nf_apply)(const nf_plan *p, nf_dtype dt, const void *x, void *y,
         nf_iter_init(&ir, &p->r1, w0 % R1);
         for (int64_t w = w0; w < w1;) {
             const void *params[3] = {pb[0] + io.ooff * psz, pb[1] + io.ooff * psz, pb[2] + io.ooff * psz};
-            /* Along a one-axis R1 the rows up to the chunk's or the axis's end share their parameters:
-             * one call for the run. */
-            const int one = p->r1.ndim == 1;
-            const int64_t nr = one ? (R1 - ir.idx[0] < w1 - w ? R1 - ir.idx[0] : w1 - w) : 1;
-            const int64_t xr = one ? p->r1.stride[0] : 0, yr = one ? p->r1.ystride[0] : 0;
+            const int64_t nr = run ? (R1 - ir.idx[0] < w1 - w ? R1 - ir.idx[0] : w1 - w) : 1;
             row(xb + (io.off + ir.off) * isz, xs, yb + (io.yoff + ir.yoff) * isz, ys, params, ps, len, act, nr,
                 xr, yr);
             w += nr;

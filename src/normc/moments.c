@@ -242,6 +242,16 @@ nf_status NF_FN(nf_moments)(const nf_plan *p, nf_dtype dt, const void *x, nf_dty
 
 typedef void (*nf_rownorm_fn)(const void *, void *, int64_t, const nf_rowspec *, int64_t);
 
+/* Rows [r0, r1) of the plan, in order. */
+static void nf_rownorm_range(nf_rownorm_fn row, const nf_plan *p, const char *xb, char *yb, int64_t isz,
+                             const nf_rowspec *sp, int64_t r0, int64_t r1)
+{
+    nf_iter oi;
+    nf_iter_init(&oi, &p->o, r0);
+    for (int64_t r = r0; r < r1; r++, nf_iter_next(&oi, &p->o))
+        row(xb + oi.off * isz, yb + oi.yoff * isz, p->r2, sp, r);
+}
+
 nf_status NF_FN(nf_rownorm)(const nf_plan *p, nf_dtype dt, const void *x, void *y, const nf_rowspec *sp,
                             int nthreads)
 {
@@ -256,25 +266,15 @@ nf_status NF_FN(nf_rownorm)(const nf_plan *p, nf_dtype dt, const void *x, void *
     if (sp->seg < 1 || n % sp->seg || sp->period < 1 || (sp->seg == 1 && sp->act != NF_ACT_NONE) ||
         (!sp->mean != !sp->var))
         return NF_EINVAL;
-    if (rows == 0)
-        return NF_OK;
-    const int nt = rows * n >= NF_PARALLEL_MIN ? nthreads : 1;
+    const int nt = rows * n >= NF_PARALLEL_MIN && rows > 1 ? nthreads : 1;
     const char *xb = (const char *)x + p->x_offset * isz;
     char *yb = (char *)y + p->y_offset * isz;
-    if (nt == 1 || rows == 1) { /* small calls skip the OpenMP region: it costs more than the rows */
-        nf_iter oi;
-        nf_iter_init(&oi, &p->o, 0);
-        int64_t r = 0;
-        do
-            row(xb + oi.off * isz, yb + oi.yoff * isz, n, sp, r++);
-        while (nf_iter_next(&oi, &p->o));
+    if (nt == 1) { /* small calls skip the OpenMP region: it costs more than the rows */
+        nf_rownorm_range(row, p, xb, yb, isz, sp, 0, rows);
         return NF_OK;
     }
 #pragma omp parallel for schedule(static) num_threads(nt)
-    for (int64_t r = 0; r < rows; r++) {
-        nf_iter oi;
-        nf_iter_init(&oi, &p->o, r);
-        row(xb + oi.off * isz, yb + oi.yoff * isz, n, sp, r);
-    }
+    for (int t = 0; t < nt; t++)
+        nf_rownorm_range(row, p, xb, yb, isz, sp, rows * t / nt, rows * (t + 1) / nt);
     return NF_OK;
 }
