@@ -80,18 +80,20 @@ SN_LOGITS = np.array([0.5, -0.3, 0.2])
 _SN_W = np.exp(SN_LOGITS) / np.exp(SN_LOGITS).sum()
 
 
-def _numpy_switchable(x, c, spatial, g, b):
-    """Switchable norm as the paper's code writes it: instance moments, then layer and batch moments
-    from them (with E[x^2] - mean^2)."""
-    mean_in = np.mean(x, axis=spatial, keepdims=True)
-    var_in = np.var(x, axis=spatial, keepdims=True)
+def _switchable_stats(mean_in, var_in, c, mean):
+    """The paper's code from the instance moments on: layer and batch moments through E[x^2] - mean^2,
+    blended by SN_LOGITS. `mean(a, axis)` keeps dims (NumPy arrays and torch tensors alike)."""
     sq = var_in + mean_in ** 2
-    mean_ln = mean_in.mean(axis=c, keepdims=True)
-    var_ln = sq.mean(axis=c, keepdims=True) - mean_ln ** 2
-    mean_bn = mean_in.mean(axis=0, keepdims=True)
-    var_bn = sq.mean(axis=0, keepdims=True) - mean_bn ** 2
-    mean = _SN_W[0] * mean_in + _SN_W[1] * mean_ln + _SN_W[2] * mean_bn
-    var = _SN_W[0] * var_in + _SN_W[1] * var_ln + _SN_W[2] * var_bn
+    mean_ln, mean_bn = mean(mean_in, c), mean(mean_in, 0)
+    var_ln, var_bn = mean(sq, c) - mean_ln ** 2, mean(sq, 0) - mean_bn ** 2
+    return (_SN_W[0] * mean_in + _SN_W[1] * mean_ln + _SN_W[2] * mean_bn,
+            _SN_W[0] * var_in + _SN_W[1] * var_ln + _SN_W[2] * var_bn)
+
+
+def _numpy_switchable(x, c, spatial, g, b):
+    """Switchable norm as the paper's code writes it, in NumPy."""
+    mean, var = _switchable_stats(np.mean(x, axis=spatial, keepdims=True), np.var(x, axis=spatial, keepdims=True),
+                                  c, lambda a, axis: a.mean(axis=axis, keepdims=True))
     return (x - mean) / np.sqrt(var + EPS) * g + b
 
 
@@ -101,13 +103,7 @@ def _torch_switchable(t, w, b):
 
     xt = t.flatten(2)
     var_in, mean_in = torch.var_mean(xt, dim=2, correction=0, keepdim=True)
-    sq = var_in + mean_in ** 2
-    mean_ln = mean_in.mean(1, keepdim=True)
-    var_ln = sq.mean(1, keepdim=True) - mean_ln ** 2
-    mean_bn = mean_in.mean(0, keepdim=True)
-    var_bn = sq.mean(0, keepdim=True) - mean_bn ** 2
-    mean = _SN_W[0] * mean_in + _SN_W[1] * mean_ln + _SN_W[2] * mean_bn
-    var = _SN_W[0] * var_in + _SN_W[1] * var_ln + _SN_W[2] * var_bn
+    mean, var = _switchable_stats(mean_in, var_in, 1, lambda a, axis: a.mean(axis, keepdim=True))
     return torch.addcmul(b.view(1, -1, 1), (xt - mean) * torch.rsqrt(var + EPS), w.view(1, -1, 1)).view(t.shape)
 
 
