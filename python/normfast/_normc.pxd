@@ -32,9 +32,13 @@ cdef extern from "normc.h" nogil:
         NF_ACT_SILU
     nf_status nf_apply(const nf_plan *plan, nf_dtype dtype, const void *x, void *y, const void *shift,
                        const void *scale, const void *bias, nf_act act)
+    ctypedef enum nf_rowkind:
+        NF_ROW_LAYER
+        NF_ROW_RMS
+        NF_ROW_L2
     ctypedef struct nf_rowspec:
         double eps
-        int rms
+        nf_rowkind kind
         const void *weight
         const void *bias
         int64_t seg

@@ -21,6 +21,7 @@ cdef int _check(nf_status st) except -1:
 
 
 ACTIVATIONS = {None: NF_ACT_NONE, "relu": NF_ACT_RELU, "sigmoid": NF_ACT_SIGMOID, "silu": NF_ACT_SILU}
+ROW_LAYER, ROW_RMS, ROW_L2 = NF_ROW_LAYER, NF_ROW_RMS, NF_ROW_L2
 
 
 cdef int _same_layout(cnp.ndarray a, cnp.ndarray b, str what) except -1:
@@ -124,9 +125,9 @@ cdef nf_status _rownorm(nf_plan *plan, int code, cnp.ndarray x, cnp.ndarray y, n
     return st
 
 
-cdef nf_rowspec _spec(object weight, object bias, double eps, bint rms):
+cdef nf_rowspec _spec(object weight, object bias, double eps, int kind):
     cdef nf_rowspec spec
-    spec.eps, spec.rms, spec.seg, spec.period, spec.act = eps, rms, 1, 1, NF_ACT_NONE
+    spec.eps, spec.kind, spec.seg, spec.period, spec.act = eps, <nf_rowkind>kind, 1, 1, NF_ACT_NONE
     spec.weight, spec.bias, spec.mean, spec.var = _data_or_null(weight), _data_or_null(bias), NULL, NULL
     return spec
 
@@ -142,8 +143,8 @@ cdef int _rows_plan(nf_plan *plan, Py_ssize_t rows, Py_ssize_t n) except -1:
     return _check(nf_plan_make(plan, 2, shape, strides, no_stats, strides, red))
 
 
-def rownorm(cnp.ndarray x, int dtype_code, cnp.ndarray y, weight, bias, double eps, bint rms):
-    """Layer or RMS norm over the last axis of x into y when that axis is contiguous in both and is the
+def rownorm(cnp.ndarray x, int dtype_code, cnp.ndarray y, weight, bias, double eps, int kind):
+    """Layer, RMS or L2 norm (ROW_LAYER, ROW_RMS, ROW_L2) over the last axis of x into y when that axis is contiguous in both and is the
     only reduced axis of the plan; returns False (nothing written) when the layout does not allow it.
     weight and bias: None or contiguous vectors of the statistics dtype along the last axis."""
     cdef nf_plan plan
@@ -152,7 +153,7 @@ def rownorm(cnp.ndarray x, int dtype_code, cnp.ndarray y, weight, bias, double e
         if v is not None and (not isinstance(v, cnp.ndarray) or v.shape != ((<object>x).shape[nd - 1],)):
             raise ValueError("normfast: weight and bias must match the last axis of x")
     _plan(&plan, x, (False,) * (nd - 1) + (True,), None, y)
-    cdef nf_rowspec spec = _spec(weight, bias, eps, rms)
+    cdef nf_rowspec spec = _spec(weight, bias, eps, kind)
     st = _rownorm(&plan, dtype_code, x, y, &spec)
     if st == NF_EINVAL:
         return False
@@ -209,14 +210,15 @@ def rownorm_common(x, normalized_shape, weight, bias, eps, out, bint rms):
             return None  # partial overlap: an error, reported by the full path
     cdef nf_plan plan
     _rows_plan(&plan, size // n, n)
-    cdef nf_rowspec spec = _spec(weight, bias, eps, rms)
+    cdef nf_rowspec spec = _spec(weight, bias, eps, NF_ROW_RMS if rms else NF_ROW_LAYER)
     _check(_rownorm(&plan, NF_F32 if typenum == cnp.NPY_FLOAT32 else NF_F64, xa, ya, &spec))
     return ya
 
 
 def segnorm(cnp.ndarray x, int dtype_code, cnp.ndarray y, Py_ssize_t rows, Py_ssize_t seg, Py_ssize_t period,
-            weight, bias, double eps, activation, mean, var):
-    """Instance or group norm of C-contiguous x into C-contiguous y (x itself allowed), fused per row:
+            weight, bias, double eps, activation, mean, var, int kind=NF_ROW_LAYER):
+    """Instance or group norm (or, with kind ROW_L2 and one segment per row, weight normalization) of
+    C-contiguous x into C-contiguous y (x itself allowed), fused per row:
     x is `rows` contiguous groups of segments of `seg` elements (a channel's spatial extent), segment j
     of row r scaled by weight[(r % period) * segments + j]. mean and var: None, or float64 arrays of
     `rows` elements that receive each row's biased statistics."""
@@ -238,7 +240,7 @@ def segnorm(cnp.ndarray x, int dtype_code, cnp.ndarray y, Py_ssize_t rows, Py_ss
             raise ValueError("normfast: mean and var must be writeable float64 arrays of one value per row")
     cdef nf_plan plan
     _rows_plan(&plan, rows, size // rows)
-    cdef nf_rowspec spec = _spec(weight, bias, eps, False)
+    cdef nf_rowspec spec = _spec(weight, bias, eps, kind)
     spec.seg, spec.period, spec.act = seg, period, ACTIVATIONS[activation]
     if mean is not None:
         spec.mean = <double *>cnp.PyArray_DATA(<cnp.ndarray>mean)

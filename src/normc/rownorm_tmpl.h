@@ -61,18 +61,18 @@ static NF_INLINE void NF_NAME(rowapply, NF_TAG)(const NF_T *x, NF_T *y, int64_t 
 
 /* One contiguous row r of n elements: statistics while it streams in, then the output while it is still
  * in cache, y = (x - s) * a + cc scaled and shifted by the parameters, s being the mean rounded to NF_A
- * and cc = (s - mean) * a putting its rounding back (RMS norm: s = cc = 0). */
+ * and cc = (s - mean) * a putting its rounding back (RMS and L2: s = cc = 0). */
 static void NF_NAME(rownorm, NF_TAG)(const void *xv, void *yv, int64_t n, const nf_rowspec *sp, int64_t r)
 {
     const NF_T *x = (const NF_T *)xv;
     NF_T *y = (NF_T *)yv;
     const NF_A *w = (const NF_A *)sp->weight, *b = (const NF_A *)sp->bias;
     double mean = 0, var;
-    if (sp->rms) {
+    if (sp->kind != NF_ROW_LAYER) {
         double ss = 0;
         for (int64_t c = 0; c < n; c += NF_BLOCK)
             ss += NF_NAME(sumsq, NF_TAG)(x + c, n - c < NF_BLOCK ? n - c : NF_BLOCK);
-        var = ss / (double)n;
+        var = sp->kind == NF_ROW_RMS ? ss / (double)n : ss;
     } else {
         nf_acc acc = {0, 0, 0};
         for (int64_t c = 0; c < n; c += NF_BLOCK) {
@@ -88,7 +88,7 @@ static void NF_NAME(rownorm, NF_TAG)(const void *xv, void *yv, int64_t n, const 
         sp->mean[r] = mean;
         sp->var[r] = var;
     }
-    const double a64 = 1.0 / sqrt(var + sp->eps);
+    const double a64 = sp->kind == NF_ROW_L2 ? 1.0 / fmax(sqrt(var), sp->eps) : 1.0 / sqrt(var + sp->eps);
     const NF_A s = (NF_A)mean, a = (NF_A)a64, cc = (NF_A)(((double)s - mean) * a64);
     if (sp->seg > 1) { /* one weight and bias per segment: fold them into the segment's a and c */
         const int64_t nseg = n / sp->seg, base = (r % sp->period) * nseg;

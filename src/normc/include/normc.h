@@ -69,10 +69,15 @@ typedef enum { NF_ACT_NONE = 0, NF_ACT_RELU = 1, NF_ACT_SIGMOID = 2, NF_ACT_SILU
 nf_status nf_apply(const nf_plan *plan, nf_dtype dtype, const void *x, void *y, const void *shift,
                    const void *scale, const void *bias, nf_act act);
 
+/* How a row's scale comes from its statistics: layer norm 1 / sqrt(var + eps) about the mean; RMS norm
+ * 1 / sqrt(mean(x^2) + eps); L2, 1 / max(||x||, eps) (cosine and weight normalization). The last two
+ * subtract nothing. */
+typedef enum { NF_ROW_LAYER = 0, NF_ROW_RMS = 1, NF_ROW_L2 = 2 } nf_rowkind;
+
 /* What nf_rownorm does with each row once its statistics are known. */
 typedef struct {
     double eps;
-    int rms;          /* RMS norm: no mean is subtracted */
+    nf_rowkind kind;
     /* Affine parameters, NULL or double for NF_F64 and float otherwise. seg == 1: one per element of the
      * row (R2 each; layer norm). seg > 1: the row is R2 / seg segments of seg elements, segment j of row r
      * scaled by weight[(r % period) * (R2 / seg) + j] (instance and group norm over channels-first data,
@@ -80,7 +85,7 @@ typedef struct {
     const void *weight, *bias;
     int64_t seg, period;
     nf_act act;       /* with seg > 1 only */
-    double *mean, *var; /* NULL, or one (biased) statistic per row, in row order */
+    double *mean, *var; /* NULL, or one (biased) statistic per row, in row order (layer norm only) */
 } nf_rowspec;
 
 /* A norm over contiguous rows, statistics and output in one visit of each row while it is in cache:
