@@ -1,0 +1,218 @@
+"""Streaming statistics: exact mean and variance over data seen in pieces, mergeable across workers.
+
+Each piece is reduced by the moments engine in one pass (float64 results whatever the input dtype) and
+folded into the running (count, mean, M2) with Chan's formula, so the result equals the statistics of the
+concatenation up to rounding, whatever the sizes of the pieces."""
+import math
+import operator
+import warnings
+
+import numpy as np
+
+from . import _checks, _normc
+
+__all__ = ["RunningMoments", "precise_batch_norm_stats"]
+
+
+def _axis_spec(axis):
+    """The `axis` argument as None or a tuple of ints (resolved against a rank at the first update)."""
+    if axis is None:
+        return None
+    items = axis if isinstance(axis, (tuple, list)) else (axis,)
+    try:
+        return tuple(operator.index(a) for a in items)
+    except TypeError:
+        raise TypeError(f"axis: expected None, an int or a tuple of ints, got {axis!r}") from None
+
+
+def _data(x, name):
+    """x as an array the engine reads; integer and boolean data (pixels, counts) as float64."""
+    if not isinstance(x, np.ndarray):
+        try:
+            x = np.asarray(x)
+        except (TypeError, ValueError):
+            pass  # float_array says what is wrong
+    if getattr(x, "dtype", None) is not None and x.dtype.kind in "biu":
+        x = x.astype(np.float64)
+    return _checks.float_array(x, name)
+
+
+class RunningMoments:
+    """Count, mean and sum of squared deviations (M2) of a stream of arrays, reduced over `axis`.
+
+    ``axis`` has NumPy's meaning: the axes reduced (None: all of them, so pieces may have any shape).
+    Otherwise the first piece fixes the rank and the shape of the axes kept, and every later piece must
+    agree; the reduced axes may differ in size from piece to piece. Statistics are float64.
+
+    ``update(x)`` adds a piece; ``merge(other)`` (or ``a + b``, a new accumulator) adds another
+    accumulator's data, e.g. one filled in another process (accumulators pickle). Both return the
+    accumulator, leave it unchanged when they raise, and cost one pass over x or nothing over data.
+    """
+
+    def __init__(self, axis=None):
+        self._axis = _axis_spec(axis)
+        self._count = 0
+        # The reduced axes and the rank, fixed by the first piece (never when every axis is reduced), and
+        # the statistics' shape (None while unknown).
+        self._red = self._ndim = None
+        self._shape = () if self._axis is None else None
+        self._mean = self._m2 = None
+
+    def _resolve(self, ndim, name):
+        """The axes reduced in data of rank ndim."""
+        if self._axis is None:
+            return tuple(range(ndim))
+        if self._ndim is not None and ndim != self._ndim:
+            raise ValueError(f"{name}: expected an array of rank {self._ndim} (as the first piece), got rank {ndim}")
+        return _checks.axes(self._axis, ndim, "axis")
+
+    def update(self, x):
+        """Add the data of x (any float, integer or bool array, any strides) to the statistics."""
+        return self._update(x, "x")
+
+    def _update(self, x, name):
+        x, code = _data(x, name)
+        red = self._resolve(x.ndim, name)
+        shape = tuple(n for i, n in enumerate(x.shape) if i not in red)
+        if self._shape is not None and shape != self._shape:
+            raise ValueError(f"{name}: expected the kept axes to have shape {self._shape}, got {shape} "
+                             f"(x has shape {x.shape}, axis={self._axis})")
+        if self._axis is not None:
+            self._red, self._ndim, self._shape = red, x.ndim, shape
+        n = math.prod(x.shape[i] for i in red)
+        if n == 0:
+            return self
+        kshape = [1 if i in red else d for i, d in enumerate(x.shape)]
+        mean, var = np.empty(kshape), np.empty(kshape)
+        _normc.moments(x, code, tuple(i in red for i in range(x.ndim)), mean, var, 0.0)
+        self._fold(n, mean.reshape(shape), var.reshape(shape) * n)
+        return self
+
+    def _fold(self, n, mean, m2):
+        """Chan's parallel update with a part of n samples, its mean and its M2."""
+        if self._count == 0:
+            self._mean, self._m2 = np.array(mean, np.float64), np.array(m2, np.float64)
+        else:
+            total = self._count + n
+            d = mean - self._mean
+            self._mean = self._mean + d * (n / total)
+            self._m2 = self._m2 + m2 + d * d * (self._count * (n / total))
+        self._count += n
+
+    def merge(self, other):
+        """Add the data of another accumulator over the same axes (and, once both have data, with the
+        same statistics shape); returns self."""
+        if not isinstance(other, RunningMoments):
+            raise TypeError(f"other: expected a RunningMoments, got {type(other).__name__}")
+        self._check_compatible(other)
+        if self._shape is None:
+            self._red, self._ndim, self._shape = other._red, other._ndim, other._shape
+        if other._count:
+            self._fold(other._count, other._mean, other._m2)
+        return self
+
+    def _check_compatible(self, other):
+        a, b = (self, other) if self._ndim is not None or other._ndim is None else (other, self)
+        if (a._axis is None) != (b._axis is None):
+            ok = False
+        elif a._axis is None:
+            ok = True
+        elif a._ndim is None:  # neither has data: the axes as given must agree
+            ok = sorted(a._axis) == sorted(b._axis)
+        elif b._ndim is None:  # b's axes, resolved for a's rank
+            try:
+                ok = _checks.axes(b._axis, a._ndim) == a._red
+            except (ValueError, np.exceptions.AxisError):
+                ok = False
+        else:
+            ok = (a._ndim, a._red, a._shape) == (b._ndim, b._red, b._shape)
+        if not ok:
+            raise ValueError(f"other: expected an accumulator over axis={self.axis} with statistics of shape "
+                             f"{self._shape} (rank {self._ndim} data), got axis={other.axis}, shape "
+                             f"{other._shape} (rank {other._ndim} data)")
+
+    def copy(self):
+        new = RunningMoments.__new__(RunningMoments)
+        new.__dict__.update(self.__dict__)
+        if self._mean is not None:
+            new._mean, new._m2 = self._mean.copy(), self._m2.copy()
+        return new
+
+    def __add__(self, other):
+        if not isinstance(other, RunningMoments):
+            return NotImplemented
+        return self.copy().merge(other)
+
+    def __iadd__(self, other):
+        if not isinstance(other, RunningMoments):
+            return NotImplemented
+        return self.merge(other)
+
+    @property
+    def axis(self):
+        return self._axis if self._axis is None or len(self._axis) != 1 else self._axis[0]
+
+    @property
+    def count(self):
+        """Samples behind each statistic (an int)."""
+        return self._count
+
+    def _result(self, values, what):
+        if self._shape is None:
+            raise ValueError(f"RunningMoments(axis={self.axis}): no data yet, so the shape of the statistics "
+                             "is unknown")
+        if self._count == 0:
+            warnings.warn(f"RunningMoments: {what} of empty data", RuntimeWarning, stacklevel=3)
+            values = np.full(self._shape, np.nan)
+        return values[()] if values.ndim == 0 else values
+
+    @property
+    def mean(self):
+        """Mean of each statistic: float64, a NumPy scalar when every axis is reduced, NaN before data."""
+        return self._result(None if self._mean is None else self._mean.copy(), "mean")
+
+    def var(self, ddof=0):
+        """Variance M2 / (count - ddof), as numpy.var: inf or NaN with a RuntimeWarning when
+        count - ddof <= 0."""
+        ddof = _checks.real(ddof, "ddof")
+        if self._count == 0:
+            return self._result(None, "variance")
+        dof = self._count - ddof
+        if dof <= 0:
+            warnings.warn("RunningMoments: degrees of freedom <= 0", RuntimeWarning, stacklevel=2)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return self._result(self._m2 / max(dof, 0), "variance")
+
+    def std(self, ddof=0):
+        """Standard deviation, the square root of var(ddof)."""
+        return np.sqrt(self.var(ddof))
+
+    def __repr__(self):
+        return f"RunningMoments(axis={self.axis!r}, count={self._count}, shape={self._shape})"
+
+
+def precise_batch_norm_stats(batches, *, axis=1, unbiased=True):
+    """Exact per-channel mean and variance over every batch of an iterable, for inference with the whole
+    data set's statistics instead of moving averages (one pass over each batch; float64 accumulation).
+
+    Batches may differ in every size but the channel axis `axis`. Returns float64 (mean, var), shape (C,),
+    the variance unbiased unless unbiased=False."""
+    unbiased = _checks.flag(unbiased, "unbiased")
+    try:
+        it = iter(batches)
+    except TypeError:
+        raise TypeError(f"batches: expected an iterable of arrays, got {type(batches).__name__}") from None
+    acc = None
+    for i, b in enumerate(it):
+        name = f"batches[{i}]"
+        b, _ = _data(b, name)
+        c = _checks.channel_axis(axis, b.ndim)
+        if acc is None:
+            acc = RunningMoments(axis=tuple(j for j in range(b.ndim) if j != c))
+        acc._update(b, name)
+    if acc is None:
+        raise ValueError("batches: expected at least one batch, got none")
+    n = acc.count
+    if n < 1 + unbiased:
+        raise ValueError(f"batches: expected more than {int(unbiased)} value(s) per channel, got {n}")
+    return acc.mean, acc.var(ddof=int(unbiased))
