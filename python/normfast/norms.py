@@ -26,15 +26,20 @@ def _moments(x, code, keep):
     return mean, var
 
 
-def _apply(x, code, keep, mean, var, eps, weight, bias, activation, out, pdt):
-    """y = act((x - mean) / sqrt(var + eps) * weight + bias). mean and var: contiguous float64 laid out
-    over the `keep` axes (size 1 elsewhere) with the channel axis the last kept one; weight and bias:
-    None or (C,) vectors of the statistics dtype.
-
-    The kernel computes (x - s) * a + c with s the mean rounded to x's compute precision; the rounding
-    of s is folded into c in float64, so a large mean costs no accuracy."""
+def _coefficients(mean, var, eps, weight, bias, pdt):
+    """The apply pass's (s, a, c), shaped like mean: y = (x - s) * a + c is (x - mean) / sqrt(var + eps)
+    * weight + bias with s the mean rounded to the compute precision `pdt` and that rounding folded into
+    c in float64, so a large mean costs no accuracy. mean and var: contiguous float64 statistics; weight
+    and bias: None or (C,) vectors of dtype pdt, C dividing the statistics with the channel last."""
     s, a, c = np.empty(mean.shape, pdt), np.empty(mean.shape, pdt), np.empty(mean.shape, pdt)
     _normc.coefficients(mean, var, eps, weight, bias, s, a, c)
+    return s, a, c
+
+
+def _apply(x, code, keep, mean, var, eps, weight, bias, activation, out, pdt):
+    """y = act((x - mean) / sqrt(var + eps) * weight + bias). mean and var: contiguous float64 laid out
+    over the `keep` axes (size 1 elsewhere) with the channel axis the last kept one."""
+    s, a, c = _coefficients(mean, var, eps, weight, bias, pdt)
     _normc.apply(x, code, tuple(i not in keep for i in range(x.ndim)), s, a, c, out, activation)
     return out
 
@@ -298,14 +303,15 @@ def _row_norm(x, normalized_shape, weight, bias, eps, residual, residual_out, ou
         x = np.add(x, res.astype(x.dtype, copy=False), out=residual_out)
     x2 = _merge_trailing(x, k, length)
     y2 = _merge_trailing(out, k, length)
-    if x2 is not None and y2 is not None and _normc.rownorm(x2, code, y2, params[0], params[1], eps, rms):
+    kind = _normc.ROW_RMS if rms else _normc.ROW_LAYER
+    if x2 is not None and y2 is not None and _normc.rownorm(x2, code, y2, params[0], params[1], eps, kind):
         return out
     # Rows that are not contiguous (or leading axes the kernel cannot walk row by row): normalize a
     # contiguous copy with the same kernel.
     xc = np.ascontiguousarray(x)
     yc = np.empty_like(xc)
     _normc.rownorm(_merge_trailing(xc, k, length), code, _merge_trailing(yc, k, length), params[0],
-                   params[1], eps, rms)
+                   params[1], eps, kind)
     out[...] = yc
     return out
 

@@ -1,0 +1,359 @@
+"""Stateful normalization layers over the functional API: parameters and running statistics as NumPy
+arrays, training and evaluation modes, and state dicts with PyTorch's key names, so a trained PyTorch
+module's `state_dict()` loads as it is.
+
+Parameters and buffers read as read-only arrays; they change only by assignment (`layer.weight = w`),
+`load_state_dict` or a training call, which is what lets evaluation-mode BatchNorm keep its per-channel
+scale and shift between calls and recompute them only after a change."""
+import operator
+
+import numpy as np
+
+from . import _checks, _normc, norms
+
+__all__ = ["BatchNorm", "InstanceNorm", "GroupNorm", "LayerNorm", "RMSNorm", "SwitchableNorm"]
+
+
+class _State:
+    """A parameter or buffer of a layer: a read-only view when read (None where the layer has none, e.g.
+    weight with affine=False); assignment checks shape and kind, copies, and marks caches stale."""
+
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def __get__(self, layer, owner=None):
+        if layer is None:
+            return self
+        arr = layer._state.get(self.name)
+        if arr is None:
+            return None
+        view = arr.view()
+        view.flags.writeable = False
+        return view
+
+    def __set__(self, layer, value):
+        if self.name not in layer._state:
+            raise AttributeError(f"{self.name}: this {type(layer).__name__} has no {self.name} ({layer!r})")
+        layer._load({self.name: value}, lambda k: k)
+
+
+def _layer_dtype(dtype):
+    dt = np.dtype(dtype)
+    if dt not in (np.float32, np.float64):
+        raise TypeError(f"dtype: expected float32 or float64, got {dt}")
+    return dt
+
+
+def _count(value, name):
+    try:
+        n = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name}: expected an int, got {type(value).__name__}") from None
+    if n < 1:
+        raise ValueError(f"{name}: expected a positive int, got {n}")
+    return n
+
+
+def _shape(normalized_shape):
+    items = normalized_shape if isinstance(normalized_shape, (tuple, list)) else (normalized_shape,)
+    return tuple(_count(n, "normalized_shape") for n in items)
+
+
+class _Layer:
+    """Training flag, state (parameters then buffers, in PyTorch's order) and state dicts."""
+
+    weight = _State()
+    bias = _State()
+
+    def __init__(self, dtype):
+        self.dtype = _layer_dtype(dtype)
+        self.training = True
+        self._state = {}
+        self._cache = {}
+
+    def _add(self, name, shape, fill, dtype=None):
+        self._state[name] = np.full(shape, fill, self.dtype if dtype is None else dtype)
+
+    def train(self, mode=True):
+        """Training mode (batch statistics, running statistics updated) or, with mode=False, evaluation."""
+        self.training = _checks.flag(mode, "mode")
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def state_dict(self):
+        """Copies of the parameters and buffers under PyTorch's names."""
+        return {k: v.copy() for k, v in self._state.items()}
+
+    def load_state_dict(self, state_dict, *, strict=True, prefix=""):
+        """Load parameters and buffers from a mapping of names to arrays (NumPy arrays, PyTorch tensors,
+        anything np.asarray takes), the keys read after `prefix` (e.g. "1." for the second module of a
+        PyTorch Sequential's state dict). Every key, shape and dtype is checked before anything changes;
+        values are cast to the layer's dtype. strict=False skips missing keys and ignores unknown ones.
+        Returns (missing keys, unexpected keys)."""
+        if not hasattr(state_dict, "items"):
+            raise TypeError(f"state_dict: expected a mapping of names to arrays, got {type(state_dict).__name__}")
+        given = {k[len(prefix):]: v for k, v in state_dict.items() if isinstance(k, str) and k.startswith(prefix)}
+        missing = [k for k in self._state if k not in given and k != "num_batches_tracked"]
+        unexpected = [prefix + k for k in given if k not in self._state]
+        if strict and (missing or unexpected):
+            raise ValueError(f"state_dict: missing keys {[prefix + k for k in missing]}, unexpected keys {unexpected}")
+        values = {k: v for k, v in given.items() if k in self._state}
+        if "num_batches_tracked" in self._state and "num_batches_tracked" not in values:
+            values["num_batches_tracked"] = 0  # a dict without the counter loads as PyTorch loads it
+        self._load(values, lambda k: f"state_dict[{prefix + k!r}]")
+        return [prefix + k for k in missing], unexpected
+
+    def _load(self, values, name_of):
+        """Check every value against the current one (shape, float or integer), then replace them all."""
+        new = {}
+        for k, v in values.items():
+            name, cur = name_of(k), self._state[k]
+            try:
+                arr = np.asarray(v)
+            except Exception as e:  # a tensor that needs detaching, a ragged list, ...
+                raise TypeError(f"{name}: expected an array-like, got {type(v).__name__} ({e})") from None
+            is_float = arr.dtype.kind == "f" or _checks.dtype_code(arr.dtype) is not None
+            if cur.dtype.kind == "f" and not is_float:
+                raise TypeError(f"{name}: expected a float array, got dtype {arr.dtype}")
+            if cur.dtype.kind == "i" and arr.dtype.kind not in "iu":
+                raise TypeError(f"{name}: expected an integer array, got dtype {arr.dtype}")
+            if arr.shape != cur.shape:
+                raise ValueError(f"{name}: expected shape {cur.shape}, got {arr.shape}")
+            new[k] = np.array(arr, dtype=cur.dtype)  # a copy: later changes to v do not reach the layer
+        self._state.update(new)
+        self._cache.clear()
+
+    def _input(self, x, channels):
+        """(x, its dtype code, its channel axis) after checking x and that the channel axis has `channels`
+        entries."""
+        x, code = _checks.float_array(x, "x")
+        c = _checks.channel_axis(self.axis, x.ndim)
+        if x.shape[c] != channels:
+            raise ValueError(f"x: expected {channels} channels along axis {self.axis}, got shape {x.shape}")
+        return x, code, c
+
+    def _updatable(self, x):
+        """Running statistics are updated in x's statistics dtype: say so before a mismatch gets deep."""
+        if _checks.stats_dtype(x) != self.dtype:
+            raise TypeError(f"x: dtype {x.dtype} computes statistics in {np.dtype(_checks.stats_dtype(x))}, "
+                            f"but this layer's running statistics are {self.dtype}; build the layer with "
+                            f"dtype=np.{np.dtype(_checks.stats_dtype(x))} or cast x")
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self._args().items())
+        return f"{type(self).__name__}({args})"
+
+
+class _ChannelNorm(_Layer):
+    """What batch and instance norm share: per-channel affine parameters and optional running statistics."""
+
+    running_mean = _State()
+    running_var = _State()
+    num_batches_tracked = _State()
+
+    def __init__(self, num_features, eps, momentum, affine, track_running_stats, axis, activation, dtype):
+        super().__init__(dtype)
+        self.num_features = _count(num_features, "num_features")
+        self.eps = _checks.positive(eps, "eps")
+        self.momentum = _checks.fraction(momentum, "momentum", allow_none=True)
+        self.affine = _checks.flag(affine, "affine")
+        self.track_running_stats = _checks.flag(track_running_stats, "track_running_stats")
+        self.axis = operator.index(axis)
+        self.activation = _checks.activation(activation)
+        if self.affine:
+            self._add("weight", (self.num_features,), 1.0)
+            self._add("bias", (self.num_features,), 0.0)
+        if self.track_running_stats:
+            self._add("running_mean", (self.num_features,), 0.0)
+            self._add("running_var", (self.num_features,), 1.0)
+            self._add("num_batches_tracked", (), 0, np.int64)
+
+    def _args(self):
+        return {"num_features": self.num_features, "eps": self.eps, "momentum": self.momentum, "affine": self.affine,
+                "track_running_stats": self.track_running_stats, "axis": self.axis, "activation": self.activation}
+
+
+class BatchNorm(_ChannelNorm):
+    """Batch normalization of inputs (N, C, *) (channel axis `axis`), as torch.nn.BatchNorm1d/2d/3d.
+
+    Training mode normalizes with the batch statistics and updates the running ones (momentum=None: the
+    cumulative average over num_batches_tracked); evaluation mode uses the running statistics, through a
+    per-channel scale and shift computed once and kept until a parameter or statistic changes. Without
+    running statistics both modes use the batch's. `activation` (None, 'relu', 'sigmoid', 'silu') is
+    applied in the same pass."""
+
+    def __init__(self, num_features, *, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True, axis=1,
+                 activation=None, dtype=np.float32):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, axis, activation, dtype)
+
+    def __call__(self, x, out=None):
+        x, code, c = self._input(x, self.num_features)
+        st = self._state
+        if self.track_running_stats and not self.training:
+            return self._infer(x, code, c, out)
+        update = self.track_running_stats
+        if update:
+            self._updatable(x)
+        y = norms.batch_norm(x, st.get("running_mean"), st.get("running_var"), st.get("weight"), st.get("bias"),
+                             training=True, momentum=self.momentum, eps=self.eps, axis=self.axis,
+                             activation=self.activation, out=out, num_batches_tracked=st.get("num_batches_tracked"))
+        if update:
+            self._cache.clear()
+        return y
+
+    def _infer(self, x, code, c, out):
+        """Evaluation with running statistics: y = act((x - s) * a + c) with (s, a, c) cached per compute
+        dtype, layout and eps."""
+        activation = _checks.activation(self.activation)
+        out = _checks.output(out, x)
+        pdt = _checks.stats_dtype(x)
+        key = (pdt, x.ndim, c, self.eps)
+        coeffs = self._cache.get(key)
+        if coeffs is None:
+            st = self._state
+            eps = _checks.positive(self.eps, "eps")
+            params = [None if st.get(k) is None else st[k].astype(pdt) for k in ("weight", "bias")]
+            shape = [self.num_features if i == c else 1 for i in range(x.ndim)]
+            coeffs = tuple(v.reshape(shape) for v in norms._coefficients(
+                st["running_mean"].astype(np.float64), st["running_var"].astype(np.float64), eps, *params, pdt))
+            self._cache[key] = coeffs
+        _normc.apply(x, code, tuple(i != c for i in range(x.ndim)), *coeffs, out, activation)
+        return out
+
+
+class InstanceNorm(_ChannelNorm):
+    """Instance normalization of inputs (N, C, *), as torch.nn.InstanceNorm1d/2d/3d: statistics per sample
+    and channel. With track_running_stats, training calls update the running statistics and evaluation
+    uses them (momentum=None leaves them unchanged and num_batches_tracked is never counted, as in
+    PyTorch)."""
+
+    def __init__(self, num_features, *, eps=1e-5, momentum=0.1, affine=False, track_running_stats=False, axis=1,
+                 activation=None, dtype=np.float32):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, axis, activation, dtype)
+
+    def __call__(self, x, out=None):
+        x, _, _ = self._input(x, self.num_features)
+        st = self._state
+        use_input_stats = self.training or not self.track_running_stats
+        if use_input_stats and self.track_running_stats:
+            self._updatable(x)
+        return norms.instance_norm(x, st.get("running_mean"), st.get("running_var"), st.get("weight"),
+                                   st.get("bias"), use_input_stats=use_input_stats,
+                                   momentum=0.0 if self.momentum is None else self.momentum, eps=self.eps,
+                                   axis=self.axis, activation=self.activation, out=out)
+
+
+class GroupNorm(_Layer):
+    """Group normalization, as torch.nn.GroupNorm: statistics per sample over groups of consecutive
+    channels (channel axis `axis`), weight and bias per channel."""
+
+    def __init__(self, num_groups, num_channels, *, eps=1e-5, affine=True, axis=1, activation=None,
+                 dtype=np.float32):
+        super().__init__(dtype)
+        self.num_groups = _count(num_groups, "num_groups")
+        self.num_channels = _count(num_channels, "num_channels")
+        if self.num_channels % self.num_groups:
+            raise ValueError(f"num_groups: expected a divisor of num_channels={self.num_channels}, got {self.num_groups}")
+        self.eps = _checks.positive(eps, "eps")
+        self.affine = _checks.flag(affine, "affine")
+        self.axis = operator.index(axis)
+        self.activation = _checks.activation(activation)
+        if self.affine:
+            self._add("weight", (self.num_channels,), 1.0)
+            self._add("bias", (self.num_channels,), 0.0)
+
+    def _args(self):
+        return {"num_groups": self.num_groups, "num_channels": self.num_channels, "eps": self.eps,
+                "affine": self.affine, "axis": self.axis, "activation": self.activation}
+
+    def __call__(self, x, out=None):
+        x, _, _ = self._input(x, self.num_channels)
+        return norms.group_norm(x, self.num_groups, self._state.get("weight"), self._state.get("bias"),
+                                eps=self.eps, axis=self.axis, activation=self.activation, out=out)
+
+
+class LayerNorm(_Layer):
+    """Layer normalization over the trailing `normalized_shape` dimensions, as torch.nn.LayerNorm.
+    `residual` (and `residual_out`) normalize x + residual in the same pass, as in pre-norm blocks."""
+
+    def __init__(self, normalized_shape, *, eps=1e-5, elementwise_affine=True, bias=True, dtype=np.float32):
+        super().__init__(dtype)
+        self.normalized_shape = _shape(normalized_shape)
+        self.eps = _checks.positive(eps, "eps")
+        self.elementwise_affine = _checks.flag(elementwise_affine, "elementwise_affine")
+        if self.elementwise_affine:
+            self._add("weight", self.normalized_shape, 1.0)
+            if _checks.flag(bias, "bias"):
+                self._add("bias", self.normalized_shape, 0.0)
+
+    def _args(self):
+        return {"normalized_shape": self.normalized_shape, "eps": self.eps,
+                "elementwise_affine": self.elementwise_affine, "bias": "bias" in self._state}
+
+    def __call__(self, x, out=None, *, residual=None, residual_out=None):
+        return norms.layer_norm(x, self.normalized_shape, self._state.get("weight"), self._state.get("bias"),
+                                eps=self.eps, residual=residual, residual_out=residual_out, out=out)
+
+
+class RMSNorm(_Layer):
+    """RMS normalization over the trailing `normalized_shape` dimensions, as torch.nn.RMSNorm (eps=None:
+    the machine epsilon of x's dtype)."""
+
+    def __init__(self, normalized_shape, *, eps=None, elementwise_affine=True, dtype=np.float32):
+        super().__init__(dtype)
+        self.normalized_shape = _shape(normalized_shape)
+        self.eps = None if eps is None else _checks.positive(eps, "eps")
+        self.elementwise_affine = _checks.flag(elementwise_affine, "elementwise_affine")
+        if self.elementwise_affine:
+            self._add("weight", self.normalized_shape, 1.0)
+
+    def _args(self):
+        return {"normalized_shape": self.normalized_shape, "eps": self.eps,
+                "elementwise_affine": self.elementwise_affine}
+
+    def __call__(self, x, out=None, *, residual=None, residual_out=None):
+        return norms.rms_norm(x, self.normalized_shape, self._state.get("weight"), eps=self.eps,
+                              residual=residual, residual_out=residual_out, out=out)
+
+
+class SwitchableNorm(_Layer):
+    """Switchable normalization (Luo et al.): a learned softmax blend of instance, layer and (with using_bn)
+    batch statistics; the logits are the parameters mean_weight and var_weight (initially equal)."""
+
+    mean_weight = _State()
+    var_weight = _State()
+    running_mean = _State()
+    running_var = _State()
+
+    def __init__(self, num_features, *, eps=1e-5, momentum=0.1, using_bn=True, axis=1, activation=None,
+                 dtype=np.float32):
+        super().__init__(dtype)
+        self.num_features = _count(num_features, "num_features")
+        self.eps = _checks.positive(eps, "eps")
+        self.momentum = _checks.fraction(momentum, "momentum")
+        self.using_bn = _checks.flag(using_bn, "using_bn")
+        self.axis = operator.index(axis)
+        self.activation = _checks.activation(activation)
+        self._add("weight", (self.num_features,), 1.0)
+        self._add("bias", (self.num_features,), 0.0)
+        self._add("mean_weight", (3 if self.using_bn else 2,), 1.0)
+        self._add("var_weight", (3 if self.using_bn else 2,), 1.0)
+        if self.using_bn:
+            self._add("running_mean", (self.num_features,), 0.0)
+            self._add("running_var", (self.num_features,), 1.0)
+
+    def _args(self):
+        return {"num_features": self.num_features, "eps": self.eps, "momentum": self.momentum,
+                "using_bn": self.using_bn, "axis": self.axis, "activation": self.activation}
+
+    def __call__(self, x, out=None):
+        x, _, _ = self._input(x, self.num_features)
+        if self.training and self.using_bn:
+            self._updatable(x)
+        st = self._state
+        return norms.switchable_norm(x, st["weight"], st["bias"], st["mean_weight"], st["var_weight"],
+                                     st.get("running_mean"), st.get("running_var"), training=self.training,
+                                     momentum=self.momentum, eps=self.eps, axis=self.axis, using_bn=self.using_bn,
+                                     activation=self.activation, out=out)
