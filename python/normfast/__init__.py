@@ -4,9 +4,11 @@ import warnings as _warnings
 from importlib.metadata import PackageNotFoundError as _NotFound
 from importlib.metadata import version as _version
 
-from . import _normc
+from . import _normc, layers
 from .functional import moments
+from .inference import cosine_linear, fold_batch_norm, weight_norm, weight_norm_params
 from .norms import batch_norm, group_norm, instance_norm, layer_norm, rms_norm, switchable_norm
+from .stats import RunningMoments, precise_batch_norm_stats
 
 try:
     __version__ = _version("normfast")
@@ -14,7 +16,8 @@ except _NotFound:  # running from a source tree without installing
     __version__ = "0+unknown"
 
 __all__ = ["moments", "batch_norm", "instance_norm", "group_norm", "layer_norm", "rms_norm", "switchable_norm",
-           "set_num_threads", "get_num_threads", "show_config"]
+           "RunningMoments", "precise_batch_norm_stats", "fold_batch_norm", "weight_norm", "weight_norm_params",
+           "cosine_linear", "layers", "set_num_threads", "get_num_threads", "show_config"]
 
 
 def set_num_threads(n):
