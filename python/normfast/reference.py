@@ -168,3 +168,24 @@ def switchable_norm(x, weight, bias, mean_weight, var_weight, running_mean=None,
     mean = sum(w * m for w, m in zip(wm, means))
     var = sum(w * v for w, v in zip(wv, variances))
     return _normalized(xl, mean, var, eps, weight, bias, activation, axis), new_rm, new_rv
+
+
+# --- weights -------------------------------------------------------------------------------------------
+
+def weight_norm(v, g, axis=0):
+    """g * v / ||v||, the norm over every axis of v but `axis` (None: over all of them)."""
+    v = np.asarray(v).astype(np.float64)
+    others = tuple(i for i in range(v.ndim) if axis is None or i != axis % v.ndim)
+    shape = [1 if i in others else n for i, n in enumerate(v.shape)]
+    norm = np.sqrt(np.sum(v * v, axis=others, keepdims=True))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.asarray(g).astype(np.float64).reshape(shape) * v / norm
+
+
+def cosine_linear(x, weight, eps=1e-8):
+    """(x . w_j) / (max(||x||, eps) * max(||w_j||, eps)) for each row x of the last axis and each row w_j."""
+    x = np.asarray(x).astype(np.float64)
+    w = np.asarray(weight).astype(np.float64)
+    nx = np.maximum(np.sqrt(np.sum(x * x, axis=-1, keepdims=True)), eps)
+    nw = np.maximum(np.sqrt(np.sum(w * w, axis=1)), eps)
+    return (x @ w.T) / nx / nw
