@@ -13,6 +13,8 @@ __all__ = ["fold_batch_norm", "weight_norm", "weight_norm_params", "cosine_linea
 
 def _weight_axis(w, axis, name, allow_none=True):
     """The output-channel axis of w as an int in range, or None for axis=None (the whole tensor)."""
+    if w.ndim == 0:
+        raise ValueError(f"{name}: expected an array of rank >= 1, got a scalar")
     if axis is None and allow_none:
         return None
     try:
@@ -66,7 +68,8 @@ def _l2_rows(a, code, eps, scale=None):
 
 def weight_norm(v, g, *, axis=0):
     """Weight normalization (Salimans & Kingma): w = g * v / ||v||, the norm over every axis but `axis`
-    (PyTorch's `dim`; None: over the whole tensor, g a scalar). g has shape (C,) or v's rank with C
+    (PyTorch's `dim`; None: over the whole tensor, g a scalar; a negative axis counts from the end, where
+    PyTorch takes dim=-1 to mean the whole tensor). g has shape (C,) or v's rank with C
     along `axis` and 1 elsewhere, as PyTorch stores it. A zero slice of v gives NaN, as in PyTorch.
     Returns w with v's shape and dtype."""
     v, code = _checks.float_array(v, "v")
@@ -111,7 +114,10 @@ def cosine_linear(x, weight, *, eps=1e-8):
     if w.ndim != 2 or w.shape[1] != x.shape[-1]:
         raise ValueError(f"weight: expected shape (out, {x.shape[-1]}) to match x's last axis, got {w.shape}")
     eps = _checks.positive(eps, "eps")
-    dtype = np.result_type(x.dtype, w.dtype)
+    try:
+        dtype = np.result_type(x.dtype, w.dtype)
+    except TypeError:  # float16 with bfloat16: no common half type, so float32 (as PyTorch promotes them)
+        dtype = np.dtype(np.float32)
     cdt = np.dtype(np.float64 if dtype == np.float64 else np.float32)
     code = _checks.dtype_code(cdt)
     xn = _l2_rows(np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=cdt), code, eps)
