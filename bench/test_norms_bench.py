@@ -1,4 +1,4 @@
-"""pytest-benchmark suite for the normalization layers: normfast against NumPy, PyTorch and ONNX Runtime
+"""pytest-benchmark suite for the normalization layers and the inference toolkit: normfast against NumPy, PyTorch and ONNX Runtime
 and the copy floor, one group per case (the cases of `python -m normfast bench`).
 
 Run with `python -m pytest bench --benchmark-only --benchmark-group-by=group`; times are not asserted."""
@@ -11,7 +11,9 @@ IMPLS = ["normfast", "numpy", "torch", "onnxruntime"]
 CASES = ([(name, lambda s=shape, r=rms: _bench.row_peers(s, r, normfast.get_num_threads()))
           for name, shape, rms in _bench.ROW_CASES]
          + [(name, lambda s=shape, la=last, n=norm: _bench.norm_peers(s, la, n, normfast.get_num_threads()))
-            for name, shape, last, norm in _bench.NORM_CASES])
+            for name, shape, last, norm in _bench.NORM_CASES]
+         + [(name, lambda k=kind, s=shape: _bench.tool_peers(k, s, normfast.get_num_threads()))
+            for name, kind, shape in _bench.TOOL_CASES])
 
 
 @pytest.fixture(scope="module", params=CASES, ids=[name for name, _ in CASES])

@@ -19,6 +19,23 @@ def _table(cols, rows):
         print("  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths))))
 
 
+def _peer_table(cases, repeat):
+    """Time each case's implementations and print one row per case; returns the 'vs best' ratios."""
+    peers = ["numpy", "torch", "onnxruntime"]
+    rows, ratios = [], []
+    for name, make in cases:
+        fns, floors = make()
+        t = {k: _bench.median_time(f, repeat) * 1e3 for k, f in fns.items()}
+        floor = min(_bench.median_time(f, repeat) for f in floors) * 1e3
+        best = min(v for k, v in t.items() if k != "normfast")
+        ratios.append(best / t["normfast"])
+        rows.append([name, f"{t['normfast']:.3f}"]
+                    + [f"{t[p]:.3f} ({t[p] / t['normfast']:.1f}x)" if p in t else "-" for p in peers]
+                    + [f"{best / t['normfast']:.2f}x", f"{floor:.3f}", f"{t['normfast'] / floor:.2f}"])
+    _table(["case", "normfast"] + peers + ["vs best", "floor", "nf/floor"], rows)
+    return ratios
+
+
 def cmd_bench(args):
     if args.threads is not None:
         set_num_threads(args.threads)
@@ -50,24 +67,17 @@ def cmd_bench(args):
 
     print("\nnormalization layers, float32, normfast with out=; floor = the faster of np.copyto and "
           "torch copy_; '-' = peer has no such op")
-    peers = ["numpy", "torch", "onnxruntime"]
-    rows, ratios = [], []
     cases = [(name, lambda s=shape, r=rms: _bench.row_peers(s, r, threads)) for name, shape, rms in _bench.ROW_CASES
              if not (args.quick and shape[0] > 512)]
     cases += [(name, lambda s=shape, la=last, n=norm: _bench.norm_peers(s, la, n, threads))
               for name, shape, last, norm in _bench.NORM_CASES if not (args.quick and shape[0] > 8)]
-    for name, make in cases:
-        fns, floors = make()
-        t = {k: _bench.median_time(f, args.repeat) * 1e3 for k, f in fns.items()}
-        floor = min(_bench.median_time(f, args.repeat) for f in floors) * 1e3
-        best = min(v for k, v in t.items() if k != "normfast")
-        ratios.append(best / t["normfast"])
-        rows.append([name, f"{t['normfast']:.3f}"]
-                    + [f"{t[p]:.3f} ({t[p] / t['normfast']:.1f}x)" if p in t else "-" for p in peers]
-                    + [f"{best / t['normfast']:.2f}x", f"{floor:.3f}", f"{t['normfast'] / floor:.2f}"])
-    _table(["case", "normfast"] + peers + ["vs best", "floor", "nf/floor"], rows)
+    ratios = _peer_table(cases, args.repeat)
     print(f"\ngeometric mean of 'vs best': {np.exp(np.mean(np.log(ratios))):.2f}x over {len(ratios)} cases; "
           f"{sum(r < 1 for r in ratios)} case(s) where a peer is faster")
+
+    print("\ninference toolkit and streaming statistics, float32; floor = copying the input")
+    _peer_table([(name, lambda k=kind, s=shape: _bench.tool_peers(k, s, threads))
+                 for name, kind, shape in _bench.TOOL_CASES], args.repeat)
     return 0
 
 

@@ -243,3 +243,79 @@ def row_peers(shape, rms, threads):
     except ImportError:
         pass
     return fns, floors
+
+
+# Inference toolkit and streaming statistics: (name, kind, shape).
+TOOL_CASES = [
+    ("BatchNorm layer, eval (64,512)", "bn-layer", (64, 512)),
+    ("BatchNorm layer, eval (1,64,56,56)", "bn-layer", (1, 64, 56, 56)),
+    ("cosine_linear (1024,512) x (256,512)", "cosine", (1024, 512, 256)),
+    ("weight_norm (4096,4096) axis=0", "weight-norm", (4096, 4096)),
+    ("RunningMoments.update (64,64,28,28) axis=(0,2,3)", "running", (64, 64, 28, 28)),
+]
+
+
+def tool_peers(kind, shape, threads):
+    """Callables for one toolkit case by implementation name, plus the copy floor of its input."""
+    import normfast
+
+    rng = np.random.default_rng(3)
+    x = make_input(shape[:2] if kind == "cosine" else shape, np.float32)
+    fns, floors = {}, [copy_floor(x)]
+    try:
+        import torch
+        import torch.nn.functional as F
+    except ImportError:
+        torch = None
+    if kind == "bn-layer":
+        C = shape[1]
+        state = {"weight": rng.uniform(0.5, 1.5, C), "bias": rng.standard_normal(C),
+                 "running_mean": rng.standard_normal(C), "running_var": rng.uniform(0.5, 2, C)}
+        layer = normfast.layers.BatchNorm(C).eval()
+        layer.load_state_dict(state, strict=False)
+        out = np.empty_like(x)
+        fns["normfast"] = lambda: layer(x, out=out)
+        bshape = [C if i == 1 else 1 for i in range(x.ndim)]
+        a = (state["weight"] / np.sqrt(state["running_var"] + EPS)).astype(np.float32).reshape(bshape)
+        c = (state["bias"] - state["running_mean"] * a.ravel()).astype(np.float32).reshape(bshape)
+        fns["numpy"] = lambda: np.add(np.multiply(x, a, out=out), c, out=out)  # scale and shift precomputed
+        if torch:
+            module = (torch.nn.BatchNorm1d if x.ndim == 2 else torch.nn.BatchNorm2d)(C).eval()
+            module.load_state_dict({k: torch.tensor(v, dtype=torch.float32) for k, v in state.items()}, strict=False)
+            t = torch.from_numpy(x)
+
+            def torch_bn():
+                with torch.inference_mode():
+                    return module(t)
+            fns["torch"] = torch_bn
+        try:
+            sess = _ort_session("BatchNormalization", x.shape, [("s", state["weight"]), ("b", state["bias"]),
+                                                                ("m", state["running_mean"]),
+                                                                ("v", state["running_var"])], {"epsilon": EPS}, threads)
+            fns["onnxruntime"] = lambda: sess.run(None, {"X": x})
+        except ImportError:
+            pass
+    elif kind == "cosine":
+        w = make_input((shape[2], shape[1]), np.float32, seed=4)
+        fns["normfast"] = lambda: normfast.cosine_linear(x, w)
+        fns["numpy"] = lambda: ((x / np.linalg.norm(x, axis=1, keepdims=True))
+                                @ (w / np.linalg.norm(w, axis=1, keepdims=True)).T)
+        if torch:
+            tx, tw = torch.from_numpy(x), torch.from_numpy(w)
+            fns["torch"] = lambda: F.linear(F.normalize(tx, dim=1), F.normalize(tw, dim=1))
+    elif kind == "weight-norm":
+        g = rng.uniform(0.5, 1.5, shape[0]).astype(np.float32)
+        fns["normfast"] = lambda: normfast.weight_norm(x, g)
+        fns["numpy"] = lambda: x * (g[:, None] / np.linalg.norm(x, axis=1, keepdims=True))
+        if torch:
+            tv, tg = torch.from_numpy(x), torch.from_numpy(g[:, None])
+            fns["torch"] = lambda: torch._weight_norm(tv, tg, 0)
+    else:
+        axes = (0, 2, 3)
+        acc = normfast.RunningMoments(axis=axes)
+        fns["normfast"] = lambda: acc.update(x)
+        fns["numpy"] = lambda: (np.mean(x, axis=axes), np.var(x, axis=axes))  # the batch's part only
+        if torch:
+            t = torch.from_numpy(x)
+            fns["torch"] = lambda: torch.var_mean(t, dim=axes, correction=0)
+    return fns, floors

@@ -204,22 +204,22 @@ class BatchNorm(_ChannelNorm):
         return y
 
     def _infer(self, x, code, c, out):
-        """Evaluation with running statistics: y = act((x - s) * a + c) with (s, a, c) cached per compute
-        dtype, layout and eps."""
+        """Evaluation with running statistics: y = act((x - s) * a + c) with (s, a, c), laid out for x,
+        cached per compute dtype, layout and eps."""
         activation = _checks.activation(self.activation)
         out = _checks.output(out, x)
         pdt = _checks.stats_dtype(x)
         key = (pdt, x.ndim, c, self.eps)
-        coeffs = self._cache.get(key)
-        if coeffs is None:
+        plan = self._cache.get(key)
+        if plan is None:
             st = self._state
             eps = _checks.positive(self.eps, "eps")
             params = [None if st.get(k) is None else st[k].astype(pdt) for k in ("weight", "bias")]
             shape = [self.num_features if i == c else 1 for i in range(x.ndim)]
-            coeffs = tuple(v.reshape(shape) for v in norms._coefficients(
-                st["running_mean"].astype(np.float64), st["running_var"].astype(np.float64), eps, *params, pdt))
-            self._cache[key] = coeffs
-        _normc.apply(x, code, tuple(i != c for i in range(x.ndim)), *coeffs, out, activation)
+            coeffs = norms._coefficients(st["running_mean"].astype(np.float64), st["running_var"].astype(np.float64),
+                                         eps, *params, pdt)
+            plan = self._cache[key] = (tuple(i != c for i in range(x.ndim)), *(v.reshape(shape) for v in coeffs))
+        _normc.apply(x, code, *plan, out, activation)
         return out
 
 
