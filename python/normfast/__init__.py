@@ -22,7 +22,7 @@ def _load_engine():
 
 
 _load_engine()
-from . import _normc, layers  # noqa: E402
+from . import _checks, _normc, layers  # noqa: E402
 from .functional import moments  # noqa: E402
 from .inference import cosine_linear, fold_batch_norm, weight_norm, weight_norm_params
 from .norms import batch_norm, group_norm, instance_norm, layer_norm, rms_norm, switchable_norm
@@ -40,15 +40,7 @@ __all__ = ["moments", "batch_norm", "instance_norm", "group_norm", "layer_norm",
 
 def set_num_threads(n):
     """Number of threads the kernels may use (default: OpenMP's, which honours OMP_NUM_THREADS)."""
-    import operator
-
-    try:
-        n = operator.index(n)
-    except TypeError:
-        raise TypeError(f"n: expected a positive int, got {type(n).__name__}") from None
-    if n < 1:
-        raise ValueError(f"n: expected a positive int, got {n}")
-    _normc.set_num_threads(n)
+    _normc.set_num_threads(_checks.positive_int(n, "n"))
 
 
 def get_num_threads():

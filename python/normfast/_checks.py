@@ -99,6 +99,16 @@ def channel_axis(axis, ndim, name="axis"):
     return a % ndim
 
 
+def positive_int(value, name):
+    try:
+        n = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name}: expected a positive int, got {type(value).__name__}") from None
+    if n < 1:
+        raise ValueError(f"{name}: expected a positive int, got {n}")
+    return n
+
+
 def positive(value, name):
     value = real(value, name)
     if value <= 0:

@@ -44,19 +44,9 @@ def _layer_dtype(dtype):
     return dt
 
 
-def _count(value, name):
-    try:
-        n = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name}: expected an int, got {type(value).__name__}") from None
-    if n < 1:
-        raise ValueError(f"{name}: expected a positive int, got {n}")
-    return n
-
-
 def _shape(normalized_shape):
     items = normalized_shape if isinstance(normalized_shape, (tuple, list)) else (normalized_shape,)
-    return tuple(_count(n, "normalized_shape") for n in items)
+    return tuple(_checks.positive_int(n, "normalized_shape") for n in items)
 
 
 class _Layer:
@@ -73,6 +63,21 @@ class _Layer:
 
     def _add(self, name, shape, fill, dtype=None):
         self._state[name] = np.full(shape, fill, self.dtype if dtype is None else dtype)
+
+    def _channel_setup(self, eps, axis, activation, affine_channels, running_channels):
+        """eps, the channel axis and the activation; weight (ones) and bias (zeros) for affine_channels
+        channels and running mean (zeros) and variance (ones) for running_channels, where not None."""
+        self.eps = _checks.positive(eps, "eps")
+        try:
+            self.axis = operator.index(axis)
+        except TypeError:
+            raise TypeError(f"axis: expected an int, got {type(axis).__name__}") from None
+        self.activation = _checks.activation(activation)
+        for n, names, fills in ((affine_channels, ("weight", "bias"), (1.0, 0.0)),
+                                (running_channels, ("running_mean", "running_var"), (0.0, 1.0))):
+            if n is not None:
+                for name, fill in zip(names, fills):
+                    self._add(name, (n,), fill)
 
     def train(self, mode=True):
         """Training mode (batch statistics, running statistics updated) or, with mode=False, evaluation."""
@@ -155,19 +160,12 @@ class _ChannelNorm(_Layer):
 
     def __init__(self, num_features, eps, momentum, affine, track_running_stats, axis, activation, dtype):
         super().__init__(dtype)
-        self.num_features = _count(num_features, "num_features")
-        self.eps = _checks.positive(eps, "eps")
+        C = self.num_features = _checks.positive_int(num_features, "num_features")
         self.momentum = _checks.fraction(momentum, "momentum", allow_none=True)
         self.affine = _checks.flag(affine, "affine")
         self.track_running_stats = _checks.flag(track_running_stats, "track_running_stats")
-        self.axis = operator.index(axis)
-        self.activation = _checks.activation(activation)
-        if self.affine:
-            self._add("weight", (self.num_features,), 1.0)
-            self._add("bias", (self.num_features,), 0.0)
+        self._channel_setup(eps, axis, activation, C if self.affine else None, C if self.track_running_stats else None)
         if self.track_running_stats:
-            self._add("running_mean", (self.num_features,), 0.0)
-            self._add("running_var", (self.num_features,), 1.0)
             self._add("num_batches_tracked", (), 0, np.int64)
 
     def _args(self):
@@ -252,17 +250,12 @@ class GroupNorm(_Layer):
     def __init__(self, num_groups, num_channels, *, eps=1e-5, affine=True, axis=1, activation=None,
                  dtype=np.float32):
         super().__init__(dtype)
-        self.num_groups = _count(num_groups, "num_groups")
-        self.num_channels = _count(num_channels, "num_channels")
+        self.num_groups = _checks.positive_int(num_groups, "num_groups")
+        self.num_channels = _checks.positive_int(num_channels, "num_channels")
         if self.num_channels % self.num_groups:
             raise ValueError(f"num_groups: expected a divisor of num_channels={self.num_channels}, got {self.num_groups}")
-        self.eps = _checks.positive(eps, "eps")
         self.affine = _checks.flag(affine, "affine")
-        self.axis = operator.index(axis)
-        self.activation = _checks.activation(activation)
-        if self.affine:
-            self._add("weight", (self.num_channels,), 1.0)
-            self._add("bias", (self.num_channels,), 0.0)
+        self._channel_setup(eps, axis, activation, self.num_channels if self.affine else None, None)
 
     def _args(self):
         return {"num_groups": self.num_groups, "num_channels": self.num_channels, "eps": self.eps,
@@ -330,19 +323,15 @@ class SwitchableNorm(_Layer):
     def __init__(self, num_features, *, eps=1e-5, momentum=0.1, using_bn=True, axis=1, activation=None,
                  dtype=np.float32):
         super().__init__(dtype)
-        self.num_features = _count(num_features, "num_features")
-        self.eps = _checks.positive(eps, "eps")
+        C = self.num_features = _checks.positive_int(num_features, "num_features")
         self.momentum = _checks.fraction(momentum, "momentum")
         self.using_bn = _checks.flag(using_bn, "using_bn")
-        self.axis = operator.index(axis)
-        self.activation = _checks.activation(activation)
-        self._add("weight", (self.num_features,), 1.0)
-        self._add("bias", (self.num_features,), 0.0)
+        self._channel_setup(eps, axis, activation, C, None)
         self._add("mean_weight", (3 if self.using_bn else 2,), 1.0)
         self._add("var_weight", (3 if self.using_bn else 2,), 1.0)
-        if self.using_bn:
-            self._add("running_mean", (self.num_features,), 0.0)
-            self._add("running_var", (self.num_features,), 1.0)
+        if self.using_bn:  # after the logits: the original implementation's order
+            self._add("running_mean", (C,), 0.0)
+            self._add("running_var", (C,), 1.0)
 
     def _args(self):
         return {"num_features": self.num_features, "eps": self.eps, "momentum": self.momentum,
