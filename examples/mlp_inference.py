@@ -8,18 +8,20 @@ both are from PyTorch and how fast the three run.
     pip install '.[bench]'  &&  python examples/mlp_inference.py [--threads 2]
 """
 import argparse
+import os
 import time
 
-import numpy as np
+# This script alternates BLAS matmuls with threaded normalizations. OpenMP's idle threads spin ~3 ms
+# after each normalization by default (libgomp: milliseconds), holding a core the next matmul wants; a short spin
+# suits this pattern. It must be set before OpenMP loads, so before normfast and torch are imported.
+os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
-# normfast first: it loads OpenMP with idle threads that sleep after ~0.1 ms. PyTorch loads the same
-# runtime with its default (~3 ms of spinning), and a spinning thread takes a core from the NumPy matmul
-# that follows each normalization. (Or set GOMP_SPINCOUNT=10000 in the environment.)
-import normfast
-from normfast import layers
-
-import torch  # noqa: E402  (after normfast, see above)
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 from torch import nn  # noqa: E402
+
+import normfast  # noqa: E402
+from normfast import layers  # noqa: E402
 
 WIDTHS = [256, 512, 512, 256]
 CLASSES = 10

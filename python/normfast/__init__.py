@@ -5,25 +5,8 @@ from importlib.metadata import PackageNotFoundError as _NotFound
 from importlib.metadata import version as _version
 
 
-def _load_engine():
-    """Load the C engine with OpenMP's idle threads spinning ~0.1 ms before they sleep, not libgomp's
-    default ~3 ms: a spinning thread holds a core that the next NumPy/BLAS call wants (on 2 cores, matmuls
-    between threaded norms ran 3x slower), while calls in a row still find their threads awake. libgomp
-    reads GOMP_SPINCOUNT once, when it loads, so it is set for this import only, and never when the user
-    chose (OMP_WAIT_POLICY or GOMP_SPINCOUNT)."""
-    chosen = "OMP_WAIT_POLICY" in _os.environ or "GOMP_SPINCOUNT" in _os.environ
-    if not chosen:
-        _os.environ["GOMP_SPINCOUNT"] = "10000"
-    try:
-        from . import _normc  # noqa: F401
-    finally:
-        if not chosen:
-            del _os.environ["GOMP_SPINCOUNT"]
-
-
-_load_engine()
-from . import _checks, _normc, layers  # noqa: E402
-from .functional import moments  # noqa: E402
+from . import _checks, _normc, layers
+from .functional import moments
 from .inference import cosine_linear, fold_batch_norm, weight_norm, weight_norm_params
 from .norms import batch_norm, group_norm, instance_norm, layer_norm, rms_norm, switchable_norm
 from .stats import RunningMoments, precise_batch_norm_stats
