@@ -11,9 +11,9 @@ import argparse
 import os
 import time
 
-# This script alternates BLAS matmuls with threaded normalizations. OpenMP's idle threads spin ~3 ms
-# after each normalization by default (libgomp: milliseconds), holding a core the next matmul wants; a short spin
-# suits this pattern. It must be set before OpenMP loads, so before normfast and torch are imported.
+# This script alternates BLAS matmuls with threaded normalizations. By default OpenMP's idle threads
+# (libgomp) spin for milliseconds after each normalization, holding a core the next matmul wants; a
+# short spin suits this pattern. It must be set before OpenMP loads: before normfast and torch import.
 os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 import numpy as np  # noqa: E402
