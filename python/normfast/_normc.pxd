@@ -46,6 +46,7 @@ cdef extern from "normc.h" nogil:
         nf_act act
         double *mean
         double *var
+        int max_threads
     nf_status nf_rownorm(const nf_plan *plan, nf_dtype dtype, const void *x, void *y, const nf_rowspec *spec)
     void nf_set_num_threads(int n)
     int nf_get_num_threads()

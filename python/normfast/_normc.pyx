@@ -129,6 +129,7 @@ cdef nf_rowspec _spec(object weight, object bias, double eps, int kind):
     cdef nf_rowspec spec
     spec.eps, spec.kind, spec.seg, spec.period, spec.act = eps, <nf_rowkind>kind, 1, 1, NF_ACT_NONE
     spec.weight, spec.bias, spec.mean, spec.var = _data_or_null(weight), _data_or_null(bias), NULL, NULL
+    spec.max_threads = 0
     return spec
 
 
@@ -216,12 +217,12 @@ def rownorm_common(x, normalized_shape, weight, bias, eps, out, bint rms):
 
 
 def segnorm(cnp.ndarray x, int dtype_code, cnp.ndarray y, Py_ssize_t rows, Py_ssize_t seg, Py_ssize_t period,
-            weight, bias, double eps, activation, mean, var, int kind=NF_ROW_LAYER):
+            weight, bias, double eps, activation, mean, var, int kind=NF_ROW_LAYER, int max_threads=0):
     """Instance or group norm (or, with kind ROW_L2 and one segment per row, weight normalization) of
     C-contiguous x into C-contiguous y (x itself allowed), fused per row:
     x is `rows` contiguous groups of segments of `seg` elements (a channel's spatial extent), segment j
     of row r scaled by weight[(r % period) * segments + j]. mean and var: None, or float64 arrays of
-    `rows` elements that receive each row's biased statistics."""
+    `rows` elements that receive each row's biased statistics. max_threads > 0 caps the threads."""
     if not (cnp.PyArray_ISCARRAY_RO(x) and cnp.PyArray_ISCARRAY(y) and (<object>x).shape == (<object>y).shape
             and cnp.PyArray_ITEMSIZE(x) == cnp.PyArray_ITEMSIZE(y)):
         raise ValueError("normfast: segnorm takes C-contiguous x and y of one shape")
@@ -241,7 +242,7 @@ def segnorm(cnp.ndarray x, int dtype_code, cnp.ndarray y, Py_ssize_t rows, Py_ss
     cdef nf_plan plan
     _rows_plan(&plan, rows, size // rows)
     cdef nf_rowspec spec = _spec(weight, bias, eps, kind)
-    spec.seg, spec.period, spec.act = seg, period, ACTIVATIONS[activation]
+    spec.seg, spec.period, spec.act, spec.max_threads = seg, period, ACTIVATIONS[activation], max_threads
     if mean is not None:
         spec.mean = <double *>cnp.PyArray_DATA(<cnp.ndarray>mean)
         spec.var = <double *>cnp.PyArray_DATA(<cnp.ndarray>var)

@@ -266,6 +266,8 @@ nf_status NF_FN(nf_rownorm)(const nf_plan *p, nf_dtype dt, const void *x, void *
     if (sp->seg < 1 || n % sp->seg || sp->period < 1 || (sp->seg == 1 && sp->act != NF_ACT_NONE) ||
         (!sp->mean != !sp->var) || (unsigned)sp->kind > NF_ROW_L2 || (sp->mean && sp->kind != NF_ROW_LAYER))
         return NF_EINVAL;
+    if (sp->max_threads > 0 && sp->max_threads < nthreads)
+        nthreads = sp->max_threads;
     const int nt = rows * n >= NF_PARALLEL_MIN && rows > 1 ? nthreads : 1;
     const char *xb = (const char *)x + p->x_offset * isz;
     char *yb = (char *)y + p->y_offset * isz;

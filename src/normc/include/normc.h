@@ -86,6 +86,8 @@ typedef struct {
     int64_t seg, period;
     nf_act act;       /* with seg > 1 only */
     double *mean, *var; /* NULL, or one (biased) statistic per row, in row order (layer norm only) */
+    int max_threads;    /* > 0: at most this many threads for this call (e.g. 1 before a BLAS call, whose
+                           threads idle OpenMP workers would spin against); 0: the library's setting */
 } nf_rowspec;
 
 /* A norm over contiguous rows, statistics and output in one visit of each row while it is in cache:
