@@ -4,6 +4,10 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+#if defined(_OPENMP) && (defined(__unix__) || defined(__APPLE__))
+#include <pthread.h>
+#define NF_FORK_GUARD 1
+#endif
 
 typedef struct {
     nf_moments_fn moments;
@@ -75,8 +79,24 @@ nf_isa nf_get_isa(void)
 
 void nf_set_num_threads(int n) { nf_threads = n > 0 ? n : 1; }
 
+#ifdef NF_FORK_GUARD
+/* A child made by fork() inherits OpenMP's record of the parent's worker threads but not the threads:
+ * GNU OpenMP waits for them forever at the child's first parallel region. Such a child runs serially
+ * (PyTorch does the same). */
+static volatile int nf_forked_child = 0;
+static void nf_mark_forked_child(void) { nf_forked_child = 1; }
+__attribute__((constructor)) static void nf_register_fork_guard(void)
+{
+    pthread_atfork(NULL, NULL, nf_mark_forked_child);
+}
+#endif
+
 int nf_get_num_threads(void)
 {
+#ifdef NF_FORK_GUARD
+    if (nf_forked_child)
+        return 1;
+#endif
     if (nf_threads > 0)
         return nf_threads;
 #ifdef _OPENMP
