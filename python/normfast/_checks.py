@@ -41,6 +41,16 @@ def float_array(x, name):
     return x, code
 
 
+def integer(value, name, expected="an int", shown=None):
+    """value as an int (anything with __index__), else a TypeError naming `name`; `shown` is what the
+    message says came (default: value's type)."""
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name}: expected {expected}, got "
+                        f"{type(value).__name__ if shown is None else shown}") from None
+
+
 def axes(axis, ndim, name="axis"):
     """Normalise an int, a tuple of ints or None to a sorted tuple of non-negative axes."""
     if axis is None:
@@ -50,10 +60,7 @@ def axes(axis, ndim, name="axis"):
     items = axis if isinstance(axis, (tuple, list)) else (axis,)
     out = []
     for a in items:
-        try:
-            i = operator.index(a)
-        except TypeError:
-            raise TypeError(f"{name}: expected None, an int or a tuple of ints, got {axis!r}") from None
+        i = integer(a, name, "None, an int or a tuple of ints", repr(axis))
         if not -ndim <= i < ndim:
             raise np.exceptions.AxisError(
                 f"{name}: axis {i} is out of range for an array of {ndim} dimension(s)")
@@ -86,24 +93,23 @@ def flag(value, name):
     return bool(value)
 
 
-def channel_axis(axis, ndim, name="axis"):
-    """The channel axis of an input of rank >= 2, as a non-negative int."""
-    if ndim < 2:
-        raise ValueError(f"x: expected an array of rank >= 2 (batch and channels), got rank {ndim}")
-    try:
-        a = operator.index(axis)
-    except TypeError:
-        raise TypeError(f"{name}: expected an int, got {type(axis).__name__}") from None
+def axis_index(axis, ndim, name="axis"):
+    """One axis of an array of rank ndim, as a non-negative int."""
+    a = integer(axis, name)
     if not -ndim <= a < ndim:
         raise np.exceptions.AxisError(f"{name}: axis {a} is out of range for an array of rank {ndim}")
     return a % ndim
 
 
+def channel_axis(axis, ndim, name="axis"):
+    """The channel axis of an input of rank >= 2, as a non-negative int."""
+    if ndim < 2:
+        raise ValueError(f"x: expected an array of rank >= 2 (batch and channels), got rank {ndim}")
+    return axis_index(axis, ndim, name)
+
+
 def positive_int(value, name):
-    try:
-        n = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name}: expected a positive int, got {type(value).__name__}") from None
+    n = integer(value, name, "a positive int")
     if n < 1:
         raise ValueError(f"{name}: expected a positive int, got {n}")
     return n

@@ -2,7 +2,6 @@
 convolution, weight normalization and cosine normalization. Norms of weight rows and of inputs come from
 the C kernels (one pass per row, float64 sums); products go through NumPy's BLAS."""
 import math
-import operator
 
 import numpy as np
 
@@ -17,13 +16,7 @@ def _weight_axis(w, axis, name, allow_none=True):
         raise ValueError(f"{name}: expected an array of rank >= 1, got a scalar")
     if axis is None and allow_none:
         return None
-    try:
-        a = operator.index(axis)
-    except TypeError:
-        raise TypeError(f"axis: expected {'None or ' if allow_none else ''}an int, got {axis!r}") from None
-    if not -w.ndim <= a < w.ndim:
-        raise np.exceptions.AxisError(f"axis: axis {a} is out of range for {name} of shape {w.shape}")
-    return a % w.ndim
+    return _checks.axis_index(axis, w.ndim)
 
 
 def fold_batch_norm(weight, bias, running_mean, running_var, gamma=None, beta=None, *, eps=1e-5, axis=0):

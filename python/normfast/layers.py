@@ -5,8 +5,6 @@ module's `state_dict()` loads as it is.
 Parameters and buffers read as read-only arrays; they change only by assignment (`layer.weight = w`),
 `load_state_dict` or a training call, which is what lets evaluation-mode BatchNorm keep its per-channel
 scale and shift between calls and recompute them only after a change."""
-import operator
-
 import numpy as np
 
 from . import _checks, _normc, norms
@@ -68,10 +66,7 @@ class _Layer:
         """eps, the channel axis and the activation; weight (ones) and bias (zeros) for affine_channels
         channels and running mean (zeros) and variance (ones) for running_channels, where not None."""
         self.eps = _checks.positive(eps, "eps")
-        try:
-            self.axis = operator.index(axis)
-        except TypeError:
-            raise TypeError(f"axis: expected an int, got {type(axis).__name__}") from None
+        self.axis = _checks.integer(axis, "axis")
         self.activation = _checks.activation(activation)
         for n, names, fills in ((affine_channels, ("weight", "bias"), (1.0, 0.0)),
                                 (running_channels, ("running_mean", "running_var"), (0.0, 1.0))):

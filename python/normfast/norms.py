@@ -3,7 +3,6 @@ turn the statistics into a shift, scale and bias per group (float64, on small ar
 y = act((x - s) * a + c) with the apply pass; layer and RMS norm run the fused row kernel. Everything is
 checked before anything is written; running statistics are updated last."""
 import math
-import operator
 
 import numpy as np
 
@@ -187,10 +186,7 @@ def group_norm(x, num_groups, weight=None, bias=None, *, eps=1e-5, axis=1, activ
     """Group normalization: statistics per sample over groups of num_groups consecutive channels and the
     other axes; weight and bias per channel (PyTorch semantics)."""
     x, code, c, C, pdt, weight, bias, eps, activation = _channel_call(x, axis, weight, bias, eps, activation, True)
-    try:
-        G = operator.index(num_groups)
-    except TypeError:
-        raise TypeError(f"num_groups: expected an int, got {type(num_groups).__name__}") from None
+    G = _checks.integer(num_groups, "num_groups")
     if G < 1 or C % G:
         raise ValueError(f"num_groups: expected a positive divisor of the {C} channels, got {G}")
     out = _checks.output(out, x)
@@ -275,11 +271,9 @@ def _row_norm(x, normalized_shape, weight, bias, eps, residual, residual_out, ou
     if type(normalized_shape) is int:
         nshape = (normalized_shape,)
     else:
-        try:
-            nshape = tuple(operator.index(n) for n in (
-                normalized_shape if isinstance(normalized_shape, (tuple, list)) else (normalized_shape,)))
-        except TypeError:
-            raise TypeError(f"normalized_shape: expected an int or a tuple of ints, got {normalized_shape!r}") from None
+        items = normalized_shape if isinstance(normalized_shape, (tuple, list)) else (normalized_shape,)
+        nshape = tuple(_checks.integer(n, "normalized_shape", "an int or a tuple of ints", repr(normalized_shape))
+                       for n in items)
     k = len(nshape)
     if k == 0 or k > x.ndim or x.shape[x.ndim - k:] != nshape:
         raise ValueError(f"normalized_shape: expected the trailing dimensions of x {x.shape}, got {nshape}")

@@ -4,7 +4,6 @@ Each piece is reduced by the moments engine in one pass (float64 results whateve
 folded into the running (count, mean, M2) with Chan's formula, so the result equals the statistics of the
 concatenation up to rounding, whatever the sizes of the pieces."""
 import math
-import operator
 import warnings
 
 import numpy as np
@@ -19,10 +18,7 @@ def _axis_spec(axis):
     if axis is None:
         return None
     items = axis if isinstance(axis, (tuple, list)) else (axis,)
-    try:
-        return tuple(operator.index(a) for a in items)
-    except TypeError:
-        raise TypeError(f"axis: expected None, an int or a tuple of ints, got {axis!r}") from None
+    return tuple(_checks.integer(a, "axis", "None, an int or a tuple of ints", repr(axis)) for a in items)
 
 
 def _data(x, name):
