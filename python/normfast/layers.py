@@ -206,12 +206,10 @@ class BatchNorm(_ChannelNorm):
         plan = self._cache.get(key)
         if plan is None:
             st = self._state
-            eps = _checks.positive(self.eps, "eps")
             params = [None if st.get(k) is None else st[k].astype(pdt) for k in ("weight", "bias")]
-            shape = [self.num_features if i == c else 1 for i in range(x.ndim)]
-            coeffs = norms._coefficients(st["running_mean"].astype(np.float64), st["running_var"].astype(np.float64),
-                                         eps, *params, pdt)
-            plan = self._cache[key] = (tuple(i != c for i in range(x.ndim)), *(v.reshape(shape) for v in coeffs))
+            stats = norms._running_stats(st["running_mean"], st["running_var"], x, c)
+            plan = self._cache[key] = norms._apply_plan(x.ndim, (c,), *stats, _checks.positive(self.eps, "eps"),
+                                                        *params, pdt)
         _normc.apply(x, code, *plan, out, activation)
         return out
 

@@ -25,21 +25,20 @@ def _moments(x, code, keep):
     return mean, var
 
 
-def _coefficients(mean, var, eps, weight, bias, pdt):
-    """The apply pass's (s, a, c), shaped like mean: y = (x - s) * a + c is (x - mean) / sqrt(var + eps)
-    * weight + bias with s the mean rounded to the compute precision `pdt` and that rounding folded into
-    c in float64, so a large mean costs no accuracy. mean and var: contiguous float64 statistics; weight
-    and bias: None or (C,) vectors of dtype pdt, C dividing the statistics with the channel last."""
+def _apply_plan(ndim, keep, mean, var, eps, weight, bias, pdt):
+    """The apply pass's arguments after x and before out: (reduce flags, s, a, c) with y = (x - s) * a + c
+    equal to (x - mean) / sqrt(var + eps) * weight + bias. mean and var: contiguous float64 laid out over
+    the `keep` axes of rank-ndim data (size 1 elsewhere), the channel axis the last kept one; weight and
+    bias: None or (C,) vectors of dtype pdt. s is the mean rounded to the compute precision pdt and that
+    rounding is folded into c in float64, so a large mean costs no accuracy."""
     s, a, c = np.empty(mean.shape, pdt), np.empty(mean.shape, pdt), np.empty(mean.shape, pdt)
     _normc.coefficients(mean, var, eps, weight, bias, s, a, c)
-    return s, a, c
+    return tuple(i not in keep for i in range(ndim)), s, a, c
 
 
 def _apply(x, code, keep, mean, var, eps, weight, bias, activation, out, pdt):
-    """y = act((x - mean) / sqrt(var + eps) * weight + bias). mean and var: contiguous float64 laid out
-    over the `keep` axes (size 1 elsewhere) with the channel axis the last kept one."""
-    s, a, c = _coefficients(mean, var, eps, weight, bias, pdt)
-    _normc.apply(x, code, tuple(i not in keep for i in range(x.ndim)), s, a, c, out, activation)
+    """y = act((x - mean) / sqrt(var + eps) * weight + bias) into out (see _apply_plan)."""
+    _normc.apply(x, code, *_apply_plan(x.ndim, keep, mean, var, eps, weight, bias, pdt), out, activation)
     return out
 
 
