@@ -158,7 +158,7 @@ def test_empty_and_degenerate():
 
 
 def state(acc):
-    return pickle.dumps((acc.count, acc._mean, acc._m2, acc._shape, acc._red))
+    return pickle.dumps((acc.count, acc._mean, acc._m2, acc._shape, acc._ndim))
 
 
 @pytest.mark.parametrize("call, error, match", [

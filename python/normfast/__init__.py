@@ -4,7 +4,6 @@ import warnings as _warnings
 from importlib.metadata import PackageNotFoundError as _NotFound
 from importlib.metadata import version as _version
 
-
 from . import _checks, _normc, layers
 from .functional import moments
 from .inference import cosine_linear, fold_batch_norm, weight_norm, weight_norm_params

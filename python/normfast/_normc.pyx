@@ -145,8 +145,9 @@ cdef int _rows_plan(nf_plan *plan, Py_ssize_t rows, Py_ssize_t n) except -1:
 
 
 def rownorm(cnp.ndarray x, int dtype_code, cnp.ndarray y, weight, bias, double eps, int kind):
-    """Layer, RMS or L2 norm (ROW_LAYER, ROW_RMS, ROW_L2) over the last axis of x into y when that axis is contiguous in both and is the
-    only reduced axis of the plan; returns False (nothing written) when the layout does not allow it.
+    """Layer, RMS or L2 norm (ROW_LAYER, ROW_RMS, ROW_L2) over the last axis of x into y when that axis is
+    contiguous in both and is the only reduced axis of the plan; returns False (nothing written) when the
+    layout does not allow it.
     weight and bias: None or contiguous vectors of the statistics dtype along the last axis."""
     cdef nf_plan plan
     cdef int nd = cnp.PyArray_NDIM(x)

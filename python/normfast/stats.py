@@ -48,11 +48,15 @@ class RunningMoments:
     def __init__(self, axis=None):
         self._axis = _axis_spec(axis)
         self._count = 0
-        # The reduced axes and the rank, fixed by the first piece (never when every axis is reduced), and
-        # the statistics' shape (None while unknown).
-        self._red = self._ndim = None
+        # The rank, fixed by the first piece (never when every axis is reduced), and the statistics'
+        # shape (None while unknown).
+        self._ndim = None
         self._shape = () if self._axis is None else None
         self._mean = self._m2 = None
+
+    def _reduced(self):
+        """The reduced axes, once the rank is known."""
+        return _checks.axes(self._axis, self._ndim)
 
     def _resolve(self, ndim, name):
         """The axes reduced in data of rank ndim."""
@@ -74,7 +78,7 @@ class RunningMoments:
             raise ValueError(f"{name}: expected the kept axes to have shape {self._shape}, got {shape} "
                              f"(x has shape {x.shape}, axis={self._axis})")
         if self._axis is not None:
-            self._red, self._ndim, self._shape = red, x.ndim, shape
+            self._ndim, self._shape = x.ndim, shape
         n = math.prod(x.shape[i] for i in red)
         if n == 0:
             return self
@@ -102,7 +106,7 @@ class RunningMoments:
             raise TypeError(f"other: expected a RunningMoments, got {type(other).__name__}")
         self._check_compatible(other)
         if self._shape is None:
-            self._red, self._ndim, self._shape = other._red, other._ndim, other._shape
+            self._ndim, self._shape = other._ndim, other._shape
         if other._count:
             self._fold(other._count, other._mean, other._m2)
         return self
@@ -117,11 +121,11 @@ class RunningMoments:
             ok = sorted(a._axis) == sorted(b._axis)
         elif b._ndim is None:  # b's axes, resolved for a's rank
             try:
-                ok = _checks.axes(b._axis, a._ndim) == a._red
+                ok = _checks.axes(b._axis, a._ndim) == a._reduced()
             except (ValueError, np.exceptions.AxisError):
                 ok = False
         else:
-            ok = (a._ndim, a._red, a._shape) == (b._ndim, b._red, b._shape)
+            ok = (a._ndim, a._reduced(), a._shape) == (b._ndim, b._reduced(), b._shape)
         if not ok:
             raise ValueError(f"other: expected an accumulator over axis={self.axis} with statistics of shape "
                              f"{self._shape} (rank {self._ndim} data), got axis={other.axis}, shape "
