@@ -8,7 +8,7 @@ import warnings
 
 import numpy as np
 
-from . import _checks, _normc
+from . import _checks, norms
 
 __all__ = ["RunningMoments", "precise_batch_norm_stats"]
 
@@ -82,9 +82,7 @@ class RunningMoments:
         n = math.prod(x.shape[i] for i in red)
         if n == 0:
             return self
-        kshape = [1 if i in red else d for i, d in enumerate(x.shape)]
-        mean, var = np.empty(kshape), np.empty(kshape)
-        _normc.moments(x, code, tuple(i in red for i in range(x.ndim)), mean, var, 0.0)
+        mean, var = norms._moments(x, code, tuple(i for i in range(x.ndim) if i not in red))
         self._fold(n, mean.reshape(shape), var.reshape(shape) * n)
         return self
 
