@@ -152,7 +152,7 @@ def param(v, shape, name, dtype=np.float64):
         raise TypeError(f"{name}: expected a float array, got dtype {arr.dtype}")
     if arr.shape != shape:
         raise ValueError(f"{name}: expected shape {shape}, got {arr.shape}")
-    return np.ascontiguousarray(arr, dtype=dtype)
+    return np.require(arr, dtype, "CA")  # contiguous, aligned and native, copied only if it is not
 
 
 def running(v, length, dtype, name, written):

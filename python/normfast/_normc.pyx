@@ -71,8 +71,8 @@ cdef int _plan(nf_plan *plan, cnp.ndarray x, tuple reduce, object stats, object 
     return _check(st)
 
 
-def moments(cnp.ndarray x, int dtype_code, tuple reduce, cnp.ndarray mean, cnp.ndarray var,
-            double ddof):
+def moments(cnp.ndarray x not None, int dtype_code, tuple reduce, cnp.ndarray mean not None,
+            cnp.ndarray var not None, double ddof):
     """Fill mean and var (float32 or float64 arrays of x's rank, size 1 on reduced axes) with x's
     moments."""
     cdef nf_plan plan
@@ -90,8 +90,8 @@ def moments(cnp.ndarray x, int dtype_code, tuple reduce, cnp.ndarray mean, cnp.n
     _check(st)
 
 
-def apply(cnp.ndarray x, int dtype_code, tuple reduce, cnp.ndarray shift, cnp.ndarray scale,
-          cnp.ndarray bias, cnp.ndarray y, activation):
+def apply(cnp.ndarray x not None, int dtype_code, tuple reduce, cnp.ndarray shift not None,
+          cnp.ndarray scale not None, cnp.ndarray bias not None, cnp.ndarray y not None, activation):
     """y = act((x - shift) * scale + bias), the three laid out as statistics of x over the axes marked in
     reduce."""
     cdef nf_plan plan
@@ -144,7 +144,8 @@ cdef int _rows_plan(nf_plan *plan, Py_ssize_t rows, Py_ssize_t n) except -1:
     return _check(nf_plan_make(plan, 2, shape, strides, no_stats, strides, red))
 
 
-def rownorm(cnp.ndarray x, int dtype_code, cnp.ndarray y, weight, bias, double eps, int kind):
+def rownorm(cnp.ndarray x not None, int dtype_code, cnp.ndarray y not None, weight, bias, double eps,
+            int kind):
     """Layer, RMS or L2 norm (ROW_LAYER, ROW_RMS, ROW_L2) over the last axis of x into y when that axis is
     contiguous in both and is the only reduced axis of the plan; returns False (nothing written) when the
     layout does not allow it.
@@ -217,8 +218,9 @@ def rownorm_common(x, normalized_shape, weight, bias, eps, out, bint rms):
     return ya
 
 
-def segnorm(cnp.ndarray x, int dtype_code, cnp.ndarray y, Py_ssize_t rows, Py_ssize_t seg, Py_ssize_t period,
-            weight, bias, double eps, activation, mean, var, int kind=NF_ROW_LAYER, int max_threads=0):
+def segnorm(cnp.ndarray x not None, int dtype_code, cnp.ndarray y not None, Py_ssize_t rows, Py_ssize_t seg,
+            Py_ssize_t period, weight, bias, double eps, activation, mean, var, int kind=NF_ROW_LAYER,
+            int max_threads=0):
     """Instance or group norm (or, with kind ROW_L2 and one segment per row, weight normalization) of
     C-contiguous x into C-contiguous y (x itself allowed), fused per row:
     x is `rows` contiguous groups of segments of `seg` elements (a channel's spatial extent), segment j
@@ -250,8 +252,8 @@ def segnorm(cnp.ndarray x, int dtype_code, cnp.ndarray y, Py_ssize_t rows, Py_ss
     _check(_rownorm(&plan, dtype_code, x, y, &spec))
 
 
-def coefficients(cnp.ndarray mean, cnp.ndarray var, double eps, weight, bias, cnp.ndarray shift,
-                 cnp.ndarray scale, cnp.ndarray offset):
+def coefficients(cnp.ndarray mean not None, cnp.ndarray var not None, double eps, weight, bias,
+                 cnp.ndarray shift not None, cnp.ndarray scale not None, cnp.ndarray offset not None):
     """The apply pass's (s, a, c) from statistics: a = weight / sqrt(var + eps), s = mean rounded to the
     parameters' dtype, c = bias + (s - mean) * a, which puts that rounding back. mean and var: contiguous
     float64 of M values; weight and bias: None or contiguous vectors of P values in the outputs' dtype,

@@ -90,7 +90,8 @@ def weight_norm_params(w, *, axis=0):
     keep = () if c is None else (c,)
     mean, var = norms._moments(w, code, keep)
     n = w.size // max(mean.size, 1)
-    g = np.sqrt(n * (var + mean * mean)).astype(w.dtype)
+    g = np.sqrt(n * (var + mean * mean)) if n else np.zeros_like(mean)  # the norm of nothing is 0
+    g = g.astype(w.dtype)
     return w.copy(), (g.reshape(()) if c is None else g)
 
 

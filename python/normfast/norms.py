@@ -42,17 +42,18 @@ def _apply(x, code, keep, mean, var, eps, weight, bias, activation, out, pdt):
     return out
 
 
-def _running_pair(running_mean, running_var, C, pdt, batch_stats, mode):
-    """The checked running arrays (or None, None); `batch_stats` says whether this call normalizes with
-    the batch and so updates them, `mode` names that switch for the error message."""
-    update = batch_stats and (running_mean is not None or running_var is not None)
-    rm = _checks.running(running_mean, C, pdt, "running_mean", update)
-    rv = _checks.running(running_var, C, pdt, "running_var", update)
+def _running_pair(running_mean, running_var, C, pdt, batch_stats, mode, empty):
+    """The checked running arrays (or None, None) and whether to update them: `batch_stats` says whether
+    this call normalizes with the batch, `mode` names that switch for the error message; an `empty` batch
+    has no statistics and updates nothing (as in PyTorch)."""
+    writable = batch_stats and (running_mean is not None or running_var is not None)
+    rm = _checks.running(running_mean, C, pdt, "running_mean", writable)
+    rv = _checks.running(running_var, C, pdt, "running_var", writable)
     if (rm is None) != (rv is None):
         raise ValueError("running_mean, running_var: give both or neither")
     if not batch_stats and rm is None:
         raise ValueError(f"running_mean, running_var: required when {mode}=False")
-    return rm, rv, update
+    return rm, rv, writable and not empty
 
 
 def _running_stats(rm, rv, x, c):
@@ -100,15 +101,16 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, *
     updates them in place: r = (1 - momentum) * r + momentum * batch, with the variance unbiased unless
     unbiased=False. momentum=None is the cumulative average, which counts batches in
     `num_batches_tracked` (an integer array of one element, incremented in place). training=False
-    normalizes with the running statistics. Returns `out` (a new array like x unless given; x itself
+    normalizes with the running statistics. An empty batch changes no running statistic or counter.
+    Returns `out` (a new array like x unless given; x itself
     is allowed)."""
     x, code, c, C, pdt, weight, bias, eps, activation = _channel_call(x, axis, weight, bias, eps, activation, False)
     training = _checks.flag(training, "training")
     unbiased = _checks.flag(unbiased, "unbiased")
     momentum = _checks.fraction(momentum, "momentum", allow_none=True)
-    rm, rv, update = _running_pair(running_mean, running_var, C, pdt, training, "training")
+    rm, rv, update = _running_pair(running_mean, running_var, C, pdt, training, "training", x.size == 0)
     nbt = _counter(num_batches_tracked)
-    if update and momentum is None and nbt is None:
+    if training and rm is not None and momentum is None and nbt is None:
         raise ValueError("num_batches_tracked: required for momentum=None (the cumulative average)")
     out = _checks.output(out, x)
     count = math.prod(n for i, n in enumerate(x.shape) if i != c)
@@ -160,7 +162,8 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
     x, code, c, C, pdt, weight, bias, eps, activation = _channel_call(x, axis, weight, bias, eps, activation, True)
     use_input_stats = _checks.flag(use_input_stats, "use_input_stats")
     momentum = _checks.fraction(momentum, "momentum")
-    rm, rv, update = _running_pair(running_mean, running_var, C, pdt, use_input_stats, "use_input_stats")
+    rm, rv, update = _running_pair(running_mean, running_var, C, pdt, use_input_stats, "use_input_stats",
+                                   x.size == 0)
     out = _checks.output(out, x)
     count = math.prod(n for i, n in enumerate(x.shape) if i not in (0, c))
     if use_input_stats:
@@ -239,7 +242,7 @@ def switchable_norm(x, weight, bias, mean_weight, var_weight, running_mean=None,
     wm = _softmax(mean_weight, k, "mean_weight")
     wv = _softmax(var_weight, k, "var_weight")
     if using_bn:
-        rm, rv, update = _running_pair(running_mean, running_var, C, pdt, training, "training")
+        rm, rv, update = _running_pair(running_mean, running_var, C, pdt, training, "training", x.size == 0)
     elif running_mean is not None or running_var is not None:
         raise ValueError("running_mean, running_var: only used with using_bn=True")
     else:
@@ -248,6 +251,8 @@ def switchable_norm(x, weight, bias, mean_weight, var_weight, running_mean=None,
     count = math.prod(n for i, n in enumerate(x.shape) if i != c)
     if using_bn and training and count <= 1 and x.size:
         raise ValueError(f"x: expected more than 1 value per channel when training, got {count}")
+    if x.size == 0:
+        return out
     mean_in, var_in = _moments(x, code, (0, c))
     mean_ln, var_ln = _chan_merge(mean_in, var_in, c)
     mean = wm[0] * mean_in + wm[1] * mean_ln
@@ -277,7 +282,7 @@ def _row_norm(x, normalized_shape, weight, bias, eps, residual, residual_out, ou
     if k == 0 or k > x.ndim or x.shape[x.ndim - k:] != nshape:
         raise ValueError(f"normalized_shape: expected the trailing dimensions of x {x.shape}, got {nshape}")
     pdt = _checks.stats_dtype(x)
-    eps = _checks.positive(_machine_eps(x) if eps is None else eps, "eps")
+    eps = _checks.positive(eps, "eps")
     length = math.prod(nshape)
     # The kernel takes both as flat rows of the statistics dtype, or None.
     params = [None if v is None else _checks.param(v, nshape, name, pdt).reshape(-1)
@@ -294,6 +299,8 @@ def _row_norm(x, normalized_shape, weight, bias, eps, residual, residual_out, ou
     if residual is not None:
         # x + residual, in x's dtype as PyTorch adds them; the sum is what gets normalized.
         x = np.add(x, res.astype(x.dtype, copy=False), out=residual_out)
+    if x.size == 0:
+        return out
     x2 = _merge_trailing(x, k, length)
     y2 = _merge_trailing(out, k, length)
     kind = _normc.ROW_RMS if rms else _normc.ROW_LAYER
@@ -339,6 +346,8 @@ def _machine_eps(x):
     """RMS norm's default eps, as PyTorch's: the machine epsilon of x's dtype (None when x has no float
     dtype; the checks then say what is wrong)."""
     dt = getattr(x, "dtype", None)
+    if isinstance(dt, np.dtype) and not dt.isnative:
+        dt = dt.newbyteorder("=")
     if dt not in _MACHINE_EPS:
         if not isinstance(dt, np.dtype) or _checks.dtype_code(dt) is None:
             return None

@@ -1,0 +1,109 @@
+"""Every public entry point of normfast as a keyword call with fresh, valid arguments: the table the
+bad-input, fuzz and concurrency tests share. A layer is called through a wrapper that takes it as the
+argument `layer`, so its state is part of what an error must leave unchanged."""
+import numpy as np
+
+import normfast
+from normfast import layers
+
+C = 4  # channels in every call
+
+
+def _layer(layer, x, out=None, **extra):
+    """Call a layer (given as the keyword `layer`, so its state is snapshot with the arrays)."""
+    return layer(x, out, **extra)
+
+
+def _running_moments(x, axis=(0, 2), more=None):
+    acc = normfast.RunningMoments(axis).update(x)
+    if more is not None:
+        acc.update(more)
+    return acc.mean, acc.var(1)
+
+
+def _merge(x, axis=(0, 2), other_axis=(0, 2)):
+    a = normfast.RunningMoments(axis).update(x)
+    return (a + normfast.RunningMoments(other_axis).update(x)).var()
+
+
+def _precise(x, axis=1, unbiased=True):
+    return normfast.precise_batch_norm_stats([x, x], axis=axis, unbiased=unbiased)
+
+
+def calls(rng=None, dtype=np.float32, shape=(3, C, 5, 2)):
+    """{name: (function, kwargs)}, the arguments fresh arrays of the given dtype (x of `shape`, channels
+    on axis 1)."""
+    rng = np.random.default_rng(0) if rng is None else rng
+    x = (rng.standard_normal(shape) * 2 + 1).astype(dtype)
+    pdt = np.float64 if np.dtype(dtype) == np.float64 else np.float32
+    last = shape[-1]
+
+    def vec(fill=None, n=C):
+        return rng.standard_normal(n).astype(pdt) if fill is None else np.full(n, fill, pdt)
+
+    def out():
+        return np.full_like(x, 7)  # a sentinel: an error must leave it
+
+    return {
+        "moments": (normfast.moments, dict(x=x, axis=(0, 2))),
+        "batch_norm": (normfast.batch_norm, dict(
+            x=x, running_mean=vec(0.0), running_var=vec(1.0), weight=vec(), bias=vec(), training=True,
+            momentum=0.1, eps=1e-5, out=out())),
+        "batch_norm_eval": (normfast.batch_norm, dict(
+            x=x, running_mean=vec(), running_var=vec(2.0), weight=vec(), bias=vec(), training=False,
+            activation="relu", out=out())),
+        "instance_norm": (normfast.instance_norm, dict(
+            x=x, running_mean=vec(0.0), running_var=vec(1.0), weight=vec(), bias=vec(), momentum=0.1,
+            out=out())),
+        "group_norm": (normfast.group_norm, dict(x=x, num_groups=2, weight=vec(), bias=vec(), out=out())),
+        "switchable_norm": (normfast.switchable_norm, dict(
+            x=x, weight=vec(), bias=vec(), mean_weight=vec(n=3), var_weight=vec(n=3), running_mean=vec(0.0),
+            running_var=vec(1.0), training=True, out=out())),
+        "layer_norm": (normfast.layer_norm, dict(
+            x=x, normalized_shape=(last,), weight=vec(n=last), bias=vec(n=last), out=out())),
+        "layer_norm_residual": (normfast.layer_norm, dict(
+            x=x, normalized_shape=shape[2:], weight=vec(n=shape[2:]), bias=vec(n=shape[2:]),
+            residual=x[::-1].copy(), residual_out=out(), out=out())),
+        "rms_norm": (normfast.rms_norm, dict(x=x, normalized_shape=(last,), weight=vec(n=last), out=out())),
+        "rms_norm_residual": (normfast.rms_norm, dict(
+            x=x, normalized_shape=(last,), weight=vec(n=last), residual=x[::-1].copy(), out=out())),
+        "RunningMoments": (_running_moments, dict(x=x, axis=(0, 2))),
+        "RunningMoments_merge": (_merge, dict(x=x, axis=(0, 2), other_axis=(0, 2))),
+        "precise_batch_norm_stats": (_precise, dict(x=x, axis=1)),
+        "fold_batch_norm": (normfast.fold_batch_norm, dict(
+            weight=x, bias=vec(n=shape[0]), running_mean=vec(n=shape[0]), running_var=vec(2.0, shape[0]),
+            gamma=vec(n=shape[0]), beta=vec(n=shape[0]), eps=1e-5, axis=0)),
+        "weight_norm": (normfast.weight_norm, dict(v=x, g=vec(n=C), axis=1)),
+        "weight_norm_params": (normfast.weight_norm_params, dict(w=x, axis=1)),
+        "cosine_linear": (normfast.cosine_linear, dict(
+            x=x, weight=rng.standard_normal((3, last)).astype(dtype), eps=1e-8)),
+        "BatchNorm": (_layer, dict(layer=layers.BatchNorm(C, dtype=pdt), x=x, out=out())),
+        "BatchNorm_eval": (_layer, dict(layer=layers.BatchNorm(C, dtype=pdt).eval(), x=x, out=out())),
+        "InstanceNorm": (_layer, dict(
+            layer=layers.InstanceNorm(C, affine=True, track_running_stats=True, dtype=pdt), x=x, out=out())),
+        "GroupNorm": (_layer, dict(layer=layers.GroupNorm(2, C, dtype=pdt), x=x, out=out())),
+        "LayerNorm": (_layer, dict(layer=layers.LayerNorm((last,), dtype=pdt), x=x, out=out())),
+        "RMSNorm": (_layer, dict(layer=layers.RMSNorm((last,), dtype=pdt), x=x, out=out())),
+        "SwitchableNorm": (_layer, dict(layer=layers.SwitchableNorm(C, dtype=pdt), x=x, out=out())),
+    }
+
+
+# The argument holding the data of each call (x unless named otherwise).
+DATA = {"fold_batch_norm": "weight", "weight_norm": "v", "weight_norm_params": "w"}
+
+# Calls that take integer and bool data (as float64), as NumPy's statistics do.
+TAKES_INTEGERS = {"RunningMoments", "RunningMoments_merge", "precise_batch_norm_stats"}
+
+
+def arrays(kwargs):
+    """Copies of every array argument, to prove an error changed nothing."""
+    snap = {k: v.copy() for k, v in kwargs.items() if isinstance(v, np.ndarray)}
+    if "layer" in kwargs:
+        snap.update({"layer." + k: v for k, v in kwargs["layer"].state_dict().items()})
+    return snap
+
+
+def unchanged(before, kwargs):
+    now = arrays(kwargs)
+    return now.keys() == before.keys() and all(
+        now[k].dtype == v.dtype and np.array_equal(now[k], v, equal_nan=v.dtype.kind in "fc") for k, v in before.items())

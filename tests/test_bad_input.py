@@ -1,0 +1,428 @@
+"""Bad input and edge cases for every public function, table-driven over the calls of api_calls.
+
+Each bad argument must raise the documented TypeError or ValueError (AxisError is both a ValueError and
+an IndexError) naming the argument, and leave every array argument, output and layer state as it was.
+Each awkward but valid argument (byte-swapped, misaligned, strided, zero-size, 0-d, NaN/Inf) must give
+the result of the same call on plain native copies, which the other test files check against the
+reference and PyTorch."""
+import numpy as np
+import pytest
+
+import normfast
+from normfast import reference
+
+from api_calls import DATA, TAKES_INTEGERS, arrays, calls, unchanged
+
+NAMES = list(calls())
+
+
+def data_name(call):
+    return DATA.get(call, "x")
+
+
+def data_label(call):
+    """How errors name the data argument."""
+    return r"batches\[0\]" if call == "precise_batch_norm_stats" else data_name(call)
+
+
+def like(kw, name, dtype=None, shape=None):
+    """A replacement for the array argument `name` of a call: its values as another dtype or shape."""
+    a = kw[name]
+    if shape is not None:
+        a = np.resize(a, shape)
+    return a.astype(dtype) if dtype is not None else a
+
+
+def overlapping(x):
+    """x's values in a buffer and an output one element further on in the same buffer."""
+    buf = np.empty(x.size + 1, x.dtype)
+    xs = buf[:-1].reshape(x.shape)
+    xs[...] = x
+    return xs, buf[1:].reshape(x.shape)
+
+
+def read_only(a):
+    a = a.copy()
+    a.setflags(write=False)
+    return a
+
+
+def misaligned(a):
+    """A copy of a whose data starts one byte off alignment."""
+    buf = np.zeros(a.nbytes + 1, np.uint8)
+    m = buf[1:].view(a.dtype).reshape(a.shape)
+    m[...] = a
+    assert not m.flags.aligned
+    return m
+
+
+# Bad data for every call: (label, make(kw, name) -> value, exception, message).
+BAD_DATA = [
+    ("strings", lambda kw, n: ["a", "b"], TypeError, "expected a float"),
+    ("objects", lambda kw, n: np.array([object(), object()]), TypeError, "expected a float"),
+    ("none", lambda kw, n: None, TypeError, "expected a float"),
+    ("complex", lambda kw, n: like(kw, n, np.complex64), TypeError, "expected a float"),
+    ("ragged", lambda kw, n: [[1.0, 2.0], [3.0]], TypeError, "expected"),
+    ("int", lambda kw, n: like(kw, n, np.int32), TypeError, "expected a float"),
+    ("bool", lambda kw, n: like(kw, n, bool), TypeError, "expected a float"),
+]
+
+
+@pytest.mark.parametrize("label, make, exc, match", BAD_DATA, ids=[b[0] for b in BAD_DATA])
+@pytest.mark.parametrize("call", NAMES)
+def test_bad_data(call, label, make, exc, match):
+    fn, kw = calls()[call]
+    name = data_name(call)
+    kw[name] = make(kw, name)
+    before = arrays(kw)
+    if label in ("int", "bool") and call in TAKES_INTEGERS:  # counted as float64, as NumPy does
+        want = calls()[call]
+        kw2 = dict(want[1], **{name: kw[name].astype(np.float64)})
+        assert_same(fn(**kw), fn(**kw2))
+        return
+    with pytest.raises(exc, match=f"{data_label(call)}: {match}"):
+        fn(**kw)
+    assert unchanged(before, kw)
+
+
+# Bad arguments, per call: (call, {argument: value or make(kw)}, exception, message).
+RM32, RV32 = np.zeros(4, np.float32), np.ones(4, np.float32)
+BAD = [
+    # ranks and shapes
+    *[(c, {"x": lambda kw: kw["x"][0, 0, 0]}, ValueError, "x: expected an array of rank >= 2")
+      for c in ("batch_norm", "instance_norm", "group_norm", "switchable_norm", "BatchNorm", "GroupNorm",
+                "InstanceNorm", "SwitchableNorm")],
+    *[(c, {"x": lambda kw: kw["x"][:, 0]}, ValueError, "x: expected 4 channels")
+      for c in ("BatchNorm", "BatchNorm_eval", "InstanceNorm", "GroupNorm", "SwitchableNorm")],
+    ("layer_norm", {"x": lambda kw: kw["x"][..., 0]}, ValueError, "normalized_shape: expected the trailing"),
+    ("LayerNorm", {"out": None, "x": lambda kw: kw["x"][..., :1]}, ValueError, "normalized_shape: expected the trailing"),
+    ("rms_norm", {"normalized_shape": (5, 3)}, ValueError, "normalized_shape: expected the trailing"),
+    ("rms_norm", {"normalized_shape": ()}, ValueError, "normalized_shape: expected the trailing"),
+    ("layer_norm", {"normalized_shape": "2"}, TypeError, "normalized_shape: expected an int"),
+    ("layer_norm", {"normalized_shape": 2.0}, TypeError, "normalized_shape: expected an int"),
+    ("weight_norm", {"v": lambda kw: kw["v"][0, 0, 0, 0]}, ValueError, "v: expected an array of rank >= 1"),
+    ("weight_norm_params", {"w": np.float32(1)}, ValueError, "w: expected an array of rank >= 1"),
+    ("cosine_linear", {"x": np.float32(1)}, ValueError, "x: expected an array of rank >= 1"),
+    ("fold_batch_norm", {"weight": np.float32(1)}, ValueError, "weight: expected an array of rank >= 1"),
+    ("precise_batch_norm_stats", {"x": lambda kw: kw["x"][0, 0, 0]}, ValueError, "rank >= 2"),
+    # parameters: shape, dtype, kind
+    ("batch_norm", {"weight": lambda kw: kw["weight"][:3]}, ValueError, r"weight: expected shape \(4,\)"),
+    ("batch_norm", {"bias": lambda kw: kw["bias"].reshape(4, 1)}, ValueError, r"bias: expected shape \(4,\)"),
+    ("instance_norm", {"weight": np.arange(4)}, TypeError, "weight: expected a float array"),
+    ("group_norm", {"bias": ["a"] * 4}, TypeError, "bias: expected a float array"),
+    ("layer_norm", {"weight": lambda kw: kw["weight"][:1]}, ValueError, r"weight: expected shape \(2,\)"),
+    ("layer_norm_residual", {"bias": np.ones(2, np.float32)}, ValueError, r"bias: expected shape \(5, 2\)"),
+    ("rms_norm", {"weight": np.ones(2, complex)}, TypeError, "weight: expected a float array"),
+    ("switchable_norm", {"mean_weight": np.ones(2)}, ValueError, r"mean_weight: expected shape \(3,\)"),
+    ("switchable_norm", {"var_weight": [0.0, np.inf, 1.0]}, ValueError, "var_weight: expected finite"),
+    ("switchable_norm", {"var_weight": None}, TypeError, "var_weight: expected an array of 3"),
+    ("weight_norm", {"g": np.ones(3, np.float32)}, ValueError, r"g: expected shape \(4,\)"),
+    ("weight_norm", {"g": np.ones(4, int)}, TypeError, "g: expected a float"),
+    ("fold_batch_norm", {"running_var": np.ones(2)}, ValueError, r"running_var: expected shape \(3,\)"),
+    ("fold_batch_norm", {"gamma": np.ones(3, int)}, TypeError, "gamma: expected a float"),
+    ("fold_batch_norm", {"running_mean": np.zeros((3, 1))}, ValueError, "running_mean: expected a vector"),
+    ("cosine_linear", {"weight": np.ones((3, 4), np.float32)}, ValueError, r"weight: expected shape \(out, 2\)"),
+    ("cosine_linear", {"weight": np.ones((3, 2), int)}, TypeError, "weight: expected a float"),
+    # residuals
+    ("layer_norm_residual", {"residual": lambda kw: kw["x"][:1]}, ValueError, "residual: expected shape"),
+    ("rms_norm_residual", {"residual": lambda kw: kw["x"].astype(int)}, TypeError, "residual: expected a float"),
+    ("layer_norm_residual", {"residual_out": lambda kw: read_only(kw["residual_out"])}, ValueError,
+     "residual_out: the array is read-only"),
+    ("rms_norm", {"residual_out": lambda kw: np.empty_like(kw["x"])}, ValueError, "residual_out: only meaningful"),
+    # scalars out of range or of the wrong type
+    *[(c, {"eps": e}, ValueError, "eps: expected") for c in ("batch_norm", "instance_norm", "group_norm",
+      "switchable_norm", "layer_norm", "rms_norm", "fold_batch_norm", "cosine_linear") for e in (0, -1e-5, np.nan,
+                                                                                                   np.inf)],
+    *[(c, {"eps": "1e-5"}, TypeError, "eps: expected a real") for c in ("batch_norm", "layer_norm", "rms_norm")],
+    ("layer_norm", {"eps": None}, TypeError, "eps: expected a real"),
+    *[(c, {"momentum": m}, ValueError, r"momentum: expected a number in \[0, 1\]")
+      for c in ("batch_norm", "instance_norm", "switchable_norm") for m in (1.5, -0.1)],
+    *[(c, {"momentum": np.nan}, ValueError, "momentum: expected a finite number")
+      for c in ("batch_norm", "instance_norm", "switchable_norm")],
+    ("instance_norm", {"momentum": None}, TypeError, "momentum: expected a real"),
+    ("batch_norm", {"momentum": None}, ValueError, "num_batches_tracked: required"),
+    ("batch_norm", {"momentum": None, "num_batches_tracked": np.array(1.0)}, TypeError, "num_batches_tracked"),
+    ("batch_norm", {"momentum": None, "num_batches_tracked": 3}, TypeError, "num_batches_tracked"),
+    ("batch_norm", {"momentum": None, "num_batches_tracked": lambda kw: read_only(np.array(3))}, TypeError,
+     "num_batches_tracked: expected a writeable"),
+    *[("group_norm", {"num_groups": g}, ValueError, "num_groups: expected a positive divisor of the 4")
+      for g in (0, -2, 3, 8)],
+    *[("group_norm", {"num_groups": g}, TypeError, "num_groups: expected an int") for g in (2.0, "2", None)],
+    *[(c, {"axis": 4}, np.exceptions.AxisError, "axis: axis 4 is out of range")
+      for c in ("moments", "batch_norm", "instance_norm", "group_norm", "switchable_norm", "weight_norm",
+                "weight_norm_params", "fold_batch_norm", "RunningMoments", "precise_batch_norm_stats")],
+    *[(c, {"axis": 1.0}, TypeError, "axis: expected") for c in ("moments", "batch_norm", "weight_norm", "fold_batch_norm",
+                                                                 "RunningMoments", "precise_batch_norm_stats")],
+    ("moments", {"axis": (1, -3)}, ValueError, "axis: axis 1 is repeated"),
+    ("moments", {"ddof": "1"}, TypeError, "ddof: expected a real"),
+    ("moments", {"keepdims": 1}, TypeError, "keepdims: expected True or False"),
+    *[(c, {"axis": 0}, ValueError, "axis: the channel axis cannot be axis 0")
+      for c in ("instance_norm", "group_norm", "switchable_norm")],
+    *[(c, {"activation": a}, ValueError, "activation: expected None") for c in ("batch_norm", "instance_norm",
+      "group_norm", "switchable_norm") for a in ("tanh", "RELU", 1)],
+    ("batch_norm", {"training": "yes"}, TypeError, "training: expected True or False"),
+    ("batch_norm", {"unbiased": 1}, TypeError, "unbiased: expected True or False"),
+    ("instance_norm", {"use_input_stats": None}, TypeError, "use_input_stats: expected True or False"),
+    ("switchable_norm", {"using_bn": "no"}, TypeError, "using_bn: expected True or False"),
+    ("precise_batch_norm_stats", {"unbiased": 1}, TypeError, "unbiased: expected True or False"),
+    # running statistics
+    *[(c, {"running_mean": lambda kw: read_only(kw["running_mean"])}, ValueError,
+       "running_mean: the array is read-only") for c in ("batch_norm", "instance_norm", "switchable_norm")],
+    *[(c, {"running_var": lambda kw: kw["running_var"].astype(np.float64)}, TypeError,
+       "running_var: expected dtype float32") for c in ("batch_norm", "instance_norm", "switchable_norm")],
+    *[(c, {"running_mean": np.zeros(5, np.float32)}, ValueError, r"running_mean: expected shape \(4,\)")
+      for c in ("batch_norm", "batch_norm_eval", "instance_norm", "switchable_norm")],
+    *[(c, {"running_var": [1.0] * 4}, TypeError, "running_var: expected a numpy array updated in place")
+      for c in ("batch_norm", "instance_norm", "switchable_norm")],
+    ("batch_norm", {"running_mean": np.zeros(8, np.float32)[::2]}, ValueError, "running_mean: expected a contiguous"),
+    ("batch_norm", {"running_mean": None}, ValueError, "running_mean, running_var: give both or neither"),
+    ("batch_norm_eval", {"running_mean": None, "running_var": None}, ValueError, "required when training=False"),
+    ("batch_norm_eval", {"running_var": np.ones(4, int)}, TypeError, "running_var: expected a float array"),
+    ("switchable_norm", {"using_bn": False, "mean_weight": [0.0, 1.0], "var_weight": [0.0, 1.0]}, ValueError,
+     "running_mean, running_var: only used with using_bn=True"),
+    # statistics that cannot exist
+    ("batch_norm", {"out": None, "x": lambda kw: kw["x"][:1, :, :1, :1]}, ValueError, "x: expected more than 1 value per channel"),
+    ("instance_norm", {"out": None, "x": lambda kw: kw["x"][:, :, :1, :1]}, ValueError, "x: expected more than 1 spatial"),
+    ("switchable_norm", {"out": None, "x": lambda kw: kw["x"][:1, :, :1, :1]}, ValueError, "x: expected more than 1 value"),
+    ("BatchNorm", {"out": None, "x": lambda kw: kw["x"][:1, :, :1, :1]}, ValueError, "x: expected more than 1 value"),
+    ("BatchNorm", {"out": None, "x": lambda kw: kw["x"].astype(np.float64)}, TypeError, "x: dtype float64 computes statistics"),
+    ("precise_batch_norm_stats", {"x": lambda kw: kw["x"][:0]}, ValueError, "batches: expected more than 1 value"),
+    ("RunningMoments", {"more": lambda kw: kw["x"][:, :2]}, ValueError, "x: expected the kept axes to have shape"),
+    ("RunningMoments", {"more": lambda kw: kw["x"][0]}, ValueError, "x: expected an array of rank 4"),
+    ("RunningMoments", {"more": np.ones(3, complex)}, TypeError, "x: expected a float"),
+    ("RunningMoments_merge", {"other_axis": (0, 1)}, ValueError, "other: expected an accumulator over axis"),
+    ("RunningMoments_merge", {"other_axis": None}, ValueError, "other: expected an accumulator over axis"),
+]
+
+
+@pytest.mark.parametrize("call, change, exc, match", BAD,
+                         ids=[f"{b[0]}-{'-'.join(b[1])}-{i}" for i, b in enumerate(BAD)])
+def test_bad_argument(call, change, exc, match):
+    fn, kw = calls()[call]
+    kw.update({k: v(kw) if callable(v) else v for k, v in change.items()})
+    before = arrays(kw)
+    with pytest.raises(exc, match=match):
+        fn(**kw)
+    assert unchanged(before, kw)
+
+
+WITH_OUT = [c for c in NAMES if "out" in calls()[c][1]]
+
+
+BAD_OUT = [
+    ("list", lambda kw: kw["out"].tolist(), TypeError, "out: expected a numpy array"),
+    ("dtype", lambda kw: kw["out"].astype(np.float64), ValueError, "out: expected shape .* and dtype float32"),
+    ("shape", lambda kw: kw["out"][:1], ValueError, "out: expected shape"),
+    ("read-only", lambda kw: read_only(kw["out"]), ValueError, "out: the array is read-only"),
+    ("misaligned", lambda kw: misaligned(kw["out"]), ValueError, "out: the array is misaligned"),
+    ("x reversed", lambda kw: kw["x"][::-1], ValueError, "out: overlaps x"),
+]
+
+
+@pytest.mark.parametrize("label, make, exc, match", BAD_OUT, ids=[b[0] for b in BAD_OUT])
+@pytest.mark.parametrize("call", WITH_OUT)
+def test_bad_out(call, label, make, exc, match):
+    fn, kw = calls()[call]
+    kw["out"] = make(kw)
+    before = arrays(kw)
+    with pytest.raises(exc, match=match):
+        fn(**kw)
+    assert unchanged(before, kw)
+
+
+@pytest.mark.parametrize("call", WITH_OUT)
+def test_out_overlapping_x_by_one_element(call):
+    fn, kw = calls()[call]
+    kw["x"], kw["out"] = overlapping(kw["x"])
+    if "residual" in kw:
+        kw["residual"] = kw["residual"].copy()
+    before = arrays(kw)
+    with pytest.raises(ValueError, match="out: overlaps x"):
+        fn(**kw)
+    assert unchanged(before, kw)
+
+
+# --- valid but awkward input: the same result as plain native copies --------------------------------
+
+
+def assert_same(got, want):
+    """Results (arrays, scalars or tuples of them) of one shape and dtype, equal but for the rounding
+    of another summation order (layouts are reduced in memory order)."""
+    if isinstance(want, tuple):
+        assert isinstance(got, tuple) and len(got) == len(want)
+        for g, w in zip(got, want):
+            assert_same(g, w)
+        return
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.shape == want.shape and got.dtype == want.dtype
+    tol = 4e-6  # the data of these calls is float32
+    np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), rtol=tol, atol=tol)
+
+
+def plain(kw):
+    """The arguments as native, aligned, C-contiguous copies (results compared need nothing else)."""
+    out = {}
+    for k, v in kw.items():
+        if isinstance(v, np.ndarray) and k not in ("out", "residual_out"):
+            v = np.ascontiguousarray(v.astype(v.dtype.newbyteorder("="), copy=True))
+        out[k] = v
+    return out
+
+
+def result(fn, kw):
+    r = fn(**kw)
+    if "layer" in kw:
+        return r, tuple(kw["layer"].state_dict().values())
+    runs = tuple(kw[k].astype(kw[k].dtype.newbyteorder("=")) for k in ("running_mean", "running_var") if isinstance(kw.get(k), np.ndarray))
+    return (r, *runs) if runs and fn.__name__ != "fold_batch_norm" else r
+
+
+def awkward(make):
+    """Each array argument (but outputs) through make, one at a time: a list of (argument, kwargs)."""
+    def variants(call):
+        out = []
+        for name in calls()[call][1]:
+            fn, kw = calls()[call]
+            if not isinstance(kw[name], np.ndarray) or name in ("out", "residual_out"):
+                continue
+            kw[name] = make(kw[name])
+            out.append((name, fn, kw))
+        return out
+    return variants
+
+
+def byteswapped(a):
+    return a.astype(a.dtype.newbyteorder("S"))
+
+
+def strided(a):
+    """a's values in a view with every stride doubled and the last axis reversed."""
+    big = np.zeros(tuple(2 * n for n in a.shape), a.dtype)
+    v = big[tuple(slice(None, None, 2) for _ in a.shape)]
+    if a.ndim:
+        v = v[..., ::-1]
+    v[...] = a
+    return v
+
+
+@pytest.mark.parametrize("make", [byteswapped, misaligned, strided, np.asfortranarray],
+                         ids=["byteswapped", "misaligned", "strided", "fortran"])
+@pytest.mark.parametrize("call", NAMES)
+def test_awkward_layouts_give_the_plain_result(call, make):
+    want = result(calls()[call][0], plain(calls()[call][1]))
+    for name, fn, kw in awkward(make)(call):
+        if name.startswith("running") and call in UPDATED and make in (byteswapped, strided):
+            # Updated in place, so they must be native and contiguous: the documented errors.
+            before = arrays(kw)
+            with pytest.raises((TypeError, ValueError), match=f"{name}: expected (dtype|a contiguous)"):
+                fn(**kw)
+            assert unchanged(before, kw)
+            continue
+        assert_same(result(fn, kw), want)
+
+
+# Calls that update the running statistics they are given.
+UPDATED = {"batch_norm", "instance_norm", "switchable_norm"}
+
+
+@pytest.mark.parametrize("call", WITH_OUT)
+def test_strided_and_in_place_out(call):
+    fn, kw = calls()[call]
+    want = result(fn, plain(calls()[call][1]))
+    kw["out"] = strided(np.zeros_like(kw["x"]))
+    got = result(fn, kw)
+    assert (got[0] if isinstance(got, tuple) else got) is kw["out"]
+    assert_same(got, want)
+    fn, kw = calls()[call]  # in place
+    kw["out"] = kw["x"]
+    assert_same(result(fn, kw), want)
+
+
+ZERO_SIZE = [(0, 4, 5, 2), (3, 4, 0, 2)]
+
+
+@pytest.mark.parametrize("shape", ZERO_SIZE)
+@pytest.mark.parametrize("call", NAMES)
+def test_zero_size(call, shape):
+    """Empty data: an empty result (statistics NaN, with NumPy's warning), or the documented error where a
+    statistic needs data; running statistics are left as they were (an empty batch has none)."""
+    fn, kw = calls(shape=shape)[call]
+    runs = {k: kw[k].copy() for k in ("running_mean", "running_var") if isinstance(kw.get(k), np.ndarray)}
+    state = {k: v for k, v in arrays(kw).items() if k.startswith("layer.")}
+    if call == "precise_batch_norm_stats":
+        with pytest.raises(ValueError, match="batches: expected more than 1 value"):
+            fn(**kw)
+        return
+    with np.errstate(all="ignore"), pytest.warns() if _warns(call) else _no_warning():
+        r = fn(**kw)
+    for a in r if isinstance(r, tuple) else (r,):
+        a = np.asarray(a)
+        if a.size and call not in ("moments", "RunningMoments", "RunningMoments_merge", "weight_norm_params",
+                                   "fold_batch_norm"):
+            raise AssertionError(f"{call}: expected an empty result, got shape {a.shape}")
+    if call in ("moments", "RunningMoments", "RunningMoments_merge"):
+        assert all(np.isnan(a).all() for a in (r if isinstance(r, tuple) else (r,)))
+    if call == "weight_norm_params":
+        np.testing.assert_array_equal(r[1], 0)  # the norm of nothing
+    if call != "fold_batch_norm":
+        for k, v in runs.items():
+            np.testing.assert_array_equal(kw[k], v, err_msg=f"{call} changed {k} on an empty batch")
+    for k, v in state.items():
+        if k.endswith(("running_mean", "running_var")):
+            np.testing.assert_array_equal(arrays(kw)[k], v, err_msg=f"{call} changed {k} on an empty batch")
+
+
+def _warns(call):
+    return call in ("moments", "RunningMoments", "RunningMoments_merge")
+
+
+class _no_warning:
+    def __enter__(self):
+        import warnings
+        self._w = warnings.catch_warnings()
+        self._w.__enter__()
+        warnings.simplefilter("error")
+
+    def __exit__(self, *exc):
+        self._w.__exit__(*exc)
+
+
+def test_zero_d_input():
+    """0-d data: its own statistics (mean itself, variance 0) where every axis may be reduced, else the
+    documented rank error (checked in the table above)."""
+    x = np.float32(3.5)
+    assert normfast.moments(x) == (np.float32(3.5), np.float32(0.0))
+    acc = normfast.RunningMoments().update(np.array(3.5)).update(np.array(1.5))
+    assert (acc.count, acc.mean, acc.var()) == (2, 2.5, 1.0)
+
+
+NAN_CALLS = {
+    "moments": lambda kw: reference.moments(kw["x"], kw["axis"]),
+    "batch_norm": lambda kw: reference.batch_norm(**{k: v.copy() if isinstance(v, np.ndarray) else v
+                                                     for k, v in kw.items() if k != "out"})[0],
+    "instance_norm": lambda kw: reference.instance_norm(**{k: v.copy() if isinstance(v, np.ndarray) else v
+                                                           for k, v in kw.items() if k != "out"})[0],
+    "group_norm": lambda kw: reference.group_norm(kw["x"], kw["num_groups"], kw["weight"], kw["bias"]),
+    "layer_norm": lambda kw: reference.layer_norm(kw["x"], kw["normalized_shape"], kw["weight"], kw["bias"]),
+    "rms_norm": lambda kw: reference.layer_norm(kw["x"], kw["normalized_shape"], kw["weight"],
+                                                eps=float(np.finfo(np.float32).eps), rms=True),
+    "weight_norm": lambda kw: reference.weight_norm(kw["v"], kw["g"], kw["axis"]),
+    "cosine_linear": lambda kw: reference.cosine_linear(kw["x"], kw["weight"], kw["eps"]),
+}
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("call", list(NAN_CALLS))
+def test_nan_and_inf_follow_the_reference(call, value):
+    """A non-finite input value spoils exactly the results the reference says it spoils."""
+    fn, kw = calls()[call]
+    x = kw[data_name(call)]
+    x[1, 2, 3, 1] = value
+    with np.errstate(all="ignore"):
+        got, want = fn(**kw), NAN_CALLS[call](calls()[call][1] | {data_name(call): x})
+    for g, w in zip(*(r if isinstance(r, tuple) else (r,) for r in (got, want))):
+        g, w = np.asarray(g, np.float64), np.asarray(w, np.float64)
+        np.testing.assert_array_equal(np.isnan(g), np.isnan(w))
+        np.testing.assert_array_equal(np.isinf(g), np.isinf(w))
+        ok = np.isfinite(w)
+        np.testing.assert_allclose(g[ok], w[ok], rtol=1e-4, atol=1e-5)
