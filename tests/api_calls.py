@@ -31,12 +31,13 @@ def _precise(x, axis=1, unbiased=True):
 
 
 def calls(rng=None, dtype=np.float32, shape=(3, C, 5, 2)):
-    """{name: (function, kwargs)}, the arguments fresh arrays of the given dtype (x of `shape`, channels
-    on axis 1)."""
+    """{name: (function, kwargs)}, the arguments fresh arrays of the given dtype (x of `shape`, valid when
+    it has 4 channels on axis 1 and rank 4; other shapes make the fuzz test's mostly invalid calls)."""
     rng = np.random.default_rng(0) if rng is None else rng
     x = (rng.standard_normal(shape) * 2 + 1).astype(dtype)
     pdt = np.float64 if np.dtype(dtype) == np.float64 else np.float32
-    last = shape[-1]
+    last, first = (shape[-1], shape[0]) if shape else (1, 1)
+    other = (x[::-1] if x.ndim else x).copy()  # a residual
 
     def vec(fill=None, n=C):
         return rng.standard_normal(n).astype(pdt) if fill is None else np.full(n, fill, pdt)
@@ -62,17 +63,17 @@ def calls(rng=None, dtype=np.float32, shape=(3, C, 5, 2)):
         "layer_norm": (normfast.layer_norm, dict(
             x=x, normalized_shape=(last,), weight=vec(n=last), bias=vec(n=last), out=out())),
         "layer_norm_residual": (normfast.layer_norm, dict(
-            x=x, normalized_shape=shape[2:], weight=vec(n=shape[2:]), bias=vec(n=shape[2:]),
-            residual=x[::-1].copy(), residual_out=out(), out=out())),
+            x=x, normalized_shape=shape[-2:], weight=vec(n=shape[-2:]), bias=vec(n=shape[-2:]),
+            residual=other, residual_out=out(), out=out())),
         "rms_norm": (normfast.rms_norm, dict(x=x, normalized_shape=(last,), weight=vec(n=last), out=out())),
         "rms_norm_residual": (normfast.rms_norm, dict(
-            x=x, normalized_shape=(last,), weight=vec(n=last), residual=x[::-1].copy(), out=out())),
+            x=x, normalized_shape=(last,), weight=vec(n=last), residual=other, out=out())),
         "RunningMoments": (_running_moments, dict(x=x, axis=(0, 2))),
         "RunningMoments_merge": (_merge, dict(x=x, axis=(0, 2), other_axis=(0, 2))),
         "precise_batch_norm_stats": (_precise, dict(x=x, axis=1)),
         "fold_batch_norm": (normfast.fold_batch_norm, dict(
-            weight=x, bias=vec(n=shape[0]), running_mean=vec(n=shape[0]), running_var=vec(2.0, shape[0]),
-            gamma=vec(n=shape[0]), beta=vec(n=shape[0]), eps=1e-5, axis=0)),
+            weight=x, bias=vec(n=first), running_mean=vec(n=first), running_var=vec(2.0, first),
+            gamma=vec(n=first), beta=vec(n=first), eps=1e-5, axis=0)),
         "weight_norm": (normfast.weight_norm, dict(v=x, g=vec(n=C), axis=1)),
         "weight_norm_params": (normfast.weight_norm_params, dict(w=x, axis=1)),
         "cosine_linear": (normfast.cosine_linear, dict(
@@ -82,8 +83,8 @@ def calls(rng=None, dtype=np.float32, shape=(3, C, 5, 2)):
         "InstanceNorm": (_layer, dict(
             layer=layers.InstanceNorm(C, affine=True, track_running_stats=True, dtype=pdt), x=x, out=out())),
         "GroupNorm": (_layer, dict(layer=layers.GroupNorm(2, C, dtype=pdt), x=x, out=out())),
-        "LayerNorm": (_layer, dict(layer=layers.LayerNorm((last,), dtype=pdt), x=x, out=out())),
-        "RMSNorm": (_layer, dict(layer=layers.RMSNorm((last,), dtype=pdt), x=x, out=out())),
+        "LayerNorm": (_layer, dict(layer=layers.LayerNorm((max(last, 1),), dtype=pdt), x=x, out=out())),
+        "RMSNorm": (_layer, dict(layer=layers.RMSNorm((max(last, 1),), dtype=pdt), x=x, out=out())),
         "SwitchableNorm": (_layer, dict(layer=layers.SwitchableNorm(C, dtype=pdt), x=x, out=out())),
     }
 
