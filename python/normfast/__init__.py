@@ -21,7 +21,9 @@ __all__ = ["moments", "batch_norm", "instance_norm", "group_norm", "layer_norm",
 
 
 def set_num_threads(n):
-    """Number of threads the kernels may use (default: OpenMP's, which honours OMP_NUM_THREADS)."""
+    """Number of threads the kernels use (default: OpenMP's, which honours OMP_NUM_THREADS). A limit
+    set afterwards through OpenMP, such as threadpoolctl's threadpool_limits, still applies in its
+    thread."""
     _normc.set_num_threads(_checks.positive_int(n, "n"))
 
 

@@ -309,6 +309,9 @@ def get_num_threads():
     return nf_get_num_threads()
 
 
+nf_get_num_threads()  # the first call records OpenMP's count at load, the reference for later limits
+
+
 def openmp_enabled():
     return bool(nf_openmp_enabled())
 

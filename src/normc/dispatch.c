@@ -33,7 +33,8 @@ static const nf_kernels nf_table[NF_ISA_COUNT] = {
 static const char *const nf_isa_names[NF_ISA_COUNT] = {"baseline", "avx2", "avx512"};
 
 static int nf_isa_current = -1; /* chosen on first use unless set */
-static int nf_threads = 0;      /* 0: OpenMP's default */
+static int nf_threads = 0;      /* set_num_threads's count; 0: none set */
+static int nf_omp_initial = 0;  /* OpenMP's thread count at load, before anyone lowered it */
 
 const char *nf_isa_name(nf_isa isa) { return (unsigned)isa < NF_ISA_COUNT ? nf_isa_names[isa] : "?"; }
 
@@ -91,18 +92,24 @@ __attribute__((constructor)) static void nf_register_fork_guard(void)
 }
 #endif
 
+/* OpenMP's count (OMP_NUM_THREADS, omp_set_num_threads, threadpoolctl's limits) unless set_num_threads
+ * chose one; a limit set after load below OpenMP's initial count (threadpool_limits(1), which calls
+ * omp_set_num_threads in the calling thread) caps that choice too. */
 int nf_get_num_threads(void)
 {
 #ifdef NF_FORK_GUARD
     if (nf_forked_child)
         return 1;
 #endif
-    if (nf_threads > 0)
-        return nf_threads;
 #ifdef _OPENMP
-    return omp_get_max_threads();
+    int omp = omp_get_max_threads();
+    if (nf_omp_initial == 0)
+        nf_omp_initial = omp;
+    if (nf_threads <= 0)
+        return omp;
+    return omp < nf_omp_initial && omp < nf_threads ? omp : nf_threads;
 #else
-    return 1;
+    return nf_threads > 0 ? nf_threads : 1;
 #endif
 }
 
