@@ -46,3 +46,35 @@ def test_streaming_statistics_over_more_than_2_31_elements():
     mean, var = normfast.precise_batch_norm_stats([x.T[None]], axis=1)  # (1, 1024, rows): channels = pattern
     np.testing.assert_allclose(mean, PATTERN.astype(np.float32), rtol=2e-6)
     np.testing.assert_allclose(var, 0, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def big_out():
+    """One float16 output of more than 2**31 elements (4 GiB), shared by the output tests."""
+    out = np.empty((BIG // PATTERN.size + 1, PATTERN.size), np.float16)
+    assert out.size > 2**31
+    return out
+
+
+def every_row_is(y, row):
+    """Every row of y has row's bits, compared block by block (as integers: float16 compares are slow)."""
+    bits, want = y.view(np.uint16), row.view(np.uint16)
+    return all((bits[i:i + 2**16] == want).all() for i in range(0, y.shape[0], 2**16))
+
+
+def test_outputs_of_more_than_2_31_elements(big_out):
+    x = pattern_rows(np.float16)
+    # Layer norm: every row the normalized pattern, the last row too (no wrapped row index).
+    y = normfast.layer_norm(x, PATTERN.size, out=big_out)
+    want = reference.layer_norm(PATTERN.astype(np.float16), PATTERN.size).astype(np.float16)
+    for i in (0, 2**20, y.shape[0] // 2, y.shape[0] - 1):
+        np.testing.assert_allclose(y[i].astype(np.float32), want.astype(np.float32), rtol=2e-3, atol=2e-3)
+    assert every_row_is(y, y[0])
+    # Batch norm in training: each column is one channel, constant over > 2**21 rows, so its variance is 0
+    # and every output element is exactly its channel's bias.
+    bias = np.linspace(-2, 2, PATTERN.size).astype(np.float32)
+    rm, rv = np.zeros(PATTERN.size, np.float32), np.ones(PATTERN.size, np.float32)
+    y = normfast.batch_norm(x, rm, rv, bias=bias, training=True, momentum=1.0, out=big_out)
+    assert every_row_is(y, bias.astype(np.float16))
+    np.testing.assert_allclose(rm, PATTERN.astype(np.float16).astype(np.float32), rtol=1e-6)
+    np.testing.assert_array_equal(rv, 0)

@@ -10,6 +10,12 @@ typedef struct {
     int red;
 } axis_t;
 
+static int64_t walk_key(const axis_t *a)
+{
+    const int64_t w = a->ys ? a->ys : a->os;
+    return a->s ? a->s : (w < 0 ? -w : w);
+}
+
 static void dims_push(nf_dims *d, const axis_t *a)
 {
     d->shape[d->ndim] = a->n;
@@ -63,12 +69,14 @@ nf_status nf_plan_make(nf_plan *p, int ndim, const int64_t *shape, const int64_t
         ax[n++] = a;
     }
 
-    /* Stable insertion sort by descending input stride; for equal strides (broadcast zero strides, or an
-     * empty reduction) reduced axes go inner. */
+    /* Stable insertion sort by descending input stride; for equal keys reduced axes go inner. An axis x
+     * does not advance along (a broadcast) sorts by the stride of what it writes instead, so the output
+     * is walked in order and a broadcast row stays a contiguous row for the row kernel. */
     for (int i = 1; i < n; i++) {
         axis_t a = ax[i];
         int j = i - 1;
-        while (j >= 0 && (ax[j].s < a.s || (ax[j].s == a.s && ax[j].red && !a.red))) {
+        while (j >= 0 && (walk_key(&ax[j]) < walk_key(&a) ||
+                          (walk_key(&ax[j]) == walk_key(&a) && ax[j].red && !a.red))) {
             ax[j + 1] = ax[j];
             j--;
         }
