@@ -107,4 +107,5 @@ def arrays(kwargs):
 def unchanged(before, kwargs):
     now = arrays(kwargs)
     return now.keys() == before.keys() and all(
-        now[k].dtype == v.dtype and np.array_equal(now[k], v, equal_nan=v.dtype.kind in "fc") for k, v in before.items())
+        now[k].dtype == v.dtype and np.array_equal(now[k], v, equal_nan=v.dtype.kind in "fc")
+        for k, v in before.items())

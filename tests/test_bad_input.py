@@ -95,7 +95,8 @@ BAD = [
     *[(c, {"x": lambda kw: kw["x"][:, 0]}, ValueError, "x: expected 4 channels")
       for c in ("BatchNorm", "BatchNorm_eval", "InstanceNorm", "GroupNorm", "SwitchableNorm")],
     ("layer_norm", {"x": lambda kw: kw["x"][..., 0]}, ValueError, "normalized_shape: expected the trailing"),
-    ("LayerNorm", {"out": None, "x": lambda kw: kw["x"][..., :1]}, ValueError, "normalized_shape: expected the trailing"),
+    ("LayerNorm", {"out": None, "x": lambda kw: kw["x"][..., :1]}, ValueError,
+     "normalized_shape: expected the trailing"),
     ("rms_norm", {"normalized_shape": (5, 3)}, ValueError, "normalized_shape: expected the trailing"),
     ("rms_norm", {"normalized_shape": ()}, ValueError, "normalized_shape: expected the trailing"),
     ("layer_norm", {"normalized_shape": "2"}, TypeError, "normalized_shape: expected an int"),
@@ -151,7 +152,8 @@ BAD = [
     *[(c, {"axis": 4}, np.exceptions.AxisError, "axis: axis 4 is out of range")
       for c in ("moments", "batch_norm", "instance_norm", "group_norm", "switchable_norm", "weight_norm",
                 "weight_norm_params", "fold_batch_norm", "RunningMoments", "precise_batch_norm_stats")],
-    *[(c, {"axis": 1.0}, TypeError, "axis: expected") for c in ("moments", "batch_norm", "weight_norm", "fold_batch_norm",
+    *[(c, {"axis": 1.0}, TypeError, "axis: expected") for c in ("moments", "batch_norm", "weight_norm",
+                                                                 "fold_batch_norm",
                                                                  "RunningMoments", "precise_batch_norm_stats")],
     ("moments", {"axis": (1, -3)}, ValueError, "axis: axis 1 is repeated"),
     ("moments", {"ddof": "1"}, TypeError, "ddof: expected a real"),
@@ -181,11 +183,15 @@ BAD = [
     ("switchable_norm", {"using_bn": False, "mean_weight": [0.0, 1.0], "var_weight": [0.0, 1.0]}, ValueError,
      "running_mean, running_var: only used with using_bn=True"),
     # statistics that cannot exist
-    ("batch_norm", {"out": None, "x": lambda kw: kw["x"][:1, :, :1, :1]}, ValueError, "x: expected more than 1 value per channel"),
-    ("instance_norm", {"out": None, "x": lambda kw: kw["x"][:, :, :1, :1]}, ValueError, "x: expected more than 1 spatial"),
-    ("switchable_norm", {"out": None, "x": lambda kw: kw["x"][:1, :, :1, :1]}, ValueError, "x: expected more than 1 value"),
+    ("batch_norm", {"out": None, "x": lambda kw: kw["x"][:1, :, :1, :1]}, ValueError,
+     "x: expected more than 1 value per channel"),
+    ("instance_norm", {"out": None, "x": lambda kw: kw["x"][:, :, :1, :1]}, ValueError,
+     "x: expected more than 1 spatial"),
+    ("switchable_norm", {"out": None, "x": lambda kw: kw["x"][:1, :, :1, :1]}, ValueError,
+     "x: expected more than 1 value"),
     ("BatchNorm", {"out": None, "x": lambda kw: kw["x"][:1, :, :1, :1]}, ValueError, "x: expected more than 1 value"),
-    ("BatchNorm", {"out": None, "x": lambda kw: kw["x"].astype(np.float64)}, TypeError, "x: dtype float64 computes statistics"),
+    ("BatchNorm", {"out": None, "x": lambda kw: kw["x"].astype(np.float64)}, TypeError,
+     "x: dtype float64 computes statistics"),
     ("precise_batch_norm_stats", {"x": lambda kw: kw["x"][:0]}, ValueError, "batches: expected more than 1 value"),
     ("RunningMoments", {"more": lambda kw: kw["x"][:, :2]}, ValueError, "x: expected the kept axes to have shape"),
     ("RunningMoments", {"more": lambda kw: kw["x"][0]}, ValueError, "x: expected an array of rank 4"),
@@ -273,7 +279,8 @@ def result(fn, kw):
     r = fn(**kw)
     if "layer" in kw:
         return r, tuple(kw["layer"].state_dict().values())
-    runs = tuple(kw[k].astype(kw[k].dtype.newbyteorder("=")) for k in ("running_mean", "running_var") if isinstance(kw.get(k), np.ndarray))
+    runs = tuple(kw[k].astype(kw[k].dtype.newbyteorder("=")) for k in ("running_mean", "running_var")
+                 if isinstance(kw.get(k), np.ndarray))
     return (r, *runs) if runs and fn.__name__ != "fold_batch_norm" else r
 
 
