@@ -96,6 +96,17 @@ DATA = {"fold_batch_norm": "weight", "weight_norm": "v", "weight_norm_params": "
 TAKES_INTEGERS = {"RunningMoments", "RunningMoments_merge", "precise_batch_norm_stats"}
 
 
+def outcome(fn, kwargs):
+    """Everything a call produces, as a list of arrays: its result(s), then the running statistics and the
+    layer state it may update (in native byte order, so arguments of any layout compare by value)."""
+    r = fn(**kwargs)
+    extra = [kwargs[k] for k in ("running_mean", "running_var") if isinstance(kwargs.get(k), np.ndarray)]
+    if "layer" in kwargs:
+        extra += list(kwargs["layer"].state_dict().values())
+    return ([np.asarray(a) for a in (r if isinstance(r, tuple) else (r,))]
+            + [a.astype(a.dtype.newbyteorder("=")) for a in extra])
+
+
 def arrays(kwargs):
     """Copies of every array argument, to prove an error changed nothing."""
     snap = {k: v.copy() for k, v in kwargs.items() if isinstance(v, np.ndarray)}

@@ -12,18 +12,9 @@ import numpy as np
 import pytest
 
 import normfast
-from api_calls import calls
+from api_calls import calls, outcome
 
 SHAPE = (8, 4, 64, 32)  # large enough for the kernels to release the GIL and use their threads
-
-
-def outcome(fn, kw):
-    """Everything a call produces: its result and the running statistics or layer state it updates."""
-    r = fn(**kw)
-    extra = [kw[k] for k in ("running_mean", "running_var") if isinstance(kw.get(k), np.ndarray)]
-    if "layer" in kw:
-        extra += list(kw["layer"].state_dict().values())
-    return [np.asarray(a) for a in (*(r if isinstance(r, tuple) else (r,)), *extra)]
 
 
 def fresh_call(name, x):

@@ -32,11 +32,13 @@ raw=("$work"/raw/normfast-*.whl)
 # 2. No AVX (VEX or EVEX encoded, ymm or zmm) instruction outside the avx2/avx512 kernel objects.
 objects=$(find "$work/build" -name '*.o' ! -path '*normc_avx2.dir*' ! -path '*normc_avx512.dir*')
 [ -n "$objects" ] || { echo "check_wheel: no object files under $work/build" >&2; exit 1; }
+avx=$'\t(v[a-z0-9]+|kmov[bwdq]|kand[a-z]*)[ \t]|%[yz]mm'  # VEX/EVEX mnemonics, mask ops, wide registers
 found=0
 for o in $objects; do
-    if objdump -d --no-show-raw-insn "$o" | grep -E $'\t(v[a-z0-9]+|kmov[bwdq]|kand[a-z]*)[ \t]|%[yz]mm' >/dev/null; then
+    hits=$(objdump -d --no-show-raw-insn "$o" | grep -E "$avx" || true)
+    if [ -n "$hits" ]; then
         echo "check_wheel: AVX instructions in $o:" >&2
-        objdump -d --no-show-raw-insn "$o" | grep -E $'\t(v[a-z0-9]+|kmov[bwdq]|kand[a-z]*)[ \t]|%[yz]mm' | head -5 >&2
+        echo "$hits" | head -5 >&2
         found=1
     fi
 done

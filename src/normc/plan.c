@@ -8,13 +8,8 @@
 typedef struct {
     int64_t n, s, os, ys;
     int red;
+    int64_t key; /* the walk order: descending */
 } axis_t;
-
-static int64_t walk_key(const axis_t *a)
-{
-    const int64_t w = a->ys ? a->ys : a->os;
-    return a->s ? a->s : (w < 0 ? -w : w);
-}
 
 static void dims_push(nf_dims *d, const axis_t *a)
 {
@@ -56,7 +51,7 @@ nf_status nf_plan_make(nf_plan *p, int ndim, const int64_t *shape, const int64_t
             continue; /* size-1 axes change nothing; an empty reduction only needs the kept shape */
         /* An empty reduction reads nothing, so its kept axes walk the output alone (input stride 0). */
         axis_t a = {shape[i], p->count ? strides[i] : 0, reduce[i] ? 0 : out_strides[i],
-                    y_strides ? y_strides[i] : 0, reduce[i] != 0};
+                    y_strides ? y_strides[i] : 0, reduce[i] != 0, 0};
         /* Flip negative input strides so every walk goes forward through x; the other operands follow. */
         if (a.s < 0) {
             p->x_offset += (a.n - 1) * a.s;
@@ -66,17 +61,18 @@ nf_status nf_plan_make(nf_plan *p, int ndim, const int64_t *shape, const int64_t
             a.os = -a.os;
             a.ys = -a.ys;
         }
+        /* The input stride; an axis x does not advance along (a broadcast) takes the stride of what it
+         * writes instead, so the output is walked in order and a broadcast row stays a contiguous row. */
+        const int64_t w = a.ys ? a.ys : a.os;
+        a.key = a.s ? a.s : (w < 0 ? -w : w);
         ax[n++] = a;
     }
 
-    /* Stable insertion sort by descending input stride; for equal keys reduced axes go inner. An axis x
-     * does not advance along (a broadcast) sorts by the stride of what it writes instead, so the output
-     * is walked in order and a broadcast row stays a contiguous row for the row kernel. */
+    /* Stable insertion sort by descending key; for equal keys reduced axes go inner. */
     for (int i = 1; i < n; i++) {
         axis_t a = ax[i];
         int j = i - 1;
-        while (j >= 0 && (walk_key(&ax[j]) < walk_key(&a) ||
-                          (walk_key(&ax[j]) == walk_key(&a) && ax[j].red && !a.red))) {
+        while (j >= 0 && (ax[j].key < a.key || (ax[j].key == a.key && ax[j].red && !a.red))) {
             ax[j + 1] = ax[j];
             j--;
         }
