@@ -48,6 +48,18 @@ cdef extern from "normc.h" nogil:
         double *var
         int max_threads
     nf_status nf_rownorm(const nf_plan *plan, nf_dtype dtype, const void *x, void *y, const nf_rowspec *spec)
+    nf_status nf_grad_sums(const nf_plan *plan, nf_dtype dtype, const void *x, const void *dy, const void *shift,
+                           const void *scale, const void *bias, nf_act act, double *sum_g, double *sum_gd)
+    nf_status nf_grad_apply(const nf_plan *plan, nf_dtype dtype, const void *x, const void *dy, void *gx,
+                            const void *const *params, nf_act act)
+    ctypedef struct nf_rowgrad:
+        const double *mean
+        const double *rstd
+        const void *weight
+        double *grad_weight
+        double *grad_bias
+    nf_status nf_rownorm_grad(nf_dtype dtype, int64_t rows, int64_t n, const void *x, const void *dy, void *gx,
+                              const nf_rowgrad *spec)
     void nf_set_num_threads(int n)
     int nf_get_num_threads()
     int nf_openmp_enabled()

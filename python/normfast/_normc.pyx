@@ -301,6 +301,105 @@ def coefficients(cnp.ndarray mean not None, cnp.ndarray var not None, double eps
             (<float *>pc)[i] = <float>(b + (sh - pm[i]) * a)
 
 
+cdef int _stats_like(cnp.ndarray ref, tuple arrays, int typenum, bint writeable, str what) except -1:
+    """Each array C-contiguous, of ref's shape and of the given type (and writeable if asked), so that all
+    share ref's element strides."""
+    cdef cnp.ndarray a
+    for a in arrays:
+        if not (cnp.PyArray_TYPE(a) == typenum and cnp.PyArray_ISCARRAY_RO(a) and cnp.PyArray_ISNOTSWAPPED(a)
+                and (<object>a).shape == (<object>ref).shape and (cnp.PyArray_ISWRITEABLE(a) or not writeable)):
+            raise ValueError(f"normfast: {what} must be contiguous arrays of one shape and type")
+    return 0
+
+
+def grad_sums(cnp.ndarray x not None, cnp.ndarray dy not None, int dtype_code, tuple reduce,
+              cnp.ndarray shift not None, cnp.ndarray scale not None, cnp.ndarray bias not None, activation,
+              cnp.ndarray sum_g not None, cnp.ndarray sum_gd not None):
+    """Per statistics group of x over the axes marked in reduce: sum_g = sum(g) and sum_gd =
+    sum(g * (x - shift)), g = dy * act'((x - shift) * scale + bias). dy shares x's layout; shift, scale
+    and bias are the apply pass's parameters, sum_g and sum_gd float64 arrays of their shape."""
+    cdef nf_plan plan
+    cdef nf_act act = ACTIVATIONS[activation]
+    _same_layout(x, dy, "x and grad_out")
+    _stats_like(shift, (shift, scale, bias), cnp.PyArray_TYPE(shift), False, "shift, scale and bias")
+    _stats_like(shift, (sum_g, sum_gd), cnp.NPY_FLOAT64, True, "sum_g and sum_gd")
+    _plan(&plan, x, reduce, shift, None)
+    cdef const void *px = cnp.PyArray_DATA(x)
+    cdef const void *pd = cnp.PyArray_DATA(dy)
+    cdef const void *ps = cnp.PyArray_DATA(shift)
+    cdef const void *pa = cnp.PyArray_DATA(scale)
+    cdef const void *pb = cnp.PyArray_DATA(bias)
+    cdef double *pg = <double *>cnp.PyArray_DATA(sum_g)
+    cdef double *pgd = <double *>cnp.PyArray_DATA(sum_gd)
+    cdef nf_status st
+    with nogil:
+        st = nf_grad_sums(&plan, <nf_dtype>dtype_code, px, pd, ps, pa, pb, act, pg, pgd)
+    _check(st)
+
+
+def grad_apply(cnp.ndarray x not None, cnp.ndarray dy not None, int dtype_code, tuple reduce, tuple params,
+               cnp.ndarray gx not None, activation):
+    """gx = P * g + Q * (x - shift) + R with g as in grad_sums; params = (shift, scale, bias, P, Q, R),
+    contiguous arrays of one shape and of the statistics dtype."""
+    cdef nf_plan plan
+    cdef nf_act act = ACTIVATIONS[activation]
+    cdef const void *pp[6]
+    cdef int i
+    if len(params) != 6:
+        raise ValueError("normfast: grad_apply takes six parameter arrays")
+    _same_layout(x, dy, "x and grad_out")
+    _stats_like(params[0], params, cnp.PyArray_TYPE(params[0]), False, "the parameters")
+    _plan(&plan, x, reduce, params[0], gx)
+    for i in range(6):
+        pp[i] = cnp.PyArray_DATA(<cnp.ndarray>params[i])
+    cdef const void *px = cnp.PyArray_DATA(x)
+    cdef const void *pd = cnp.PyArray_DATA(dy)
+    cdef void *pg = cnp.PyArray_DATA(gx)
+    cdef nf_status st
+    with nogil:
+        st = nf_grad_apply(&plan, <nf_dtype>dtype_code, px, pd, pg, pp, act)
+    _check(st)
+
+
+def rownorm_grad(cnp.ndarray x not None, cnp.ndarray dy not None, int dtype_code, cnp.ndarray gx not None,
+                 mean, cnp.ndarray rstd not None, weight, grad_weight, grad_bias):
+    """Layer norm (mean given) or RMS norm (mean None) backward over the last axis of C-contiguous x, dy and
+    gx (one shape): mean and rstd float64 with one value per row; weight None or a contiguous vector of the
+    statistics dtype; grad_weight and grad_bias None or float64 vectors receiving sum(dy * xhat) and
+    sum(dy) over the rows."""
+    cdef int nd = cnp.PyArray_NDIM(x)
+    if nd < 1:
+        raise ValueError("normfast: rownorm_grad takes arrays of rank >= 1")
+    cdef Py_ssize_t n = cnp.PyArray_DIM(x, nd - 1), rows = cnp.PyArray_SIZE(x) // n if n else 0
+    _stats_like(x, (x, dy), cnp.PyArray_TYPE(x), False, "x and grad_out")
+    _stats_like(x, (gx,), cnp.PyArray_TYPE(x), True, "grad_x")
+    stats = (rstd,) if mean is None else (mean, rstd)
+    for v in stats:
+        if not (isinstance(v, cnp.ndarray) and v.dtype == np.float64 and v.size == rows and v.flags.c_contiguous):
+            raise ValueError("normfast: mean and rstd must be contiguous float64 arrays of one value per row")
+    for v in (weight, grad_weight, grad_bias):
+        if v is not None and not (isinstance(v, cnp.ndarray) and v.shape == (n,) and v.flags.c_contiguous):
+            raise ValueError("normfast: weight and its gradients must be contiguous vectors along the last axis")
+    for v in (grad_weight, grad_bias):
+        if v is not None and not (v.dtype == np.float64 and v.flags.writeable):
+            raise ValueError("normfast: grad_weight and grad_bias must be writeable float64 vectors")
+    if weight is not None and weight.dtype != (np.float64 if dtype_code == NF_F64 else np.float32):
+        raise ValueError("normfast: weight must have the statistics dtype")
+    cdef nf_rowgrad spec
+    spec.mean = <const double *>_data_or_null(mean)
+    spec.rstd = <const double *>cnp.PyArray_DATA(rstd)
+    spec.weight = _data_or_null(weight)
+    spec.grad_weight = <double *>_data_or_null(grad_weight)
+    spec.grad_bias = <double *>_data_or_null(grad_bias)
+    cdef const void *px = cnp.PyArray_DATA(x)
+    cdef const void *pd = cnp.PyArray_DATA(dy)
+    cdef void *pg = cnp.PyArray_DATA(gx)
+    cdef nf_status st
+    with nogil:
+        st = nf_rownorm_grad(<nf_dtype>dtype_code, rows, n, px, pd, pg, &spec)
+    _check(st)
+
+
 def set_num_threads(int n):
     nf_set_num_threads(n)
 

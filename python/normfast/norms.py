@@ -188,21 +188,29 @@ def group_norm(x, num_groups, weight=None, bias=None, *, eps=1e-5, axis=1, activ
     """Group normalization: statistics per sample over groups of num_groups consecutive channels and the
     other axes; weight and bias per channel (PyTorch semantics)."""
     x, code, c, C, pdt, weight, bias, eps, activation = _channel_call(x, axis, weight, bias, eps, activation, True)
-    G = _checks.integer(num_groups, "num_groups")
-    if G < 1 or C % G:
-        raise ValueError(f"num_groups: expected a positive divisor of the {C} channels, got {G}")
+    G = _groups(num_groups, C)
     out = _checks.output(out, x)
     if _fused_groups(x, code, c, G, weight, bias, eps, activation, out, False) is not None:
         return out
+    return _apply(x, code, (0, c), *_group_moments(x, code, c, G), eps, weight, bias, activation, out, pdt)
+
+
+def _groups(num_groups, C):
+    G = _checks.integer(num_groups, "num_groups")
+    if G < 1 or C % G:
+        raise ValueError(f"num_groups: expected a positive divisor of the {C} channels, got {G}")
+    return G
+
+
+def _group_moments(x, code, c, G):
+    """Group norm's (mean, var), float64, laid out per sample and channel (each group's repeated over its
+    channels)."""
     # The channel axis split into (G, C/G): always expressible as a view of x, so nothing is copied.
-    cg = C // G
-    shape = x.shape[:c] + (G, cg) + x.shape[c + 1:]
-    xs = x.reshape(shape)  # splitting one axis is always a view
+    cg = x.shape[c] // G
+    xs = x.reshape(x.shape[:c] + (G, cg) + x.shape[c + 1:])  # splitting one axis is always a view
     mean, var = _moments(xs, code, (0, c))
     # Per group -> per channel: repeat along the group axis, then drop the (size 1) within-group axis.
-    mean = np.repeat(mean, cg, axis=c).squeeze(c + 1)
-    var = np.repeat(var, cg, axis=c).squeeze(c + 1)
-    return _apply(x, code, (0, c), mean, var, eps, weight, bias, activation, out, pdt)
+    return np.repeat(mean, cg, axis=c).squeeze(c + 1), np.repeat(var, cg, axis=c).squeeze(c + 1)
 
 
 def _softmax(logits, n, name):
@@ -272,15 +280,8 @@ def switchable_norm(x, weight, bias, mean_weight, var_weight, running_mean=None,
 
 def _row_norm(x, normalized_shape, weight, bias, eps, residual, residual_out, out, rms):
     x, code = _checks.float_array(x, "x")
-    if type(normalized_shape) is int:
-        nshape = (normalized_shape,)
-    else:
-        items = normalized_shape if isinstance(normalized_shape, (tuple, list)) else (normalized_shape,)
-        nshape = tuple(_checks.integer(n, "normalized_shape", "an int or a tuple of ints", repr(normalized_shape))
-                       for n in items)
+    nshape = _normalized_shape(x, normalized_shape)
     k = len(nshape)
-    if k == 0 or k > x.ndim or x.shape[x.ndim - k:] != nshape:
-        raise ValueError(f"normalized_shape: expected the trailing dimensions of x {x.shape}, got {nshape}")
     pdt = _checks.stats_dtype(x)
     eps = _checks.positive(eps, "eps")
     length = math.prod(nshape)
@@ -314,6 +315,20 @@ def _row_norm(x, normalized_shape, weight, bias, eps, residual, residual_out, ou
                    params[1], eps, kind)
     out[...] = yc
     return out
+
+
+def _normalized_shape(x, normalized_shape):
+    """normalized_shape as a tuple, checked to be x's trailing dimensions."""
+    if type(normalized_shape) is int:
+        nshape = (normalized_shape,)
+    else:
+        items = normalized_shape if isinstance(normalized_shape, (tuple, list)) else (normalized_shape,)
+        nshape = tuple(_checks.integer(n, "normalized_shape", "an int or a tuple of ints", repr(normalized_shape))
+                       for n in items)
+    k = len(nshape)
+    if k == 0 or k > x.ndim or x.shape[x.ndim - k:] != nshape:
+        raise ValueError(f"normalized_shape: expected the trailing dimensions of x {x.shape}, got {nshape}")
+    return nshape
 
 
 def _merge_trailing(a, k, length):

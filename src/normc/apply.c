@@ -5,7 +5,6 @@
 
 #include <math.h>
 
-
 #define NF_T float
 #define NF_A float
 #define NF_V nf_vf32
@@ -63,15 +62,13 @@ void NF_FN(nf_apply_seg)(nf_dtype dt, const void *x, void *y, const void *const 
     rows_of[dt](x, 1, y, 1, p, 0, n, act, 1, 0, 0);
 }
 
-nf_status NF_FN(nf_apply)(const nf_plan *p, nf_dtype dt, const void *x, void *y, const void *shift,
-                          const void *scale, const void *bias, nf_act act, int nthreads)
+/* Walks the plan's elements as runs of rows along its innermost axis, in chunks whose bounds depend only
+ * on the shape (so results do not depend on the thread count), handing each run to `op`. */
+void NF_FN(nf_walk)(const nf_plan *p, int64_t isz, const void *x, const void *x2, void *y, nf_run_fn op,
+                    const void *ctx, int nthreads)
 {
-    const int64_t isz = nf_itemsize(dt), psz = dt == NF_F64 ? 8 : 4;
-    if (!isz)
-        return NF_EINVAL;
-    const nf_row_fn row = rows_of[dt];
     if (p->o.size == 0 || p->count == 0)
-        return NF_OK; /* x has no elements */
+        return; /* x has no elements */
     /* A row is the innermost axis: K (groups vary along it) or R2 (one group along it). */
     const int col = p->r2 == 1;
     const int64_t len = col ? p->k : p->r2, xs = col ? p->k_stride : p->r2_stride;
@@ -79,10 +76,8 @@ nf_status NF_FN(nf_apply)(const nf_plan *p, nf_dtype dt, const void *x, void *y,
     const int64_t R1 = p->r1.size, rows = p->o.size * R1;
     const int64_t rpc = len < NF_CHUNK ? NF_CHUNK / len : 1, n_chunks = (rows + rpc - 1) / rpc;
     const int nt = rows * len >= NF_PARALLEL_MIN ? nthreads : 1;
-    const char *xb = (const char *)x + p->x_offset * isz;
+    const char *xb = (const char *)x + p->x_offset * isz, *x2b = (const char *)x2 + p->x_offset * isz;
     char *yb = (char *)y + p->y_offset * isz;
-    const char *pb[3] = {(const char *)shift + p->out_offset * psz, (const char *)scale + p->out_offset * psz,
-                         (const char *)bias + p->out_offset * psz};
     /* Along a one-axis R1 the rows up to the chunk's or the axis's end share their parameters: one call
      * for the run, its rows xr and yr elements apart. */
     const int run = p->r1.ndim == 1;
@@ -94,10 +89,11 @@ nf_status NF_FN(nf_apply)(const nf_plan *p, nf_dtype dt, const void *x, void *y,
         nf_iter_init(&io, &p->o, w0 / R1);
         nf_iter_init(&ir, &p->r1, w0 % R1);
         for (int64_t w = w0; w < w1;) {
-            const void *params[3] = {pb[0] + io.ooff * psz, pb[1] + io.ooff * psz, pb[2] + io.ooff * psz};
             const int64_t nr = run ? (R1 - ir.idx[0] < w1 - w ? R1 - ir.idx[0] : w1 - w) : 1;
-            row(xb + (io.off + ir.off) * isz, xs, yb + (io.yoff + ir.yoff) * isz, ys, params, ps, len, act, nr,
-                xr, yr);
+            const int64_t xo = (io.off + ir.off) * isz;
+            const nf_run r = {xb + xo, x2 ? x2b + xo : NULL, yb + (io.yoff + ir.yoff) * isz,
+                              p->out_offset + io.ooff, len, xs, ys, ps, nr, xr, yr};
+            op(ctx, &r);
             w += nr;
             ir.idx[0] += nr - 1; /* to the run's last row, then one step on */
             ir.off += (nr - 1) * xr;
@@ -106,5 +102,30 @@ nf_status NF_FN(nf_apply)(const nf_plan *p, nf_dtype dt, const void *x, void *y,
                 nf_iter_next(&io, &p->o);
         }
     }
+}
+
+typedef struct {
+    nf_row_fn row;
+    const char *prm[3];
+    int64_t psz;
+    nf_act act;
+} nf_apply_ctx;
+
+static void nf_apply_run(const void *ctx, const nf_run *r)
+{
+    const nf_apply_ctx *c = (const nf_apply_ctx *)ctx;
+    const void *params[3] = {c->prm[0] + r->poff * c->psz, c->prm[1] + r->poff * c->psz,
+                             c->prm[2] + r->poff * c->psz};
+    c->row(r->x, r->xs, r->y, r->ys, params, r->ps, r->len, c->act, r->nr, r->xr, r->yr);
+}
+
+nf_status NF_FN(nf_apply)(const nf_plan *p, nf_dtype dt, const void *x, void *y, const void *shift,
+                          const void *scale, const void *bias, nf_act act, int nthreads)
+{
+    const int64_t isz = nf_itemsize(dt);
+    if (!isz)
+        return NF_EINVAL;
+    const nf_apply_ctx ctx = {rows_of[dt], {shift, scale, bias}, dt == NF_F64 ? 8 : 4, act};
+    NF_FN(nf_walk)(p, isz, x, NULL, y, nf_apply_run, &ctx, nthreads);
     return NF_OK;
 }

@@ -13,20 +13,25 @@ typedef struct {
     nf_moments_fn moments;
     nf_apply_fn apply;
     nf_rownorm_fn_t rownorm;
+    nf_grad_sums_fn grad_sums;
+    nf_grad_apply_fn grad_apply;
+    nf_rownorm_grad_fn rownorm_grad;
 } nf_kernels;
 
-#define NF_KERNELS_OF(sfx) {nf_moments_##sfx, nf_apply_##sfx, nf_rownorm_##sfx}
+#define NF_KERNELS_OF(sfx)                                                                                 \
+    {nf_moments_##sfx, nf_apply_##sfx, nf_rownorm_##sfx, nf_grad_sums_##sfx, nf_grad_apply_##sfx,            \
+     nf_rownorm_grad_##sfx}
 static const nf_kernels nf_table[NF_ISA_COUNT] = {
     NF_KERNELS_OF(baseline),
 #ifdef NF_HAVE_AVX2
     NF_KERNELS_OF(avx2),
 #else
-    {NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL, NULL},
 #endif
 #ifdef NF_HAVE_AVX512
     NF_KERNELS_OF(avx512),
 #else
-    {NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL, NULL},
 #endif
 };
 
@@ -137,4 +142,23 @@ nf_status nf_apply(const nf_plan *plan, nf_dtype dtype, const void *x, void *y, 
 nf_status nf_rownorm(const nf_plan *plan, nf_dtype dtype, const void *x, void *y, const nf_rowspec *spec)
 {
     return nf_table[nf_get_isa()].rownorm(plan, dtype, x, y, spec, nf_get_num_threads());
+}
+
+nf_status nf_grad_sums(const nf_plan *plan, nf_dtype dtype, const void *x, const void *dy, const void *shift,
+                       const void *scale, const void *bias, nf_act act, double *sum_g, double *sum_gd)
+{
+    return nf_table[nf_get_isa()].grad_sums(plan, dtype, x, dy, shift, scale, bias, act, sum_g, sum_gd,
+                                            nf_get_num_threads());
+}
+
+nf_status nf_grad_apply(const nf_plan *plan, nf_dtype dtype, const void *x, const void *dy, void *gx,
+                        const void *const *params, nf_act act)
+{
+    return nf_table[nf_get_isa()].grad_apply(plan, dtype, x, dy, gx, params, act, nf_get_num_threads());
+}
+
+nf_status nf_rownorm_grad(nf_dtype dtype, int64_t rows, int64_t n, const void *x, const void *dy, void *gx,
+                          const nf_rowgrad *spec)
+{
+    return nf_table[nf_get_isa()].rownorm_grad(dtype, rows, n, x, dy, gx, spec, nf_get_num_threads());
 }

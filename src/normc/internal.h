@@ -24,13 +24,39 @@ typedef nf_status (*nf_apply_fn)(const nf_plan *, nf_dtype, const void *, void *
 typedef nf_status (*nf_rownorm_fn_t)(const nf_plan *, nf_dtype, const void *, void *, const nf_rowspec *,
                                      int nthreads);
 
+/* One run of nr rows along the plan's innermost axis, as nf_walk hands it out: x, x2 (a second input laid
+ * out like x, or NULL) and y at the run's first row; poff, the element offset of its statistics (laid out
+ * as the plan's statistics); each row len elements xs / ys apart, the statistics ps apart along it (0:
+ * one group per row); successive rows xr / yr apart. */
+typedef struct {
+    const char *x, *x2;
+    char *y;
+    int64_t poff, len, xs, ys, ps, nr, xr, yr;
+} nf_run;
+typedef void (*nf_run_fn)(const void *ctx, const nf_run *run);
+void NF_FN(nf_walk)(const nf_plan *p, int64_t isz, const void *x, const void *x2, void *y, nf_run_fn op,
+                    const void *ctx, int nthreads);
+
+typedef nf_status (*nf_grad_sums_fn)(const nf_plan *, nf_dtype, const void *, const void *, const void *,
+                                     const void *, const void *, nf_act, double *, double *, int);
+typedef nf_status (*nf_grad_apply_fn)(const nf_plan *, nf_dtype, const void *, const void *, void *,
+                                      const void *const *, nf_act, int);
+typedef nf_status (*nf_rownorm_grad_fn)(nf_dtype, int64_t, int64_t, const void *, const void *, void *,
+                                        const nf_rowgrad *, int);
+
 #define NF_DECLARE_ISA(sfx)                                                                                \
     nf_status nf_rownorm_##sfx(const nf_plan *, nf_dtype, const void *, void *, const nf_rowspec *, int); \
     void nf_apply_seg_##sfx(nf_dtype, const void *, void *, const void *const *, int64_t, int);          \
     nf_status nf_moments_##sfx(const nf_plan *, nf_dtype, const void *, nf_dtype, void *, void *, double, \
                                int);                                                                     \
     nf_status nf_apply_##sfx(const nf_plan *, nf_dtype, const void *, void *, const void *, const void *, \
-                             const void *, nf_act, int);
+                             const void *, nf_act, int);                                                 \
+    nf_status nf_grad_sums_##sfx(const nf_plan *, nf_dtype, const void *, const void *, const void *,        \
+                                 const void *, const void *, nf_act, double *, double *, int);               \
+    nf_status nf_grad_apply_##sfx(const nf_plan *, nf_dtype, const void *, const void *, void *,             \
+                                  const void *const *, nf_act, int);                                         \
+    nf_status nf_rownorm_grad_##sfx(nf_dtype, int64_t, int64_t, const void *, const void *, void *,          \
+                                    const nf_rowgrad *, int);
 NF_DECLARE_ISA(baseline)
 NF_DECLARE_ISA(avx2)
 NF_DECLARE_ISA(avx512)
@@ -47,6 +73,12 @@ static inline int64_t nf_itemsize(nf_dtype dt)
 /* Elements per work chunk. Chunk bounds depend only on the shape, so results do not depend on the
  * number of threads. */
 #define NF_CHUNK ((int64_t)1 << 16)
+
+#define NF_BLOCK 2048 /* elements reduced in NF_A while in L1 before the block's sums go to double */
+#define NF_KTILE 256  /* columns per column-mode work item */
+#define NF_RB 64      /* rows per column-mode block (moments: reread from L2 by its second pass) */
+
+static inline int64_t nf_cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 /* Walks the flat index of an nf_dims forward, keeping the element offsets in input and output. */
 typedef struct {
@@ -82,6 +114,14 @@ static inline int nf_iter_next(nf_iter *it, const nf_dims *d)
         it->idx[i] = 0;
     }
     return 0;
+}
+
+/* Output offset (elements) of statistic i = o * K + k. */
+static inline int64_t nf_out_at(const nf_plan *p, int64_t i)
+{
+    nf_iter it;
+    nf_iter_init(&it, &p->o, i / p->k);
+    return p->out_offset + it.ooff + (i % p->k) * p->k_ostride;
 }
 
 /* float16 and bfloat16 bits -> float, branch-free so loops over them vectorise. */

@@ -11,10 +11,7 @@
 #include <math.h>
 #include <stdlib.h>
 
-#define NF_BLOCK 2048     /* elements reduced two-pass while in L1 */
 #define NF_DIRECT_MIN 256 /* shorter or strided rows are gathered into full blocks */
-#define NF_KTILE 256      /* columns per column-mode work item */
-#define NF_RB 64          /* rows per column-mode block (reread from L2 by its second pass) */
 #define NF_SHORT_ROW 16   /* contiguous rows up to this long run in column mode when they can */
 
 typedef struct {
@@ -101,14 +98,6 @@ typedef void (*nf_rows_fn)(const nf_plan *, const void *, int64_t, int64_t, int6
 typedef void (*nf_cols_fn)(const nf_plan *, const void *, int64_t, int64_t, int64_t, double *, double *,
                            double *);
 
-/* Output offset (elements) of statistic i = o * K + k. */
-static inline int64_t nf_out_at(const nf_plan *p, int64_t i)
-{
-    nf_iter it;
-    nf_iter_init(&it, &p->o, i / p->k);
-    return p->out_offset + it.ooff + (i % p->k) * p->k_ostride;
-}
-
 /* numpy's conventions: empty -> NaN, divisor max(n - ddof, 0). */
 static inline void nf_store(nf_dtype odt, void *mean, void *var, int64_t at, const nf_acc *a, double ddof)
 {
@@ -143,8 +132,6 @@ static void nf_finish(const nf_plan *p, nf_dtype odt, const nf_acc *part, int64_
         nf_store(odt, mean, var, nf_out_at(p, i), &a, ddof);
     }
 }
-
-static int64_t nf_cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 nf_status NF_FN(nf_moments)(const nf_plan *p, nf_dtype dt, const void *x, nf_dtype odt, void *mean,
                             void *var, double ddof, int nthreads)

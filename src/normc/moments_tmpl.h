@@ -9,14 +9,7 @@
 #define NF_NAME2(a, b) a##_##b
 #define NF_NAME(a, b) NF_NAME2(a, b)
 
-/* Lanes summed in a fixed order, so a given ISA always rounds the same way. */
-static NF_INLINE NF_A NF_NAME(hsum, NF_TAG)(NF_V v)
-{
-    NF_A s = 0;
-    for (int j = 0; j < NF_W; j++)
-        s += v[j];
-    return s;
-}
+#include "hsum_tmpl.h"
 
 /* (mean, M2) of n <= NF_BLOCK contiguous elements; four vector accumulators hide add latency. */
 static void NF_NAME(seg, NF_TAG)(const NF_T *x, int64_t n, double *mean, double *m2)

@@ -11,6 +11,17 @@
 #define NF_INLINE inline
 #endif
 
+/* f(args..., act) with act a constant in each case, so every activation gets its own inlined loop. */
+#define NF_BY_ACT(act, f, ...)                                                                             \
+    do {                                                                                                   \
+        switch (act) {                                                                                     \
+        case NF_ACT_RELU: f(__VA_ARGS__, NF_ACT_RELU); break;                                              \
+        case NF_ACT_SIGMOID: f(__VA_ARGS__, NF_ACT_SIGMOID); break;                                        \
+        case NF_ACT_SILU: f(__VA_ARGS__, NF_ACT_SILU); break;                                              \
+        default: f(__VA_ARGS__, NF_ACT_NONE); break;                                                       \
+        }                                                                                                  \
+    } while (0)
+
 /* Vectors through GCC/Clang vector extensions: one source, as wide as the ISA this copy is built for. */
 #if defined(__AVX512F__)
 #define NF_VBYTES 64

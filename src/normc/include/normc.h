@@ -94,6 +94,29 @@ typedef struct {
  * the plan reduces only the last axis (R2, stride 1 in x and y; K == 1, no R1). */
 nf_status nf_rownorm(const nf_plan *plan, nf_dtype dtype, const void *x, void *y, const nf_rowspec *spec);
 
+/* Backward of batch, instance, group and switchable norm (and of nf_apply): with z = (x - shift) * scale +
+ * bias the forward's pre-activation (the apply pass's parameters) and g = dy * act'(z), the first pass
+ * sums, per statistics group, g and g * (x - shift) into sum_g and sum_gd (double, laid out as the
+ * statistics). dy is laid out like x. Chunked as the moments: results do not depend on the thread
+ * count. */
+nf_status nf_grad_sums(const nf_plan *plan, nf_dtype dtype, const void *x, const void *dy, const void *shift,
+                       const void *scale, const void *bias, nf_act act, double *sum_g, double *sum_gd);
+
+/* The second pass: gx = P * g + Q * (x - shift) + R elementwise; params = {shift, scale, bias, P, Q, R},
+ * laid out as the statistics (double for NF_F64, float otherwise). gx has x's dtype and the plan's y
+ * strides; dy is laid out like x. */
+nf_status nf_grad_apply(const nf_plan *plan, nf_dtype dtype, const void *x, const void *dy, void *gx,
+                        const void *const *params, nf_act act);
+
+/* Layer or RMS norm backward over `rows` C-contiguous rows of n elements (x, dy and gx alike). */
+typedef struct {
+    const double *mean, *rstd; /* per row: the forward's mean (NULL: RMS norm) and 1 / sqrt(var + eps) */
+    const void *weight;        /* NULL or n values, double for NF_F64 and float otherwise */
+    double *grad_weight, *grad_bias; /* NULL, or n outputs: the sums over rows of dy * xhat and of dy */
+} nf_rowgrad;
+nf_status nf_rownorm_grad(nf_dtype dtype, int64_t rows, int64_t n, const void *x, const void *dy, void *gx,
+                          const nf_rowgrad *spec);
+
 /* Threads used by the kernels (>= 1). The default is OpenMP's, so OMP_NUM_THREADS is honoured. */
 void nf_set_num_threads(int n);
 int nf_get_num_threads(void);

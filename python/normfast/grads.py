@@ -1,0 +1,313 @@
+"""The normalization family, backward. Each function takes the forward's arguments with `grad_out` in
+front and returns the gradients with respect to x and the parameters; nothing is stored between calls
+and no running statistic changes.
+
+The channel norms (batch, instance, group, switchable) share one scheme. With statistics at the
+finest level F the norm needs (per channel for batch norm, per sample and channel otherwise), z the
+forward's pre-activation and g = grad_out * act'(z), one kernel pass sums g and g * (x - mean) per F
+group; every gradient is then a small float64 computation on those sums, and a second pass writes
+grad_x = P * g + Q * (x - mean) + R with P, Q and R per F group. The mean and variance enter as the sums
+of one or more "terms" (one for batch, instance and group norm, three blended ones for switchable norm),
+each a mean and variance over some pooling of F groups; a term's gradient flows back into x through
+both. Layer and RMS norm run a fused row kernel instead."""
+import math
+
+import numpy as np
+
+from . import _checks, _normc, norms
+
+__all__ = ["batch_norm_backward", "instance_norm_backward", "group_norm_backward", "switchable_norm_backward",
+           "layer_norm_backward", "rms_norm_backward"]
+
+
+def _pair(grad_out, x):
+    """x and grad_out checked and in one layout the kernels can walk together (copies only where their
+    strides differ, or where x has gaps), plus x's dtype code and an empty grad_x of that layout."""
+    x, code = _checks.float_array(x, "x")
+    dy, _ = _checks.float_array(grad_out, "grad_out")
+    if dy.shape != x.shape:
+        raise ValueError(f"grad_out: expected the shape of x {x.shape}, got {dy.shape}")
+    if dy.dtype != x.dtype:
+        raise TypeError(f"grad_out: expected the dtype of x ({x.dtype}), got {dy.dtype}")
+    gx = np.empty_like(x)  # x's axis order, without gaps
+    if not _same_strides(gx, x):
+        x = _relaid(gx, x)
+    if not _same_strides(x, dy):
+        dy = _relaid(x, dy)
+    return x, dy, code, gx
+
+
+def _same_strides(a, b):
+    return all(n <= 1 or sa == sb for n, sa, sb in zip(a.shape, a.strides, b.strides))
+
+
+def _relaid(layout, a):
+    """A copy of a with the strides of `layout` (an array without gaps)."""
+    out = np.empty_like(layout)
+    out[...] = a
+    return out
+
+
+def _stat(v, shape, name):
+    """A saved statistic (mean or rstd) given to a backward: float, one value per statistic."""
+    arr = _checks.param(v, shape, name)
+    if arr is None:
+        raise TypeError(f"{name}: expected an array of shape {shape}, got None")
+    return arr
+
+
+class _Term:
+    """One (mean, var) pair the normalizing statistics are made of: blended with weights wm and wv, a
+    mean `mu` (F layout, or broadcastable to it) over `count` elements per group, its groups made of
+    the F groups that `pool` sums together (and broadcasts back); pool None: a constant (running
+    statistics), which no gradient reaches x through."""
+
+    def __init__(self, wm, wv, mu, count, pool):
+        self.wm, self.wv, self.mu, self.count, self.pool = wm, wv, mu, count, pool
+
+
+def _identity(a):
+    return a
+
+
+def _channel_backward(x, dy, code, gx, keep, mean, rstd, weight, bias, activation, terms, pdt):
+    """grad_x into gx, plus (sum_g, sum_gxhat, gmu, gvar) per F group (float64, F layout): sum_g and
+    sum_gxhat are the per-group sums of g and g * xhat, gmu and gvar the gradients with respect to the
+    group's normalizing mean and variance. mean and rstd: float64 over the `keep` axes (F layout);
+    weight and bias: None or (C,) vectors of dtype pdt, along the last kept axis."""
+    c = keep[-1]
+    shape = mean.shape
+    reduce = tuple(i not in keep for i in range(x.ndim))
+    w = 1.0 if weight is None else weight.astype(np.float64).reshape(norms._layout(x.ndim, {c: x.shape[c]}))
+    b = 0.0 if bias is None else bias.astype(np.float64).reshape(norms._layout(x.ndim, {c: x.shape[c]}))
+    # The forward's apply parameters, z = (x - s) * a + cc: s is the mean rounded to pdt and cc puts that
+    # rounding back, so x - mean = (x - s) + (s - mean) exactly enough in float64.
+    s = mean.astype(pdt)
+    dm = s.astype(np.float64) - mean
+    a64 = w * rstd
+    params = [s, np.broadcast_to(a64, shape).astype(pdt), np.broadcast_to(b + dm * a64, shape).astype(pdt)]
+    sum_g, sum_gd = np.empty(shape), np.empty(shape)
+    _normc.grad_sums(x, dy, code, reduce, *params, activation, sum_g, sum_gd)
+    sum_gmu = sum_gd + dm * sum_g  # sum of g * (x - mean)
+    gmu = -w * rstd * sum_g
+    gvar = -0.5 * w * rstd**3 * sum_gmu
+    P, Q, R = a64, 0.0, 0.0
+    for t in terms:
+        if t.pool is None:
+            continue
+        R = R + t.wm * t.pool(gmu) / t.count
+        q = 2 * t.wv * t.pool(gvar) / t.count
+        Q = Q + q
+        R = R + q * (s - t.mu)  # x - mu_t = (x - s) + (s - mu_t)
+    params += [np.broadcast_to(v, shape).astype(pdt) for v in (P, Q, R)]
+    _normc.grad_apply(x, dy, code, reduce, tuple(params), gx, activation)
+    return sum_g, rstd * sum_gmu, gmu, gvar
+
+
+def _per_channel(a, c):
+    """An F-layout float64 array summed over every axis but the channel axis c, as a (C,) vector."""
+    return a.sum(axis=tuple(i for i in range(a.ndim) if i != c)) if a.ndim > 1 else a.reshape(-1)
+
+
+def _param_grads(sum_g, sum_gxhat, c, weight, bias, pdt):
+    """(grad_weight, grad_bias) in the parameters' dtype, None where the forward had no such parameter."""
+    gw = None if weight is None else _per_channel(sum_gxhat, c).astype(pdt)
+    gb = None if bias is None else _per_channel(sum_g, c).astype(pdt)
+    return gw, gb
+
+
+def _empty_grads(x, gx, C, weight, bias, pdt):
+    return (gx, None if weight is None else np.zeros(C, pdt), None if bias is None else np.zeros(C, pdt))
+
+
+def _training_count(x, count, what):
+    if count <= 1 and x.size:
+        raise ValueError(f"x: expected more than 1 {what}, got {count}")
+
+
+def batch_norm_backward(grad_out, x, running_mean=None, running_var=None, weight=None, bias=None, *, training=True,
+                        eps=1e-5, axis=1, activation=None, mean=None, rstd=None):
+    """Gradients of batch_norm(x, ...) (same arguments) given grad_out, the gradient of its output:
+    (grad_x, grad_weight, grad_bias), the last two None where weight or bias is None.
+
+    training=True differentiates through the batch statistics, training=False treats the running ones
+    as constants. mean and rstd (the (C,) statistics batch_norm(..., return_stats=True) returns) skip
+    recomputing them. The running statistics are read (training=False) but never changed."""
+    x, code, c, C, pdt, weight, bias, eps, activation = norms._channel_call(x, axis, weight, bias, eps, activation,
+                                                                           False)
+    x, dy, code, gx = _pair(grad_out, x)
+    training = _checks.flag(training, "training")
+    rm = _checks.running(running_mean, C, pdt, "running_mean", False)
+    rv = _checks.running(running_var, C, pdt, "running_var", False)
+    if (rm is None) != (rv is None):
+        raise ValueError("running_mean, running_var: give both or neither")
+    count = math.prod(n for i, n in enumerate(x.shape) if i != c)
+    layout = norms._layout(x.ndim, {c: C})
+    if (mean is None) != (rstd is None):
+        raise ValueError("mean, rstd: give both or neither")
+    if mean is not None:
+        mean, rstd = (_stat(v, (C,), n).reshape(layout) for v, n in ((mean, "mean"), (rstd, "rstd")))
+    elif not training and rm is None:
+        raise ValueError("running_mean, running_var: required when training=False (or give mean and rstd)")
+    if training:
+        _training_count(x, count, "value per channel when training")
+    if x.size == 0:
+        return _empty_grads(x, gx, C, weight, bias, pdt)
+    if mean is None:
+        mean, var = norms._moments(x, code, (c,)) if training else norms._running_stats(rm, rv, x, c)
+        rstd = 1 / np.sqrt(var + eps)
+    terms = [_Term(1.0, 1.0, mean, count, _identity)] if training else []
+    sum_g, sum_gxhat, _, _ = _channel_backward(x, dy, code, gx, (c,), mean, rstd, weight, bias, activation, terms,
+                                               pdt)
+    return (gx, *_param_grads(sum_g, sum_gxhat, c, weight, bias, pdt))
+
+
+def instance_norm_backward(grad_out, x, running_mean=None, running_var=None, weight=None, bias=None, *,
+                           use_input_stats=True, eps=1e-5, axis=1, activation=None):
+    """Gradients of instance_norm(x, ...) given grad_out: (grad_x, grad_weight, grad_bias), the last two
+    None where weight or bias is None. use_input_stats=False treats the running statistics as constants;
+    they are never changed."""
+    x, code, c, C, pdt, weight, bias, eps, activation = norms._channel_call(x, axis, weight, bias, eps, activation,
+                                                                           True)
+    x, dy, code, gx = _pair(grad_out, x)
+    use_input_stats = _checks.flag(use_input_stats, "use_input_stats")
+    rm, rv, _ = norms._running_pair(running_mean, running_var, C, pdt, use_input_stats, "use_input_stats", True)
+    count = math.prod(n for i, n in enumerate(x.shape) if i not in (0, c))
+    if use_input_stats:
+        _training_count(x, count, "spatial element when use_input_stats=True")
+    if x.size == 0:
+        return _empty_grads(x, gx, C, weight, bias, pdt)
+    if use_input_stats:
+        keep = (0, c)
+        mean, var = norms._moments(x, code, keep)
+        terms = [_Term(1.0, 1.0, mean, count, _identity)]
+    else:
+        keep = (c,)
+        mean, var = norms._running_stats(rm, rv, x, c)
+        terms = []
+    sum_g, sum_gxhat, _, _ = _channel_backward(x, dy, code, gx, keep, mean, 1 / np.sqrt(var + eps), weight, bias,
+                                               activation, terms, pdt)
+    return (gx, *_param_grads(sum_g, sum_gxhat, c, weight, bias, pdt))
+
+
+def group_norm_backward(grad_out, x, num_groups, weight=None, bias=None, *, eps=1e-5, axis=1, activation=None):
+    """Gradients of group_norm(x, num_groups, ...) given grad_out: (grad_x, grad_weight, grad_bias), the
+    last two None where weight or bias is None."""
+    x, code, c, C, pdt, weight, bias, eps, activation = norms._channel_call(x, axis, weight, bias, eps, activation,
+                                                                           True)
+    x, dy, code, gx = _pair(grad_out, x)
+    G = norms._groups(num_groups, C)
+    if x.size == 0:
+        return _empty_grads(x, gx, C, weight, bias, pdt)
+    mean, var = norms._group_moments(x, code, c, G)
+    cg = C // G
+
+    def pool(a):  # sum over each group's channels, broadcast back to them
+        split = a.reshape(a.shape[:c] + (G, cg) + a.shape[c + 1:])
+        return np.repeat(split.sum(axis=c + 1), cg, axis=c)
+
+    count = x.size // (x.shape[0] * G)
+    sum_g, sum_gxhat, _, _ = _channel_backward(x, dy, code, gx, (0, c), mean, 1 / np.sqrt(var + eps), weight, bias,
+                                               activation, [_Term(1.0, 1.0, mean, count, pool)], pdt)
+    return (gx, *_param_grads(sum_g, sum_gxhat, c, weight, bias, pdt))
+
+
+def _softmax_backward(p, g):
+    """The gradient with respect to the logits of softmax p, given the gradient g with respect to p."""
+    return p * (g - np.dot(p, g))
+
+
+def switchable_norm_backward(grad_out, x, weight, bias, mean_weight, var_weight, running_mean=None, running_var=None,
+                             *, training=True, eps=1e-5, axis=1, using_bn=True, activation=None):
+    """Gradients of switchable_norm(x, ...) given grad_out: (grad_x, grad_weight, grad_bias,
+    grad_mean_weight, grad_var_weight), the last two with respect to the logits. With using_bn and
+    training=False the batch statistics are the running ones, constants here; they are never changed."""
+    x, code, c, C, pdt, weight, bias, eps, activation = norms._channel_call(x, axis, weight, bias, eps, activation,
+                                                                           True)
+    x, dy, code, gx = _pair(grad_out, x)
+    training = _checks.flag(training, "training")
+    using_bn = _checks.flag(using_bn, "using_bn")
+    k = 3 if using_bn else 2
+    wm = norms._softmax(mean_weight, k, "mean_weight")
+    wv = norms._softmax(var_weight, k, "var_weight")
+    if using_bn:
+        rm, rv, _ = norms._running_pair(running_mean, running_var, C, pdt, training, "training", True)
+    elif running_mean is not None or running_var is not None:
+        raise ValueError("running_mean, running_var: only used with using_bn=True")
+    count = math.prod(n for i, n in enumerate(x.shape) if i != c)
+    if using_bn and training:
+        _training_count(x, count, "value per channel when training")
+    if x.size == 0:
+        gw, gb = (np.zeros(C, pdt) if v is not None else None for v in (weight, bias))
+        return gx, gw, gb, np.zeros(k, pdt), np.zeros(k, pdt)
+    N = x.shape[0]
+    mean_in, var_in = norms._moments(x, code, (0, c))
+    stats = [(mean_in, var_in, count // N, _identity),
+             (*norms._chan_merge(mean_in, var_in, c), count // N * C, lambda a: a.sum(axis=c, keepdims=True))]
+    if using_bn:
+        if training:
+            stats.append((*norms._chan_merge(mean_in, var_in, 0), count, lambda a: a.sum(axis=0, keepdims=True)))
+        else:
+            stats.append((*norms._running_stats(rm, rv, x, c), count, None))
+    mean = sum(wm[i] * m for i, (m, _, _, _) in enumerate(stats))
+    var = sum(wv[i] * v for i, (_, v, _, _) in enumerate(stats))
+    terms = [_Term(wm[i], wv[i], m, n, pool) for i, (m, _, n, pool) in enumerate(stats)]
+    sum_g, sum_gxhat, gmu, gvar = _channel_backward(x, dy, code, gx, (0, c), mean, 1 / np.sqrt(var + eps), weight,
+                                                    bias, activation, terms, pdt)
+    # d loss / d blend weight i: the statistic i seen from every (sample, channel) group.
+    g_wm = np.array([np.sum(gmu * m) for m, _, _, _ in stats])
+    g_wv = np.array([np.sum(gvar * v) for _, v, _, _ in stats])
+    return (gx, *_param_grads(sum_g, sum_gxhat, c, weight, bias, pdt),
+            _softmax_backward(wm, g_wm).astype(pdt), _softmax_backward(wv, g_wv).astype(pdt))
+
+
+def _row_stats(x, code, lead, mean, rstd, eps, rms):
+    """Per-row float64 (mean, rstd), flat (mean None for RMS norm): as given, checked against the leading
+    shape `lead`, or computed."""
+    if (rstd is None) != (mean is None) and not rms:
+        raise ValueError("mean, rstd: give both or neither")
+    if rstd is not None:
+        rstd = _stat(rstd, lead, "rstd").reshape(-1)
+        return (None if rms else _stat(mean, lead, "mean").reshape(-1)), rstd
+    mean, var = norms._moments(x, code, tuple(range(len(lead))))
+    mean, var = mean.reshape(-1), var.reshape(-1)
+    if rms:  # the mean square; var and mean^2 are both >= 0, so nothing cancels
+        return None, 1 / np.sqrt(var + mean * mean + eps)
+    return mean, 1 / np.sqrt(var + eps)
+
+
+def _row_backward(grad_out, x, normalized_shape, weight, bias, eps, mean, rstd, rms):
+    x, code = _checks.float_array(x, "x")
+    nshape = norms._normalized_shape(x, normalized_shape)
+    x, dy, code, _ = _pair(grad_out, x)
+    pdt = _checks.stats_dtype(x)
+    eps = _checks.positive(eps, "eps")
+    params = [None if v is None else _checks.param(v, nshape, name, pdt).reshape(-1)
+              for name, v in (("weight", weight), ("bias", bias))]
+    lead = x.shape[:x.ndim - len(nshape)]
+    mean, rstd = _row_stats(x, code, lead, mean, rstd, eps, rms)
+    n = math.prod(nshape)
+    gw, gb = (np.zeros(n), np.zeros(n)) if params[0] is not None or params[1] is not None else (None, None)
+    x, dy = np.ascontiguousarray(x), np.ascontiguousarray(dy)
+    gx = np.empty(x.shape, x.dtype)
+    if x.size:
+        rows = (-1, n)
+        _normc.rownorm_grad(x.reshape(rows), dy.reshape(rows), code, gx.reshape(rows), mean, rstd, params[0], gw, gb)
+    return (gx, *(None if p is None else g.reshape(nshape).astype(pdt) for p, g in zip(params, (gw, gb))))
+
+
+def layer_norm_backward(grad_out, x, normalized_shape, weight=None, bias=None, *, eps=1e-5, mean=None, rstd=None):
+    """Gradients of layer_norm(x, normalized_shape, ...) given grad_out: (grad_x, grad_weight, grad_bias),
+    the last two None where weight or bias is None. mean and rstd (layer_norm(..., return_stats=True)'s,
+    one per row) skip recomputing the statistics."""
+    return _row_backward(grad_out, x, normalized_shape, weight, bias, eps, mean, rstd, rms=False)
+
+
+def rms_norm_backward(grad_out, x, normalized_shape, weight=None, *, eps=None, rstd=None):
+    """Gradients of rms_norm(x, normalized_shape, ...) given grad_out: (grad_x, grad_weight), grad_weight
+    None where weight is None. rstd (rms_norm(..., return_stats=True)'s, one per row) skips recomputing
+    it; eps=None is the machine epsilon of x's dtype, as in the forward."""
+    if eps is None:
+        eps = norms._machine_eps(x)
+    gx, gw, _ = _row_backward(grad_out, x, normalized_shape, weight, None, eps, None, rstd, rms=True)
+    return gx, gw

@@ -1,0 +1,284 @@
+/* Backward kernels for one storage type, included by backward.c once per dtype with the parameters of
+ * apply_tmpl.h (NF_VSTORE, where defined, turns on the vector paths). Notation: z = (x - s) * a + c is
+ * the forward's pre-activation, s the mean rounded to NF_A; g = dy * act'(z). dy is laid out like x. */
+
+#define NF_NAME2(a, b) a##_##b
+#define NF_NAME(a, b) NF_NAME2(a, b)
+
+#ifdef NF_VSTORE
+#include "hsum_tmpl.h"
+
+static NF_INLINE NF_V NF_NAME(vat, NF_TAG)(const NF_A *p)
+{
+    NF_V v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+/* e where z > 0, else 0: ReLU's derivative applied (0 at 0 and at NaN, as PyTorch's, which tests the
+ * output > 0). */
+static NF_INLINE NF_V NF_NAME(vrelu_mask, NF_TAG)(NF_V e, NF_V z)
+{
+    const NF_V zero = {0};
+    return (NF_V)((NF_VI)e & (NF_VI)(z > zero));
+}
+#endif
+
+/* act'(z). */
+static NF_INLINE NF_A NF_NAME(dact, NF_TAG)(NF_A z, int act)
+{
+    NF_A e;
+    switch (act) {
+    case NF_ACT_RELU: return z > 0 ? 1 : 0;
+    case NF_ACT_SIGMOID: e = 1 / (1 + NF_EXP(-z)); return e * (1 - e);
+    case NF_ACT_SILU: e = 1 / (1 + NF_EXP(-z)); return e * (1 + z * (1 - e));
+    default: return 1;
+    }
+}
+
+/* Adds the sums of g and of g * (x - s) over n elements xs apart to *sg and *sd: NF_A within blocks of
+ * NF_BLOCK, double across them. `act` is a constant in each inlined copy. */
+static NF_INLINE void NF_NAME(red_seg, NF_TAG)(const NF_T *x, const NF_T *dy, int64_t xs, int64_t n, NF_A s,
+                                               NF_A a, NF_A c, double *sg, double *sd, int act)
+{
+    for (int64_t b = 0; b < n; b += NF_BLOCK) {
+        const int64_t e = n - b < NF_BLOCK ? n : b + NF_BLOCK;
+        NF_A tg = 0, td = 0;
+        int64_t j = b;
+#ifdef NF_VSTORE
+        if (xs == 1 && act <= NF_ACT_RELU) {
+            const NF_V z = {0}, sv = z + s, av = z + a, cv = z + c;
+            NF_V g0 = z, g1 = z, d0 = z, d1 = z;
+            for (; j + 2 * NF_W <= e; j += 2 * NF_W) {
+                const NF_V u0 = NF_VLOAD(x + j) - sv, u1 = NF_VLOAD(x + j + NF_W) - sv;
+                NF_V e0 = NF_VLOAD(dy + j), e1 = NF_VLOAD(dy + j + NF_W);
+                if (act == NF_ACT_RELU) {
+                    e0 = NF_NAME(vrelu_mask, NF_TAG)(e0, u0 * av + cv);
+                    e1 = NF_NAME(vrelu_mask, NF_TAG)(e1, u1 * av + cv);
+                }
+                g0 += e0;
+                g1 += e1;
+                d0 += e0 * u0;
+                d1 += e1 * u1;
+            }
+            tg = NF_NAME(hsum, NF_TAG)(g0 + g1);
+            td = NF_NAME(hsum, NF_TAG)(d0 + d1);
+        }
+#endif
+        for (; j < e; j++) {
+            const NF_A u = NF_LOAD(x[j * xs]) - s, g = NF_LOAD(dy[j * xs]) * NF_NAME(dact, NF_TAG)(u * a + c, act);
+            tg += g;
+            td += g * u;
+        }
+        *sg += tg;
+        *sd += td;
+    }
+}
+
+/* Row mode, one group: rows [ra, rb) of R1, elements [ca, cb) of each R2 row; its (s, a, c) at element
+ * poff of prm. */
+static void NF_NAME(red_rows, NF_TAG)(const nf_plan *p, const void *xv, const void *dyv, int64_t ra, int64_t rb,
+                                      int64_t ca, int64_t cb, const void *const *prm, int64_t poff, int act,
+                                      double *sg, double *sd)
+{
+    const NF_T *x = (const NF_T *)xv, *dy = (const NF_T *)dyv;
+    const NF_A s = ((const NF_A *)prm[0])[poff], a = ((const NF_A *)prm[1])[poff], c = ((const NF_A *)prm[2])[poff];
+    const int64_t s2 = p->r2_stride;
+    nf_iter it;
+    nf_iter_init(&it, &p->r1, ra);
+    for (int64_t r = ra; r < rb; r++, nf_iter_next(&it, &p->r1)) {
+        const int64_t at = it.off + ca * s2;
+        NF_BY_ACT(act, NF_NAME(red_seg, NF_TAG), x + at, dy + at, s2, cb - ca, s, a, c, sg, sd);
+    }
+}
+
+/* Column mode: adds the sums of rows [ra, rb) of R1 over nk <= NF_KTILE columns k_stride apart, starting
+ * at xv, to sg[k] and sd[k]; NF_A accumulators within blocks of NF_RB rows, double across them. */
+static NF_INLINE void NF_NAME(red_cols_body, NF_TAG)(const nf_plan *p, const NF_T *x, const NF_T *dy, int64_t ra,
+                                                     int64_t rb, int64_t nk, const NF_A *s, const NF_A *a,
+                                                     const NF_A *c, double *sg, double *sd, int act)
+{
+    const int64_t ks = p->k_stride;
+#ifdef NF_VSTORE
+    const int64_t nv = ks == 1 && act <= NF_ACT_RELU ? nk - nk % NF_W : 0; /* columns handled by vectors */
+#endif
+    NF_A tg[NF_KTILE], td[NF_KTILE];
+    nf_iter it;
+    nf_iter_init(&it, &p->r1, ra);
+    for (int64_t r0 = ra; r0 < rb; r0 += NF_RB) {
+        const int64_t r1 = rb - r0 < NF_RB ? rb : r0 + NF_RB;
+        memset(tg, 0, (size_t)nk * sizeof tg[0]);
+        memset(td, 0, (size_t)nk * sizeof td[0]);
+        for (int64_t r = r0; r < r1; r++, nf_iter_next(&it, &p->r1)) {
+            const NF_T *xr = x + it.off, *dr = dy + it.off;
+            int64_t k = 0;
+#ifdef NF_VSTORE
+            for (; k < nv; k += NF_W) {
+                const NF_V u = NF_VLOAD(xr + k) - NF_NAME(vat, NF_TAG)(s + k);
+                NF_V e = NF_VLOAD(dr + k);
+                if (act == NF_ACT_RELU)
+                    e = NF_NAME(vrelu_mask, NF_TAG)(e, u * NF_NAME(vat, NF_TAG)(a + k) + NF_NAME(vat, NF_TAG)(c + k));
+                const NF_V g = NF_NAME(vat, NF_TAG)(tg + k) + e, d = NF_NAME(vat, NF_TAG)(td + k) + e * u;
+                memcpy(tg + k, &g, sizeof g);
+                memcpy(td + k, &d, sizeof d);
+            }
+#endif
+            for (; k < nk; k++) {
+                const NF_A u = NF_LOAD(xr[k * ks]) - s[k];
+                const NF_A g = NF_LOAD(dr[k * ks]) * NF_NAME(dact, NF_TAG)(u * a[k] + c[k], act);
+                tg[k] += g;
+                td[k] += g * u;
+            }
+        }
+        for (int64_t k = 0; k < nk; k++) {
+            sg[k] += tg[k];
+            sd[k] += td[k];
+        }
+    }
+}
+
+/* Column mode, one tile: the tile's parameters (k_ostride apart from element poff of prm) gathered
+ * side by side first. */
+static void NF_NAME(red_cols, NF_TAG)(const nf_plan *p, const void *xv, const void *dyv, int64_t ra, int64_t rb,
+                                      int64_t nk, const void *const *prm, int64_t poff, int act, double *sg,
+                                      double *sd)
+{
+    NF_A q[3][NF_KTILE];
+    for (int i = 0; i < 3; i++)
+        for (int64_t k = 0; k < nk; k++)
+            q[i][k] = ((const NF_A *)prm[i])[poff + k * p->k_ostride];
+    NF_BY_ACT(act, NF_NAME(red_cols_body, NF_TAG), p, (const NF_T *)xv, (const NF_T *)dyv, ra, rb, nk, q[0], q[1],
+              q[2], sg, sd);
+}
+
+/* gx = P * g + Q * (x - s) + R over nr rows of n elements (x and dy xs apart, gx ys apart, rows xr and
+ * yr apart); q = (s, a, c, P, Q, R), each ps apart along the row (0: one group per row). */
+static NF_INLINE void NF_NAME(gx_body, NF_TAG)(const NF_T *x, const NF_T *dy, int64_t xs, NF_T *y, int64_t ys,
+                                               const NF_A *const *q, int64_t ps, int64_t n, int64_t nr,
+                                               int64_t xr, int64_t yr, int act)
+{
+    const NF_A *s = q[0], *a = q[1], *c = q[2], *P = q[3], *Q = q[4], *R = q[5];
+    for (int64_t r = 0; r < nr; r++, x += xr, dy += xr, y += yr) {
+        int64_t j = 0;
+#ifdef NF_VSTORE
+        if (xs == 1 && ys == 1 && act <= NF_ACT_RELU && (ps == 0 || ps == 1)) {
+            const NF_V z = {0};
+            NF_V sv = z + s[0], av = z + a[0], cv = z + c[0], Pv = z + P[0], Qv = z + Q[0], Rv = z + R[0];
+            for (; j + NF_W <= n; j += NF_W) {
+                if (ps) { /* loop-invariant: the compiler unswitches it */
+                    sv = NF_NAME(vat, NF_TAG)(s + j), av = NF_NAME(vat, NF_TAG)(a + j);
+                    cv = NF_NAME(vat, NF_TAG)(c + j), Pv = NF_NAME(vat, NF_TAG)(P + j);
+                    Qv = NF_NAME(vat, NF_TAG)(Q + j), Rv = NF_NAME(vat, NF_TAG)(R + j);
+                }
+                const NF_V u = NF_VLOAD(x + j) - sv;
+                NF_V e = NF_VLOAD(dy + j);
+                if (act == NF_ACT_RELU)
+                    e = NF_NAME(vrelu_mask, NF_TAG)(e, u * av + cv);
+                NF_VSTORE(y + j, Pv * e + Qv * u + Rv);
+            }
+        }
+#endif
+        for (; j < n; j++) {
+            const int64_t k = j * ps;
+            const NF_A u = NF_LOAD(x[j * xs]) - s[k];
+            const NF_A g = NF_LOAD(dy[j * xs]) * NF_NAME(dact, NF_TAG)(u * a[k] + c[k], act);
+            y[j * ys] = NF_STORE(P[k] * g + Q[k] * u + R[k]);
+        }
+    }
+}
+
+static void NF_NAME(gx_run, NF_TAG)(const nf_run *r, const void *const *prm, int act)
+{
+    const NF_A *q[6];
+    for (int i = 0; i < 6; i++)
+        q[i] = (const NF_A *)prm[i] + r->poff;
+    NF_BY_ACT(act, NF_NAME(gx_body, NF_TAG), (const NF_T *)r->x, (const NF_T *)r->x2, r->xs, (NF_T *)r->y, r->ys, q,
+              r->ps, r->len, r->nr, r->xr, r->yr);
+}
+
+/* Layer or RMS norm backward of rows [r0, r1) of n contiguous elements, each read twice while in cache:
+ * first the sums of g = dy * w and of g * (x - s), then gx = r * (g - k1 - xhat * k2) with k1 and k2
+ * their means over the row (xhat = (x - mean) * r; RMS: mean 0, k1 0). dy * xhat and dy are added to
+ * gw[j] and gb[j] where they are not NULL. Flags are constants in each inlined copy. */
+static NF_INLINE void NF_NAME(rowgrad_body, NF_TAG)(const NF_T *x, const NF_T *dy, NF_T *gx, int64_t n,
+                                                    const nf_rowgrad *sp, int64_t r0, int64_t r1, NF_A *gw,
+                                                    NF_A *gb, int has_w, int want)
+{
+    const NF_A *w = (const NF_A *)sp->weight;
+    for (int64_t row = r0; row < r1; row++) {
+        const NF_T *xr = x + row * n, *dr = dy + row * n;
+        NF_T *yr = gx + row * n;
+        const double mu = sp->mean ? sp->mean[row] : 0, rs = sp->rstd[row];
+        const NF_A s = (NF_A)mu;
+        double sg = 0, sd = 0;
+        for (int64_t b = 0; b < n; b += NF_BLOCK) {
+            const int64_t e = n - b < NF_BLOCK ? n : b + NF_BLOCK;
+            NF_A tg = 0, td = 0;
+            int64_t j = b;
+#ifdef NF_VSTORE
+            const NF_V z = {0}, sv = z + s;
+            NF_V g0 = z, d0 = z;
+            for (; j + NF_W <= e; j += NF_W) {
+                NF_V g = NF_VLOAD(dr + j);
+                if (has_w)
+                    g *= NF_NAME(vat, NF_TAG)(w + j);
+                g0 += g;
+                d0 += g * (NF_VLOAD(xr + j) - sv);
+            }
+            tg = NF_NAME(hsum, NF_TAG)(g0);
+            td = NF_NAME(hsum, NF_TAG)(d0);
+#endif
+            for (; j < e; j++) {
+                const NF_A g = NF_LOAD(dr[j]) * (has_w ? w[j] : 1);
+                tg += g;
+                td += g * (NF_LOAD(xr[j]) - s);
+            }
+            sg += tg;
+            sd += td;
+        }
+        /* x - mean = (x - s) + dm: the rounding of s put back in double */
+        const double dm = (double)s - mu, k1 = sp->mean ? sg / (double)n : 0, k2 = rs * (sd + dm * sg) / (double)n;
+        const NF_A P = (NF_A)rs, Q = (NF_A)(-rs * rs * k2), R = (NF_A)(-rs * k1 - rs * rs * k2 * dm);
+        const NF_A rf = (NF_A)rs, cc = (NF_A)(dm * rs); /* xhat = (x - s) * rf + cc */
+        int64_t j = 0;
+#ifdef NF_VSTORE
+        const NF_V z = {0}, sv = z + s, Pv = z + P, Qv = z + Q, Rv = z + R, rv = z + rf, cv = z + cc;
+        for (; j + NF_W <= n; j += NF_W) {
+            const NF_V d = NF_VLOAD(dr + j), u = NF_VLOAD(xr + j) - sv;
+            NF_VSTORE(yr + j, Pv * (has_w ? d * NF_NAME(vat, NF_TAG)(w + j) : d) + Qv * u + Rv);
+            if (want) {
+                const NF_V vw = NF_NAME(vat, NF_TAG)(gw + j) + d * (u * rv + cv), vb = NF_NAME(vat, NF_TAG)(gb + j) + d;
+                memcpy(gw + j, &vw, sizeof vw);
+                memcpy(gb + j, &vb, sizeof vb);
+            }
+        }
+#endif
+        for (; j < n; j++) {
+            const NF_A d = NF_LOAD(dr[j]), u = NF_LOAD(xr[j]) - s;
+            yr[j] = NF_STORE(P * (has_w ? d * w[j] : d) + Q * u + R);
+            if (want) {
+                gw[j] += d * (u * rf + cc);
+                gb[j] += d;
+            }
+        }
+    }
+}
+
+static void NF_NAME(rowgrad, NF_TAG)(const void *x, const void *dy, void *gx, int64_t n, const nf_rowgrad *sp,
+                                     int64_t r0, int64_t r1, void *gw, void *gb)
+{
+    const NF_T *xt = (const NF_T *)x, *dt = (const NF_T *)dy;
+    NF_T *yt = (NF_T *)gx;
+    NF_A *pw = (NF_A *)gw, *pb = (NF_A *)gb;
+    if (sp->weight && gw)
+        NF_NAME(rowgrad_body, NF_TAG)(xt, dt, yt, n, sp, r0, r1, pw, pb, 1, 1);
+    else if (sp->weight)
+        NF_NAME(rowgrad_body, NF_TAG)(xt, dt, yt, n, sp, r0, r1, pw, pb, 1, 0);
+    else if (gw)
+        NF_NAME(rowgrad_body, NF_TAG)(xt, dt, yt, n, sp, r0, r1, pw, pb, 0, 1);
+    else
+        NF_NAME(rowgrad_body, NF_TAG)(xt, dt, yt, n, sp, r0, r1, pw, pb, 0, 0);
+}
+
+#undef NF_NAME
+#undef NF_NAME2
