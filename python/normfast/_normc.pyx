@@ -133,6 +133,21 @@ cdef nf_rowspec _spec(object weight, object bias, double eps, int kind):
     return spec
 
 
+cdef int _row_stats(nf_rowspec *spec, mean, var, Py_ssize_t rows) except -1:
+    """Point the spec's per-row statistics at mean and var (both None, or writeable contiguous float64
+    arrays of `rows` values)."""
+    for v in (mean, var):
+        if v is not None and not (isinstance(v, cnp.ndarray) and v.dtype == float and v.size == rows
+                                  and v.flags.c_contiguous and v.flags.writeable):
+            raise ValueError("normfast: mean and var must be writeable float64 arrays of one value per row")
+    if (mean is None) != (var is None):
+        raise ValueError("normfast: mean and var go together")
+    if mean is not None:
+        spec.mean = <double *>cnp.PyArray_DATA(<cnp.ndarray>mean)
+        spec.var = <double *>cnp.PyArray_DATA(<cnp.ndarray>var)
+    return 0
+
+
 cdef int _rows_plan(nf_plan *plan, Py_ssize_t rows, Py_ssize_t n) except -1:
     """The plan of `rows` contiguous rows of n elements, one after another (x and y alike)."""
     cdef int64_t shape[2]
@@ -145,11 +160,13 @@ cdef int _rows_plan(nf_plan *plan, Py_ssize_t rows, Py_ssize_t n) except -1:
 
 
 def rownorm(cnp.ndarray x not None, int dtype_code, cnp.ndarray y not None, weight, bias, double eps,
-            int kind):
+            int kind, mean=None, var=None):
     """Layer, RMS or L2 norm (ROW_LAYER, ROW_RMS, ROW_L2) over the last axis of x into y when that axis is
     contiguous in both and is the only reduced axis of the plan; returns False (nothing written) when the
     layout does not allow it.
-    weight and bias: None or contiguous vectors of the statistics dtype along the last axis."""
+    weight and bias: None or contiguous vectors of the statistics dtype along the last axis. mean and
+    var: None, or writeable contiguous float64 arrays of one value per row that receive the rows'
+    statistics in the order the kernel walks them (x's memory order)."""
     cdef nf_plan plan
     cdef int nd = cnp.PyArray_NDIM(x)
     for v in (weight, bias):
@@ -157,6 +174,7 @@ def rownorm(cnp.ndarray x not None, int dtype_code, cnp.ndarray y not None, weig
             raise ValueError("normfast: weight and bias must match the last axis of x")
     _plan(&plan, x, (False,) * (nd - 1) + (True,), None, y)
     cdef nf_rowspec spec = _spec(weight, bias, eps, kind)
+    _row_stats(&spec, mean, var, cnp.PyArray_SIZE(x) // (<object>x).shape[nd - 1])
     st = _rownorm(&plan, dtype_code, x, y, &spec)
     if st == NF_EINVAL:
         return False
@@ -238,17 +256,11 @@ def segnorm(cnp.ndarray x not None, int dtype_code, cnp.ndarray y not None, Py_s
                                   and v.dtype == (float if dtype_code == NF_F64 else np.float32)):
             raise ValueError("normfast: weight and bias must be contiguous statistics-dtype arrays of one "
                              "value per segment of a period")
-    for v in (mean, var):
-        if v is not None and not (isinstance(v, cnp.ndarray) and v.dtype == float and v.shape == (rows,)
-                                  and v.flags.c_contiguous and v.flags.writeable):
-            raise ValueError("normfast: mean and var must be writeable float64 arrays of one value per row")
     cdef nf_plan plan
     _rows_plan(&plan, rows, size // rows)
     cdef nf_rowspec spec = _spec(weight, bias, eps, kind)
     spec.seg, spec.period, spec.act, spec.max_threads = seg, period, ACTIVATIONS[activation], max_threads
-    if mean is not None:
-        spec.mean = <double *>cnp.PyArray_DATA(<cnp.ndarray>mean)
-        spec.var = <double *>cnp.PyArray_DATA(<cnp.ndarray>var)
+    _row_stats(&spec, mean, var, rows)
     _check(_rownorm(&plan, dtype_code, x, y, &spec))
 
 

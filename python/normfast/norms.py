@@ -94,7 +94,7 @@ def _channel_call(x, axis, weight, bias, eps, activation, per_sample):
 
 def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, *, training=False,
                momentum=0.1, eps=1e-5, axis=1, unbiased=True, activation=None, out=None,
-               num_batches_tracked=None):
+               num_batches_tracked=None, return_stats=False):
     """Batch normalization over every axis but the channel axis `axis` (PyTorch semantics).
 
     training=True normalizes with the batch statistics and, when running_mean/running_var are given,
@@ -102,12 +102,14 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, *
     unbiased=False. momentum=None is the cumulative average, which counts batches in
     `num_batches_tracked` (an integer array of one element, incremented in place). training=False
     normalizes with the running statistics. An empty batch changes no running statistic or counter.
-    Returns `out` (a new array like x unless given; x itself
-    is allowed)."""
+    Returns `out` (a new array like x unless given; x itself is allowed), or with return_stats=True
+    (out, mean, rstd): the (C,) float64 mean and 1 / sqrt(var + eps) that normalized x, for
+    batch_norm_backward."""
     x, code, c, C, pdt, weight, bias, eps, activation = _channel_call(x, axis, weight, bias, eps, activation, False)
     training = _checks.flag(training, "training")
     unbiased = _checks.flag(unbiased, "unbiased")
     momentum = _checks.fraction(momentum, "momentum", allow_none=True)
+    return_stats = _checks.flag(return_stats, "return_stats")
     rm, rv, update = _running_pair(running_mean, running_var, C, pdt, training, "training", x.size == 0)
     nbt = _counter(num_batches_tracked)
     if training and rm is not None and momentum is None and nbt is None:
@@ -126,7 +128,7 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, *
         _update_running(rm, rv, mean.ravel(), var.ravel() * (count / (count - 1) if unbiased else 1.0), f)
         if nbt is not None:
             nbt += 1
-    return out
+    return (out, mean.ravel(), 1 / np.sqrt(var.ravel() + eps)) if return_stats else out
 
 
 def _fused_groups(x, code, c, groups, weight, bias, eps, activation, out, stats):
@@ -278,7 +280,9 @@ def switchable_norm(x, weight, bias, mean_weight, var_weight, running_mean=None,
     return out
 
 
-def _row_norm(x, normalized_shape, weight, bias, eps, residual, residual_out, out, rms):
+def _row_norm(x, normalized_shape, weight, bias, eps, residual, residual_out, out, rms, stats=False):
+    """Layer or RMS norm (the checked, general path). With `stats`, returns (out, mean, var): the rows'
+    float64 biased statistics over the leading shape (RMS norm: mean 0 and the mean square)."""
     x, code = _checks.float_array(x, "x")
     nshape = _normalized_shape(x, normalized_shape)
     k = len(nshape)
@@ -300,21 +304,50 @@ def _row_norm(x, normalized_shape, weight, bias, eps, residual, residual_out, ou
     if residual is not None:
         # x + residual, in x's dtype as PyTorch adds them; the sum is what gets normalized.
         x = np.add(x, res.astype(x.dtype, copy=False), out=residual_out)
+    lead = x.shape[:x.ndim - k]
+    mean, var = (np.empty(lead), np.empty(lead)) if stats else (None, None)
     if x.size == 0:
-        return out
+        pass
+    elif length == 1:  # one element per row: no row for the kernel to walk, and a closed form
+        _single_element_rows(x, params, eps, out, mean, var, rms)
+    else:
+        _rows(x, code, k, length, params, eps, out, mean, var, rms)
+    return (out, mean, var) if stats else out
+
+
+def _single_element_rows(x, params, eps, out, mean, var, rms):
+    """Layer norm of one-element rows is the bias (x - x keeps NaN and Inf as PyTorch does); RMS norm is
+    x / sqrt(x^2 + eps)."""
+    x64 = x.astype(np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        ms = x64 * x64
+        y = x64 / np.sqrt(ms + eps) if rms else (x64 - x64) / math.sqrt(eps)
+    for p, op in zip(params, (np.multiply, np.add)):
+        if p is not None:
+            y = op(y, p.astype(np.float64))
+    out[...] = y
+    if mean is not None:
+        mean[...] = 0 if rms else x64.reshape(mean.shape)
+        var[...] = ms.reshape(var.shape) if rms else 0
+
+
+def _rows(x, code, k, length, params, eps, out, mean, var, rms):
+    """The row kernel over x's rows (its last k axes, `length` elements), statistics into mean and var
+    (or None) in C order of the leading axes."""
     x2 = _merge_trailing(x, k, length)
     y2 = _merge_trailing(out, k, length)
     kind = _normc.ROW_RMS if rms else _normc.ROW_LAYER
-    if x2 is not None and y2 is not None and _normc.rownorm(x2, code, y2, params[0], params[1], eps, kind):
-        return out
+    # The kernel walks rows in x's memory order: C order, where statistics are wanted, only if x has it.
+    if x2 is not None and y2 is not None and (mean is None or x2.flags.c_contiguous) and \
+            _normc.rownorm(x2, code, y2, params[0], params[1], eps, kind, mean, var):
+        return
     # Rows that are not contiguous (or leading axes the kernel cannot walk row by row): normalize a
     # contiguous copy with the same kernel.
     xc = np.ascontiguousarray(x)
     yc = np.empty_like(xc)
     _normc.rownorm(_merge_trailing(xc, k, length), code, _merge_trailing(yc, k, length), params[0],
-                   params[1], eps, kind)
+                   params[1], eps, kind, mean, var)
     out[...] = yc
-    return out
 
 
 def _normalized_shape(x, normalized_shape):
@@ -342,16 +375,21 @@ def _merge_trailing(a, k, length):
 
 
 def layer_norm(x, normalized_shape, weight=None, bias=None, *, eps=1e-5, residual=None, residual_out=None,
-               out=None):
+               out=None, return_stats=False):
     """Layer normalization over the trailing `normalized_shape` dimensions (PyTorch semantics).
 
     With `residual`, normalizes x + residual and, if `residual_out` is given, stores that sum there
-    (pre-norm transformer blocks). Rows contiguous in memory are normalized in one visit each."""
-    if residual is None and residual_out is None:  # the common call runs in the binding, or it says None
-        y = _normc.rownorm_common(x, normalized_shape, weight, bias, eps, out, False)
+    (pre-norm transformer blocks). Rows contiguous in memory are normalized in one visit each.
+    return_stats=True returns (out, mean, rstd), the rows' float64 mean and 1 / sqrt(var + eps) over the
+    leading shape, for layer_norm_backward."""
+    if residual is None and residual_out is None and return_stats is False:  # the common call runs in the
+        y = _normc.rownorm_common(x, normalized_shape, weight, bias, eps, out, False)  # binding, or it says None
         if y is not None:
             return y
-    return _row_norm(x, normalized_shape, weight, bias, eps, residual, residual_out, out, rms=False)
+    if not _checks.flag(return_stats, "return_stats"):
+        return _row_norm(x, normalized_shape, weight, bias, eps, residual, residual_out, out, rms=False)
+    out, mean, var = _row_norm(x, normalized_shape, weight, bias, eps, residual, residual_out, out, False, True)
+    return out, mean, 1 / np.sqrt(var + eps)
 
 
 _MACHINE_EPS = {}
@@ -370,13 +408,19 @@ def _machine_eps(x):
     return _MACHINE_EPS[dt]
 
 
-def rms_norm(x, normalized_shape, weight=None, *, eps=None, residual=None, residual_out=None, out=None):
+def rms_norm(x, normalized_shape, weight=None, *, eps=None, residual=None, residual_out=None, out=None,
+             return_stats=False):
     """RMS normalization, x / sqrt(mean(x^2) + eps) * weight, over the trailing dimensions; eps=None is
-    the machine epsilon of x's dtype, as in PyTorch."""
+    the machine epsilon of x's dtype, as in PyTorch. return_stats=True returns (out, rstd), the rows'
+    float64 1 / sqrt(mean(x^2) + eps) over the leading shape (RMS norm has no mean), for
+    rms_norm_backward."""
     if eps is None:
         eps = _machine_eps(x)
-    if residual is None and residual_out is None:
+    if residual is None and residual_out is None and return_stats is False:
         y = _normc.rownorm_common(x, normalized_shape, weight, None, eps, out, True)
         if y is not None:
             return y
-    return _row_norm(x, normalized_shape, weight, None, eps, residual, residual_out, out, rms=True)
+    if not _checks.flag(return_stats, "return_stats"):
+        return _row_norm(x, normalized_shape, weight, None, eps, residual, residual_out, out, rms=True)
+    out, _, ms = _row_norm(x, normalized_shape, weight, None, eps, residual, residual_out, out, True, True)
+    return out, 1 / np.sqrt(ms + eps)

@@ -85,7 +85,8 @@ typedef struct {
     const void *weight, *bias;
     int64_t seg, period;
     nf_act act;       /* with seg > 1 only */
-    double *mean, *var; /* NULL, or one (biased) statistic per row, in row order (layer norm only) */
+    double *mean, *var; /* NULL, or one (biased) statistic per row, in row order (layer norm; RMS norm:
+                           0 and the mean square) */
     int max_threads;    /* > 0: at most this many threads for this call (e.g. 1 before a BLAS call, whose
                            threads idle OpenMP workers would spin against); 0: the library's setting */
 } nf_rowspec;
