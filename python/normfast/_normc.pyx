@@ -351,18 +351,18 @@ def grad_sums(cnp.ndarray x not None, cnp.ndarray dy not None, int dtype_code, t
 
 def grad_apply(cnp.ndarray x not None, cnp.ndarray dy not None, int dtype_code, tuple reduce, tuple params,
                cnp.ndarray gx not None, activation):
-    """gx = P * g + Q * (x - shift) + R with g as in grad_sums; params = (shift, scale, bias, P, Q, R),
-    contiguous arrays of one shape and of the statistics dtype."""
+    """gx = P * (g - M) + Q * (x - shift) + R with g as in grad_sums; params = (shift, scale, bias, P, M, Q,
+    R), contiguous arrays of one shape and of the statistics dtype."""
     cdef nf_plan plan
     cdef nf_act act = ACTIVATIONS[activation]
-    cdef const void *pp[6]
+    cdef const void *pp[7]
     cdef int i
-    if len(params) != 6:
-        raise ValueError("normfast: grad_apply takes six parameter arrays")
+    if len(params) != 7:
+        raise ValueError("normfast: grad_apply takes seven parameter arrays")
     _same_layout(x, dy, "x and grad_out")
     _stats_like(params[0], params, cnp.PyArray_TYPE(params[0]), False, "the parameters")
     _plan(&plan, x, reduce, params[0], gx)
-    for i in range(6):
+    for i in range(7):
         pp[i] = cnp.PyArray_DATA(<cnp.ndarray>params[i])
     cdef const void *px = cnp.PyArray_DATA(x)
     cdef const void *pd = cnp.PyArray_DATA(dy)

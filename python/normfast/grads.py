@@ -6,7 +6,7 @@ The channel norms (batch, instance, group, switchable) share one scheme. With st
 finest level F the norm needs (per channel for batch norm, per sample and channel otherwise), z the
 forward's pre-activation and g = grad_out * act'(z), one kernel pass sums g and g * (x - mean) per F
 group; every gradient is then a small float64 computation on those sums, and a second pass writes
-grad_x = P * g + Q * (x - mean) + R with P, Q and R per F group. The mean and variance enter as the sums
+grad_x = P * (g - M) + Q * (x - mean) + R with P, M, Q and R per F group. The mean and variance enter as the sums
 of one or more "terms" (one for batch, instance and group norm, three blended ones for switchable norm),
 each a mean and variance over some pooling of F groups; a term's gradient flows back into x through
 both. Layer and RMS norm run a fused row kernel instead."""
@@ -99,7 +99,12 @@ def _channel_backward(x, dy, code, gx, keep, mean, rstd, weight, bias, activatio
         q = 2 * t.wv * t.pool(gvar) / t.count
         Q = Q + q
         R = R + q * (s - t.mu)  # x - mu_t = (x - s) + (s - mu_t)
-    params += [np.broadcast_to(v, shape).astype(pdt) for v in (P, Q, R)]
+    # grad_x = P * (g - M) + Q * (x - s) + R': M, R's cancelling part, is subtracted from g before
+    # scaling, so that a constant grad_out gives 0 to the rounding of the mean, not of P * grad_out;
+    # rounding M goes back into R'.
+    P, Q, R = (np.broadcast_to(v, shape) for v in (P, Q, R))
+    M = np.divide(-R, P, out=np.zeros(shape), where=P != 0).astype(pdt)
+    params += [P.astype(pdt), M, Q.astype(pdt), (R + P * M).astype(pdt)]
     _normc.grad_apply(x, dy, code, reduce, tuple(params), gx, activation)
     return sum_g, rstd * sum_gmu, gmu, gvar
 

@@ -151,30 +151,34 @@ static void NF_NAME(red_cols, NF_TAG)(const nf_plan *p, const void *xv, const vo
               q[2], sg, sd);
 }
 
-/* gx = P * g + Q * (x - s) + R over nr rows of n elements (x and dy xs apart, gx ys apart, rows xr and
- * yr apart); q = (s, a, c, P, Q, R), each ps apart along the row (0: one group per row). */
+/* gx = P * (g - M) + Q * (x - s) + R over nr rows of n elements (x and dy xs apart, gx ys apart, rows xr
+ * and yr apart); q = (s, a, c, P, M, Q, R), each ps apart along the row (0: one group per row). M is the
+ * part of the result that cancels g's common part (its mean, for a norm): subtracting it before scaling
+ * keeps that cancellation exact, so a constant dy gives 0 to the rounding of x's mean, not of P * dy. */
 static NF_INLINE void NF_NAME(gx_body, NF_TAG)(const NF_T *x, const NF_T *dy, int64_t xs, NF_T *y, int64_t ys,
                                                const NF_A *const *q, int64_t ps, int64_t n, int64_t nr,
                                                int64_t xr, int64_t yr, int act)
 {
-    const NF_A *s = q[0], *a = q[1], *c = q[2], *P = q[3], *Q = q[4], *R = q[5];
+    const NF_A *s = q[0], *a = q[1], *c = q[2], *P = q[3], *M = q[4], *Q = q[5], *R = q[6];
     for (int64_t r = 0; r < nr; r++, x += xr, dy += xr, y += yr) {
         int64_t j = 0;
 #ifdef NF_VSTORE
         if (xs == 1 && ys == 1 && act <= NF_ACT_RELU && (ps == 0 || ps == 1)) {
             const NF_V z = {0};
-            NF_V sv = z + s[0], av = z + a[0], cv = z + c[0], Pv = z + P[0], Qv = z + Q[0], Rv = z + R[0];
+            NF_V sv = z + s[0], av = z + a[0], cv = z + c[0], Pv = z + P[0], Mv = z + M[0], Qv = z + Q[0];
+            NF_V Rv = z + R[0];
             for (; j + NF_W <= n; j += NF_W) {
                 if (ps) { /* loop-invariant: the compiler unswitches it */
                     sv = NF_NAME(vat, NF_TAG)(s + j), av = NF_NAME(vat, NF_TAG)(a + j);
                     cv = NF_NAME(vat, NF_TAG)(c + j), Pv = NF_NAME(vat, NF_TAG)(P + j);
-                    Qv = NF_NAME(vat, NF_TAG)(Q + j), Rv = NF_NAME(vat, NF_TAG)(R + j);
+                    Mv = NF_NAME(vat, NF_TAG)(M + j), Qv = NF_NAME(vat, NF_TAG)(Q + j);
+                    Rv = NF_NAME(vat, NF_TAG)(R + j);
                 }
                 const NF_V u = NF_VLOAD(x + j) - sv;
                 NF_V e = NF_VLOAD(dy + j);
                 if (act == NF_ACT_RELU)
                     e = NF_NAME(vrelu_mask, NF_TAG)(e, u * av + cv);
-                NF_VSTORE(y + j, Pv * e + Qv * u + Rv);
+                NF_VSTORE(y + j, Pv * (e - Mv) + Qv * u + Rv);
             }
         }
 #endif
@@ -182,15 +186,15 @@ static NF_INLINE void NF_NAME(gx_body, NF_TAG)(const NF_T *x, const NF_T *dy, in
             const int64_t k = j * ps;
             const NF_A u = NF_LOAD(x[j * xs]) - s[k];
             const NF_A g = NF_LOAD(dy[j * xs]) * NF_NAME(dact, NF_TAG)(u * a[k] + c[k], act);
-            y[j * ys] = NF_STORE(P[k] * g + Q[k] * u + R[k]);
+            y[j * ys] = NF_STORE(P[k] * (g - M[k]) + Q[k] * u + R[k]);
         }
     }
 }
 
 static void NF_NAME(gx_run, NF_TAG)(const nf_run *r, const void *const *prm, int act)
 {
-    const NF_A *q[6];
-    for (int i = 0; i < 6; i++)
+    const NF_A *q[7];
+    for (int i = 0; i < 7; i++)
         q[i] = (const NF_A *)prm[i] + r->poff;
     NF_BY_ACT(act, NF_NAME(gx_body, NF_TAG), (const NF_T *)r->x, (const NF_T *)r->x2, r->xs, (NF_T *)r->y, r->ys, q,
               r->ps, r->len, r->nr, r->xr, r->yr);
@@ -236,16 +240,18 @@ static NF_INLINE void NF_NAME(rowgrad_body, NF_TAG)(const NF_T *x, const NF_T *d
             sg += tg;
             sd += td;
         }
-        /* x - mean = (x - s) + dm: the rounding of s put back in double */
+        /* gx = P * (g - M) + Q * (x - s) + R, as the channel norms' second pass; x - mean = (x - s) + dm
+         * and the roundings of s and M are put back through R, in double. */
         const double dm = (double)s - mu, k1 = sp->mean ? sg / (double)n : 0, k2 = rs * (sd + dm * sg) / (double)n;
-        const NF_A P = (NF_A)rs, Q = (NF_A)(-rs * rs * k2), R = (NF_A)(-rs * k1 - rs * rs * k2 * dm);
+        const NF_A P = (NF_A)rs, M = (NF_A)k1, Q = (NF_A)(-rs * rs * k2);
+        const NF_A R = (NF_A)(rs * ((double)M - k1) - rs * rs * k2 * dm);
         const NF_A rf = (NF_A)rs, cc = (NF_A)(dm * rs); /* xhat = (x - s) * rf + cc */
         int64_t j = 0;
 #ifdef NF_VSTORE
-        const NF_V z = {0}, sv = z + s, Pv = z + P, Qv = z + Q, Rv = z + R, rv = z + rf, cv = z + cc;
+        const NF_V z = {0}, sv = z + s, Pv = z + P, Mv = z + M, Qv = z + Q, Rv = z + R, rv = z + rf, cv = z + cc;
         for (; j + NF_W <= n; j += NF_W) {
             const NF_V d = NF_VLOAD(dr + j), u = NF_VLOAD(xr + j) - sv;
-            NF_VSTORE(yr + j, Pv * (has_w ? d * NF_NAME(vat, NF_TAG)(w + j) : d) + Qv * u + Rv);
+            NF_VSTORE(yr + j, Pv * ((has_w ? d * NF_NAME(vat, NF_TAG)(w + j) : d) - Mv) + Qv * u + Rv);
             if (want) {
                 const NF_V vw = NF_NAME(vat, NF_TAG)(gw + j) + d * (u * rv + cv), vb = NF_NAME(vat, NF_TAG)(gb + j) + d;
                 memcpy(gw + j, &vw, sizeof vw);
@@ -255,7 +261,7 @@ static NF_INLINE void NF_NAME(rowgrad_body, NF_TAG)(const NF_T *x, const NF_T *d
 #endif
         for (; j < n; j++) {
             const NF_A d = NF_LOAD(dr[j]), u = NF_LOAD(xr[j]) - s;
-            yr[j] = NF_STORE(P * (has_w ? d * w[j] : d) + Q * u + R);
+            yr[j] = NF_STORE(P * ((has_w ? d * w[j] : d) - M) + Q * u + R);
             if (want) {
                 gw[j] += d * (u * rf + cc);
                 gb[j] += d;

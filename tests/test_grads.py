@@ -1,0 +1,332 @@
+"""The backward passes against torch.autograd (float64, on the exact values of the inputs), switchable
+norm's logits against finite differences, bit-identical results for any thread count, the forwards'
+saved statistics, and the errors."""
+import ml_dtypes
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import normfast
+
+from conftest import ISAS, use_isa, use_threads
+from test_norms import ACTS, norm_inputs
+
+SETTINGS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+# Gradient tolerance relative to the largest expected value: float64 throughout, float32 computation
+# (for float32 and the half types), then rounding to the gradient's dtype.
+G_TOL = {np.dtype(np.float64): 1e-9, np.dtype(np.float32): 1e-4, np.dtype(np.float16): 3e-3,
+         np.dtype(ml_dtypes.bfloat16): 2e-2}
+
+
+def assert_close(got, want, dtype, what):
+    assert got.shape == want.shape, what
+    tol = G_TOL[np.dtype(dtype)]
+    np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=tol,
+                               atol=tol * max(1.0, np.abs(want).max(initial=0)), err_msg=what)
+
+
+def tensor(a, axis=None):
+    """A float64 leaf tensor of a's exact values (channel axis moved to 1 when given), or None."""
+    if a is None:
+        return None
+    a = np.asarray(a, np.float64)
+    return torch.tensor((a if axis is None else np.moveaxis(a, axis, 1)).copy(), requires_grad=True)
+
+
+def torch_switchable(X, W, B, mw, vw, rm, rv, training, eps, using_bn):
+    """Switchable norm (channels on axis 1) in PyTorch: each statistic directly from X, biased."""
+    spatial = tuple(range(2, X.ndim))
+
+    def stats(dims):
+        if not dims:  # torch reduces every axis for an empty tuple; over no axis, x is its own mean
+            return X, torch.zeros_like(X)
+        return X.mean(dims, keepdim=True), X.var(dims, keepdim=True, unbiased=False)
+
+    kinds = [stats(spatial), stats((1,) + spatial)]
+    if using_bn:
+        shape = (1, -1) + (1,) * len(spatial)
+        kinds.append(stats((0,) + spatial) if training else (rm.view(shape), rv.view(shape)))
+    pm, pv = torch.softmax(mw, 0), torch.softmax(vw, 0)
+    mean = sum(p * m for p, (m, _) in zip(pm, kinds))
+    var = sum(p * v for p, (_, v) in zip(pv, kinds))
+    shape = (1, -1) + (1,) * len(spatial)
+    return (X - mean) / torch.sqrt(var + eps) * W.view(shape) + B.view(shape)
+
+
+def torch_grads(name, grad_out, x, axis, weight, bias, act, **kw):
+    """The gradients PyTorch's autograd gives for the same call (float64), in normfast's order."""
+    X, W, B = tensor(x, axis), tensor(weight), tensor(bias)
+    const = {k: None if kw.get(k) is None else torch.tensor(np.asarray(kw[k], np.float64))
+             for k in ("running_mean", "running_var")}
+    rm, rv = const["running_mean"], const["running_var"]
+    leaves = [X, W, B]
+    if name == "batch_norm":
+        y = F.batch_norm(X, rm, rv, W, B, training=kw["training"], momentum=0.0, eps=kw["eps"])
+    elif name == "instance_norm":
+        y = F.instance_norm(X, rm, rv, W, B, use_input_stats=kw["use_input_stats"], momentum=0.0, eps=kw["eps"])
+    elif name == "group_norm":
+        y = F.group_norm(X, kw["num_groups"], W, B, eps=kw["eps"])
+    else:
+        mw, vw = tensor(kw["mean_weight"]), tensor(kw["var_weight"])
+        leaves += [mw, vw]
+        y = torch_switchable(X, W, B, mw, vw, rm, rv, kw["training"], kw["eps"], kw["using_bn"])
+    if act is not None:
+        y = getattr(F, act)(y)
+    y.backward(torch.tensor(np.moveaxis(np.asarray(grad_out, np.float64), axis, 1).copy()))
+    grads = [None if t is None or t.grad is None else t.grad.numpy() for t in leaves]
+    grads[0] = np.moveaxis(grads[0], 1, axis)
+    return grads
+
+
+def grad_like(x, rng, layout):
+    """An upstream gradient of x's shape and dtype, in one of several memory layouts."""
+    g = (rng.standard_normal(x.shape) * 3).astype(x.dtype)
+    if layout == "fortran":
+        return np.asfortranarray(g)
+    if layout == "reversed":
+        return np.ascontiguousarray(g[::-1])[::-1]
+    return g
+
+
+def check_channel(isa, name, x, axis, c, affine, act, eps, layout, rng, **kw):
+    pdt = np.float64 if x.dtype == np.float64 else np.float32
+    weight, bias = (rng.uniform(0.5, 1.5, c).astype(pdt), rng.standard_normal(c).astype(pdt)) if affine else (None, None)
+    if name == "switchable_norm":
+        weight, bias = rng.uniform(0.5, 1.5, c).astype(pdt), rng.standard_normal(c).astype(pdt)
+    dy = grad_like(x, rng, layout)
+    snapshot = {k: v.copy() for k, v in kw.items() if isinstance(v, np.ndarray)}
+    with use_isa(isa):
+        got = getattr(normfast, name + "_backward")(dy, x, weight=weight, bias=bias, axis=axis, activation=act, eps=eps,
+                                                    **kw)
+    want = torch_grads(name, dy, x, axis, weight, bias, act, eps=eps, **kw)
+    assert len(got) == len(want)
+    assert got[0].dtype == x.dtype
+    for what, g, w in zip(("grad_x", "grad_weight", "grad_bias", "grad_mean_weight", "grad_var_weight"), got, want):
+        if w is None:
+            assert g is None, what
+        else:
+            assert g.dtype == (x.dtype if what == "grad_x" else pdt), what
+            assert_close(g, w, x.dtype if what == "grad_x" else np.float32 if pdt == np.float32 else np.float64, what)
+    for k, v in snapshot.items():  # read, never changed
+        np.testing.assert_array_equal(kw[k], v)
+
+
+def running(c, dtype, rng):
+    pdt = np.float64 if dtype == np.float64 else np.float32
+    return rng.standard_normal(c).astype(pdt), rng.uniform(0.5, 2, c).astype(pdt)
+
+
+LAYOUTS = st.sampled_from(["contiguous", "fortran", "reversed"])
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@SETTINGS
+@given(inp=norm_inputs(), affine=st.booleans(), act=st.sampled_from(ACTS), eps=st.sampled_from([1e-5, 0.1]),
+       training=st.booleans(), layout=LAYOUTS, seed=st.integers(0, 2**32 - 1))
+def test_batch_norm_backward(isa, inp, affine, act, eps, training, layout, seed):
+    x, axis, c = inp
+    if training and x.size // c < 2:
+        return
+    rng = np.random.default_rng(seed)
+    rm, rv = running(c, x.dtype, rng)
+    check_channel(isa, "batch_norm", x, axis, c, affine, act, eps, layout, rng, running_mean=rm, running_var=rv,
+                  training=training)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@SETTINGS
+@given(inp=norm_inputs(min_spatial=2), affine=st.booleans(), act=st.sampled_from(ACTS),
+       use_input_stats=st.booleans(), tracked=st.booleans(), layout=LAYOUTS, seed=st.integers(0, 2**32 - 1))
+def test_instance_norm_backward(isa, inp, affine, act, use_input_stats, tracked, layout, seed):
+    x, axis, c = inp
+    if use_input_stats and x.size // (x.shape[0] * c) < 2:
+        return  # no spatial extent to normalize over: the forward refuses it too
+    rng = np.random.default_rng(seed)
+    rm, rv = running(c, x.dtype, rng) if tracked or not use_input_stats else (None, None)
+    check_channel(isa, "instance_norm", x, axis, c, affine, act, 1e-5, layout, rng, running_mean=rm,
+                  running_var=rv, use_input_stats=use_input_stats)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@SETTINGS
+@given(inp=norm_inputs(), affine=st.booleans(), act=st.sampled_from(ACTS), layout=LAYOUTS, data=st.data(),
+       seed=st.integers(0, 2**32 - 1))
+def test_group_norm_backward(isa, inp, affine, act, layout, data, seed):
+    x, axis, c = inp
+    groups = data.draw(st.sampled_from([g for g in range(1, c + 1) if c % g == 0]))
+    if x.size // (x.shape[0] * groups) < 2:
+        return  # PyTorch refuses groups of one element
+    check_channel(isa, "group_norm", x, axis, c, affine, act, 1e-5, layout, np.random.default_rng(seed),
+                  num_groups=groups)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@SETTINGS
+@given(inp=norm_inputs(), act=st.sampled_from(ACTS), training=st.booleans(), using_bn=st.booleans(),
+       layout=LAYOUTS, seed=st.integers(0, 2**32 - 1))
+def test_switchable_norm_backward(isa, inp, act, training, using_bn, layout, seed):
+    x, axis, c = inp
+    if using_bn and training and x.size // c < 2:
+        return
+    rng = np.random.default_rng(seed)
+    k = 3 if using_bn else 2
+    rm, rv = running(c, x.dtype, rng) if using_bn else (None, None)
+    check_channel(isa, "switchable_norm", x, axis, c, True, act, 1e-5, layout, rng, mean_weight=rng.standard_normal(k),
+                  var_weight=rng.standard_normal(k), running_mean=rm, running_var=rv, training=training,
+                  using_bn=using_bn)
+
+
+@st.composite
+def row_inputs(draw):
+    """(x, normalized_shape): a strided view of rank 1-4, normalized over its last 1 or 2 axes."""
+    ndim = draw(st.integers(1, 4))
+    shape = draw(st.lists(st.integers(1, 9), min_size=ndim, max_size=ndim))
+    k = draw(st.integers(1, min(2, ndim)))
+    steps = draw(st.lists(st.sampled_from([1, 1, 2, -1]), min_size=ndim, max_size=ndim))
+    dtype = draw(st.sampled_from([np.float32, np.float64, np.float16, ml_dtypes.bfloat16]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    offset = draw(st.sampled_from([0.0, 5.0, -300.0]))
+    base = (rng.standard_normal([s * abs(t) for s, t in zip(shape, steps)]) * 2 + offset).astype(dtype)
+    return base[tuple(slice(None, None, t) for t in steps)], tuple(shape[ndim - k:])
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@SETTINGS
+@given(inp=row_inputs(), affine=st.sampled_from(["none", "weight", "both"]), saved=st.booleans(), rms=st.booleans(),
+       layout=LAYOUTS, seed=st.integers(0, 2**32 - 1))
+def test_layer_and_rms_norm_backward(isa, inp, affine, saved, rms, layout, seed):
+    x, ns = inp
+    rng = np.random.default_rng(seed)
+    pdt = np.float64 if x.dtype == np.float64 else np.float32
+    weight = rng.uniform(0.5, 1.5, ns).astype(pdt) if affine != "none" else None
+    bias = rng.standard_normal(ns).astype(pdt) if affine == "both" and not rms else None
+    dy = grad_like(x, rng, layout)
+    X, W, B = tensor(x), tensor(weight), tensor(bias)
+    eps = 1e-5
+    with use_isa(isa):
+        if rms:
+            stats = dict(rstd=normfast.rms_norm(x, ns, weight, eps=eps, return_stats=True)[1]) if saved else {}
+            got = normfast.rms_norm_backward(dy, x, ns, weight, eps=eps, **stats)
+            y = F.rms_norm(X, ns, W, eps=eps)
+        else:
+            stats = dict(zip(("mean", "rstd"), normfast.layer_norm(x, ns, weight, bias, return_stats=True)[1:]))
+            got = normfast.layer_norm_backward(dy, x, ns, weight, bias, eps=eps, **(stats if saved else {}))
+            y = F.layer_norm(X, ns, W, B, eps=eps)
+    y.backward(torch.tensor(np.asarray(dy, np.float64).copy()))
+    want = [X.grad.numpy()] + [None if t is None else t.grad.numpy() for t in ((W,) if rms else (W, B))]
+    assert len(got) == len(want)
+    for what, g, w in zip(("grad_x", "grad_weight", "grad_bias"), got, want):
+        if w is None:
+            assert g is None, what
+        else:
+            assert_close(g, w, x.dtype if what == "grad_x" else pdt, what)
+
+
+def test_forward_stats_are_the_normalizing_ones():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((6, 3, 5)) * 2 + 1
+    y, mean, rstd = normfast.batch_norm(x, training=True, return_stats=True)
+    np.testing.assert_allclose(mean, x.mean(axis=(0, 2)), rtol=1e-13)
+    np.testing.assert_allclose(rstd, 1 / np.sqrt(x.var(axis=(0, 2)) + 1e-5), rtol=1e-13)
+    rm, rv = np.zeros(3), np.full(3, 4.0)
+    _, mean, rstd = normfast.batch_norm(x, rm, rv, training=False, return_stats=True)
+    np.testing.assert_array_equal(mean, rm)
+    np.testing.assert_allclose(rstd, 1 / np.sqrt(4 + 1e-5), rtol=1e-15)
+    for view in (x, x.transpose(2, 0, 1), x[:, ::2]):  # the leading axes in C order, whatever the layout
+        _, mean, rstd = normfast.layer_norm(view, view.shape[-1], return_stats=True)
+        np.testing.assert_allclose(mean, view.mean(axis=-1), rtol=1e-13)
+        np.testing.assert_allclose(rstd, 1 / np.sqrt(view.var(axis=-1) + 1e-5), rtol=1e-13)
+        _, rstd = normfast.rms_norm(view, view.shape[-1], eps=1e-6, return_stats=True)
+        np.testing.assert_allclose(rstd, 1 / np.sqrt((view * view).mean(axis=-1) + 1e-6), rtol=1e-13)
+
+
+@pytest.mark.parametrize("using_bn, training", [(True, True), (True, False), (False, True)])
+def test_switchable_logits_match_finite_differences(using_bn, training):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 4, 5)) * 2 + 1
+    dy = rng.standard_normal(x.shape)
+    w, b = rng.uniform(0.5, 1.5, 4), rng.standard_normal(4)
+    k = 3 if using_bn else 2
+    mw, vw = rng.standard_normal(k), rng.standard_normal(k)
+    rm, rv = (rng.standard_normal(4), rng.uniform(0.5, 2, 4)) if using_bn else (None, None)
+    kw = dict(training=training, using_bn=using_bn, activation="silu")
+    got = normfast.switchable_norm_backward(dy, x, w, b, mw, vw, rm, rv, **kw)
+
+    def loss(mw, vw):
+        r = (rm.copy(), rv.copy()) if using_bn else (None, None)  # a training call updates them
+        return np.sum(dy * normfast.switchable_norm(x, w, b, mw, vw, *r, **kw))
+
+    h = 1e-6
+    for i in range(k):
+        e = np.eye(k)[i] * h
+        np.testing.assert_allclose(got[3][i], (loss(mw + e, vw) - loss(mw - e, vw)) / (2 * h), rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(got[4][i], (loss(mw, vw + e) - loss(mw, vw - e)) / (2 * h), rtol=1e-6, atol=1e-7)
+
+
+def large_calls(dtype):
+    """Backward calls over shapes that use several chunks, tiles, vector paths and threads."""
+    rng = np.random.default_rng(5)
+
+    def data(shape):
+        return (rng.standard_normal(shape) * 2 + 1).astype(dtype), (rng.standard_normal(shape)).astype(dtype)
+
+    pdt = np.float64 if dtype == np.float64 else np.float32
+    w, b = rng.uniform(0.5, 1.5, 300).astype(pdt), rng.standard_normal(300).astype(pdt)
+    x1, d1 = data((32, 4, 4096))      # row mode, two chunks per channel
+    x2, d2 = data((20000, 300))       # column mode, two tiles, many chunks
+    x3, d3 = data((2, 6, 8, 50, 3))   # channels last, group norm and switchable
+    x4, d4 = data((300, 5000))        # layer rows
+    return {
+        "batch_norm rows": lambda: normfast.batch_norm_backward(d1, x1, weight=w[:4], bias=b[:4], activation="relu"),
+        "batch_norm cols": lambda: normfast.batch_norm_backward(d2, x2, weight=w, bias=b, activation="silu"),
+        "instance_norm": lambda: normfast.instance_norm_backward(d1, x1, weight=w[:4], bias=b[:4]),
+        "group_norm": lambda: normfast.group_norm_backward(d3, x3, 3, w[:3], b[:3], axis=-1, activation="relu"),
+        "switchable_norm": lambda: normfast.switchable_norm_backward(d3, x3, w[:3], b[:3], w[:3], b[:3], axis=-1),
+        "layer_norm": lambda: normfast.layer_norm_backward(d4, x4, 5000, np.resize(w, 5000), np.resize(b, 5000)),
+        "rms_norm": lambda: normfast.rms_norm_backward(d4, x4, 5000, np.resize(w, 5000)),
+    }
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_gradients_do_not_depend_on_the_thread_count(isa, dtype):
+    with use_isa(isa):
+        for name, call in large_calls(dtype).items():
+            with use_threads(1):
+                want = call()
+            for n in (2, 3, 4):
+                with use_threads(n):
+                    got = call()
+                for g, w in zip(got, want):
+                    assert g.tobytes() == w.tobytes(), f"{name}: {n} threads differ from 1"
+
+
+def test_large_gradients_match_pytorch():
+    """The chunked, tiled and vector paths (float32) against autograd on the same float32 values."""
+    rng = np.random.default_rng(8)
+    x = (rng.standard_normal((32, 4, 4096)) * 2 + 1).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    w, b = rng.uniform(0.5, 1.5, 4).astype(np.float32), rng.standard_normal(4).astype(np.float32)
+    got = normfast.batch_norm_backward(dy, x, weight=w, bias=b, activation="relu")
+    want = torch_grads("batch_norm", dy, x, 1, w, b, "relu", training=True, eps=1e-5)
+    for g, wt in zip(got, want):
+        assert_close(g, wt, np.float32, "batch_norm")
+    x2 = np.ascontiguousarray(x.reshape(-1, 4096)[:, :300].repeat(10, axis=0)[:20000])
+    dy2 = rng.standard_normal(x2.shape).astype(np.float32)
+    w2, b2 = rng.uniform(0.5, 1.5, 300).astype(np.float32), rng.standard_normal(300).astype(np.float32)
+    got = normfast.batch_norm_backward(dy2, x2, weight=w2, bias=b2, activation="sigmoid")
+    want = torch_grads("batch_norm", dy2, x2, 1, w2, b2, "sigmoid", training=True, eps=1e-5)
+    for g, wt in zip(got, want):
+        assert_close(g, wt, np.float32, "batch_norm columns")
+
+
+def test_empty_batch_gives_zero_parameter_gradients():
+    x = np.zeros((0, 3, 4), np.float32)
+    gx, gw, gb = normfast.batch_norm_backward(x, x, weight=np.ones(3, np.float32), bias=np.zeros(3, np.float32))
+    assert gx.shape == x.shape and gw.tolist() == [0, 0, 0] and gb.tolist() == [0, 0, 0]
+    gx, gw, gb = normfast.layer_norm_backward(x, x, 4, np.ones(4, np.float32), np.ones(4, np.float32))
+    assert gx.shape == x.shape and gw.tolist() == [0] * 4 and gb.tolist() == [0] * 4
