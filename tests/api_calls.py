@@ -30,6 +30,21 @@ def _precise(x, axis=1, unbiased=True):
     return normfast.precise_batch_norm_stats([x, x], axis=axis, unbiased=unbiased)
 
 
+def _trained(layer, x):
+    """The layer after a training-mode call on x (left untrained where x does not suit it: the fuzz
+    test's shapes)."""
+    try:
+        layer(x)
+    except (TypeError, ValueError):
+        pass
+    return layer
+
+
+def _layer_backward(layer, grad_out):
+    """A layer's backward: grad_x and the accumulated parameter gradients."""
+    return (layer.backward(grad_out), *(g.copy() for g in layer.grads.values()))
+
+
 def calls(rng=None, dtype=np.float32, shape=(3, C, 5, 2)):
     """{name: (function, kwargs)}, the arguments fresh arrays of the given dtype (x of `shape`, valid when
     it has 4 channels on axis 1 and rank 4; other shapes make the fuzz test's mostly invalid calls)."""
@@ -38,6 +53,8 @@ def calls(rng=None, dtype=np.float32, shape=(3, C, 5, 2)):
     pdt = np.float64 if np.dtype(dtype) == np.float64 else np.float32
     last, first = (shape[-1], shape[0]) if shape else (1, 1)
     other = (x[::-1] if x.ndim else x).copy()  # a residual
+    dy = rng.standard_normal(shape).astype(dtype)  # an upstream gradient
+    lead = shape[:-1] if shape else ()
 
     def vec(fill=None, n=C):
         return rng.standard_normal(n).astype(pdt) if fill is None else np.full(n, fill, pdt)
@@ -68,6 +85,22 @@ def calls(rng=None, dtype=np.float32, shape=(3, C, 5, 2)):
         "rms_norm": (normfast.rms_norm, dict(x=x, normalized_shape=(last,), weight=vec(n=last), out=out())),
         "rms_norm_residual": (normfast.rms_norm, dict(
             x=x, normalized_shape=(last,), weight=vec(n=last), residual=other, out=out())),
+        "batch_norm_backward": (normfast.batch_norm_backward, dict(
+            grad_out=dy, x=x, running_mean=vec(0.0), running_var=vec(1.0), weight=vec(), bias=vec(), training=True,
+            activation="relu")),
+        "batch_norm_backward_saved": (normfast.batch_norm_backward, dict(
+            grad_out=dy, x=x, weight=vec(), bias=vec(), training=True, mean=vec(), rstd=vec(0.5))),
+        "instance_norm_backward": (normfast.instance_norm_backward, dict(
+            grad_out=dy, x=x, weight=vec(), bias=vec(), activation="silu")),
+        "group_norm_backward": (normfast.group_norm_backward, dict(
+            grad_out=dy, x=x, num_groups=2, weight=vec(), bias=vec())),
+        "switchable_norm_backward": (normfast.switchable_norm_backward, dict(
+            grad_out=dy, x=x, weight=vec(), bias=vec(), mean_weight=vec(n=3), var_weight=vec(n=3), training=True)),
+        "layer_norm_backward": (normfast.layer_norm_backward, dict(
+            grad_out=dy, x=x, normalized_shape=(last,), weight=vec(n=last), bias=vec(n=last),
+            mean=rng.standard_normal(lead), rstd=np.full(lead, 0.5))),
+        "rms_norm_backward": (normfast.rms_norm_backward, dict(
+            grad_out=dy, x=x, normalized_shape=(last,), weight=vec(n=last))),
         "RunningMoments": (_running_moments, dict(x=x, axis=(0, 2))),
         "RunningMoments_merge": (_merge, dict(x=x, axis=(0, 2), other_axis=(0, 2))),
         "precise_batch_norm_stats": (_precise, dict(x=x, axis=1)),
@@ -86,11 +119,21 @@ def calls(rng=None, dtype=np.float32, shape=(3, C, 5, 2)):
         "LayerNorm": (_layer, dict(layer=layers.LayerNorm((max(last, 1),), dtype=pdt), x=x, out=out())),
         "RMSNorm": (_layer, dict(layer=layers.RMSNorm((max(last, 1),), dtype=pdt), x=x, out=out())),
         "SwitchableNorm": (_layer, dict(layer=layers.SwitchableNorm(C, dtype=pdt), x=x, out=out())),
+        "BatchNorm_backward": (_layer_backward, dict(layer=_trained(layers.BatchNorm(C, dtype=pdt), x), grad_out=dy)),
+        "LayerNorm_backward": (_layer_backward, dict(
+            layer=_trained(layers.LayerNorm((max(last, 1),), dtype=pdt), x), grad_out=dy)),
     }
 
 
+# The backward calls: an empty batch gives an empty grad_x and zero parameter gradients.
+GRADIENTS = {"batch_norm_backward", "batch_norm_backward_saved", "instance_norm_backward", "group_norm_backward",
+             "switchable_norm_backward", "layer_norm_backward", "rms_norm_backward", "BatchNorm_backward",
+             "LayerNorm_backward"}
+
+
 # The argument holding the data of each call (x unless named otherwise).
-DATA = {"fold_batch_norm": "weight", "weight_norm": "v", "weight_norm_params": "w"}
+DATA = {"fold_batch_norm": "weight", "weight_norm": "v", "weight_norm_params": "w", "BatchNorm_backward": "grad_out",
+        "LayerNorm_backward": "grad_out"}
 
 # Calls that take integer and bool data (as float64), as NumPy's statistics do.
 TAKES_INTEGERS = {"RunningMoments", "RunningMoments_merge", "precise_batch_norm_stats"}

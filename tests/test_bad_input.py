@@ -14,7 +14,7 @@ import pytest
 import normfast
 from normfast import reference
 
-from api_calls import DATA, TAKES_INTEGERS, arrays, calls, outcome, unchanged
+from api_calls import DATA, GRADIENTS, TAKES_INTEGERS, arrays, calls, outcome, unchanged
 
 NAMES = list(calls())
 
@@ -94,7 +94,8 @@ BAD = [
     # ranks and shapes
     *[(c, {"x": lambda kw: kw["x"][0, 0, 0]}, ValueError, "x: expected an array of rank >= 2")
       for c in ("batch_norm", "instance_norm", "group_norm", "switchable_norm", "BatchNorm", "GroupNorm",
-                "InstanceNorm", "SwitchableNorm")],
+                "InstanceNorm", "SwitchableNorm", "batch_norm_backward", "instance_norm_backward",
+                "group_norm_backward", "switchable_norm_backward")],
     *[(c, {"x": lambda kw: kw["x"][:, 0]}, ValueError, "x: expected 4 channels")
       for c in ("BatchNorm", "BatchNorm_eval", "InstanceNorm", "GroupNorm", "SwitchableNorm")],
     ("layer_norm", {"x": lambda kw: kw["x"][..., 0]}, ValueError, "normalized_shape: expected the trailing"),
@@ -201,6 +202,29 @@ BAD = [
     ("RunningMoments", {"more": np.ones(3, complex)}, TypeError, "x: expected a float"),
     ("RunningMoments_merge", {"other_axis": (0, 1)}, ValueError, "other: expected an accumulator over axis"),
     ("RunningMoments_merge", {"other_axis": None}, ValueError, "other: expected an accumulator over axis"),
+    # backward: the upstream gradient and the saved statistics
+    *[(c, {"grad_out": lambda kw: kw["grad_out"][:1]}, ValueError, r"grad_out: expected the shape of x \(3, 4, 5, 2\)")
+      for c in sorted(GRADIENTS)],
+    *[(c, {"grad_out": lambda kw: kw["grad_out"].astype(np.float64)}, TypeError,
+       r"grad_out: expected the dtype of x \(float32\), got float64") for c in sorted(GRADIENTS)],
+    ("batch_norm_backward", {"grad_out": "a"}, TypeError, "grad_out: expected a float"),
+    ("layer_norm_backward", {"grad_out": None}, TypeError, "grad_out: expected a float"),
+    ("batch_norm_backward_saved", {"mean": lambda kw: kw["mean"][:2]}, ValueError, r"mean: expected shape \(4,\)"),
+    ("batch_norm_backward_saved", {"rstd": np.ones((1, 4))}, ValueError, r"rstd: expected shape \(4,\)"),
+    ("batch_norm_backward_saved", {"rstd": None}, ValueError, "mean, rstd: give both or neither"),
+    ("batch_norm_backward", {"training": False, "running_mean": None, "running_var": None}, ValueError,
+     "running_mean, running_var: required when training=False"),
+    ("layer_norm_backward", {"mean": lambda kw: kw["mean"][..., :1]}, ValueError, r"mean: expected shape \(3, 4, 5\)"),
+    ("layer_norm_backward", {"rstd": np.ones(3, complex)}, TypeError, "rstd: expected a float array"),
+    ("layer_norm_backward", {"mean": None}, ValueError, "mean, rstd: give both or neither"),
+    ("rms_norm_backward", {"rstd": np.ones(3)}, ValueError, r"rstd: expected shape \(3, 4, 5\)"),
+    ("group_norm_backward", {"num_groups": 3}, ValueError, "num_groups: expected a positive divisor"),
+    ("switchable_norm_backward", {"mean_weight": lambda kw: kw["mean_weight"][:2]}, ValueError,
+     r"mean_weight: expected shape \(3,\)"),
+    ("BatchNorm_backward", {"layer": lambda kw: normfast.layers.BatchNorm(4)}, ValueError,
+     "backward: this BatchNorm has no training-mode call"),
+    ("LayerNorm_backward", {"layer": lambda kw: normfast.layers.LayerNorm(2).eval()}, ValueError,
+     "backward: this LayerNorm has no training-mode call"),
 ]
 
 
@@ -364,6 +388,9 @@ def test_zero_size(call, shape):
         return
     with np.errstate(all="ignore"), pytest.warns() if _warns(call) else _no_warning():
         r = fn(**kw)
+    if call in GRADIENTS:  # grad_x is empty; nothing reaches the parameters
+        assert np.asarray(r[0]).size == 0 and all(g is None or not np.asarray(g).any() for g in r[1:])
+        return
     for a in r if isinstance(r, tuple) else (r,):
         a = np.asarray(a)
         if a.size and call not in ("moments", "RunningMoments", "RunningMoments_merge", "weight_norm_params",

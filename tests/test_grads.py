@@ -330,3 +330,87 @@ def test_empty_batch_gives_zero_parameter_gradients():
     assert gx.shape == x.shape and gw.tolist() == [0, 0, 0] and gb.tolist() == [0, 0, 0]
     gx, gw, gb = normfast.layer_norm_backward(x, x, 4, np.ones(4, np.float32), np.ones(4, np.float32))
     assert gx.shape == x.shape and gw.tolist() == [0] * 4 and gb.tolist() == [0] * 4
+
+
+# --- layers: backward after a training-mode call, gradients accumulated in layer.grads --------------
+
+def layer_pairs():
+    """(normfast layer, the same PyTorch module, input shape, names of the parameters)."""
+    return [
+        (normfast.layers.BatchNorm(4, activation="relu", dtype=np.float64),
+         torch.nn.Sequential(torch.nn.BatchNorm2d(4, dtype=torch.float64), torch.nn.ReLU()), (3, 4, 5, 2)),
+        (normfast.layers.InstanceNorm(4, affine=True, dtype=np.float64),
+         torch.nn.InstanceNorm2d(4, affine=True, dtype=torch.float64), (3, 4, 5, 2)),
+        (normfast.layers.GroupNorm(2, 4, dtype=np.float64), torch.nn.GroupNorm(2, 4, dtype=torch.float64),
+         (3, 4, 5, 2)),
+        (normfast.layers.LayerNorm((5, 2), dtype=np.float64), torch.nn.LayerNorm((5, 2), dtype=torch.float64),
+         (3, 4, 5, 2)),
+        (normfast.layers.RMSNorm(2, eps=1e-6, dtype=np.float64), torch.nn.RMSNorm(2, eps=1e-6, dtype=torch.float64),
+         (3, 4, 5, 2)),
+    ]
+
+
+@pytest.mark.parametrize("index", range(5), ids=["BatchNorm", "InstanceNorm", "GroupNorm", "LayerNorm", "RMSNorm"])
+def test_layer_backward_accumulates_like_pytorch(index):
+    layer, module, shape = layer_pairs()[index]
+    rng = np.random.default_rng(index)
+    params = {k: rng.uniform(0.5, 1.5, v.shape) for k, v in module.named_parameters()}
+    params = {k[2:] if k.startswith("0.") else k: v for k, v in params.items()}
+    layer.load_state_dict(params, strict=False)
+    with torch.no_grad():
+        for k, p in module.named_parameters():
+            p.copy_(torch.tensor(params[k[2:] if k.startswith("0.") else k]))
+    for step in range(2):  # two calls: the gradients add up
+        x, dy = rng.standard_normal(shape) * 2 + 1, rng.standard_normal(shape)
+        X = torch.tensor(x, requires_grad=True)
+        module(X).backward(torch.tensor(dy))
+        layer(x, out=x if step else None)  # in place the second time: backward still sees the input
+        np.testing.assert_allclose(layer.backward(dy), X.grad.numpy(), rtol=1e-10, atol=1e-12)
+    named = {k[2:] if k.startswith("0.") else k: p.grad.numpy() for k, p in module.named_parameters()}
+    assert layer.grads.keys() == named.keys()
+    for k, g in named.items():
+        np.testing.assert_allclose(layer.grads[k], g, rtol=1e-10, atol=1e-12)
+    layer.zero_grad()
+    assert all(not g.any() for g in layer.grads.values())
+
+
+def test_switchable_layer_backward_matches_the_functional():
+    layer = normfast.layers.SwitchableNorm(4, activation="silu", dtype=np.float64)
+    rng = np.random.default_rng(2)
+    x, dy = rng.standard_normal((3, 4, 6)), rng.standard_normal((3, 4, 6))
+    layer(x)
+    gx = layer.backward(dy)
+    want = normfast.switchable_norm_backward(dy, x, layer.weight, layer.bias, layer.mean_weight, layer.var_weight,
+                                             training=True, activation="silu")
+    np.testing.assert_array_equal(gx, want[0])
+    for k, w in zip(("weight", "bias", "mean_weight", "var_weight"), want[1:]):
+        np.testing.assert_array_equal(layer.grads[k], w)
+
+
+def test_layer_residual_backward_is_the_sums():
+    rng = np.random.default_rng(4)
+    x, r, dy = (rng.standard_normal((5, 8)) for _ in range(3))
+    layer = normfast.layers.LayerNorm(8, dtype=np.float64)
+    summed = np.empty_like(x)
+    layer(x, residual=r, residual_out=summed)
+    np.testing.assert_array_equal(summed, x + r)
+    # The layer's saved statistics come from the row kernel, the functional's from the moments engine.
+    np.testing.assert_allclose(layer.backward(dy), normfast.layer_norm_backward(dy, x + r, 8)[0], rtol=1e-13)
+
+
+def test_layer_backward_needs_a_training_call():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 3, 2)).astype(np.float32)
+    for layer in (normfast.layers.BatchNorm(3), normfast.layers.LayerNorm(2), normfast.layers.GroupNorm(1, 3)):
+        layer.eval()
+        layer(x)
+        with pytest.raises(ValueError, match="backward: this .* has no training-mode call"):
+            layer.backward(x)
+        assert all(not g.any() for g in layer.grads.values())
+    layer = normfast.layers.BatchNorm(3)
+    layer(x)
+    saved = layer.backward(np.ones_like(x))
+    layer.eval()(x * 5)  # an evaluation call does not replace what backward differentiates
+    np.testing.assert_array_equal(layer.train().backward(np.ones_like(x)), saved)
+    with pytest.raises(ValueError, match=r"grad_out: expected the shape of x \(4, 3, 2\)"):
+        layer.backward(np.ones((4, 3)))

@@ -1,13 +1,14 @@
 """Stateful normalization layers over the functional API: parameters and running statistics as NumPy
 arrays, training and evaluation modes, and state dicts with PyTorch's key names, so a trained PyTorch
-module's `state_dict()` loads as it is.
+module's `state_dict()` loads as it is. A training-mode call remembers what `backward` needs; backward
+returns the gradient with respect to x and adds the parameters' gradients to `grads`.
 
 Parameters and buffers read as read-only arrays; they change only by assignment (`layer.weight = w`),
 `load_state_dict` or a training call, which is what lets evaluation-mode BatchNorm keep its per-channel
 scale and shift between calls and recompute them only after a change."""
 import numpy as np
 
-from . import _checks, _normc, norms
+from . import _checks, _normc, grads, norms
 
 __all__ = ["BatchNorm", "InstanceNorm", "GroupNorm", "LayerNorm", "RMSNorm", "SwitchableNorm"]
 
@@ -48,16 +49,50 @@ def _shape(normalized_shape):
 
 
 class _Layer:
-    """Training flag, state (parameters then buffers, in PyTorch's order) and state dicts."""
+    """Training flag, state (parameters then buffers, in PyTorch's order), state dicts, and gradients."""
 
     weight = _State()
     bias = _State()
+    _PARAMS = ("weight", "bias")  # the learnable state, in the order the backward returns its gradients
 
     def __init__(self, dtype):
         self.dtype = _layer_dtype(dtype)
         self.training = True
         self._state = {}
         self._cache = {}
+        self._grads = {}
+        self._saved = None  # what backward needs from the last training-mode call
+
+    @property
+    def grads(self):
+        """The accumulated gradients of the parameters, by state_dict name (zeros until a backward)."""
+        for k in self._PARAMS:
+            if k in self._state and k not in self._grads:
+                self._grads[k] = np.zeros_like(self._state[k])
+        return self._grads
+
+    def zero_grad(self):
+        """Set every accumulated gradient to zero."""
+        for g in self.grads.values():
+            g[...] = 0
+
+    def backward(self, grad_out):
+        """The gradient with respect to x of the last training-mode call, given grad_out, the gradient
+        with respect to its output; the parameters' gradients are added to `grads`."""
+        if self._saved is None:
+            raise ValueError(f"backward: this {type(self).__name__} has no training-mode call to differentiate; "
+                             "call it with training=True (layer.train()) first")
+        gx, *param_grads = self._backward(grad_out, **self._saved)
+        acc = self.grads
+        for k, g in zip(self._PARAMS, param_grads):
+            if g is not None:
+                acc[k] += g.astype(self.dtype, copy=False)
+        return gx
+
+    @staticmethod
+    def _kept(x, out):
+        """x as backward will need it: a copy where the call is about to overwrite it."""
+        return x.copy() if out is not None and np.may_share_memory(out, x) else x
 
     def _add(self, name, shape, fill, dtype=None):
         self._state[name] = np.full(shape, fill, self.dtype if dtype is None else dtype)
@@ -189,12 +224,21 @@ class BatchNorm(_ChannelNorm):
         update = self.track_running_stats
         if update:
             self._updatable(x)
-        y = norms.batch_norm(x, st.get("running_mean"), st.get("running_var"), st.get("weight"), st.get("bias"),
-                             training=True, momentum=self.momentum, eps=self.eps, axis=self.axis,
-                             activation=self.activation, out=out, num_batches_tracked=st.get("num_batches_tracked"))
+        kept = self._kept(x, out) if self.training else None
+        y, mean, rstd = norms.batch_norm(x, st.get("running_mean"), st.get("running_var"), st.get("weight"),
+                                         st.get("bias"), training=True, momentum=self.momentum, eps=self.eps,
+                                         axis=self.axis, activation=self.activation, out=out,
+                                         num_batches_tracked=st.get("num_batches_tracked"), return_stats=True)
         if update:
             self._cache.clear()
+        if self.training:
+            self._saved = dict(x=kept, mean=mean, rstd=rstd)
         return y
+
+    def _backward(self, grad_out, x, mean, rstd):
+        return grads.batch_norm_backward(grad_out, x, None, None, self._state.get("weight"), self._state.get("bias"),
+                                         training=True, eps=self.eps, axis=self.axis, activation=self.activation,
+                                         mean=mean, rstd=rstd)
 
     def _infer(self, x, code, c, out):
         """Evaluation with running statistics: y = act((x - s) * a + c) with (s, a, c), laid out for x,
@@ -230,10 +274,17 @@ class InstanceNorm(_ChannelNorm):
         use_input_stats = self.training or not self.track_running_stats
         if use_input_stats and self.track_running_stats:
             self._updatable(x)
-        return norms.instance_norm(x, st.get("running_mean"), st.get("running_var"), st.get("weight"),
-                                   st.get("bias"), use_input_stats=use_input_stats,
-                                   momentum=0.0 if self.momentum is None else self.momentum, eps=self.eps,
-                                   axis=self.axis, activation=self.activation, out=out)
+        kept = self._kept(x, out) if self.training else None
+        y = norms.instance_norm(x, st.get("running_mean"), st.get("running_var"), st.get("weight"), st.get("bias"),
+                                use_input_stats=use_input_stats, momentum=0.0 if self.momentum is None else self.momentum,
+                                eps=self.eps, axis=self.axis, activation=self.activation, out=out)
+        if self.training:
+            self._saved = dict(x=kept)
+        return y
+
+    def _backward(self, grad_out, x):
+        return grads.instance_norm_backward(grad_out, x, weight=self._state.get("weight"), bias=self._state.get("bias"),
+                                            eps=self.eps, axis=self.axis, activation=self.activation)
 
 
 class GroupNorm(_Layer):
@@ -256,8 +307,39 @@ class GroupNorm(_Layer):
 
     def __call__(self, x, out=None):
         x, _, _ = self._input(x, self.num_channels)
-        return norms.group_norm(x, self.num_groups, self._state.get("weight"), self._state.get("bias"),
-                                eps=self.eps, axis=self.axis, activation=self.activation, out=out)
+        kept = self._kept(x, out) if self.training else None
+        y = norms.group_norm(x, self.num_groups, self._state.get("weight"), self._state.get("bias"), eps=self.eps,
+                             axis=self.axis, activation=self.activation, out=out)
+        if self.training:
+            self._saved = dict(x=kept)
+        return y
+
+    def _backward(self, grad_out, x):
+        return grads.group_norm_backward(grad_out, x, self.num_groups, self._state.get("weight"),
+                                         self._state.get("bias"), eps=self.eps, axis=self.axis,
+                                         activation=self.activation)
+
+
+def _row_input(x, out, residual, residual_out):
+    """For a training-mode layer or RMS norm call: (x checked, x as backward needs it, residual_out checked,
+    the residual_out to pass). With a residual, backward needs the normalized sum: it goes to an array of
+    the layer's own, copied to the caller's residual_out after the call."""
+    x, _ = _checks.float_array(x, "x")
+    if residual is None:
+        return x, _Layer._kept(x, out), residual_out, residual_out
+    if residual_out is not None:
+        residual_out = _checks.output(residual_out, x, "residual_out")
+    return x, None, residual_out, np.empty_like(x)
+
+
+def _row_saved(kept, keep, residual_out):
+    """What backward differentiates: x, or the sum x + residual (also handed to the caller's
+    residual_out)."""
+    if kept is not None:
+        return kept
+    if residual_out is not None:
+        residual_out[...] = keep
+    return keep
 
 
 class LayerNorm(_Layer):
@@ -279,8 +361,19 @@ class LayerNorm(_Layer):
                 "elementwise_affine": self.elementwise_affine, "bias": "bias" in self._state}
 
     def __call__(self, x, out=None, *, residual=None, residual_out=None):
-        return norms.layer_norm(x, self.normalized_shape, self._state.get("weight"), self._state.get("bias"),
-                                eps=self.eps, residual=residual, residual_out=residual_out, out=out)
+        w, b = self._state.get("weight"), self._state.get("bias")
+        if not self.training:
+            return norms.layer_norm(x, self.normalized_shape, w, b, eps=self.eps, residual=residual,
+                                    residual_out=residual_out, out=out)
+        x, kept, residual_out, keep = _row_input(x, out, residual, residual_out)
+        y, mean, rstd = norms.layer_norm(x, self.normalized_shape, w, b, eps=self.eps, residual=residual,
+                                         residual_out=keep, out=out, return_stats=True)
+        self._saved = dict(x=_row_saved(kept, keep, residual_out), mean=mean, rstd=rstd)
+        return y
+
+    def _backward(self, grad_out, x, mean, rstd):
+        return grads.layer_norm_backward(grad_out, x, self.normalized_shape, self._state.get("weight"),
+                                         self._state.get("bias"), eps=self.eps, mean=mean, rstd=rstd)
 
 
 class RMSNorm(_Layer):
@@ -299,9 +392,22 @@ class RMSNorm(_Layer):
         return {"normalized_shape": self.normalized_shape, "eps": self.eps,
                 "elementwise_affine": self.elementwise_affine}
 
+    _PARAMS = ("weight",)
+
     def __call__(self, x, out=None, *, residual=None, residual_out=None):
-        return norms.rms_norm(x, self.normalized_shape, self._state.get("weight"), eps=self.eps,
-                              residual=residual, residual_out=residual_out, out=out)
+        w = self._state.get("weight")
+        if not self.training:
+            return norms.rms_norm(x, self.normalized_shape, w, eps=self.eps, residual=residual,
+                                  residual_out=residual_out, out=out)
+        x, kept, residual_out, keep = _row_input(x, out, residual, residual_out)
+        y, rstd = norms.rms_norm(x, self.normalized_shape, w, eps=self.eps, residual=residual, residual_out=keep,
+                                 out=out, return_stats=True)
+        self._saved = dict(x=_row_saved(kept, keep, residual_out), rstd=rstd)
+        return y
+
+    def _backward(self, grad_out, x, rstd):
+        return grads.rms_norm_backward(grad_out, x, self.normalized_shape, self._state.get("weight"), eps=self.eps,
+                                       rstd=rstd)
 
 
 class SwitchableNorm(_Layer):
@@ -312,6 +418,7 @@ class SwitchableNorm(_Layer):
     var_weight = _State()
     running_mean = _State()
     running_var = _State()
+    _PARAMS = ("weight", "bias", "mean_weight", "var_weight")
 
     def __init__(self, num_features, *, eps=1e-5, momentum=0.1, using_bn=True, axis=1, activation=None,
                  dtype=np.float32):
@@ -335,7 +442,17 @@ class SwitchableNorm(_Layer):
         if self.training and self.using_bn:
             self._updatable(x)
         st = self._state
-        return norms.switchable_norm(x, st["weight"], st["bias"], st["mean_weight"], st["var_weight"],
-                                     st.get("running_mean"), st.get("running_var"), training=self.training,
-                                     momentum=self.momentum, eps=self.eps, axis=self.axis, using_bn=self.using_bn,
-                                     activation=self.activation, out=out)
+        kept = self._kept(x, out) if self.training else None
+        y = norms.switchable_norm(x, st["weight"], st["bias"], st["mean_weight"], st["var_weight"],
+                                  st.get("running_mean"), st.get("running_var"), training=self.training,
+                                  momentum=self.momentum, eps=self.eps, axis=self.axis, using_bn=self.using_bn,
+                                  activation=self.activation, out=out)
+        if self.training:
+            self._saved = dict(x=kept)
+        return y
+
+    def _backward(self, grad_out, x):
+        st = self._state
+        return grads.switchable_norm_backward(grad_out, x, st["weight"], st["bias"], st["mean_weight"],
+                                              st["var_weight"], training=True, eps=self.eps, axis=self.axis,
+                                              using_bn=self.using_bn, activation=self.activation)
