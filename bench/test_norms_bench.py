@@ -1,5 +1,6 @@
-"""pytest-benchmark suite for the normalization layers and the inference toolkit: normfast against NumPy, PyTorch and ONNX Runtime
-and the copy floor, one group per case (the cases of `python -m normfast bench`).
+"""pytest-benchmark suite for the normalization layers (forward and backward) and the inference toolkit:
+normfast against NumPy, PyTorch and ONNX Runtime and the memory floor (a copy of x; for a backward, x +
+grad_out into an array), one group per case (the cases of `python -m normfast bench`).
 
 Run with `python -m pytest bench --benchmark-only --benchmark-group-by=group`; times are not asserted."""
 import pytest
@@ -13,7 +14,9 @@ CASES = ([(name, lambda s=shape, r=rms: _bench.row_peers(s, r, normfast.get_num_
          + [(name, lambda s=shape, la=last, n=norm: _bench.norm_peers(s, la, n, normfast.get_num_threads()))
             for name, shape, last, norm in _bench.NORM_CASES]
          + [(name, lambda k=kind, s=shape: _bench.tool_peers(k, s, normfast.get_num_threads()))
-            for name, kind, shape in _bench.TOOL_CASES])
+            for name, kind, shape in _bench.TOOL_CASES]
+         + [(name, lambda k=kind, s=shape, la=last: _bench.grad_peers(k, s, la, normfast.get_num_threads()))
+            for name, kind, shape, last in _bench.GRAD_CASES])
 
 
 @pytest.fixture(scope="module", params=CASES, ids=[name for name, _ in CASES])
@@ -32,11 +35,11 @@ def test_norm(benchmark, case, impl):
     benchmark(fns[impl])
 
 
-@pytest.mark.parametrize("floor", ["np.copyto", "torch copy_"])
+@pytest.mark.parametrize("floor", ["numpy", "torch"])
 def test_copy_floor(benchmark, case, floor):
     name, _, floors = case
-    i = ["np.copyto", "torch copy_"].index(floor)
+    i = ["numpy", "torch"].index(floor)
     if i >= len(floors):
-        pytest.skip("no torch copy floor for this case (torch not installed, or the case has one floor)")
+        pytest.skip("no torch floor for this case (torch not installed, or the case has one floor)")
     benchmark.group = name
     benchmark(floors[i])

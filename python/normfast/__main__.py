@@ -75,6 +75,13 @@ def cmd_bench(args):
     print(f"\ngeometric mean of 'vs best': {np.exp(np.mean(np.log(ratios))):.2f}x over {len(ratios)} cases; "
           f"{sum(r < 1 for r in ratios)} case(s) where a peer is faster")
 
+    print("\nbackward (grad_x, grad_weight, grad_bias), float32; PyTorch = its native backward ops given the "
+          "saved statistics; floor = x + grad_out into an array (the bytes a backward must move)")
+    ratios = _peer_table([(name, lambda k=kind, s=shape, la=last: _bench.grad_peers(k, s, la, threads))
+                          for name, kind, shape, last in _bench.GRAD_CASES
+                          if not (args.quick and np.prod(shape) > 4_000_000)], args.repeat)
+    print(f"\ngeometric mean of 'vs best': {np.exp(np.mean(np.log(ratios))):.2f}x over {len(ratios)} cases")
+
     print("\ninference toolkit and streaming statistics, float32; floor = copying the input")
     _peer_table([(name, lambda k=kind, s=shape: _bench.tool_peers(k, s, threads))
                  for name, kind, shape in _bench.TOOL_CASES], args.repeat)

@@ -320,3 +320,92 @@ def tool_peers(kind, shape, threads):
             t = torch.from_numpy(x)
             fns["torch"] = lambda: torch.var_mean(t, dim=axes, correction=0)
     return fns, floors
+
+
+# --- backward -----------------------------------------------------------------------------------------
+# (name, kind, shape, channels_last): the gradients with respect to x, weight and bias, normfast and
+# PyTorch each given the forward's saved statistics where their API takes them (PyTorch's native
+# backward ops, without autograd; normfast's group norm recomputes its statistics).
+GRAD_CASES = [
+    ("bn backward NCHW (32,64,56,56)", "bn", (32, 64, 56, 56), False),
+    ("bn backward NHWC (32,64,56,56)", "bn", (32, 64, 56, 56), True),
+    ("gn32 backward NCHW (32,64,56,56)", "gn32", (32, 64, 56, 56), False),
+    ("in backward NCHW (32,64,56,56)", "in", (32, 64, 56, 56), False),
+    ("layer backward (512,1024)", "layer", (512, 1024), False),
+    ("layer backward (4096,4096)", "layer", (4096, 4096), False),
+]
+
+
+def _numpy_grad(dy, xhat, rstd, w, axes):
+    """The textbook gradient with respect to x of (x - mean) * rstd * w + b over `axes`."""
+    n = np.prod([xhat.shape[a] for a in axes])
+    g = dy * w
+    return rstd / n * (n * g - g.sum(axis=axes, keepdims=True) - xhat * (g * xhat).sum(axis=axes, keepdims=True))
+
+
+def grad_peers(kind, shape, channels_last, threads):
+    """Callables for one backward case by implementation name, plus the memory floors: x + grad_out into
+    a preallocated array reads x and grad_out and writes grad_x, the least a backward moves."""
+    from . import grads, norms
+
+    nchw = make_input(shape, np.float32)
+    rows = kind == "layer"
+    x = np.ascontiguousarray(np.moveaxis(nchw, 1, -1)) if channels_last else nchw
+    dy = make_input(x.shape, np.float32, seed=7)
+    c = x.ndim - 1 if channels_last or rows else 1
+    C = x.shape[c]
+    rng = np.random.default_rng(5)
+    w, b = rng.uniform(0.5, 1.5, C).astype(np.float32), rng.standard_normal(C).astype(np.float32)
+    bshape = [C if i == c else 1 for i in range(x.ndim)]
+    fns = {}
+    if kind == "bn":
+        _, mean, rstd = norms.batch_norm(x, weight=w, bias=b, training=True, axis=c, return_stats=True)
+        fns["normfast"] = lambda: grads.batch_norm_backward(dy, x, weight=w, bias=b, axis=c, mean=mean, rstd=rstd)
+        axes = tuple(i for i in range(x.ndim) if i != c)
+        xhat = (x - mean.reshape(bshape).astype(np.float32)) * rstd.reshape(bshape).astype(np.float32)
+        fns["numpy"] = lambda: (_numpy_grad(dy, xhat, rstd.reshape(bshape).astype(np.float32), w.reshape(bshape), axes),
+                                (dy * xhat).sum(axis=axes), dy.sum(axis=axes))
+    elif kind in ("gn32", "in"):
+        G = 32 if kind == "gn32" else C
+        call = (lambda: grads.group_norm_backward(dy, x, G, w, b)) if kind == "gn32" else \
+            (lambda: grads.instance_norm_backward(dy, x, weight=w, bias=b))
+        fns["normfast"] = call
+        N = x.shape[0]
+        xg, dyg = x.reshape(N, G, -1), dy.reshape(N, G, -1)
+        mean = xg.mean(axis=2, keepdims=True)
+        rstd = 1 / np.sqrt(xg.var(axis=2, keepdims=True) + EPS)
+        wg = np.repeat(w.reshape(G, -1), xg.shape[2] // (C // G), axis=1)  # per element of a group's row
+        xhat = (xg - mean) * rstd
+        fns["numpy"] = lambda: (_numpy_grad(dyg, xhat, rstd, wg, (2,)),
+                                (dyg * xhat).reshape(x.shape).sum(axis=(0, 2, 3)), dy.sum(axis=(0, 2, 3)))
+    else:
+        L = shape[-1]
+        _, mean, rstd = norms.layer_norm(x, L, w, b, eps=EPS, return_stats=True)
+        fns["normfast"] = lambda: grads.layer_norm_backward(dy, x, L, w, b, eps=EPS, mean=mean, rstd=rstd)
+        xhat = (x - mean[:, None].astype(np.float32)) * rstd[:, None].astype(np.float32)
+        fns["numpy"] = lambda: (_numpy_grad(dy, xhat, rstd[:, None].astype(np.float32), w, (1,)),
+                                (dy * xhat).sum(axis=0), dy.sum(axis=0))
+    dst = np.empty_like(x)
+    floors = [lambda: np.add(x, dy, out=dst)]
+    try:
+        import torch
+    except ImportError:
+        return fns, floors
+    t, tdy, tw, tb = (torch.from_numpy(v) for v in (x, dy, w, b))
+    if channels_last:  # the same bytes, seen as (N, C, H, W) in channels_last memory format
+        t, tdy = (v.permute(0, x.ndim - 1, *range(1, x.ndim - 1)) for v in (t, tdy))
+    mask = [True, True, True]
+    if kind == "bn":
+        tm, tr = (torch.from_numpy(v.astype(np.float32)) for v in (mean, rstd))
+        fns["torch"] = lambda: torch.ops.aten.native_batch_norm_backward(tdy, t, tw, None, None, tm, tr, True, EPS,
+                                                                         mask)
+    elif kind in ("gn32", "in"):
+        N, HW = x.shape[0], x.size // (x.shape[0] * C)
+        _, tm, tr = torch.ops.aten.native_group_norm(t, tw, tb, N, C, HW, G, EPS)
+        fns["torch"] = lambda: torch.ops.aten.native_group_norm_backward(tdy, t, tm, tr, tw, N, C, HW, G, mask)
+    else:
+        tm, tr = (torch.from_numpy(v.astype(np.float32)).reshape(-1, 1) for v in (mean, rstd))
+        fns["torch"] = lambda: torch.ops.aten.native_layer_norm_backward(tdy, t, [shape[-1]], tm, tr, tw, tb, mask)
+    tdst = torch.empty_like(t)
+    floors.append(lambda: torch.add(t, tdy, out=tdst))
+    return fns, floors

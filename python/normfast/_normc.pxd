@@ -60,6 +60,17 @@ cdef extern from "normc.h" nogil:
         double *grad_bias
     nf_status nf_rownorm_grad(nf_dtype dtype, int64_t rows, int64_t n, const void *x, const void *dy, void *gx,
                               const nf_rowgrad *spec)
+    ctypedef struct nf_seggrad:
+        int64_t rows, row_stride, nseg, seg_stride, len, nslot, period
+        const void *weight
+        const void *bias
+        const double *mean
+        const double *rstd
+        double eps
+        nf_act act
+        double *sum_g
+        double *sum_gxhat
+    nf_status nf_seg_grad(nf_dtype dtype, const void *x, const void *dy, void *gx, const nf_seggrad *spec)
     void nf_set_num_threads(int n)
     int nf_get_num_threads()
     int nf_openmp_enabled()

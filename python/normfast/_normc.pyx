@@ -373,6 +373,50 @@ def grad_apply(cnp.ndarray x not None, cnp.ndarray dy not None, int dtype_code, 
     _check(st)
 
 
+def seg_grad(cnp.ndarray x not None, cnp.ndarray dy not None, int dtype_code, cnp.ndarray gx not None,
+             Py_ssize_t rows, Py_ssize_t row_stride, Py_ssize_t nseg, Py_ssize_t seg_stride, Py_ssize_t length,
+             Py_ssize_t nslot, Py_ssize_t period, weight, bias, mean, rstd, double eps, activation,
+             cnp.ndarray sum_g not None, cnp.ndarray sum_gxhat not None):
+    """Batch, instance or group norm backward over C-contiguous x, dy and gx of one shape, group by group
+    (see nf_seggrad): row r's segment j is the `length` elements at r * row_stride + j * seg_stride,
+    scaled by channel (r % period) * nslot + j % nslot. weight, bias: None or period * nslot values of the
+    statistics dtype; mean, rstd: None (computed with eps) or float64, one per row; sum_g, sum_gxhat:
+    float64, rows * nslot."""
+    _stats_like(x, (x, dy), cnp.PyArray_TYPE(x), False, "x and grad_out")
+    _stats_like(x, (gx,), cnp.PyArray_TYPE(x), True, "grad_x")
+    if rows < 0 or nseg < 1 or length < 1 or nslot < 1 or nslot > 256 or period < 1 or row_stride < 0 or \
+            seg_stride < 0 or (rows > 0 and (rows - 1) * row_stride + (nseg - 1) * seg_stride + length > cnp.PyArray_SIZE(x)):
+        raise ValueError("normfast: seg_grad's groups do not fit in x")
+    cdef object pdt = np.float64 if dtype_code == NF_F64 else np.float32
+    for v in (weight, bias):
+        if v is not None and not (isinstance(v, cnp.ndarray) and v.dtype == pdt and v.size == period * nslot
+                                  and v.flags.c_contiguous):
+            raise ValueError("normfast: weight and bias must be contiguous statistics-dtype vectors, one per channel")
+    if (mean is None) != (rstd is None):
+        raise ValueError("normfast: mean and rstd go together")
+    for v in (mean, rstd):
+        if v is not None and not (isinstance(v, cnp.ndarray) and v.dtype == np.float64 and v.size == rows
+                                  and v.flags.c_contiguous):
+            raise ValueError("normfast: mean and rstd must be contiguous float64 arrays of one value per row")
+    for v in (sum_g, sum_gxhat):
+        if not (v.dtype == np.float64 and v.size == rows * nslot and v.flags.c_contiguous and v.flags.writeable):
+            raise ValueError("normfast: sum_g and sum_gxhat must be writeable float64 arrays of rows * nslot values")
+    cdef nf_seggrad spec
+    spec.rows, spec.row_stride, spec.nseg, spec.seg_stride = rows, row_stride, nseg, seg_stride
+    spec.len, spec.nslot, spec.period, spec.eps, spec.act = length, nslot, period, eps, ACTIVATIONS[activation]
+    spec.weight, spec.bias = _data_or_null(weight), _data_or_null(bias)
+    spec.mean, spec.rstd = <const double *>_data_or_null(mean), <const double *>_data_or_null(rstd)
+    spec.sum_g = <double *>cnp.PyArray_DATA(sum_g)
+    spec.sum_gxhat = <double *>cnp.PyArray_DATA(sum_gxhat)
+    cdef const void *px = cnp.PyArray_DATA(x)
+    cdef const void *pd = cnp.PyArray_DATA(dy)
+    cdef void *pg = cnp.PyArray_DATA(gx)
+    cdef nf_status st
+    with nogil:
+        st = nf_seg_grad(<nf_dtype>dtype_code, px, pd, pg, &spec)
+    _check(st)
+
+
 def rownorm_grad(cnp.ndarray x not None, cnp.ndarray dy not None, int dtype_code, cnp.ndarray gx not None,
                  mean, cnp.ndarray rstd not None, weight, grad_weight, grad_bias):
     """Layer norm (mean given) or RMS norm (mean None) backward over the last axis of C-contiguous x, dy and

@@ -109,6 +109,40 @@ def _channel_backward(x, dy, code, gx, keep, mean, rstd, weight, bias, activatio
     return sum_g, rstd * sum_gmu, gmu, gvar
 
 
+# Channels-first data keeps each group of batch, instance and group norm in contiguous segments of the
+# spatial extent: there the backward runs group by group while the group is in cache (nf_seg_grad),
+# reading x and grad_out from memory once. The choice depends on the shape alone, never on the threads.
+_SEG_MIN_LEN = 64    # shorter segments: the two-pass kernels' column walk is better
+_SEG_MIN_GROUPS = 8  # fewer groups than this would leave threads idle
+
+
+def _segments(x, c, kind, groups):
+    """(rows, row_stride, nseg, seg_stride, len, nslot, period) of nf_seggrad for batch ("batch"), instance
+    or group norm of x, or None where the layout does not suit."""
+    if c != 1 or x.ndim < 3 or not x.flags.c_contiguous:
+        return None
+    N, C = x.shape[:2]
+    L = x.size // (N * C) if x.size else 0
+    if kind == "batch":
+        geometry = (C, L, N, C * L, L, 1, C)
+    elif kind == "instance":
+        geometry = (N * C, L, 1, L, L, 1, C)
+    else:
+        cg = C // groups
+        geometry = (N * groups, cg * L, cg, L, L, cg, groups)
+    ok = L >= _SEG_MIN_LEN and geometry[0] >= _SEG_MIN_GROUPS and geometry[5] <= 256
+    return geometry if ok else None
+
+
+def _seg_backward(x, dy, code, gx, geometry, weight, bias, eps, activation, pdt, mean=None, rstd=None):
+    """nf_seg_grad: grad_x into gx; returns (grad_weight, grad_bias) as _param_grads does."""
+    rows, nslot = geometry[0], geometry[5]
+    sums = np.empty(rows * nslot), np.empty(rows * nslot)
+    _normc.seg_grad(x, dy, code, gx, *geometry, weight, bias, mean, rstd, eps, activation, *sums)
+    C = x.shape[1]
+    return _param_grads(*(a.reshape(-1, C) for a in sums), 1, weight, bias, pdt)
+
+
 def _per_channel(a, c):
     """An F-layout float64 array summed over every axis but the channel axis c, as a (C,) vector."""
     return a.sum(axis=tuple(i for i in range(a.ndim) if i != c)) if a.ndim > 1 else a.reshape(-1)
@@ -158,6 +192,10 @@ def batch_norm_backward(grad_out, x, running_mean=None, running_var=None, weight
         _training_count(x, count, "value per channel when training")
     if x.size == 0:
         return _empty_grads(x, gx, C, weight, bias, pdt)
+    geometry = _segments(x, c, "batch", 1) if training else None
+    if geometry is not None:
+        saved = (None, None) if mean is None else (np.ascontiguousarray(mean.ravel()), np.ascontiguousarray(rstd.ravel()))
+        return (gx, *_seg_backward(x, dy, code, gx, geometry, weight, bias, eps, activation, pdt, *saved))
     if mean is None:
         mean, var = norms._moments(x, code, (c,)) if training else norms._running_stats(rm, rv, x, c)
         rstd = 1 / np.sqrt(var + eps)
@@ -182,6 +220,9 @@ def instance_norm_backward(grad_out, x, running_mean=None, running_var=None, wei
         _training_count(x, count, "spatial element when use_input_stats=True")
     if x.size == 0:
         return _empty_grads(x, gx, C, weight, bias, pdt)
+    geometry = _segments(x, c, "instance", 1) if use_input_stats else None
+    if geometry is not None:
+        return (gx, *_seg_backward(x, dy, code, gx, geometry, weight, bias, eps, activation, pdt))
     if use_input_stats:
         keep = (0, c)
         mean, var = norms._moments(x, code, keep)
@@ -204,6 +245,9 @@ def group_norm_backward(grad_out, x, num_groups, weight=None, bias=None, *, eps=
     G = norms._groups(num_groups, C)
     if x.size == 0:
         return _empty_grads(x, gx, C, weight, bias, pdt)
+    geometry = _segments(x, c, "group", G)
+    if geometry is not None:
+        return (gx, *_seg_backward(x, dy, code, gx, geometry, weight, bias, eps, activation, pdt))
     mean, var = norms._group_moments(x, code, c, G)
     cg = C // G
 

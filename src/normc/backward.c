@@ -38,6 +38,9 @@
 /* Half types: computed in float from their exact values, rounded to nearest even on store. */
 #define NF_T uint16_t
 #define NF_A float
+#define NF_V nf_vf32
+#define NF_W NF_W32
+#define NF_VLOAD nf_vload_f16
 #define NF_EXP expf
 #define NF_LOAD nf_f16_to_f32
 #define NF_STORE nf_f32_to_f16
@@ -47,6 +50,9 @@
 
 #define NF_T uint16_t
 #define NF_A float
+#define NF_V nf_vf32
+#define NF_W NF_W32
+#define NF_VLOAD nf_vload_bf16
 #define NF_EXP expf
 #define NF_LOAD nf_bf16_to_f32
 #define NF_STORE nf_f32_to_bf16
@@ -175,6 +181,25 @@ nf_status NF_FN(nf_grad_apply)(const nf_plan *p, nf_dtype dt, const void *x, con
     return NF_OK;
 }
 
+typedef void (*nf_seggrad_row_fn)(const void *, const void *, void *, const nf_seggrad *, int64_t);
+
+nf_status NF_FN(nf_seg_grad)(nf_dtype dt, const void *x, const void *dy, void *gx, const nf_seggrad *sp,
+                             int nthreads)
+{
+    static const nf_seggrad_row_fn rows_of[] = {seggrad_row_f32, seggrad_row_f64, seggrad_row_f16,
+                                                seggrad_row_bf16};
+    if (!nf_itemsize(dt) || sp->rows < 0 || sp->nseg < 1 || sp->len < 1 || sp->nslot < 1 ||
+        sp->nslot > NF_KTILE || sp->period < 1 || (!sp->mean != !sp->rstd))
+        return NF_EINVAL;
+    const nf_seggrad_row_fn row = rows_of[dt];
+    const int nt = sp->rows * sp->nseg * sp->len >= NF_PARALLEL_MIN ? nthreads : 1;
+    /* One group per iteration, whole: no result depends on which thread ran it. */
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1 && sp->rows > 1)
+    for (int64_t r = 0; r < sp->rows; r++)
+        row(x, dy, gx, sp, r);
+    return NF_OK;
+}
+
 typedef void (*nf_rowgrad_fn)(const void *, const void *, void *, int64_t, const nf_rowgrad *, int64_t, int64_t,
                               void *, void *);
 
@@ -192,8 +217,14 @@ nf_status NF_FN(nf_rownorm_grad)(nf_dtype dt, int64_t rows, int64_t n, const voi
     }
     const nf_rowgrad_fn row = rows_of[dt];
     /* Parameter gradients are summed per chunk of rows, then over chunks in order: chunk bounds depend
-     * only on the shape. At most 256 rows per chunk keeps the NF_A partial sums short. */
-    const int64_t n_chunks = rows < 64 ? rows : (rows / 256 > 64 ? nf_cdiv(rows, 256) : 64);
+     * only on the shape. Chunks of about NF_CHUNK elements, at most 64 of them unless that would put
+     * more than 256 rows in one (the NF_A partial sums stay short). */
+    int64_t n_chunks = rows * n / NF_CHUNK;
+    n_chunks = n_chunks < 1 ? 1 : n_chunks > 64 ? 64 : n_chunks;
+    if (n_chunks < nf_cdiv(rows, 256))
+        n_chunks = nf_cdiv(rows, 256);
+    if (n_chunks > rows)
+        n_chunks = rows;
     const int want = sp->grad_weight != NULL;
     char *part = want ? calloc((size_t)(n_chunks * n * 2), (size_t)asz) : NULL;
     if (want && !part)

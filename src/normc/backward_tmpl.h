@@ -1,13 +1,14 @@
 /* Backward kernels for one storage type, included by backward.c once per dtype with the parameters of
- * apply_tmpl.h (NF_VSTORE, where defined, turns on the vector paths). Notation: z = (x - s) * a + c is
+ * apply_tmpl.h and NF_V, NF_W, NF_VLOAD for block_tmpl.h (NF_VSTORE, where defined, turns on the vector
+ * paths here). Notation: z = (x - s) * a + c is
  * the forward's pre-activation, s the mean rounded to NF_A; g = dy * act'(z). dy is laid out like x. */
 
 #define NF_NAME2(a, b) a##_##b
 #define NF_NAME(a, b) NF_NAME2(a, b)
 
-#ifdef NF_VSTORE
-#include "hsum_tmpl.h"
+#include "block_tmpl.h"
 
+#ifdef NF_VSTORE
 static NF_INLINE NF_V NF_NAME(vat, NF_TAG)(const NF_A *p)
 {
     NF_V v;
@@ -198,6 +199,68 @@ static void NF_NAME(gx_run, NF_TAG)(const nf_run *r, const void *const *prm, int
         q[i] = (const NF_A *)prm[i] + r->poff;
     NF_BY_ACT(act, NF_NAME(gx_body, NF_TAG), (const NF_T *)r->x, (const NF_T *)r->x2, r->xs, (NF_T *)r->y, r->ys, q,
               r->ps, r->len, r->nr, r->xr, r->yr);
+}
+
+/* One statistics group of a channel norm with a single statistic (batch, instance or group norm over
+ * channels-first data), its data in cache between the passes: sp->nseg segments of sp->len contiguous
+ * elements, segment j of row r at r * row_stride + j * seg_stride, scaled by parameter slot j % nslot.
+ * The statistics (given, or computed here), the sums of g and g * (x - s) per slot, the gradient's
+ * coefficients, and grad_x. */
+static void NF_NAME(seggrad_row, NF_TAG)(const void *xv, const void *dyv, void *gxv, const nf_seggrad *sp, int64_t r)
+{
+    const NF_T *x = (const NF_T *)xv, *dy = (const NF_T *)dyv;
+    NF_T *gx = (NF_T *)gxv;
+    const int64_t S = sp->nslot, L = sp->len, base = r * sp->row_stride, first = (r % sp->period) * S;
+    const double n = (double)(sp->nseg * L);
+    double mu, rs;
+    if (sp->mean) {
+        mu = sp->mean[r];
+        rs = sp->rstd[r];
+    } else {
+        nf_acc acc = {0, 0, 0};
+        for (int64_t j = 0; j < sp->nseg; j++)
+            for (int64_t b = 0; b < L; b += NF_BLOCK) {
+                const int64_t len = L - b < NF_BLOCK ? L - b : NF_BLOCK;
+                double m, q;
+                NF_NAME(seg, NF_TAG)(x + base + j * sp->seg_stride + b, len, &m, &q);
+                nf_chan(&acc, (double)len, m, q);
+            }
+        mu = acc.mean;
+        rs = 1 / sqrt(acc.m2 / n + sp->eps);
+    }
+    const NF_A s = (NF_A)mu;
+    const double dm = (double)s - mu;
+    double w[NF_KTILE], sg[NF_KTILE], sd[NF_KTILE];
+    NF_A a[NF_KTILE], c[NF_KTILE];
+    for (int64_t k = 0; k < S; k++) {
+        w[k] = sp->weight ? (double)((const NF_A *)sp->weight)[first + k] : 1;
+        const double b = sp->bias ? (double)((const NF_A *)sp->bias)[first + k] : 0;
+        a[k] = (NF_A)(w[k] * rs);
+        c[k] = (NF_A)(b + dm * w[k] * rs);
+        sg[k] = sd[k] = 0;
+    }
+    for (int64_t j = 0; j < sp->nseg; j++) {
+        const int64_t k = j % S, at = base + j * sp->seg_stride;
+        NF_BY_ACT(sp->act, NF_NAME(red_seg, NF_TAG), x + at, dy + at, 1, L, s, a[k], c[k], &sg[k], &sd[k]);
+    }
+    /* The gradients with respect to the group's mean and variance, each slot's share summed. */
+    double gmu = 0, gvar = 0;
+    for (int64_t k = 0; k < S; k++) {
+        const double bmu = sd[k] + dm * sg[k]; /* sum of g * (x - mean) */
+        gmu -= w[k] * rs * sg[k];
+        gvar -= 0.5 * w[k] * rs * rs * rs * bmu;
+        sp->sum_g[r * S + k] = sg[k];
+        sp->sum_gxhat[r * S + k] = rs * bmu;
+    }
+    const double q = 2 * gvar / n, R0 = gmu / n + q * dm;
+    const NF_A Q = (NF_A)q;
+    for (int64_t j = 0; j < sp->nseg; j++) {
+        const int64_t k = j % S, at = base + j * sp->seg_stride;
+        const double P = w[k] * rs;
+        const NF_A Pk = (NF_A)P, Mk = P != 0 ? (NF_A)(-R0 / P) : 0, Rk = (NF_A)(R0 + P * (double)Mk);
+        const NF_A *qv[7] = {&s, &a[k], &c[k], &Pk, &Mk, &Q, &Rk};
+        NF_BY_ACT(sp->act, NF_NAME(gx_body, NF_TAG), x + at, dy + at, 1, gx + at, 1, qv, 0, L, 1, 0, 0);
+    }
 }
 
 /* Layer or RMS norm backward of rows [r0, r1) of n contiguous elements, each read twice while in cache:

@@ -41,6 +41,7 @@ typedef nf_status (*nf_grad_sums_fn)(const nf_plan *, nf_dtype, const void *, co
                                      const void *, const void *, nf_act, double *, double *, int);
 typedef nf_status (*nf_grad_apply_fn)(const nf_plan *, nf_dtype, const void *, const void *, void *,
                                       const void *const *, nf_act, int);
+typedef nf_status (*nf_seg_grad_fn)(nf_dtype, const void *, const void *, void *, const nf_seggrad *, int);
 typedef nf_status (*nf_rownorm_grad_fn)(nf_dtype, int64_t, int64_t, const void *, const void *, void *,
                                         const nf_rowgrad *, int);
 
@@ -56,7 +57,8 @@ typedef nf_status (*nf_rownorm_grad_fn)(nf_dtype, int64_t, int64_t, const void *
     nf_status nf_grad_apply_##sfx(const nf_plan *, nf_dtype, const void *, const void *, void *,             \
                                   const void *const *, nf_act, int);                                         \
     nf_status nf_rownorm_grad_##sfx(nf_dtype, int64_t, int64_t, const void *, const void *, void *,          \
-                                    const nf_rowgrad *, int);
+                                    const nf_rowgrad *, int);                                                \
+    nf_status nf_seg_grad_##sfx(nf_dtype, const void *, const void *, void *, const nf_seggrad *, int);
 NF_DECLARE_ISA(baseline)
 NF_DECLARE_ISA(avx2)
 NF_DECLARE_ISA(avx512)
@@ -79,6 +81,27 @@ static inline int64_t nf_itemsize(nf_dtype dt)
 #define NF_RB 64      /* rows per column-mode block (moments: reread from L2 by its second pass) */
 
 static inline int64_t nf_cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+typedef struct {
+    double n, mean, m2;
+} nf_acc;
+
+static inline double nf_clamp0(double v) { return v < 0 ? 0 : v; }
+
+/* Chan et al.: fold a block (nb, mb, m2b) into a. */
+static inline void nf_chan(nf_acc *a, double nb, double mb, double m2b)
+{
+    if (a->n == 0) {
+        a->n = nb;
+        a->mean = mb;
+        a->m2 = m2b;
+        return;
+    }
+    double n = a->n + nb, d = mb - a->mean;
+    a->mean = isfinite(d) ? a->mean + d * (nb / n) : a->mean + mb; /* infinities add as in a sum */
+    a->m2 += m2b + d * d * (a->n / n * nb);
+    a->n = n;
+}
 
 /* Walks the flat index of an nf_dims forward, keeping the element offsets in input and output. */
 typedef struct {

@@ -14,27 +14,6 @@
 #define NF_DIRECT_MIN 256 /* shorter or strided rows are gathered into full blocks */
 #define NF_SHORT_ROW 16   /* contiguous rows up to this long run in column mode when they can */
 
-typedef struct {
-    double n, mean, m2;
-} nf_acc;
-
-static inline double nf_clamp0(double v) { return v < 0 ? 0 : v; }
-
-/* Chan et al.: fold a block (nb, mb, m2b) into a. */
-static inline void nf_chan(nf_acc *a, double nb, double mb, double m2b)
-{
-    if (a->n == 0) {
-        a->n = nb;
-        a->mean = mb;
-        a->m2 = m2b;
-        return;
-    }
-    double n = a->n + nb, d = mb - a->mean;
-    a->mean = isfinite(d) ? a->mean + d * (nb / n) : a->mean + mb; /* infinities add as in a sum */
-    a->m2 += m2b + d * d * (a->n / n * nb);
-    a->n = n;
-}
-
 #define NF_T float
 #define NF_A float
 #define NF_V nf_vf32

@@ -109,6 +109,20 @@ nf_status nf_grad_sums(const nf_plan *plan, nf_dtype dtype, const void *x, const
 nf_status nf_grad_apply(const nf_plan *plan, nf_dtype dtype, const void *x, const void *dy, void *gx,
                         const void *const *params, nf_act act);
 
+/* Batch, instance or group norm backward (a single statistic per group, which channels-first data
+ * keeps in contiguous segments), each group whole while its data is in cache: row r's segment j is the
+ * `len` contiguous elements at r * row_stride + j * seg_stride (x, dy and gx alike), scaled by the
+ * channel parameters at (r % period) * nslot + j % nslot. */
+typedef struct {
+    int64_t rows, row_stride, nseg, seg_stride, len, nslot, period; /* nslot <= 256 */
+    const void *weight, *bias;  /* NULL or per channel, double for NF_F64 and float otherwise */
+    const double *mean, *rstd;  /* per row, or NULL: computed here with eps */
+    double eps;
+    nf_act act;
+    double *sum_g, *sum_gxhat; /* rows * nslot outputs: per row and slot, the sums of g and g * xhat */
+} nf_seggrad;
+nf_status nf_seg_grad(nf_dtype dtype, const void *x, const void *dy, void *gx, const nf_seggrad *spec);
+
 /* Layer or RMS norm backward over `rows` C-contiguous rows of n elements (x, dy and gx alike). */
 typedef struct {
     const double *mean, *rstd; /* per row: the forward's mean (NULL: RMS norm) and 1 / sqrt(var + eps) */
