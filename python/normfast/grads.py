@@ -176,18 +176,15 @@ def batch_norm_backward(grad_out, x, running_mean=None, running_var=None, weight
                                                                            False)
     x, dy, code, gx = _pair(grad_out, x)
     training = _checks.flag(training, "training")
-    rm = _checks.running(running_mean, C, pdt, "running_mean", False)
-    rv = _checks.running(running_var, C, pdt, "running_var", False)
-    if (rm is None) != (rv is None):
-        raise ValueError("running_mean, running_var: give both or neither")
-    count = math.prod(n for i, n in enumerate(x.shape) if i != c)
-    layout = norms._layout(x.ndim, {c: C})
     if (mean is None) != (rstd is None):
         raise ValueError("mean, rstd: give both or neither")
+    # Eval mode normalizes with the running statistics, or with the given mean and rstd.
+    rm, rv, _ = norms._running_pair(running_mean, running_var, C, pdt, training or mean is not None, "training",
+                                    True, written=False)
+    count = math.prod(n for i, n in enumerate(x.shape) if i != c)
     if mean is not None:
+        layout = norms._layout(x.ndim, {c: C})
         mean, rstd = (_stat(v, (C,), n).reshape(layout) for v, n in ((mean, "mean"), (rstd, "rstd")))
-    elif not training and rm is None:
-        raise ValueError("running_mean, running_var: required when training=False (or give mean and rstd)")
     if training:
         _training_count(x, count, "value per channel when training")
     if x.size == 0:
@@ -214,7 +211,8 @@ def instance_norm_backward(grad_out, x, running_mean=None, running_var=None, wei
                                                                            True)
     x, dy, code, gx = _pair(grad_out, x)
     use_input_stats = _checks.flag(use_input_stats, "use_input_stats")
-    rm, rv, _ = norms._running_pair(running_mean, running_var, C, pdt, use_input_stats, "use_input_stats", True)
+    rm, rv, _ = norms._running_pair(running_mean, running_var, C, pdt, use_input_stats, "use_input_stats", True,
+                                    written=False)
     count = math.prod(n for i, n in enumerate(x.shape) if i not in (0, c))
     if use_input_stats:
         _training_count(x, count, "spatial element when use_input_stats=True")
@@ -280,7 +278,7 @@ def switchable_norm_backward(grad_out, x, weight, bias, mean_weight, var_weight,
     wm = norms._softmax(mean_weight, k, "mean_weight")
     wv = norms._softmax(var_weight, k, "var_weight")
     if using_bn:
-        rm, rv, _ = norms._running_pair(running_mean, running_var, C, pdt, training, "training", True)
+        rm, rv, _ = norms._running_pair(running_mean, running_var, C, pdt, training, "training", True, written=False)
     elif running_mean is not None or running_var is not None:
         raise ValueError("running_mean, running_var: only used with using_bn=True")
     count = math.prod(n for i, n in enumerate(x.shape) if i != c)

@@ -42,11 +42,12 @@ def _apply(x, code, keep, mean, var, eps, weight, bias, activation, out, pdt):
     return out
 
 
-def _running_pair(running_mean, running_var, C, pdt, batch_stats, mode, empty):
+def _running_pair(running_mean, running_var, C, pdt, batch_stats, mode, empty, written=True):
     """The checked running arrays (or None, None) and whether to update them: `batch_stats` says whether
     this call normalizes with the batch, `mode` names that switch for the error message; an `empty` batch
-    has no statistics and updates nothing (as in PyTorch)."""
-    writable = batch_stats and (running_mean is not None or running_var is not None)
+    has no statistics and updates nothing (as in PyTorch); a call that is never `written` (a backward)
+    only reads them."""
+    writable = written and batch_stats and (running_mean is not None or running_var is not None)
     rm = _checks.running(running_mean, C, pdt, "running_mean", writable)
     rv = _checks.running(running_var, C, pdt, "running_var", writable)
     if (rm is None) != (rv is None):

@@ -21,8 +21,8 @@ static NF_INLINE NF_A NF_NAME(act, NF_TAG)(NF_A v, int act)
  * apart that share the parameters; ps is 0 (one group along the row) or the groups' stride. `act` is a
  * constant in each inlined copy. */
 static NF_INLINE void NF_NAME(row_body, NF_TAG)(const NF_T *x, int64_t xs, NF_T *y, int64_t ys, const NF_A *s,
-                                                 const NF_A *a, const NF_A *c, int64_t ps, int64_t n, int act,
-                                                 int64_t nr, int64_t xr, int64_t yr)
+                                                 const NF_A *a, const NF_A *c, int64_t ps, int64_t n, int64_t nr,
+                                                 int64_t xr, int64_t yr, int act)
 {
     for (int64_t r = 0; r < nr; r++, x += xr, y += yr) {
         int64_t j = 0;
@@ -56,14 +56,7 @@ static void NF_NAME(row, NF_TAG)(const void *x, int64_t xs, void *y, int64_t ys,
     const NF_T *xt = (const NF_T *)x;
     NF_T *yt = (NF_T *)y;
     const NF_A *s = (const NF_A *)p[0], *a = (const NF_A *)p[1], *c = (const NF_A *)p[2];
-    switch (act) {
-    case NF_ACT_RELU: NF_NAME(row_body, NF_TAG)(xt, xs, yt, ys, s, a, c, ps, n, NF_ACT_RELU, nr, xr, yr); break;
-    case NF_ACT_SIGMOID:
-        NF_NAME(row_body, NF_TAG)(xt, xs, yt, ys, s, a, c, ps, n, NF_ACT_SIGMOID, nr, xr, yr);
-        break;
-    case NF_ACT_SILU: NF_NAME(row_body, NF_TAG)(xt, xs, yt, ys, s, a, c, ps, n, NF_ACT_SILU, nr, xr, yr); break;
-    default: NF_NAME(row_body, NF_TAG)(xt, xs, yt, ys, s, a, c, ps, n, NF_ACT_NONE, nr, xr, yr); break;
-    }
+    NF_BY_ACT(act, NF_NAME(row_body, NF_TAG), xt, xs, yt, ys, s, a, c, ps, n, nr, xr, yr);
 }
 
 #undef NF_NAME
