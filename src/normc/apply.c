@@ -5,52 +5,8 @@
 
 #include <math.h>
 
-#define NF_T float
-#define NF_A float
-#define NF_V nf_vf32
-#define NF_VI nf_vi32
-#define NF_W NF_W32
-#define NF_LOAD nf_load_f32
-#define NF_VLOAD nf_vload_f32
-#define NF_STORE nf_load_f32
-#define NF_VSTORE nf_vstore_f32
-#define NF_EXP expf
-#define NF_TAG f32
-#include "apply_tmpl.h"
-#include "tmpl_end.h"
-
-#define NF_T double
-#define NF_A double
-#define NF_V nf_vf64
-#define NF_VI nf_vi64
-#define NF_W NF_W64
-#define NF_LOAD nf_load_f64
-#define NF_VLOAD nf_vload_f64
-#define NF_STORE nf_load_f64
-#define NF_VSTORE nf_vstore_f64
-#define NF_EXP exp
-#define NF_TAG f64
-#include "apply_tmpl.h"
-#include "tmpl_end.h"
-
-/* Half types: computed in float, rounded to nearest even on store (scalar rows for now). */
-#define NF_T uint16_t
-#define NF_A float
-#define NF_EXP expf
-#define NF_LOAD nf_f16_to_f32
-#define NF_STORE nf_f32_to_f16
-#define NF_TAG f16
-#include "apply_tmpl.h"
-#include "tmpl_end.h"
-
-#define NF_T uint16_t
-#define NF_A float
-#define NF_EXP expf
-#define NF_LOAD nf_bf16_to_f32
-#define NF_STORE nf_f32_to_bf16
-#define NF_TAG bf16
-#include "apply_tmpl.h"
-#include "tmpl_end.h"
+#define NF_TEMPLATE "apply_tmpl.h"
+#include "each_dtype.h"
 
 typedef void (*nf_row_fn)(const void *, int64_t, void *, int64_t, const void *const *, int64_t, int64_t,
                           int, int64_t, int64_t, int64_t);

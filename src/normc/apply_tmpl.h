@@ -1,8 +1,5 @@
-/* Apply-pass rows for one storage type, included by apply.c once per dtype with
- *   NF_T, NF_A, NF_V, NF_W, NF_LOAD, NF_VLOAD, NF_TAG  as in moments_tmpl.h
- *   NF_STORE  NF_A -> NF_T            NF_EXP  exp for NF_A
- *   NF_VI     integer vector of NF_V's lane width
- *   NF_VSTORE (optional) NF_V -> NF_W contiguous NF_T; without it rows run scalar */
+/* Apply-pass rows for one storage type, instantiated by apply.c through each_dtype.h (which lists the
+ * parameters); where NF_VSTORE is not defined, rows run scalar. */
 
 #define NF_NAME2(a, b) a##_##b
 #define NF_NAME(a, b) NF_NAME2(a, b)

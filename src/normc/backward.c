@@ -7,58 +7,8 @@
 #include <math.h>
 #include <stdlib.h>
 
-#define NF_T float
-#define NF_A float
-#define NF_V nf_vf32
-#define NF_VI nf_vi32
-#define NF_W NF_W32
-#define NF_LOAD nf_load_f32
-#define NF_VLOAD nf_vload_f32
-#define NF_STORE nf_load_f32
-#define NF_VSTORE nf_vstore_f32
-#define NF_EXP expf
-#define NF_TAG f32
-#include "backward_tmpl.h"
-#include "tmpl_end.h"
-
-#define NF_T double
-#define NF_A double
-#define NF_V nf_vf64
-#define NF_VI nf_vi64
-#define NF_W NF_W64
-#define NF_LOAD nf_load_f64
-#define NF_VLOAD nf_vload_f64
-#define NF_STORE nf_load_f64
-#define NF_VSTORE nf_vstore_f64
-#define NF_EXP exp
-#define NF_TAG f64
-#include "backward_tmpl.h"
-#include "tmpl_end.h"
-
-/* Half types: computed in float from their exact values, rounded to nearest even on store. */
-#define NF_T uint16_t
-#define NF_A float
-#define NF_V nf_vf32
-#define NF_W NF_W32
-#define NF_VLOAD nf_vload_f16
-#define NF_EXP expf
-#define NF_LOAD nf_f16_to_f32
-#define NF_STORE nf_f32_to_f16
-#define NF_TAG f16
-#include "backward_tmpl.h"
-#include "tmpl_end.h"
-
-#define NF_T uint16_t
-#define NF_A float
-#define NF_V nf_vf32
-#define NF_W NF_W32
-#define NF_VLOAD nf_vload_bf16
-#define NF_EXP expf
-#define NF_LOAD nf_bf16_to_f32
-#define NF_STORE nf_f32_to_bf16
-#define NF_TAG bf16
-#include "backward_tmpl.h"
-#include "tmpl_end.h"
+#define NF_TEMPLATE "backward_tmpl.h"
+#include "each_dtype.h"
 
 typedef void (*nf_red_rows_fn)(const nf_plan *, const void *, const void *, int64_t, int64_t, int64_t, int64_t,
                                const void *const *, int64_t, int, double *, double *);
@@ -116,8 +66,9 @@ nf_status NF_FN(nf_grad_sums)(const nf_plan *p, nf_dtype dt, const void *x, cons
     } else {
         /* Column mode: chunk = (rows of R1) x (a tile of at most NF_KTILE columns of K). */
         const nf_red_cols_fn cols = cols_of[dt];
-        const int64_t K = p->k, ktile = K < NF_KTILE ? K : NF_KTILE, n_tiles = nf_cdiv(K, ktile);
-        const int64_t per = NF_CHUNK / (NF_RB * ktile), rpc = NF_RB * (per > 1 ? per : 1);
+        const int64_t K = p->k;
+        int64_t ktile, n_tiles, rpc;
+        nf_col_work(K, &ktile, &n_tiles, &rpc);
         n_chunks = nf_cdiv(R1, rpc);
         const int64_t items = p->o.size * n_chunks * n_tiles;
         if (n_chunks > 1 && !(part = malloc((size_t)(n_out * n_chunks) * 2 * sizeof *part)))

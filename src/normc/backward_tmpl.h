@@ -1,6 +1,5 @@
-/* Backward kernels for one storage type, included by backward.c once per dtype with the parameters of
- * apply_tmpl.h and NF_V, NF_W, NF_VLOAD for block_tmpl.h (NF_VSTORE, where defined, turns on the vector
- * paths here). Notation: z = (x - s) * a + c is
+/* Backward kernels for one storage type, instantiated by backward.c through each_dtype.h (which lists
+ * the parameters; NF_VSTORE, where defined, turns on the vector paths). Notation: z = (x - s) * a + c is
  * the forward's pre-activation, s the mean rounded to NF_A; g = dy * act'(z). dy is laid out like x. */
 
 #define NF_NAME2(a, b) a##_##b

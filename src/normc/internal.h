@@ -82,6 +82,16 @@ static inline int64_t nf_itemsize(nf_dtype dt)
 
 static inline int64_t nf_cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+/* Column-mode work over K columns: tiles of ktile <= NF_KTILE columns, and chunks of rpc rows (whole
+ * NF_RB blocks, about NF_CHUNK elements a tile), both fixed by the shape. */
+static inline void nf_col_work(int64_t K, int64_t *ktile, int64_t *n_tiles, int64_t *rpc)
+{
+    *ktile = K < NF_KTILE ? K : NF_KTILE;
+    *n_tiles = nf_cdiv(K, *ktile);
+    const int64_t per = NF_CHUNK / (NF_RB * *ktile);
+    *rpc = NF_RB * (per > 1 ? per : 1);
+}
+
 typedef struct {
     double n, mean, m2;
 } nf_acc;

@@ -14,64 +14,9 @@
 #define NF_DIRECT_MIN 256 /* shorter or strided rows are gathered into full blocks */
 #define NF_SHORT_ROW 16   /* contiguous rows up to this long run in column mode when they can */
 
-#define NF_T float
-#define NF_A float
-#define NF_V nf_vf32
-#define NF_W NF_W32
-#define NF_LOAD nf_load_f32
-#define NF_VLOAD nf_vload_f32
-#define NF_TAG f32
-#define NF_DT NF_F32
-#define NF_SEG_A seg_f32
-#define NF_STORE nf_load_f32
-#define NF_VSTORE nf_vstore_f32
-#include "moments_tmpl.h"
-#include "rownorm_tmpl.h"
-#include "tmpl_end.h"
-
-#define NF_T double
-#define NF_A double
-#define NF_V nf_vf64
-#define NF_W NF_W64
-#define NF_LOAD nf_load_f64
-#define NF_VLOAD nf_vload_f64
-#define NF_TAG f64
-#define NF_DT NF_F64
-#define NF_SEG_A seg_f64
-#define NF_STORE nf_load_f64
-#define NF_VSTORE nf_vstore_f64
-#include "moments_tmpl.h"
-#include "rownorm_tmpl.h"
-#include "tmpl_end.h"
-
-/* Half types are widened on load and accumulated in float; gathered blocks reuse the float kernel. */
-#define NF_T uint16_t
-#define NF_A float
-#define NF_V nf_vf32
-#define NF_W NF_W32
-#define NF_SEG_A seg_f32
-#define NF_LOAD nf_f16_to_f32
-#define NF_VLOAD nf_vload_f16
-#define NF_TAG f16
-#define NF_DT NF_F16
-#define NF_STORE nf_f32_to_f16
-#include "moments_tmpl.h"
-#include "rownorm_tmpl.h"
-#include "tmpl_end.h"
-
-#define NF_T uint16_t
-#define NF_A float
-#define NF_V nf_vf32
-#define NF_W NF_W32
-#define NF_SEG_A seg_f32
-#define NF_LOAD nf_bf16_to_f32
-#define NF_VLOAD nf_vload_bf16
-#define NF_TAG bf16
-#define NF_DT NF_BF16
-#define NF_STORE nf_f32_to_bf16
-#include "moments_tmpl.h"
-#include "rownorm_tmpl.h"
-#include "tmpl_end.h"
+#define NF_TEMPLATE "moments_tmpl.h"
+#define NF_TEMPLATE2 "rownorm_tmpl.h"
+#include "each_dtype.h"
 
 typedef void (*nf_rows_fn)(const nf_plan *, const void *, int64_t, int64_t, int64_t, int64_t, nf_acc *);
 typedef void (*nf_cols_fn)(const nf_plan *, const void *, int64_t, int64_t, int64_t, double *, double *,
@@ -173,9 +118,9 @@ nf_status NF_FN(nf_moments)(const nf_plan *p, nf_dtype dt, const void *x, nf_dty
         if (p->k == 1)
             q.o.ndim--, q.o.size /= p->o.shape[last], q.k = p->o.shape[last] * p->r2, q.k_stride = 1, q.r2 = 1;
         group = p->k == 1 ? p->r2 : 1;
-        const int64_t K = q.k, ktile = K < NF_KTILE ? K : NF_KTILE, n_tiles = nf_cdiv(K, ktile);
-        const int64_t per = NF_CHUNK / (NF_RB * ktile);
-        const int64_t rpc = NF_RB * (per > 1 ? per : 1);
+        const int64_t K = q.k;
+        int64_t ktile, n_tiles, rpc;
+        nf_col_work(K, &ktile, &n_tiles, &rpc);
         n_chunks = nf_cdiv(R1, rpc);
         items = q.o.size * n_chunks * n_tiles;
         if ((n_chunks > 1 || group > 1) && !(part = malloc((size_t)(n_out * group * n_chunks) * sizeof *part)))

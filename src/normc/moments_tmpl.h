@@ -1,9 +1,5 @@
-/* Moments kernels for one storage type, included by moments.c once per dtype with
- *   NF_T      storage type            NF_A      accumulation type (float, or double for float64)
- *   NF_V      vector of NF_A          NF_W      its lane count
- *   NF_LOAD   one NF_T -> NF_A        NF_VLOAD  NF_W contiguous NF_T -> NF_V
- *   NF_TAG    name suffix             NF_SEG_A  the seg_* kernel for contiguous NF_A data
- * Blocks are reduced by block_tmpl.h's seg_* and merged in double with Chan's formula. */
+/* Moments kernels for one storage type, instantiated by moments.c through each_dtype.h (which lists the
+ * parameters). Blocks are reduced by block_tmpl.h's seg_* and merged in double with Chan's formula. */
 
 #define NF_NAME2(a, b) a##_##b
 #define NF_NAME(a, b) NF_NAME2(a, b)

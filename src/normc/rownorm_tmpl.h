@@ -1,6 +1,5 @@
-/* Fused row norms for one storage type, included by moments.c after moments_tmpl.h with the same
- * macros, plus NF_DT (the nf_dtype), NF_STORE (NF_A -> NF_T) and, where rows store whole vectors,
- * NF_VSTORE. */
+/* Fused row norms for one storage type, instantiated by moments.c after moments_tmpl.h through
+ * each_dtype.h (which lists the parameters); where NF_VSTORE is not defined, rows store scalar. */
 
 #define NF_NAME2(a, b) a##_##b
 #define NF_NAME(a, b) NF_NAME2(a, b)
