@@ -66,27 +66,24 @@ nf_status NF_FN(nf_grad_sums)(const nf_plan *p, nf_dtype dt, const void *x, cons
     } else {
         /* Column mode: chunk = (rows of R1) x (a tile of at most NF_KTILE columns of K). */
         const nf_red_cols_fn cols = cols_of[dt];
-        const int64_t K = p->k;
-        int64_t ktile, n_tiles, rpc;
-        nf_col_work(K, &ktile, &n_tiles, &rpc);
-        n_chunks = nf_cdiv(R1, rpc);
-        const int64_t items = p->o.size * n_chunks * n_tiles;
+        const nf_cols cw = nf_col_work(p->k, R1);
+        n_chunks = cw.n_chunks;
+        const int64_t items = p->o.size * n_chunks * cw.n_tiles;
         if (n_chunks > 1 && !(part = malloc((size_t)(n_out * n_chunks) * 2 * sizeof *part)))
             return NF_ENOMEM;
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1 && items > 1)
         for (int64_t w = 0; w < items; w++) {
-            const int64_t o = w / (n_chunks * n_tiles), ch = (w / n_tiles) % n_chunks, t = w % n_tiles;
-            const int64_t ra = ch * rpc, rb = ra + rpc < R1 ? ra + rpc : R1;
-            const int64_t k0 = t * ktile, nk = K - k0 < ktile ? K - k0 : ktile;
+            const nf_col_item it = nf_col_at(&cw, w);
             double g[NF_KTILE] = {0}, d[NF_KTILE] = {0};
             nf_iter oi;
-            nf_iter_init(&oi, &p->o, o);
-            const int64_t off = (oi.off + k0 * p->k_stride) * isz, at = p->out_offset + oi.ooff + k0 * p->k_ostride;
-            cols(p, xb + off, db + off, ra, rb, nk, prm, at, act, g, d);
-            for (int64_t k = 0; k < nk; k++) {
-                const int64_t i = o * K + k0 + k;
+            nf_iter_init(&oi, &p->o, it.o);
+            const int64_t off = (oi.off + it.k0 * p->k_stride) * isz;
+            const int64_t at = p->out_offset + oi.ooff + it.k0 * p->k_ostride;
+            cols(p, xb + off, db + off, it.ra, it.rb, it.nk, prm, at, act, g, d);
+            for (int64_t k = 0; k < it.nk; k++) {
+                const int64_t i = (it.o * p->k + it.k0 + k) * n_chunks + it.ch;
                 if (part)
-                    part[2 * (i * n_chunks + ch)] = g[k], part[2 * (i * n_chunks + ch) + 1] = d[k];
+                    part[2 * i] = g[k], part[2 * i + 1] = d[k];
                 else
                     sum_g[at + k * p->k_ostride] = g[k], sum_gd[at + k * p->k_ostride] = d[k];
             }

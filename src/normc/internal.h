@@ -82,14 +82,36 @@ static inline int64_t nf_itemsize(nf_dtype dt)
 
 static inline int64_t nf_cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-/* Column-mode work over K columns: tiles of ktile <= NF_KTILE columns, and chunks of rpc rows (whole
- * NF_RB blocks, about NF_CHUNK elements a tile), both fixed by the shape. */
-static inline void nf_col_work(int64_t K, int64_t *ktile, int64_t *n_tiles, int64_t *rpc)
+/* Column-mode work over K columns and R1 rows: tiles of ktile <= NF_KTILE columns and chunks of rpc rows
+ * (whole NF_RB blocks, about NF_CHUNK elements a tile), both fixed by the shape; work item w is tile
+ * w % n_tiles of chunk (w / n_tiles) % n_chunks of outer index w / (n_chunks * n_tiles). */
+typedef struct {
+    int64_t K, R1, ktile, n_tiles, rpc, n_chunks;
+} nf_cols;
+typedef struct {
+    int64_t o, ch, ra, rb, k0, nk; /* outer index, chunk, its rows [ra, rb), its columns [k0, k0 + nk) */
+} nf_col_item;
+
+static inline nf_cols nf_col_work(int64_t K, int64_t R1)
 {
-    *ktile = K < NF_KTILE ? K : NF_KTILE;
-    *n_tiles = nf_cdiv(K, *ktile);
-    const int64_t per = NF_CHUNK / (NF_RB * *ktile);
-    *rpc = NF_RB * (per > 1 ? per : 1);
+    nf_cols c = {K, R1, K < NF_KTILE ? K : NF_KTILE, 0, 0, 0};
+    c.n_tiles = nf_cdiv(K, c.ktile);
+    const int64_t per = NF_CHUNK / (NF_RB * c.ktile);
+    c.rpc = NF_RB * (per > 1 ? per : 1);
+    c.n_chunks = nf_cdiv(R1, c.rpc);
+    return c;
+}
+
+static inline nf_col_item nf_col_at(const nf_cols *c, int64_t w)
+{
+    nf_col_item it;
+    it.o = w / (c->n_chunks * c->n_tiles);
+    it.ch = (w / c->n_tiles) % c->n_chunks;
+    it.ra = it.ch * c->rpc;
+    it.rb = it.ra + c->rpc < c->R1 ? it.ra + c->rpc : c->R1;
+    it.k0 = (w % c->n_tiles) * c->ktile;
+    it.nk = c->K - it.k0 < c->ktile ? c->K - it.k0 : c->ktile;
+    return it;
 }
 
 typedef struct {

@@ -118,29 +118,25 @@ nf_status NF_FN(nf_moments)(const nf_plan *p, nf_dtype dt, const void *x, nf_dty
         if (p->k == 1)
             q.o.ndim--, q.o.size /= p->o.shape[last], q.k = p->o.shape[last] * p->r2, q.k_stride = 1, q.r2 = 1;
         group = p->k == 1 ? p->r2 : 1;
-        const int64_t K = q.k;
-        int64_t ktile, n_tiles, rpc;
-        nf_col_work(K, &ktile, &n_tiles, &rpc);
-        n_chunks = nf_cdiv(R1, rpc);
-        items = q.o.size * n_chunks * n_tiles;
+        const nf_cols cw = nf_col_work(q.k, R1);
+        n_chunks = cw.n_chunks;
+        items = q.o.size * n_chunks * cw.n_tiles;
         if ((n_chunks > 1 || group > 1) && !(part = malloc((size_t)(n_out * group * n_chunks) * sizeof *part)))
             return NF_ENOMEM;
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1 && items > 1)
         for (int64_t w = 0; w < items; w++) {
-            const int64_t o = w / (n_chunks * n_tiles), ch = (w / n_tiles) % n_chunks, t = w % n_tiles;
-            const int64_t ra = ch * rpc, rb = ra + rpc < R1 ? ra + rpc : R1;
-            const int64_t k0 = t * ktile, nk = K - k0 < ktile ? K - k0 : ktile;
+            const nf_col_item it = nf_col_at(&cw, w);
             double n = 0, mu[NF_KTILE], m2[NF_KTILE];
             nf_iter oi;
-            nf_iter_init(&oi, &q.o, o);
-            cols(&q, xb + (oi.off + k0 * q.k_stride) * isz, ra, rb, nk, &n, mu, m2);
-            for (int64_t k = 0; k < nk; k++) {
+            nf_iter_init(&oi, &q.o, it.o);
+            cols(&q, xb + (oi.off + it.k0 * q.k_stride) * isz, it.ra, it.rb, it.nk, &n, mu, m2);
+            for (int64_t k = 0; k < it.nk; k++) {
                 const nf_acc a = {n, mu[k], m2[k]};
-                const int64_t i = o * K + k0 + k;
+                const int64_t i = it.o * q.k + it.k0 + k;
                 if (part)
-                    part[i * n_chunks + ch] = a;
+                    part[i * n_chunks + it.ch] = a;
                 else
-                    nf_store(odt, mean, var, q.out_offset + oi.ooff + (k0 + k) * q.k_ostride, &a, ddof);
+                    nf_store(odt, mean, var, q.out_offset + oi.ooff + (it.k0 + k) * q.k_ostride, &a, ddof);
             }
         }
     }
