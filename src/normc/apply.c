@@ -32,7 +32,8 @@ void NF_FN(nf_walk)(const nf_plan *p, int64_t isz, const void *x, const void *x2
     const int64_t R1 = p->r1.size, rows = p->o.size * R1;
     const int64_t rpc = len < NF_CHUNK ? NF_CHUNK / len : 1, n_chunks = (rows + rpc - 1) / rpc;
     const int nt = rows * len >= NF_PARALLEL_MIN ? nthreads : 1;
-    const char *xb = (const char *)x + p->x_offset * isz, *x2b = (const char *)x2 + p->x_offset * isz;
+    const char *xb = (const char *)x + p->x_offset * isz;
+    const char *x2b = x2 ? (const char *)x2 + p->x_offset * isz : NULL;
     char *yb = (char *)y + p->y_offset * isz;
     /* Along a one-axis R1 the rows up to the chunk's or the axis's end share their parameters: one call
      * for the run, its rows xr and yr elements apart. */
@@ -47,7 +48,7 @@ void NF_FN(nf_walk)(const nf_plan *p, int64_t isz, const void *x, const void *x2
         for (int64_t w = w0; w < w1;) {
             const int64_t nr = run ? (R1 - ir.idx[0] < w1 - w ? R1 - ir.idx[0] : w1 - w) : 1;
             const int64_t xo = (io.off + ir.off) * isz;
-            const nf_run r = {xb + xo, x2 ? x2b + xo : NULL, yb + (io.yoff + ir.yoff) * isz,
+            const nf_run r = {xb + xo, x2b ? x2b + xo : NULL, yb + (io.yoff + ir.yoff) * isz,
                               p->out_offset + io.ooff, len, xs, ys, ps, nr, xr, yr};
             op(ctx, &r);
             w += nr;
