@@ -164,6 +164,23 @@ def _training_count(x, count, what):
         raise ValueError(f"x: expected more than 1 {what}, got {count}")
 
 
+def _one_statistic(x, dy, code, gx, c, kind, groups, batch_stats, statistics, count, pool, weight, bias, eps,
+                   activation, pdt, saved=(None, None)):
+    """The backward of batch ("batch"), instance or group norm: a single statistic per group, taken from
+    the batch (batch_stats) or constant. statistics() gives (keep axes, mean, rstd) for the two-pass path;
+    `saved` are the per-group (mean, rstd), flat, where the caller has them."""
+    if x.size == 0:
+        return _empty_grads(x, gx, x.shape[c], weight, bias, pdt)
+    geometry = _segments(x, c, kind, groups) if batch_stats else None
+    if geometry is not None:
+        return (gx, *_seg_backward(x, dy, code, gx, geometry, weight, bias, eps, activation, pdt, *saved))
+    keep, mean, rstd = statistics()
+    terms = [_Term(1.0, 1.0, mean, count, pool)] if batch_stats else []
+    sum_g, sum_gxhat, _, _ = _channel_backward(x, dy, code, gx, keep, mean, rstd, weight, bias, activation, terms,
+                                               pdt)
+    return (gx, *_param_grads(sum_g, sum_gxhat, c, weight, bias, pdt))
+
+
 def batch_norm_backward(grad_out, x, running_mean=None, running_var=None, weight=None, bias=None, *, training=True,
                         eps=1e-5, axis=1, activation=None, mean=None, rstd=None):
     """Gradients of batch_norm(x, ...) (same arguments) given grad_out, the gradient of its output:
@@ -181,25 +198,20 @@ def batch_norm_backward(grad_out, x, running_mean=None, running_var=None, weight
     # Eval mode normalizes with the running statistics, or with the given mean and rstd.
     rm, rv, _ = norms._running_pair(running_mean, running_var, C, pdt, training or mean is not None, "training",
                                     True, written=False)
+    saved = (None, None) if mean is None else tuple(_stat(v, (C,), n) for v, n in ((mean, "mean"), (rstd, "rstd")))
     count = math.prod(n for i, n in enumerate(x.shape) if i != c)
-    if mean is not None:
-        layout = norms._layout(x.ndim, {c: C})
-        mean, rstd = (_stat(v, (C,), n).reshape(layout) for v, n in ((mean, "mean"), (rstd, "rstd")))
     if training:
         _training_count(x, count, "value per channel when training")
-    if x.size == 0:
-        return _empty_grads(x, gx, C, weight, bias, pdt)
-    geometry = _segments(x, c, "batch", 1) if training else None
-    if geometry is not None:
-        saved = (None, None) if mean is None else (np.ascontiguousarray(mean.ravel()), np.ascontiguousarray(rstd.ravel()))
-        return (gx, *_seg_backward(x, dy, code, gx, geometry, weight, bias, eps, activation, pdt, *saved))
-    if mean is None:
-        mean, var = norms._moments(x, code, (c,)) if training else norms._running_stats(rm, rv, x, c)
-        rstd = 1 / np.sqrt(var + eps)
-    terms = [_Term(1.0, 1.0, mean, count, _identity)] if training else []
-    sum_g, sum_gxhat, _, _ = _channel_backward(x, dy, code, gx, (c,), mean, rstd, weight, bias, activation, terms,
-                                               pdt)
-    return (gx, *_param_grads(sum_g, sum_gxhat, c, weight, bias, pdt))
+
+    def statistics():
+        layout = norms._layout(x.ndim, {c: C})
+        if mean is not None:
+            return (c,), saved[0].reshape(layout), saved[1].reshape(layout)
+        m, v = norms._moments(x, code, (c,)) if training else norms._running_stats(rm, rv, x, c)
+        return (c,), m, 1 / np.sqrt(v + eps)
+
+    return _one_statistic(x, dy, code, gx, c, "batch", 1, training, statistics, count, _identity, weight, bias, eps,
+                          activation, pdt, saved)
 
 
 def instance_norm_backward(grad_out, x, running_mean=None, running_var=None, weight=None, bias=None, *,
@@ -216,22 +228,14 @@ def instance_norm_backward(grad_out, x, running_mean=None, running_var=None, wei
     count = math.prod(n for i, n in enumerate(x.shape) if i not in (0, c))
     if use_input_stats:
         _training_count(x, count, "spatial element when use_input_stats=True")
-    if x.size == 0:
-        return _empty_grads(x, gx, C, weight, bias, pdt)
-    geometry = _segments(x, c, "instance", 1) if use_input_stats else None
-    if geometry is not None:
-        return (gx, *_seg_backward(x, dy, code, gx, geometry, weight, bias, eps, activation, pdt))
-    if use_input_stats:
-        keep = (0, c)
-        mean, var = norms._moments(x, code, keep)
-        terms = [_Term(1.0, 1.0, mean, count, _identity)]
-    else:
-        keep = (c,)
-        mean, var = norms._running_stats(rm, rv, x, c)
-        terms = []
-    sum_g, sum_gxhat, _, _ = _channel_backward(x, dy, code, gx, keep, mean, 1 / np.sqrt(var + eps), weight, bias,
-                                               activation, terms, pdt)
-    return (gx, *_param_grads(sum_g, sum_gxhat, c, weight, bias, pdt))
+
+    def statistics():
+        keep = (0, c) if use_input_stats else (c,)
+        m, v = norms._moments(x, code, keep) if use_input_stats else norms._running_stats(rm, rv, x, c)
+        return keep, m, 1 / np.sqrt(v + eps)
+
+    return _one_statistic(x, dy, code, gx, c, "instance", 1, use_input_stats, statistics, count, _identity, weight,
+                          bias, eps, activation, pdt)
 
 
 def group_norm_backward(grad_out, x, num_groups, weight=None, bias=None, *, eps=1e-5, axis=1, activation=None):
@@ -241,22 +245,19 @@ def group_norm_backward(grad_out, x, num_groups, weight=None, bias=None, *, eps=
                                                                            True)
     x, dy, code, gx = _pair(grad_out, x)
     G = norms._groups(num_groups, C)
-    if x.size == 0:
-        return _empty_grads(x, gx, C, weight, bias, pdt)
-    geometry = _segments(x, c, "group", G)
-    if geometry is not None:
-        return (gx, *_seg_backward(x, dy, code, gx, geometry, weight, bias, eps, activation, pdt))
-    mean, var = norms._group_moments(x, code, c, G)
     cg = C // G
 
     def pool(a):  # sum over each group's channels, broadcast back to them
         split = a.reshape(a.shape[:c] + (G, cg) + a.shape[c + 1:])
         return np.repeat(split.sum(axis=c + 1), cg, axis=c)
 
-    count = x.size // (x.shape[0] * G)
-    sum_g, sum_gxhat, _, _ = _channel_backward(x, dy, code, gx, (0, c), mean, 1 / np.sqrt(var + eps), weight, bias,
-                                               activation, [_Term(1.0, 1.0, mean, count, pool)], pdt)
-    return (gx, *_param_grads(sum_g, sum_gxhat, c, weight, bias, pdt))
+    def statistics():
+        m, v = norms._group_moments(x, code, c, G)
+        return (0, c), m, 1 / np.sqrt(v + eps)
+
+    count = x.size // (x.shape[0] * G) if x.size else 0
+    return _one_statistic(x, dy, code, gx, c, "group", G, True, statistics, count, pool, weight, bias, eps, activation,
+                          pdt)
 
 
 def _softmax_backward(p, g):
