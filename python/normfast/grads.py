@@ -91,20 +91,25 @@ def _channel_backward(x, dy, code, gx, keep, mean, rstd, weight, bias, activatio
     sum_gmu = sum_gd + dm * sum_g  # sum of g * (x - mean)
     gmu = -w * rstd * sum_g
     gvar = -0.5 * w * rstd**3 * sum_gmu
-    P, Q, R = a64, 0.0, 0.0
-    for t in terms:
-        if t.pool is None:
-            continue
-        R = R + t.wm * t.pool(gmu) / t.count
-        q = 2 * t.wv * t.pool(gvar) / t.count
-        Q = Q + q
-        R = R + q * (s - t.mu)  # x - mu_t = (x - s) + (s - mu_t)
-    # grad_x = P * (g - M) + Q * (x - s) + R': M, R's cancelling part, is subtracted from g before
+    # Each term t adds wm_t * pool(gmu) / count_t + q_t * (x - mu_t), q_t = 2 wv_t pool(gvar) / count_t.
+    pooled = [t for t in terms if t.pool is not None]
+    R = sum(t.wm * t.pool(gmu) / t.count for t in pooled)
+    q = [2 * t.wv * t.pool(gvar) / t.count for t in pooled]
+    Q = np.broadcast_to(sum(q), shape) if q else np.zeros(shape)
+    # The second pass writes Q * (x - s2) with s2 the q-weighted mean of the terms' means, so that no
+    # large constant cancels against it (the switchable norm's terms have means far apart); where the
+    # q_t nearly cancel, the mean itself.
+    qmu = sum(qt * t.mu for qt, t in zip(q, pooled))
+    weighted = np.abs(Q) >= 0.5 * sum(np.abs(qt) for qt in q) if q else np.zeros(shape, bool)
+    s2 = np.where(weighted & (Q != 0), np.divide(qmu, Q, out=np.zeros(shape), where=Q != 0), mean).astype(pdt)
+    R = R + sum(qt * (s2.astype(np.float64) - t.mu) for qt, t in zip(q, pooled))
+    # grad_x = P * (g - M) + Q * (x - s2) + R': M, R's cancelling part, is subtracted from g before
     # scaling, so that a constant grad_out gives 0 to the rounding of the mean, not of P * grad_out;
-    # rounding M goes back into R'.
-    P, Q, R = (np.broadcast_to(v, shape) for v in (P, Q, R))
+    # rounding M goes back into R'. z keeps its value with s2 as its shift.
+    P, R = (np.broadcast_to(v, shape) for v in (a64, R))
     M = np.divide(-R, P, out=np.zeros(shape), where=P != 0).astype(pdt)
-    params += [P.astype(pdt), M, Q.astype(pdt), (R + P * M).astype(pdt)]
+    c2 = np.broadcast_to(b + (s2.astype(np.float64) - mean) * a64, shape).astype(pdt)
+    params = [s2, params[1], c2, P.astype(pdt), M, Q.astype(pdt), (R + P * M).astype(pdt)]
     _normc.grad_apply(x, dy, code, reduce, tuple(params), gx, activation)
     return sum_g, rstd * sum_gmu, gmu, gvar
 
