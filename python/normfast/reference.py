@@ -29,6 +29,14 @@ def _axis_tuple(axis, ndim):
     return tuple(sorted(int(a) % ndim for a in items))
 
 
+def covariance(x, ddof=1):
+    """The covariance matrix of the rows of x (n_samples, n_features), two passes in float64: the mean,
+    then the sum of the outer products of the deviations, divided by n - ddof."""
+    x = np.asarray(x).astype(np.float64)
+    d = x - x.sum(axis=0) / x.shape[0]
+    return np.einsum("ni,nj->ij", d, d) / (x.shape[0] - ddof)
+
+
 # --- normalization layers --------------------------------------------------------------------------
 # Each takes the channel axis `axis` (batch is axis 0) and returns y in float64, plus, where the layer
 # keeps running statistics, their new values as new arrays (the package updates them in place).

@@ -10,7 +10,7 @@ import numpy as np
 
 from . import _checks, norms
 
-__all__ = ["RunningMoments", "precise_batch_norm_stats"]
+__all__ = ["RunningMoments", "RunningCovariance", "precise_batch_norm_stats"]
 
 
 def _axis_spec(axis):
@@ -33,7 +33,21 @@ def _data(x, name):
     return _checks.float_array(x, name)
 
 
-class RunningMoments:
+class _Mergeable:
+    """a + b (a new accumulator holding both's data) and a += b, over the subclass's copy() and merge()."""
+
+    def __add__(self, other):
+        if type(other) is not type(self):
+            return NotImplemented
+        return self.copy().merge(other)
+
+    def __iadd__(self, other):
+        if type(other) is not type(self):
+            return NotImplemented
+        return self.merge(other)
+
+
+class RunningMoments(_Mergeable):
     """Count, mean and sum of squared deviations (M2) of a stream of arrays, reduced over `axis`.
 
     ``axis`` has NumPy's meaning: the axes reduced (None: all of them, so pieces may have any shape).
@@ -136,16 +150,6 @@ class RunningMoments:
             new._mean, new._m2 = self._mean.copy(), self._m2.copy()
         return new
 
-    def __add__(self, other):
-        if not isinstance(other, RunningMoments):
-            return NotImplemented
-        return self.copy().merge(other)
-
-    def __iadd__(self, other):
-        if not isinstance(other, RunningMoments):
-            return NotImplemented
-        return self.merge(other)
-
     @property
     def axis(self):
         return self._axis if self._axis is None or len(self._axis) != 1 else self._axis[0]
@@ -187,6 +191,108 @@ class RunningMoments:
 
     def __repr__(self):
         return f"RunningMoments(axis={self.axis!r}, count={self._count}, shape={self._shape})"
+
+
+class RunningCovariance(_Mergeable):
+    """Count, mean and co-moment matrix (the sum of the outer products of the deviations from the mean)
+    of a stream of samples of `n_features` variables: the covariance of all the data seen, exact up to
+    rounding whatever the sizes of the pieces.
+
+    ``update(x)`` adds the rows of x, shape (n_samples, n_features) (a single sample may be 1-D): the
+    batch's mean and, through BLAS, its co-moment from the batch centred in float64, folded in with
+    Chan's formula. ``merge(other)`` (or ``a + b``, a new accumulator) adds another
+    accumulator's data, e.g. one filled in another process (accumulators pickle). Both return the
+    accumulator and leave it unchanged when they raise."""
+
+    def __init__(self, n_features):
+        self.n_features = _checks.positive_int(n_features, "n_features")
+        self._count = 0
+        self._mean = np.zeros(self.n_features)
+        self._comoment = np.zeros((self.n_features, self.n_features))
+
+    def update(self, x):
+        """Add the samples (rows) of x: any float, integer or bool array of shape (n_samples, n_features)
+        or (n_features,)."""
+        x, code = _data(x, "x")
+        if x.ndim == 1:
+            x = x[None]
+        if x.ndim != 2 or x.shape[1] != self.n_features:
+            raise ValueError(f"x: expected shape (n_samples, {self.n_features}) or ({self.n_features},), "
+                             f"got {x.shape}")
+        n = x.shape[0]
+        if n == 0:
+            return self
+        # The batch in float64 (its co-moment needs a float64 copy anyway), so the mean is float64-exact
+        # for every input dtype; BLAS's O(n d^2) product dominates the cost.
+        xf = x.astype(np.float64, copy=False)
+        mean = xf.mean(axis=0)
+        centred = xf - mean
+        self._fold(n, mean, centred.T @ centred)  # A.T @ A: NumPy's symmetric BLAS product
+        return self
+
+    def _fold(self, n, mean, comoment):
+        """Chan's update with a part of n samples, its mean and its co-moment matrix."""
+        if self._count == 0:
+            self._mean, self._comoment = np.array(mean, np.float64), np.array(comoment, np.float64)
+        else:
+            total = self._count + n
+            d = mean - self._mean
+            self._mean = self._mean + d * (n / total)
+            self._comoment = self._comoment + comoment + np.outer(d, d) * (self._count * (n / total))
+        self._count += n
+
+    def merge(self, other):
+        """Add the data of another accumulator of the same number of features; returns self."""
+        if not isinstance(other, RunningCovariance):
+            raise TypeError(f"other: expected a RunningCovariance, got {type(other).__name__}")
+        if other.n_features != self.n_features:
+            raise ValueError(f"other: expected an accumulator of {self.n_features} features, got {other.n_features}")
+        if other._count:
+            self._fold(other._count, other._mean, other._comoment)
+        return self
+
+    def copy(self):
+        new = RunningCovariance(self.n_features)
+        new._count, new._mean, new._comoment = self._count, self._mean.copy(), self._comoment.copy()
+        return new
+
+    @property
+    def count(self):
+        """Samples seen (an int)."""
+        return self._count
+
+    @property
+    def mean(self):
+        """The mean of each feature, float64 (NaN before any data, with a RuntimeWarning)."""
+        if self._count == 0:
+            warnings.warn("RunningCovariance: mean of empty data", RuntimeWarning, stacklevel=2)
+            return np.full(self.n_features, np.nan)
+        return self._mean.copy()
+
+    def cov(self, ddof=1):
+        """The covariance matrix, co-moment / (count - ddof), float64; ddof=1 by default, as numpy.cov.
+        inf or NaN with a RuntimeWarning when count - ddof <= 0."""
+        ddof = _checks.real(ddof, "ddof")
+        dof = self._count - ddof
+        if dof <= 0:
+            warnings.warn("RunningCovariance: degrees of freedom <= 0", RuntimeWarning, stacklevel=2)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.full_like(self._comoment, np.nan) if self._count == 0 else self._comoment / max(dof, 0)
+
+    def corr(self):
+        """The correlation matrix (as numpy.corrcoef): NaN in the rows and columns of a constant feature,
+        with a RuntimeWarning."""
+        d = np.sqrt(np.diag(self._comoment))
+        if self._count == 0 or not d.all():
+            warnings.warn("RunningCovariance: correlation of a constant feature or of no data", RuntimeWarning,
+                          stacklevel=2)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = np.clip(self._comoment / np.outer(d, d), -1, 1) if self._count else np.full_like(self._comoment, np.nan)
+        r[np.diag_indices_from(r)] = np.where(d > 0, 1.0, np.nan)  # exactly 1, not d^2 / (d * d)
+        return r
+
+    def __repr__(self):
+        return f"RunningCovariance(n_features={self.n_features}, count={self._count})"
 
 
 def precise_batch_norm_stats(batches, *, axis=1, unbiased=True):
