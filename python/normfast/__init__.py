@@ -11,6 +11,7 @@ from .grads import (batch_norm_backward, group_norm_backward, instance_norm_back
 from .inference import cosine_linear, fold_batch_norm, weight_norm, weight_norm_params
 from .norms import batch_norm, group_norm, instance_norm, layer_norm, rms_norm, switchable_norm
 from .stats import RunningCovariance, RunningMoments, precise_batch_norm_stats
+from .whitening import Whitening
 
 try:
     __version__ = _version("normfast")
@@ -20,7 +21,7 @@ except _NotFound:  # running from a source tree without installing
 __all__ = ["moments", "batch_norm", "instance_norm", "group_norm", "layer_norm", "rms_norm", "switchable_norm",
            "batch_norm_backward", "instance_norm_backward", "group_norm_backward", "layer_norm_backward",
            "rms_norm_backward", "switchable_norm_backward", "RunningMoments", "RunningCovariance",
-           "precise_batch_norm_stats", "fold_batch_norm", "weight_norm", "weight_norm_params", "cosine_linear",
+           "precise_batch_norm_stats", "Whitening", "fold_batch_norm", "weight_norm", "weight_norm_params", "cosine_linear",
            "layers", "set_num_threads", "get_num_threads", "show_config"]
 
 
