@@ -88,7 +88,10 @@ def test_dtypes_out_and_pickling():
     (normfast.Whitening, lambda w, x: w.fit(x[:, 0]), ValueError, "X: expected a 2-D array"),
     (normfast.Whitening, lambda w, x: w.fit(x[:1]), ValueError, "X: expected at least 2 samples"),
     (normfast.Whitening, lambda w, x: w.fit(np.where(x > 60, np.nan, x)), ValueError, "X: contains NaN"),
-    (normfast.Whitening, lambda w, x: w.fit(x.astype(complex)), TypeError, "X: expected a float"),
+    (normfast.Whitening, lambda w, x: w.fit(x.astype(complex)), TypeError, "X: Complex data not supported"),
+    (normfast.Whitening, lambda w, x: w.fit(np.array([["a", "b"], ["c", "d"]], object)), TypeError,
+     "X: expected numbers"),
+    (normfast.Whitening, lambda w, x: w.fit(x[:, :0]), ValueError, "X: found array with 0 feature"),
     (normfast.Whitening, lambda w, x: w.transform(x), ValueError, "not fitted yet"),
     (lambda: normfast.Whitening(eps=0), lambda w, x: w.fit(np.ones((5, 3))), ValueError, "singular"),
     (lambda: normfast.Whitening("cholesky", eps=0), lambda w, x: w.fit(np.ones((5, 3))), ValueError, "singular"),
@@ -102,10 +105,18 @@ def test_errors_after_fit_change_nothing():
     x = data(n=100)
     w = normfast.Whitening().fit(x)
     before = w.whitening_.copy()
-    with pytest.raises(ValueError, match="X: has 5 features, but this Whitening was fitted with 6"):
+    with pytest.raises(ValueError, match="X has 5 features, but Whitening is expecting 6 features as input"):
         w.partial_fit(x[:, :5])
-    with pytest.raises(ValueError, match="X: has 5 features"):
+    with pytest.raises(ValueError, match="X has 5 features"):
         w.transform(x[:, :5])
     with pytest.raises(ValueError, match="out: expected an array of shape"):
         w.transform(x, out=np.empty((100, 6), np.float32))
     assert np.array_equal(w.whitening_, before) and w.n_samples_seen_ == 100
+
+
+def test_passes_scikit_learn_estimator_checks():
+    """scikit-learn's own checks of the estimator conventions (scikit-learn is a test dependency only)."""
+    from sklearn.utils.estimator_checks import check_estimator
+
+    failed = [r["check_name"] for r in check_estimator(normfast.Whitening(), on_fail=None) if r["status"] == "failed"]
+    assert failed == []

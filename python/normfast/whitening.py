@@ -9,6 +9,11 @@ from .stats import RunningCovariance, _data
 
 __all__ = ["Whitening"]
 
+
+class _DataError(TypeError, ValueError):
+    """Data of a kind that is not supported: a TypeError, as normfast raises for a wrong dtype, and a
+    ValueError, as scikit-learn's estimators raise."""
+
 METHODS = ("zca", "pca", "cholesky")
 
 
@@ -62,7 +67,7 @@ class Whitening:
         X = self._rows(X, "X", fitted=acc is not None)
         acc = (RunningCovariance(X.shape[1]) if acc is None else acc.copy()).update(X)
         if acc.count < 2:
-            raise ValueError(f"X: expected at least 2 samples to estimate a covariance, got {acc.count}")
+            raise ValueError(f"X: expected at least 2 samples to estimate a covariance, got n_samples = {acc.count}")
         C = acc.cov(ddof=1)
         W, Winv = _whitening(C, eps, self.method)
         self._acc, self.n_features_in_, self.n_samples_seen_ = acc, X.shape[1], acc.count
@@ -70,13 +75,30 @@ class Whitening:
         return self
 
     def _rows(self, X, name, fitted=True):
-        """X checked: a finite 2-D float array (ints as float64) of the fitted number of features."""
+        """X checked: a finite 2-D float array (ints and object arrays of numbers as float64) with at
+        least one sample and feature, and the fitted number of features. The messages also carry the
+        phrases scikit-learn's estimator checks look for."""
+        if hasattr(X, "toarray") and not isinstance(X, np.ndarray):
+            raise TypeError(f"{name}: sparse data is not supported; dense data is required (X.toarray())")
+        X = np.asarray(X) if not isinstance(X, np.ndarray) else X
+        if X.dtype.kind == "c":
+            raise _DataError(f"{name}: Complex data not supported, expected a float array")
+        if X.dtype == object:
+            try:
+                X = X.astype(np.float64)
+            except (TypeError, ValueError) as e:
+                raise TypeError(f"{name}: expected numbers, got an object array ({e})") from None
         X, _ = _data(X, name)
         if X.ndim != 2:
-            raise ValueError(f"{name}: expected a 2-D array (n_samples, n_features), got shape {X.shape}")
+            raise ValueError(f"{name}: expected a 2-D array (n_samples, n_features), got shape {X.shape}. Reshape "
+                             "your data with X.reshape(-1, 1) for one feature or X.reshape(1, -1) for one sample")
+        for size, what in ((X.shape[0], "sample"), (X.shape[1], "feature")):
+            if size == 0:
+                raise ValueError(f"{name}: found array with 0 {what}(s) (shape={X.shape}) while a minimum of 1 "
+                                 "is required.")
         if fitted and X.shape[1] != self.n_features_in_:
-            raise ValueError(f"{name}: has {X.shape[1]} features, but this Whitening was fitted with "
-                             f"{self.n_features_in_}")
+            raise ValueError(f"X has {X.shape[1]} features, but Whitening is expecting {self.n_features_in_} "
+                             "features as input")
         if not np.isfinite(X).all():
             raise ValueError(f"{name}: contains NaN or infinity")
         return X
@@ -120,6 +142,13 @@ class Whitening:
 
     def __repr__(self):
         return f"Whitening(method={self.method!r}, eps={self.eps!r})"
+
+    def __sklearn_tags__(self):
+        """scikit-learn's tags for this transformer; only scikit-learn calls this, so it is imported here."""
+        from sklearn.utils import InputTags, Tags, TargetTags, TransformerTags
+
+        return Tags(estimator_type=None, target_tags=TargetTags(required=False),
+                    transformer_tags=TransformerTags(), input_tags=InputTags())
 
 
 def _out_dtype(X):
