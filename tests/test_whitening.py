@@ -79,6 +79,9 @@ def test_dtypes_out_and_pickling():
     assert np.array_equal(back.transform(x), w.transform(x))
     assert w.get_params() == {"method": "zca", "eps": 1e-5}
     assert w.set_params(method="pca").method == "pca"
+    with pytest.raises(ValueError, match="bogus: not a parameter"):
+        w.set_params(method="zca", bogus=1)
+    assert w.method == "pca"  # nothing set
 
 
 @pytest.mark.parametrize("make, call, exc, match", [

@@ -14,6 +14,7 @@ class _DataError(TypeError, ValueError):
     """Data of a kind that is not supported: a TypeError, as normfast raises for a wrong dtype, and a
     ValueError, as scikit-learn's estimators raise."""
 
+
 METHODS = ("zca", "pca", "cholesky")
 
 
@@ -38,9 +39,10 @@ class Whitening:
         return {"method": self.method, "eps": self.eps}
 
     def set_params(self, **params):
+        unknown = [k for k in params if k not in ("method", "eps")]
+        if unknown:  # checked before any is set
+            raise ValueError(f"{unknown[0]}: not a parameter of Whitening (method, eps)")
         for k, v in params.items():
-            if k not in ("method", "eps"):
-                raise ValueError(f"{k}: not a parameter of Whitening (method, eps)")
             setattr(self, k, v)
         return self
 
