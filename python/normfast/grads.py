@@ -20,16 +20,17 @@ __all__ = ["batch_norm_backward", "instance_norm_backward", "group_norm_backward
            "layer_norm_backward", "rms_norm_backward"]
 
 
-def _pair(grad_out, x):
+def _pair(grad_out, x, order="K"):
     """x and grad_out checked and in one layout the kernels can walk together (copies only where their
-    strides differ, or where x has gaps), plus x's dtype code and an empty grad_x of that layout."""
+    strides differ, or where x has gaps; order="C": or where x is not C-contiguous), plus x's dtype code
+    and an empty grad_x of that layout."""
     x, code = _checks.float_array(x, "x")
     dy, _ = _checks.float_array(grad_out, "grad_out")
     if dy.shape != x.shape:
         raise ValueError(f"grad_out: expected the shape of x {x.shape}, got {dy.shape}")
     if dy.dtype != x.dtype:
         raise TypeError(f"grad_out: expected the dtype of x ({x.dtype}), got {dy.dtype}")
-    gx = np.empty_like(x)  # x's axis order, without gaps
+    gx = np.empty_like(x, order=order)  # order "K": x's axis order, without gaps
     if not _same_strides(gx, x):
         x = _relaid(gx, x)
     if not _same_strides(x, dy):
@@ -330,9 +331,8 @@ def _row_stats(x, code, lead, mean, rstd, eps, rms):
 
 
 def _row_backward(grad_out, x, normalized_shape, weight, bias, eps, mean, rstd, rms):
-    x, code = _checks.float_array(x, "x")
+    x, dy, code, gx = _pair(grad_out, x, "C")  # the row kernel walks C-contiguous rows
     nshape = norms._normalized_shape(x, normalized_shape)
-    x, dy, code, _ = _pair(grad_out, x)
     pdt = _checks.stats_dtype(x)
     eps = _checks.positive(eps, "eps")
     params = [None if v is None else _checks.param(v, nshape, name, pdt).reshape(-1)
@@ -341,8 +341,6 @@ def _row_backward(grad_out, x, normalized_shape, weight, bias, eps, mean, rstd, 
     mean, rstd = _row_stats(x, code, lead, mean, rstd, eps, rms)
     n = math.prod(nshape)
     gw, gb = (np.zeros(n), np.zeros(n)) if params[0] is not None or params[1] is not None else (None, None)
-    x, dy = np.ascontiguousarray(x), np.ascontiguousarray(dy)
-    gx = np.empty(x.shape, x.dtype)
     if x.size:
         rows = (-1, n)
         _normc.rownorm_grad(x.reshape(rows), dy.reshape(rows), code, gx.reshape(rows), mean, rstd, params[0], gw, gb)
