@@ -33,6 +33,14 @@ def _data(x, name):
     return _checks.float_array(x, name)
 
 
+def chan(count, mean, m2, n, mean_b, m2_b, outer=np.multiply):
+    """Chan et al.'s pairwise update: the mean and M2 (or co-moment, with outer=np.outer) of the union of
+    a part of `count` samples and one of `n` (n > 0; counts may be arrays, per statistic)."""
+    total = count + n
+    d = mean_b - mean
+    return mean + d * (n / total), m2 + m2_b + outer(d, d) * (count * (n / total))
+
+
 class _Mergeable:
     """a + b (a new accumulator holding both's data) and a += b, over the subclass's copy() and merge()."""
 
@@ -105,10 +113,7 @@ class RunningMoments(_Mergeable):
         if self._count == 0:
             self._mean, self._m2 = np.array(mean, np.float64), np.array(m2, np.float64)
         else:
-            total = self._count + n
-            d = mean - self._mean
-            self._mean = self._mean + d * (n / total)
-            self._m2 = self._m2 + m2 + d * d * (self._count * (n / total))
+            self._mean, self._m2 = chan(self._count, self._mean, self._m2, n, mean, m2)
         self._count += n
 
     def merge(self, other):
@@ -235,10 +240,7 @@ class RunningCovariance(_Mergeable):
         if self._count == 0:
             self._mean, self._comoment = np.array(mean, np.float64), np.array(comoment, np.float64)
         else:
-            total = self._count + n
-            d = mean - self._mean
-            self._mean = self._mean + d * (n / total)
-            self._comoment = self._comoment + comoment + np.outer(d, d) * (self._count * (n / total))
+            self._mean, self._comoment = chan(self._count, self._mean, self._comoment, n, mean, comoment, np.outer)
         self._count += n
 
     def merge(self, other):
