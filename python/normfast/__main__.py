@@ -1,10 +1,14 @@
-"""`python -m normfast info | bench`."""
+"""`python -m normfast info | bench | stats`."""
 import argparse
+import json
+import os
 import sys
+import tempfile
+import time
 
 import numpy as np
 
-from . import _bench, get_num_threads, set_num_threads, show_config
+from . import _bench, dataset, get_num_threads, set_num_threads, show_config
 
 
 def cmd_info(_args):
@@ -13,10 +17,14 @@ def cmd_info(_args):
     return 0
 
 
-def _table(cols, rows):
+def _table_lines(cols, rows):
     widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
-    for r in [cols] + rows:
-        print("  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths))))
+    return ["  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths)))
+            for r in [cols] + rows]
+
+
+def _table(cols, rows):
+    print("\n".join(_table_lines(cols, rows)))
 
 
 def _peer_table(cases, repeat):
@@ -88,6 +96,83 @@ def cmd_bench(args):
     return 0
 
 
+def _kept_axes(text):
+    """--axis: 'none' (reduce every axis), an int or a comma-separated list of ints."""
+    if text.strip().lower() == "none":
+        return ()
+    try:
+        axes = tuple(int(a) for a in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'none', an int or ints separated by commas, got {text!r}") from None
+    return axes[0] if len(axes) == 1 else axes
+
+
+def _size(nbytes):
+    for unit in ("B", "KB", "MB", "GB"):
+        if nbytes < 1000 or unit == "GB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1000
+
+
+def _stats_table(r):
+    cols = ["index", "mean", "std", "var", "min", "max"]
+    values = [np.atleast_1d(getattr(r, c)) if r.shape else np.array([getattr(r, c)]) for c in cols[1:]]
+    index = [str(i[0]) if len(i) == 1 else str(i) for i in np.ndindex(*r.shape)] if r.shape else ["all"]
+    rows = [[index[j]] + [f"{v.reshape(-1)[j]:.6g}" for v in values] for j in range(len(index))]
+    head = (f"{r.files} input(s), {_size(r.nbytes)} of data, count {r.count} per statistic, ddof {r.ddof}, "
+            f"kept shape {r.shape}")
+    return head, cols, rows
+
+
+def _write_atomic(path, write):
+    """write(file) into a temporary file beside path, renamed over it only once it is complete."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def cmd_stats(args):
+    fmt = args.format or next((f for f in ("json", "npz") if (args.output or "").lower().endswith("." + f)), "table")
+    if fmt == "npz" and not args.output:
+        raise dataset.DatasetError("--format npz: needs --output FILE")
+    if args.output and os.path.isdir(args.output):
+        raise dataset.DatasetError(f"--output: {args.output} is a folder")
+    progress = not args.quiet and sys.stderr.isatty()
+    if progress:
+        try:
+            import tqdm  # noqa: F401
+        except ImportError:
+            progress = False
+            print("normfast stats: no progress bar without tqdm (pip install 'normfast[stats]')", file=sys.stderr)
+    t = time.perf_counter()
+    r = dataset.dataset_stats(args.paths, axis=args.axis, ddof=args.ddof, scale=not args.scale_off,
+                              progress=progress, workers=args.workers)
+    t = time.perf_counter() - t
+    if not args.quiet:
+        print(f"normfast stats: {r.files} input(s), {_size(r.nbytes)} in {t:.2f} s "
+              f"({_size(r.nbytes / max(t, 1e-9))}/s)", file=sys.stderr)
+    if fmt == "npz":
+        arrays = {k: np.asarray(getattr(r, k)) for k in ("mean", "var", "std", "min", "max")}
+        _write_atomic(args.output, lambda f: np.savez(f, count=r.count, ddof=r.ddof, **arrays))
+        return 0
+    if fmt == "json":
+        text = json.dumps(r.to_dict(), indent=2) + "\n"
+    else:
+        head, cols, rows = _stats_table(r)
+        text = head + "\n" + "\n".join(_table_lines(cols, rows)) + "\n"
+    if args.output:
+        _write_atomic(args.output, lambda f: f.write(text.encode()))
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m normfast", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -97,8 +182,34 @@ def main(argv=None):
     bench.add_argument("--repeat", type=int, default=11, help="timed calls per case (median)")
     bench.add_argument("--quick", action="store_true", help="smaller inputs")
     bench.set_defaults(func=cmd_bench)
+    stats = sub.add_parser("stats", help="count, mean, std, min and max of a data set (.npy, .npz, images)",
+                           description="Statistics of all the inputs together, as one concatenated array: "
+                           ".npy files (memory-mapped, in blocks), .npz archives or members (file.npz:key), "
+                           "images or folders of images (Pillow), globs.")
+    stats.add_argument("paths", nargs="+", metavar="PATH")
+    stats.add_argument("--axis", type=_kept_axes, default=None,
+                       help="the axes kept (the rest are reduced): an int, ints separated by commas, or 'none'; "
+                       "default: the channel axis of images, none for arrays")
+    stats.add_argument("--ddof", type=int, default=0, help="variance divisor count - ddof (default 0)")
+    stats.add_argument("--output", "-o", metavar="FILE", help="write here (atomically) instead of stdout")
+    stats.add_argument("--format", choices=["table", "json", "npz"],
+                       help="default: from --output's extension (.json, .npz), else table")
+    stats.add_argument("--no-scale", dest="scale_off", action="store_true",
+                       help="keep raw 8/16-bit image values (default: scaled to [0, 1])")
+    stats.add_argument("--workers", type=int, default=2, help="threads reading ahead (default 2)")
+    stats.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary on stderr")
+    stats.set_defaults(func=cmd_stats)
     args = parser.parse_args(argv)
-    return args.func(args)
+    if args.command != "stats":
+        return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, OSError, ImportError) as e:  # bad input: a message, not a traceback
+        print(f"normfast stats: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("normfast stats: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
