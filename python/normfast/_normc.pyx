@@ -90,6 +90,23 @@ def moments(cnp.ndarray x not None, int dtype_code, tuple reduce, cnp.ndarray me
     _check(st)
 
 
+def minmax(cnp.ndarray x not None, int dtype_code, tuple reduce, cnp.ndarray lo not None, cnp.ndarray hi not None):
+    """Fill lo and hi (float64 arrays of x's rank, size 1 on reduced axes) with x's min and max."""
+    cdef nf_plan plan
+    _same_layout(lo, hi, "lo and hi")
+    if not (cnp.PyArray_TYPE(lo) == cnp.NPY_DOUBLE and cnp.PyArray_ISWRITEABLE(lo) and cnp.PyArray_ISWRITEABLE(hi)
+            and cnp.PyArray_ISNOTSWAPPED(lo) and cnp.PyArray_ISALIGNED(lo)):
+        raise ValueError("normfast: lo and hi must be writeable native float64 arrays")
+    _plan(&plan, x, reduce, lo, None)
+    cdef const void *px = cnp.PyArray_DATA(x)
+    cdef double *pl = <double *>cnp.PyArray_DATA(lo)
+    cdef double *ph = <double *>cnp.PyArray_DATA(hi)
+    cdef nf_status st
+    with nogil:
+        st = nf_range(&plan, <nf_dtype>dtype_code, px, pl, ph)
+    _check(st)
+
+
 def apply(cnp.ndarray x not None, int dtype_code, tuple reduce, cnp.ndarray shift not None,
           cnp.ndarray scale not None, cnp.ndarray bias not None, cnp.ndarray y not None, activation):
     """y = act((x - shift) * scale + bias), the three laid out as statistics of x over the axes marked in

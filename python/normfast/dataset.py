@@ -7,24 +7,25 @@ its bytes; a small thread pool reads (pages in, inflates, decodes) the next bloc
 thread reduces the current one with the moments engine. Block statistics are folded per kept element
 with Chan's formula in float64, so the result does not depend on the block size beyond rounding."""
 import glob
+import mmap
 import os
 import sys
 import threading
 import warnings
 import zipfile
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
-from . import _checks, norms
+from . import _checks, _normc, norms
 from .stats import chan
 
 __all__ = ["dataset_stats", "DatasetStats", "DatasetError"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm")
 BLOCK_BYTES = 1 << 22  # a block stays in cache for the min/max pass that follows the moments pass
-PAGE = 4096
+_SEQUENTIAL = getattr(mmap, "MADV_SEQUENTIAL", None)  # not on Windows
 
 # Pillow modes read as they are, and the mode the others are converted to (palettes and colour spaces
 # to RGB, bilevel to grey); 16-bit grey ("I;16*") stays 16-bit.
@@ -110,6 +111,7 @@ class _Source:
     `block(outer, i, k)`, the values of rows i:i+k of axis d at the leading index `outer`, in order."""
 
     scale = 1.0
+    pooled = True  # jobs run on the pool (reading, inflating, decoding), not in the reducing thread
 
     def __init__(self, name, shape, dtype, nbytes):
         self.name, self.shape, self.dtype, self.nbytes = name, tuple(shape), np.dtype(dtype), nbytes
@@ -161,6 +163,8 @@ class _Source:
 
 
 class _ArraySource(_Source):
+    pooled = False  # blocks are views
+
     def __init__(self, x, name):
         super().__init__(name, x.shape, x.dtype, x.nbytes)
         self.x = x
@@ -185,8 +189,11 @@ def _npy_header(f, name):
 
 
 class _NpySource(_Source):
-    """A .npy file, memory-mapped; a block's job touches its pages so the kernel faults them in (from
-    disk if need be) on a pool thread, not in the thread that reduces."""
+    """A .npy file, memory-mapped and marked as read in order (MADV_SEQUENTIAL), so the OS reads a cold
+    file ahead while earlier blocks are reduced. A block is a view: its job runs in the reducing thread,
+    as handing it to the pool costs more than it does (measured)."""
+
+    pooled = False
 
     def __init__(self, path):
         with open(path, "rb") as f:
@@ -205,12 +212,13 @@ class _NpySource(_Source):
     def block(self, outer, i, k, d):
         with self._lock:  # mapped by the first job that needs it
             if self._map is None:
-                self._map = np.memmap(self.path, self.dtype, "r", self.offset, self.shape)
-        values = self._map[outer][i:i + k] if d < len(self.shape) else self._map
-        raw = values.reshape(-1).view(np.uint8)
-        if raw.size > PAGE:
-            np.bitwise_or.reduce(raw[::PAGE])
-        return values
+                with open(self.path, "rb") as f:
+                    mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                if _SEQUENTIAL is not None:
+                    mapped.madvise(_SEQUENTIAL)
+                self._map = np.frombuffer(mapped, self.dtype, int(np.prod(self.shape)),
+                                          self.offset).reshape(self.shape)
+        return self._map[outer][i:i + k] if d < len(self.shape) else self._map
 
 
 class _NpzSource(_Source):
@@ -377,19 +385,24 @@ def _open_path(p, scale):
 
 
 def _prefetched(jobs, workers):
-    """The jobs' results in order, computed on `workers` threads up to 2 * workers ahead."""
+    """The results of (job, pooled) pairs in order: pooled jobs computed on `workers` threads up to
+    2 * workers ahead, the others called when their turn comes."""
+    def result(job):
+        return job.result() if isinstance(job, Future) else job()
+
     with ThreadPoolExecutor(workers, thread_name_prefix="normfast-read") as pool:
         pending = deque()
         try:
-            for job in jobs:
-                pending.append(pool.submit(job))
-                if len(pending) > 2 * workers:
-                    yield pending.popleft().result()
+            for job, pooled in jobs:
+                pending.append(pool.submit(job) if pooled else job)
+                while pending and (len(pending) > 2 * workers or not isinstance(pending[0], Future)):
+                    yield result(pending.popleft())
             while pending:
-                yield pending.popleft().result()
+                yield result(pending.popleft())
         finally:
             for f in pending:
-                f.cancel()
+                if isinstance(f, Future):
+                    f.cancel()
 
 
 def _progress_bar(total, files, enabled):
@@ -448,7 +461,7 @@ def dataset_stats(paths_or_arrays, axis=None, *, ddof=0, scale=True, progress=Fa
             raise DatasetError(f"{s.name}: {what} {kept}, expected {shape} as in {first} (axis={axis})")
     acc = _Acc(shape)
     bar = _progress_bar(sum(s.nbytes for s in sources), len(sources), progress)
-    jobs = (job for s in sources for job in s.jobs(block_bytes))
+    jobs = ((job, s.pooled) for s in sources for job in s.jobs(block_bytes))
     done = 0
     try:
         for piece in _prefetched(jobs, workers):
@@ -472,13 +485,15 @@ def dataset_stats(paths_or_arrays, axis=None, *, ddof=0, scale=True, progress=Fa
 
 
 def _fold(acc, piece):
-    v = piece.values
-    red = tuple(a for a in range(v.ndim) if a not in piece.keep)
-    mean, var = norms._moments(v, _checks.dtype_code(v.dtype), piece.keep)
-    n = int(np.prod([v.shape[a] for a in red]))
-    shape = tuple(v.shape[a] for a in piece.keep)
-    mean, var, lo, hi = (np.asarray(a, np.float64).reshape(shape) for a in (mean, var, np.min(v, axis=red),
-                                                                            np.max(v, axis=red)))
+    """The block's moments, then its min and max while it is still in cache, folded into acc."""
+    v, keep = piece.values, piece.keep
+    code = _checks.dtype_code(v.dtype)
+    mean, var = norms._moments(v, code, keep)
+    lo, hi = np.empty(mean.shape), np.empty(mean.shape)
+    _normc.minmax(v, code, tuple(a not in keep for a in range(v.ndim)), lo, hi)
+    n = v.size // max(mean.size, 1)
+    shape = tuple(v.shape[a] for a in keep)
+    mean, var, lo, hi = (a.reshape(shape) for a in (mean, var, lo, hi))
     if piece.flip:  # the statistics of a Fortran-order input, in the user's axis order
         mean, var, lo, hi = mean.T, var.T, lo.T, hi.T
     s = piece.scale
