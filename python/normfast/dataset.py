@@ -79,7 +79,8 @@ class _Acc:
 
     def fold(self, index, n, mean, m2, lo, hi):
         c = self.count[index]
-        self.mean[index], self.m2[index] = chan(c, self.mean[index], self.m2[index], n, mean, m2)
+        with np.errstate(invalid="ignore"):  # infinities in the data: NaN, as numpy.mean/var give
+            self.mean[index], self.m2[index] = chan(c, self.mean[index], self.m2[index], n, mean, m2)
         self.count[index] = c + n
         self.min[index] = np.minimum(self.min[index], lo)  # a NaN anywhere gives NaN, as numpy.min
         self.max[index] = np.maximum(self.max[index], hi)
@@ -140,10 +141,11 @@ class _Source:
         shape, kept, item = self.shape, self.kept, max(self.dtype.itemsize, self.fdtype.itemsize)
         if 0 in shape:
             return []
+        if not shape:  # a 0-d array
+            return [lambda: self._piece((), 0, 1, 0, True)]
+        # The outermost axis d whose rows (its trailing axes) fit a block; blocks are runs of them.
         d = next((d for d in range(len(shape)) if int(np.prod(shape[d + 1:])) * item <= block_bytes),
-                 len(shape))
-        if d == len(shape):  # a 0-d array
-            return [lambda: self._piece((), 0, 1, d, True)]
+                 len(shape) - 1)
         per = max(1, block_bytes // (int(np.prod(shape[d + 1:])) * item))
         starts = [(outer, i) for outer in np.ndindex(*shape[:d]) for i in range(0, shape[d], per)]
         return [lambda o=o, i=i, j=j: self._piece(o, i, min(per, shape[d] - i), d, j == len(starts) - 1)

@@ -1,0 +1,415 @@
+"""dataset_stats and `python -m normfast stats`: against the float64 reference of the concatenated inputs,
+over random shapes, kept axes, dtypes, layouts, containers and block sizes; images through Pillow; the
+min/max kernel per ISA; bad input."""
+import json
+import os
+import subprocess
+import sys
+import warnings
+import zipfile
+
+import ml_dtypes
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+import normfast
+from normfast import __main__ as cli
+from normfast import _checks, _normc, reference
+
+from conftest import ISAS, use_isa, use_threads
+
+SETTINGS = settings(max_examples=60, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+DTYPES = [np.float64, np.float32, np.float16, np.int8, np.uint8, np.int16, np.uint16, np.int32, np.int64]
+
+
+def expected(parts, kept, ddof=0, scale=1.0):
+    """count, mean, var, min, max of the parts concatenated along their reduced axes, in float64."""
+    flat = []
+    for p in parts:
+        p = np.asarray(p, np.float64) * scale
+        k = [a % p.ndim for a in kept] if p.ndim else []
+        moved = np.moveaxis(p, k, list(range(len(k))))
+        flat.append(moved.reshape(moved.shape[:len(k)] + (-1,)))
+    cat = np.concatenate(flat, axis=-1)
+    mean, var = reference.moments(cat, axis=-1, ddof=ddof)
+    return cat.shape[-1], mean, var, cat.min(axis=-1), cat.max(axis=-1)
+
+
+def check(r, parts, kept, ddof=0, scale=1.0, dtype=np.float64):
+    count, mean, var, lo, hi = expected(parts, kept, ddof, scale)
+    assert r.count == count
+    big = max(1.0, float(np.abs(np.concatenate([np.ravel(np.asarray(p, np.float64)) for p in parts])).max()) * scale)
+    # The engine accumulates float32 and the half types in float32 (the design's numerics); integers and
+    # float64 in float64.
+    rtol = 1e-6 if np.dtype(dtype) in (np.float32, np.float16) else 1e-12
+    np.testing.assert_allclose(r.mean, mean, rtol=rtol, atol=rtol * big)
+    np.testing.assert_allclose(r.var, var, rtol=rtol * 10, atol=rtol * big * big)
+    np.testing.assert_allclose(r.std, np.sqrt(var), rtol=rtol * 10, atol=rtol * big)
+    np.testing.assert_array_equal(r.min, lo)
+    np.testing.assert_array_equal(r.max, hi)
+    assert np.shape(r.mean) == np.shape(mean) and np.asarray(r.mean).dtype == np.float64
+
+
+@st.composite
+def data_set(draw):
+    """(parts, kept, dtype): 1-3 arrays of one rank and dtype agreeing on the kept axes' sizes."""
+    ndim = draw(st.integers(1, 4))
+    kept = tuple(sorted(draw(st.sets(st.integers(0, ndim - 1), max_size=ndim))))
+    dtype = draw(st.sampled_from(DTYPES))
+    shape = draw(st.lists(st.integers(1, 7), min_size=ndim, max_size=ndim))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    parts = []
+    for _ in range(draw(st.integers(1, 3))):
+        s = [n if a in kept else draw(st.integers(1, 7)) for a, n in enumerate(shape)]
+        if np.dtype(dtype).kind == "f":
+            p = (rng.standard_normal(s) * 10 + draw(st.sampled_from([0.0, 100.0]))).astype(dtype)
+        else:
+            info = np.iinfo(dtype)
+            p = rng.integers(max(info.min, -2**40), min(info.max, 2**40), s, endpoint=True).astype(dtype)
+        parts.append(p)
+    negative = draw(st.booleans())
+    return parts, tuple(a - ndim if negative else a for a in kept), dtype
+
+
+def _store(tmp_path, parts, how, n):
+    """The parts written as `how` (npy, fortran npy, npz, compressed npz member, or arrays as views)."""
+    out = []
+    for i, p in enumerate(parts):
+        if how == "npy":
+            np.save(tmp_path / f"{n}_{i}.npy", p)
+            out.append(str(tmp_path / f"{n}_{i}.npy"))
+        elif how == "fortran":
+            np.save(tmp_path / f"{n}_{i}.npy", np.asfortranarray(p))
+            out.append(str(tmp_path / f"{n}_{i}.npy"))
+        elif how in ("npz", "npz_compressed"):
+            save = np.savez if how == "npz" else np.savez_compressed
+            save(tmp_path / f"{n}_{i}.npz", other=np.zeros(3), data=p)
+            out.append(f"{tmp_path / f'{n}_{i}.npz'}:data")
+        else:  # a strided view of a bigger array
+            big = np.zeros(tuple(2 * s for s in p.shape), p.dtype)
+            view = big[tuple(slice(None, None, 2) for _ in p.shape)]
+            view[...] = p
+            out.append(view)
+    return out
+
+
+@SETTINGS
+@given(case=data_set(), how=st.sampled_from(["npy", "fortran", "npz", "npz_compressed", "array"]),
+       block=st.sampled_from([1, 40, 1000, 1 << 22]), ddof=st.integers(0, 1), workers=st.integers(1, 3))
+def test_equals_the_statistics_of_the_concatenation(tmp_path_factory, case, how, block, ddof, workers):
+    parts, kept, dtype = case
+    tmp = tmp_path_factory.mktemp("data")
+    inputs = _store(tmp, parts, how, 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # ddof=1 of one sample: NaN, as numpy
+        r = normfast.dataset_stats(inputs, axis=kept if kept else (), ddof=ddof, block_bytes=block, workers=workers)
+        check(r, parts, kept, ddof, dtype=dtype)
+        # Against the package's own moments too: the same statistics as one in-memory array.
+        if np.dtype(dtype).kind == "f" and len(parts) == 1:
+            mean, var = normfast.moments(parts[0].astype(np.float64), axis=tuple(
+                a for a in range(parts[0].ndim) if a not in [k % parts[0].ndim for k in kept]), ddof=ddof)
+            np.testing.assert_allclose(r.mean, mean, rtol=1e-6, atol=1e-6 * max(1, np.abs(parts[0]).max()))
+
+
+def test_the_block_size_and_the_pool_change_nothing(tmp_path):
+    """Block bounds depend on the block size, so only rounding may change; the pool never changes the
+    order in which blocks are folded, so its size changes no bit."""
+    x = np.random.default_rng(0).standard_normal((40, 3, 50, 7)) * 5 + 1e3
+    np.save(tmp_path / "x.npy", x)
+    np.savez_compressed(tmp_path / "z.npz", x=x)
+    base = normfast.dataset_stats([str(tmp_path / "x.npy"), str(tmp_path / "z.npz")], axis=1, workers=1)
+    for block in (64, 5000, 1 << 16):
+        for workers in (1, 2, 4):
+            r = normfast.dataset_stats([str(tmp_path / "x.npy"), str(tmp_path / "z.npz")], axis=1, workers=workers,
+                                       block_bytes=block)
+            if block == normfast.dataset.BLOCK_BYTES:
+                assert r.to_dict() == base.to_dict()
+            check(r, [x, x], (1,))
+        assert normfast.dataset_stats(str(tmp_path / "x.npy"), axis=1, block_bytes=block, workers=1).to_dict() == \
+            normfast.dataset_stats(str(tmp_path / "x.npy"), axis=1, block_bytes=block, workers=3).to_dict()
+
+
+def test_a_file_larger_than_a_block_is_read_in_blocks(tmp_path, monkeypatch):
+    x = np.random.default_rng(1).standard_normal((64, 3, 32, 32)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    seen = []
+    fold = normfast.dataset._fold
+    monkeypatch.setattr(normfast.dataset, "_fold", lambda acc, p: (seen.append(p.values.nbytes), fold(acc, p)))
+    r = normfast.dataset_stats(str(tmp_path / "x.npy"), axis=1, block_bytes=1 << 16)
+    rows = (1 << 16) // (3 * 32 * 32 * 4)  # whole (3, 32, 32) samples per block
+    assert len(seen) == -(-64 // rows) and max(seen) <= 1 << 16 and sum(seen) == x.nbytes
+    check(r, [x], (1,), dtype=np.float32)
+
+
+def test_nan_and_infinities_show_as_numpy_shows_them():
+    x = np.arange(24, dtype=np.float64).reshape(2, 3, 4)
+    x[0, 1, 2] = np.nan
+    x[1, 2, 3] = np.inf
+    x[0, 0, 0] = -np.inf
+    r = normfast.dataset_stats(x, axis=1)
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_array_equal(r.min, np.min(x, axis=(0, 2)))
+        np.testing.assert_array_equal(r.max, np.max(x, axis=(0, 2)))
+        np.testing.assert_array_equal(r.mean, np.mean(x, axis=(0, 2)))
+
+
+def test_no_data_gives_nan_with_a_warning():
+    with pytest.warns(RuntimeWarning, match="no data"):
+        r = normfast.dataset_stats(np.zeros((0, 3)), axis=1)
+    assert r.count == 0 and r.shape == (3,) and np.isnan(r.mean).all() and np.isnan(r.min).all()
+
+
+def test_inputs_may_differ_in_reduced_sizes_and_rank_only_by_kept_shape():
+    a, b = np.random.default_rng(2).random((5, 3)), np.random.default_rng(3).random((2, 7, 3))
+    check(normfast.dataset_stats([a, b], axis=-1), [a.reshape(-1, 3), b.reshape(-1, 3)], (-1,))
+    with pytest.raises(ValueError, match=r"paths_or_arrays\[1\]: kept axes of shape \(2,\), expected \(5,\) "
+                                         r"as in paths_or_arrays\[0\]"):
+        normfast.dataset_stats([a, b], axis=0)
+
+
+def test_to_dict_is_json_and_scalars_come_back_as_scalars():
+    r = normfast.dataset_stats(np.arange(10.0))
+    assert r.shape == () and isinstance(r.mean, np.float64) and r.mean == 4.5 and r.min == 0 and r.max == 9
+    d = json.loads(json.dumps(r.to_dict()))
+    assert d["count"] == 10 and d["mean"] == 4.5 and d["shape"] == [] and d["files"] == 1
+    assert "count=10" in repr(r)
+
+
+# The min/max kernel, per ISA, against numpy.
+
+
+@settings(max_examples=40, deadline=None)
+@given(shape=st.lists(st.integers(1, 40), min_size=1, max_size=4), data=st.data(),
+       dtype=st.sampled_from([np.float64, np.float32, np.float16, ml_dtypes.bfloat16]), nan=st.booleans(),
+       seed=st.integers(0, 2**32 - 1))
+def test_minmax_kernel_matches_numpy(shape, data, dtype, nan, seed):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(shape) * 100).astype(dtype)
+    if nan:
+        x.flat[rng.integers(x.size)] = np.nan
+    x = x[tuple(slice(None, None, data.draw(st.sampled_from([1, -1, 2]))) for _ in shape)]
+    x = np.transpose(x, data.draw(st.permutations(range(x.ndim))))
+    keep = data.draw(st.sets(st.integers(0, x.ndim - 1)))
+    red = tuple(a not in keep for a in range(x.ndim))
+    want_lo = np.min(x.astype(np.float64), axis=tuple(a for a in range(x.ndim) if red[a]), keepdims=True)
+    want_hi = np.max(x.astype(np.float64), axis=tuple(a for a in range(x.ndim) if red[a]), keepdims=True)
+    for isa in ISAS:
+        with use_isa(isa):
+            lo, hi = np.empty(want_lo.shape), np.empty(want_lo.shape)
+            _normc.minmax(x, _checks.dtype_code(x.dtype), red, lo, hi)
+            np.testing.assert_array_equal(lo, want_lo)
+            np.testing.assert_array_equal(hi, want_hi)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_minmax_kernel_on_large_inputs_and_threads(threads):
+    x = np.random.default_rng(4).standard_normal((64, 32, 40, 24)).astype(np.float32)
+    x[5, 3, 2, 1] = np.nan
+    for axes in [(0, 2, 3), (0, 1, 2), (), (0, 1, 2, 3), (1, 2)]:
+        keep = [a for a in range(4) if a not in axes]
+        shape = [1 if a in axes else n for a, n in enumerate(x.shape)]
+        lo, hi = np.empty(shape), np.empty(shape)
+        with use_threads(threads):
+            _normc.minmax(x, _checks.dtype_code(x.dtype), tuple(a in axes for a in range(4)), lo, hi)
+        with np.errstate(invalid="ignore"):
+            np.testing.assert_array_equal(lo, np.min(x, axis=tuple(axes), keepdims=True), err_msg=str(keep))
+            np.testing.assert_array_equal(hi, np.max(x, axis=tuple(axes), keepdims=True))
+
+
+# Images.
+
+
+def _images(folder):
+    rng = np.random.default_rng(5)
+    sizes = [(10, 12), (7, 5), (30, 2), (16, 16)]
+    arrays = [rng.integers(0, 256, s + (3,), dtype=np.uint8) for s in sizes]
+    (folder / "sub").mkdir(parents=True)
+    paths = []
+    for i, a in enumerate(arrays):
+        p = folder / ("sub" if i == 2 else "") / f"{i}.png"
+        Image.fromarray(a).save(p)
+        paths.append(p)
+    (folder / "notes.txt").write_text("not an image")
+    return arrays, paths
+
+
+def test_a_folder_of_images_of_different_sizes_per_channel_scaled(tmp_path):
+    arrays, _ = _images(tmp_path / "imgs")
+    r = normfast.dataset_stats(str(tmp_path / "imgs"))
+    check(r, arrays, (-1,), scale=1 / 255)
+    assert r.shape == (3,) and r.files == 4
+    raw = normfast.dataset_stats(str(tmp_path / "imgs"), scale=False)
+    check(raw, arrays, (-1,))
+    whole = normfast.dataset_stats(str(tmp_path / "imgs"), axis=())
+    check(whole, arrays, (), scale=1 / 255)
+
+
+def test_globs_and_image_modes(tmp_path):
+    rng = np.random.default_rng(6)
+    grey = rng.integers(0, 256, (9, 11), dtype=np.uint8)
+    grey16 = rng.integers(0, 65536, (9, 11), dtype=np.uint16)
+    rgba = rng.integers(0, 256, (4, 6, 4), dtype=np.uint8)
+    Image.fromarray(grey).save(tmp_path / "g.png")
+    Image.fromarray(grey16).save(tmp_path / "g16.png")
+    Image.fromarray(grey).convert("1").save(tmp_path / "bw.png")
+    Image.fromarray(rgba).save(tmp_path / "a.png")
+    pal = Image.fromarray(rgba[..., :3]).convert("P")
+    pal.save(tmp_path / "p.png")
+    Image.fromarray(rgba[..., :3]).save(tmp_path / "j.jpg", quality=90)
+    check(normfast.dataset_stats(str(tmp_path / "g.png")), [grey[..., None]], (-1,), scale=1 / 255)
+    check(normfast.dataset_stats(str(tmp_path / "g16.png")), [grey16[..., None]], (-1,), scale=1 / 65535)
+    bw = np.asarray(Image.open(tmp_path / "bw.png").convert("L"))
+    check(normfast.dataset_stats(str(tmp_path / "bw.png")), [bw[..., None]], (-1,), scale=1 / 255)
+    check(normfast.dataset_stats(str(tmp_path / "a.png")), [rgba], (-1,), scale=1 / 255)
+    rgb = [np.asarray(pal.convert("RGB")), np.asarray(Image.open(tmp_path / "j.jpg"))]
+    check(normfast.dataset_stats([str(tmp_path / "p.png"), str(tmp_path / "j.jpg")]), rgb, (-1,), scale=1 / 255)
+    r = normfast.dataset_stats(str(tmp_path / "[gb]*.png"), scale=False)
+    assert r.files == 3 and r.shape == (1,)
+    check(r, [grey[..., None], grey16[..., None], bw[..., None]], (-1,))
+
+
+# Bad input: a DatasetError (a ValueError) or TypeError naming the file or argument, before any output.
+
+
+def _truncated_npy(tmp_path):
+    np.save(tmp_path / "t.npy", np.zeros((100, 3)))
+    data = (tmp_path / "t.npy").read_bytes()
+    (tmp_path / "t.npy").write_bytes(data[:-50])
+    return str(tmp_path / "t.npy")
+
+
+def _truncated_png(tmp_path):
+    Image.fromarray(np.random.default_rng(7).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "t.png")
+    data = (tmp_path / "t.png").read_bytes()
+    (tmp_path / "t.png").write_bytes(data[: len(data) // 2])
+    return str(tmp_path / "t.png")
+
+
+def _truncated_npz(tmp_path):
+    with zipfile.ZipFile(tmp_path / "t.npz", "w") as z:  # a member whose header promises more data
+        np.save(tmp_path / "m.npy", np.zeros((100, 3)))
+        z.writestr("x.npy", (tmp_path / "m.npy").read_bytes()[:-40])
+    return f"{tmp_path / 't.npz'}:x"
+
+
+def _mixed_channels(tmp_path):
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "rgb.png")
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "grey.png")
+    return [str(tmp_path / "rgb.png"), str(tmp_path / "grey.png")]
+
+
+def _written(tmp_path, name, data):
+    (tmp_path / name).write_bytes(data)
+    return str(tmp_path / name)
+
+
+def _saved(tmp_path, name, arr):
+    np.save(tmp_path / name, arr, allow_pickle=True)
+    return str(tmp_path / name)
+
+
+BAD = [
+    (lambda t: str(t / "missing.npy"), {}, ValueError, "missing.npy: no such file or folder"),
+    (lambda t: str(t / "*.nothing"), {}, ValueError, r"\*.nothing: no file matches"),
+    (lambda t: (t / "empty").mkdir() or str(t / "empty"), {}, ValueError, "a folder with no images"),
+    (_truncated_npy, {}, ValueError, r"t.npy: truncated: its header says 2400 bytes of data, the file holds 2350"),
+    (lambda t: _written(t, "h.npy", b"\x93NUMPY garbage"), {}, ValueError,
+     "h.npy: not a readable .npy array"),
+    (lambda t: _saved(t, "o.npy", np.array([1, "a"], dtype=object)), {}, ValueError,
+     "o.npy: expected float or integer data, got dtype object"),
+    (lambda t: _saved(t, "b.npy", np.ones(3, bool)), {}, ValueError,
+     "b.npy: expected float or integer data, got dtype bool"),
+    (lambda t: _saved(t, "c.npy", np.ones(3, complex)), {}, ValueError,
+     "c.npy: expected float or integer data, got dtype complex128"),
+    (lambda t: _written(t, "x.csv", b"1,2"), {}, ValueError, "x.csv: unknown kind of file"),
+    (lambda t: np.savez(t / "z.npz", a=np.ones(2)) or f"{t / 'z.npz'}:b", {}, ValueError,
+     r"z.npz: no member 'b' \(it has a\)"),
+    (lambda t: _written(t, "bad.npz", b"junk"), {}, ValueError, "bad.npz: not a readable .npz"),
+    (_truncated_npz, {}, ValueError, "t.npz:x: truncated"),
+    (_truncated_png, {}, ValueError, "t.png: not a readable image"),
+    (lambda t: _written(t, "f.png", b"not a png"), {}, ValueError, "f.png: not a readable image"),
+    (_mixed_channels, {}, ValueError, r"grey.png: channels \(1,\), expected \(3,\) as in .*rgb.png"),
+    (lambda t: _saved(t, "a.npy", np.ones((2, 3))), {"axis": 2}, ValueError, r"a.npy: axis: axis 2 is out of range"),
+    (lambda t: _saved(t, "a.npy", np.ones((2, 3))), {"axis": "0"}, TypeError, "axis: expected None"),
+    (lambda t: _saved(t, "a.npy", np.ones((2, 3))), {"ddof": "1"}, TypeError, "ddof: expected a real number"),
+    (lambda t: _saved(t, "a.npy", np.ones((2, 3))), {"workers": 0}, ValueError, "workers: expected a positive int"),
+    (lambda t: [], {}, ValueError, "expected at least one input"),
+    (lambda t: 5, {}, TypeError, "paths_or_arrays: expected a path, an array or a list of them, got int"),
+    (lambda t: [np.ones(3, complex)], {}, ValueError, r"paths_or_arrays\[0\]: expected float or integer data"),
+]
+
+
+@pytest.mark.parametrize("make, kwargs, exc, message", BAD)
+def test_bad_input_is_named(tmp_path, make, kwargs, exc, message):
+    with pytest.raises(exc, match=message):
+        normfast.dataset_stats(make(tmp_path), **kwargs)
+
+
+# The command.
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "normfast", "stats", *args], capture_output=True, text=True)
+
+
+def test_command_table_json_and_npz(tmp_path, capsys):
+    x = np.random.default_rng(8).standard_normal((20, 3, 5, 5)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    assert cli.main(["stats", str(tmp_path / "x.npy"), "--axis", "1", "-q"]) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and "count 500 per statistic" in out and len(out.strip().splitlines()) == 5
+    assert cli.main(["stats", str(tmp_path / "x.npy"), "--axis", "1", "--format", "json", "--ddof", "1"]) == 0
+    out, err = capsys.readouterr()
+    d = json.loads(out)
+    assert "normfast stats: 1 input(s)" in err  # the summary line, on stderr
+    r = normfast.dataset_stats(str(tmp_path / "x.npy"), axis=1, ddof=1)
+    assert d == json.loads(json.dumps(r.to_dict()))
+    assert cli.main(["stats", str(tmp_path / "x.npy"), "--axis", "0,1", "-o", str(tmp_path / "s.npz"), "-q"]) == 0
+    with np.load(tmp_path / "s.npz") as z:
+        check_like = normfast.dataset_stats(str(tmp_path / "x.npy"), axis=(0, 1))
+        np.testing.assert_array_equal(z["mean"], check_like.mean)
+        np.testing.assert_array_equal(z["max"], x.max(axis=(2, 3)))
+        assert int(z["count"]) == 25
+    assert cli.main(["stats", str(tmp_path / "x.npy"), "--axis", "none", "-o", str(tmp_path / "s.json"), "-q"]) == 0
+    assert json.loads((tmp_path / "s.json").read_text())["count"] == x.size
+    assert sorted(os.listdir(tmp_path)) == ["s.json", "s.npz", "x.npy"]  # no temporary files left
+
+
+def test_command_bad_input_exits_1_without_traceback_and_writes_nothing(tmp_path):
+    (tmp_path / "out.json").write_text("old")
+    np.save(tmp_path / "x.npy", np.ones((4, 3)))
+    cases = [[str(tmp_path / "missing.npy")], [_truncated_npy(tmp_path)], [_truncated_png(tmp_path)],
+             [str(tmp_path / "x.npy"), "--axis", "5"], _mixed_channels(tmp_path),
+             [str(tmp_path / "x.npy"), "--format", "npz"]]
+    for args in cases:
+        p = run_cli(*args, "-o", str(tmp_path / "out.json")) if "--format" not in args else run_cli(*args)
+        assert p.returncode == 1, (args, p.stderr)
+        assert p.stderr.startswith("normfast stats: error: ") and "Traceback" not in p.stderr, p.stderr
+        assert p.stdout == ""
+    assert (tmp_path / "out.json").read_text() == "old"  # untouched, and no temporary file beside it
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+    p = run_cli(str(tmp_path / "x.npy"), "--axis", "x")
+    assert p.returncode == 2 and "--axis: expected 'none'" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_write_is_atomic_when_writing_fails(tmp_path, monkeypatch):
+    np.save(tmp_path / "x.npy", np.ones((4, 3)))
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(cli.np, "savez", broken)
+    assert cli.main(["stats", str(tmp_path / "x.npy"), "-o", str(tmp_path / "s.npz"), "-q"]) == 1
+    assert sorted(os.listdir(tmp_path)) == ["x.npy"]
+
+
+def test_progress_bar_goes_to_stderr(tmp_path, capsys):
+    np.save(tmp_path / "x.npy", np.ones((400, 30)))
+    normfast.dataset_stats(str(tmp_path / "x.npy"), progress=True, block_bytes=4096)
+    out, err = capsys.readouterr()
+    assert out == "" and "1 file" in err and "B/s" in err
