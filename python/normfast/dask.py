@@ -184,6 +184,9 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
                          "them with use_input_stats=False, or none")
     rm, rv, _ = norms._running_pair(running_mean, running_var, C, _checks.stats_dtype(x), use_input_stats,
                                     "use_input_stats", True, written=False)
+    count = x.size // max(x.shape[0] * C, 1)
+    if use_input_stats and count <= 1 and x.size:
+        raise ValueError(f"x: expected more than 1 spatial element when use_input_stats=True, got {count}")
     x = _whole(x, [i for i in range(x.ndim) if i not in (0, c)])
 
     def block(b, loc, m=None, v=None):
