@@ -1,6 +1,7 @@
-"""pytest-benchmark suite for the normalization layers (forward and backward) and the inference toolkit:
-normfast against NumPy, PyTorch and ONNX Runtime and the memory floor (a copy of x; for a backward, x +
-grad_out into an array), one group per case (the cases of `python -m normfast bench`).
+"""pytest-benchmark suite for the normalization layers (forward and backward), the inference toolkit and the
+data-set statistics: normfast against NumPy, PyTorch and ONNX Runtime and the memory floor (a copy of x;
+for a backward, x + grad_out into an array; for a file, reading its bytes), one group per case (the cases
+of `python -m normfast bench`).
 
 Run with `python -m pytest bench --benchmark-only --benchmark-group-by=group`; times are not asserted."""
 import pytest
@@ -16,7 +17,9 @@ CASES = ([(name, lambda s=shape, r=rms: _bench.row_peers(s, r, normfast.get_num_
          + [(name, lambda k=kind, s=shape: _bench.tool_peers(k, s, normfast.get_num_threads()))
             for name, kind, shape in _bench.TOOL_CASES]
          + [(name, lambda k=kind, s=shape, la=last: _bench.grad_peers(k, s, la, normfast.get_num_threads()))
-            for name, kind, shape, last in _bench.GRAD_CASES])
+            for name, kind, shape, last in _bench.GRAD_CASES]
+         + [(f"stats {what}", lambda k=kept: _bench.stats_peers(_bench.STATS_SHAPE, k))
+            for what, kept in _bench.STATS_CASES])
 
 
 @pytest.fixture(scope="module", params=CASES, ids=[name for name, _ in CASES])

@@ -93,6 +93,12 @@ def cmd_bench(args):
     print("\ninference toolkit and streaming statistics, float32; floor = copying the input")
     _peer_table([(name, lambda k=kind, s=shape: _bench.tool_peers(k, s, threads))
                  for name, kind, shape in _bench.TOOL_CASES], args.repeat)
+
+    shape = (32,) + _bench.STATS_SHAPE[1:] if args.quick else _bench.STATS_SHAPE
+    print(f"\ndata-set statistics (dataset_stats, `stats`: count, mean, var, min, max) of a float32 .npy "
+          f"{shape} in the page cache; NumPy and PyTorch load it whole first; floor = reading its bytes")
+    _peer_table([(f"{what} {shape}", lambda k=kept: _bench.stats_peers(shape, k))
+                 for what, kept in _bench.STATS_CASES], args.repeat)
     return 0
 
 
