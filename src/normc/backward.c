@@ -42,22 +42,19 @@ nf_status NF_FN(nf_grad_sums)(const nf_plan *p, nf_dtype dt, const void *x, cons
     if (p->k == 1) {
         /* Row mode: chunk = (rows of R1) x (a stretch of R2), as in the moments. */
         const nf_red_rows_fn rows = rows_of[dt];
-        const int64_t R2 = p->r2, seg = R2 < NF_CHUNK ? R2 : NF_CHUNK, spr = nf_cdiv(R2, seg);
-        const int64_t rpc = R2 < NF_CHUNK ? NF_CHUNK / R2 : 1;
-        n_chunks = nf_cdiv(R1, rpc) * spr;
+        const nf_rows rw = nf_row_work(R1, p->r2);
+        n_chunks = rw.n_chunks;
         const int64_t items = n_out * n_chunks;
         if (n_chunks > 1 && !(part = malloc((size_t)items * 2 * sizeof *part)))
             return NF_ENOMEM;
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1 && items > 1)
         for (int64_t w = 0; w < items; w++) {
-            const int64_t o = w / n_chunks, ch = w % n_chunks, rc = ch / spr, sc = ch % spr;
-            const int64_t ra = rc * rpc, rb = ra + rpc < R1 ? ra + rpc : R1;
-            const int64_t ca = sc * seg, cb = ca + seg < R2 ? ca + seg : R2;
+            const nf_row_item it = nf_row_at(&rw, w);
             nf_iter oi;
-            nf_iter_init(&oi, &p->o, o);
+            nf_iter_init(&oi, &p->o, it.o);
             const int64_t at = p->out_offset + oi.ooff;
             double g = 0, d = 0;
-            rows(p, xb + oi.off * isz, db + oi.off * isz, ra, rb, ca, cb, prm, at, act, &g, &d);
+            rows(p, xb + oi.off * isz, db + oi.off * isz, it.ra, it.rb, it.ca, it.cb, prm, at, act, &g, &d);
             if (part)
                 part[2 * w] = g, part[2 * w + 1] = d;
             else

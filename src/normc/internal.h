@@ -84,6 +84,33 @@ static inline int64_t nf_itemsize(nf_dtype dt)
 
 static inline int64_t nf_cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+/* Row-mode work over R1 rows of R2 elements, per statistic: chunks of rpc whole rows (short rows) or of a
+ * seg-element stretch of one row (long rows), about NF_CHUNK elements each and fixed by the shape;
+ * work item w is chunk w % n_chunks of statistic w / n_chunks. */
+typedef struct {
+    int64_t R1, R2, seg, spr, rpc, n_chunks;
+} nf_rows;
+typedef struct {
+    int64_t o, ra, rb, ca, cb; /* statistic, its rows [ra, rb), their elements [ca, cb) */
+} nf_row_item;
+
+static inline nf_rows nf_row_work(int64_t R1, int64_t R2)
+{
+    nf_rows r = {R1, R2, R2 < NF_CHUNK ? R2 : NF_CHUNK, 0, R2 < NF_CHUNK ? NF_CHUNK / R2 : 1, 0};
+    r.spr = nf_cdiv(R2, r.seg);
+    r.n_chunks = nf_cdiv(R1, r.rpc) * r.spr;
+    return r;
+}
+
+static inline nf_row_item nf_row_at(const nf_rows *r, int64_t w)
+{
+    const int64_t ch = w % r->n_chunks, rc = ch / r->spr, sc = ch % r->spr;
+    nf_row_item it = {w / r->n_chunks, rc * r->rpc, 0, sc * r->seg, 0};
+    it.rb = it.ra + r->rpc < r->R1 ? it.ra + r->rpc : r->R1;
+    it.cb = it.ca + r->seg < r->R2 ? it.ca + r->seg : r->R2;
+    return it;
+}
+
 /* Column-mode work over K columns and R1 rows: tiles of ktile <= NF_KTILE columns and chunks of rpc rows
  * (whole NF_RB blocks, about NF_CHUNK elements a tile), both fixed by the shape; work item w is tile
  * w % n_tiles of chunk (w / n_tiles) % n_chunks of outer index w / (n_chunks * n_tiles). */
@@ -171,6 +198,13 @@ static inline int nf_iter_next(nf_iter *it, const nf_dims *d)
         it->idx[i] = 0;
     }
     return 0;
+}
+
+/* The offsets of the next nr rows of a walk into off[] (a column-mode block). */
+static inline void nf_next_offsets(nf_iter *it, const nf_dims *d, int64_t nr, int64_t *off)
+{
+    for (int64_t r = 0; r < nr; r++, nf_iter_next(it, d))
+        off[r] = it->off;
 }
 
 /* Output offset (elements) of statistic i = o * K + k. */

@@ -86,23 +86,18 @@ nf_status NF_FN(nf_moments)(const nf_plan *p, nf_dtype dt, const void *x, nf_dty
 
     if (p->k == 1 && !short_rows) {
         /* Row mode: chunk = (rows of R1) x (a stretch of R2). */
-        const int64_t R2 = p->r2;
-        const int64_t seg = R2 < NF_CHUNK ? R2 : NF_CHUNK, spr = nf_cdiv(R2, seg);
-        const int64_t rpc = R2 < NF_CHUNK ? NF_CHUNK / R2 : 1;
-        n_chunks = nf_cdiv(R1, rpc) * spr;
+        const nf_rows rw = nf_row_work(R1, p->r2);
+        n_chunks = rw.n_chunks;
         items = n_out * n_chunks;
         if (n_chunks > 1 && !(part = malloc((size_t)items * sizeof *part)))
             return NF_ENOMEM;
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1 && items > 1)
         for (int64_t w = 0; w < items; w++) {
-            const int64_t o = w / n_chunks, ch = w % n_chunks;
-            const int64_t rc = ch / spr, sc = ch % spr;
-            const int64_t ra = rc * rpc, rb = ra + rpc < R1 ? ra + rpc : R1;
-            const int64_t ca = sc * seg, cb = ca + seg < R2 ? ca + seg : R2;
+            const nf_row_item it = nf_row_at(&rw, w);
             nf_iter oi;
-            nf_iter_init(&oi, &p->o, o);
+            nf_iter_init(&oi, &p->o, it.o);
             nf_acc a = {0, 0, 0};
-            rows(p, xb + oi.off * isz, ra, rb, ca, cb, &a);
+            rows(p, xb + oi.off * isz, it.ra, it.rb, it.ca, it.cb, &a);
             if (part)
                 part[w] = a;
             else

@@ -114,8 +114,7 @@ static void NF_NAME(cols, NF_TAG)(const nf_plan *p, const void *xv, int64_t ra, 
     nf_iter_init(&it, &p->r1, ra);
     for (int64_t r0 = ra; r0 < rb; r0 += NF_RB) {
         const int64_t nr = rb - r0 < NF_RB ? rb - r0 : NF_RB;
-        for (int64_t r = 0; r < nr; r++, nf_iter_next(&it, &p->r1))
-            off[r] = it.off;
+        nf_next_offsets(&it, &p->r1, nr, off);
         int64_t k;
         NF_NAME(col_means, NF_TAG)(x, off, nr, nv, sum);
         for (k = 0; k < n4; k += 4 * NF_W)

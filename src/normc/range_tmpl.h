@@ -91,8 +91,7 @@ static void NF_NAME(range_cols, NF_TAG)(const nf_plan *p, const void *xv, int64_
     nf_iter_init(&it, &p->r1, ra);
     for (int64_t r0 = ra; r0 < rb; r0 += NF_RB) {
         const int64_t nr = rb - r0 < NF_RB ? rb - r0 : NF_RB;
-        for (int64_t r = 0; r < nr; r++, nf_iter_next(&it, &p->r1))
-            off[r] = it.off;
+        nf_next_offsets(&it, &p->r1, nr, off);
         int64_t k = 0;
         for (; k < n4; k += 4 * NF_W)
             NF_NAME(range_strip, NF_TAG)(x, off, nr, k, 4, l, h);
