@@ -25,7 +25,8 @@ cdef extern from "normc.h" nogil:
                            const unsigned char *reduce)
     nf_status nf_moments(const nf_plan *plan, nf_dtype dtype, const void *x, nf_dtype out_dtype, void *mean,
                          void *var, double ddof)
-    nf_status nf_range(const nf_plan *plan, nf_dtype dtype, const void *x, double *lo, double *hi)
+    nf_status nf_moments_range(const nf_plan *plan, nf_dtype dtype, const void *x, nf_dtype out_dtype,
+                               void *mean, void *var, double ddof, double *lo, double *hi)
     ctypedef enum nf_act:
         NF_ACT_NONE
         NF_ACT_RELU

@@ -72,38 +72,34 @@ cdef int _plan(nf_plan *plan, cnp.ndarray x, tuple reduce, object stats, object 
 
 
 def moments(cnp.ndarray x not None, int dtype_code, tuple reduce, cnp.ndarray mean not None,
-            cnp.ndarray var not None, double ddof):
+            cnp.ndarray var not None, double ddof, cnp.ndarray lo=None, cnp.ndarray hi=None):
     """Fill mean and var (float32 or float64 arrays of x's rank, size 1 on reduced axes) with x's
-    moments."""
+    moments, and lo and hi (float64, laid out as mean) with its min and max when given."""
     cdef nf_plan plan
     cdef nf_dtype odt = NF_F64 if cnp.PyArray_ITEMSIZE(mean) == 8 else NF_F32
     _same_layout(mean, var, "mean and var")
     if not (cnp.PyArray_ISWRITEABLE(mean) and cnp.PyArray_ISWRITEABLE(var)):
         raise ValueError("normfast: outputs must be writeable")
+    if (lo is None) != (hi is None):
+        raise ValueError("normfast: give lo and hi together")
+    cdef double *pl = NULL
+    cdef double *ph = NULL
+    if lo is not None:
+        # The same element strides as mean: all three C-contiguous of one shape.
+        _stats_like(mean, (lo, hi), cnp.NPY_DOUBLE, True, "lo and hi")
+        if not cnp.PyArray_IS_C_CONTIGUOUS(mean):
+            raise ValueError("normfast: mean must be contiguous when lo and hi are asked for")
+        pl, ph = <double *>cnp.PyArray_DATA(lo), <double *>cnp.PyArray_DATA(hi)
     _plan(&plan, x, reduce, mean, None)
     cdef const void *px = cnp.PyArray_DATA(x)
     cdef void *pm = cnp.PyArray_DATA(mean)
     cdef void *pv = cnp.PyArray_DATA(var)
     cdef nf_status st
     with nogil:
-        st = nf_moments(&plan, <nf_dtype>dtype_code, px, odt, pm, pv, ddof)
-    _check(st)
-
-
-def minmax(cnp.ndarray x not None, int dtype_code, tuple reduce, cnp.ndarray lo not None, cnp.ndarray hi not None):
-    """Fill lo and hi (float64 arrays of x's rank, size 1 on reduced axes) with x's min and max."""
-    cdef nf_plan plan
-    _same_layout(lo, hi, "lo and hi")
-    if not (cnp.PyArray_TYPE(lo) == cnp.NPY_DOUBLE and cnp.PyArray_ISWRITEABLE(lo) and cnp.PyArray_ISWRITEABLE(hi)
-            and cnp.PyArray_ISNOTSWAPPED(lo) and cnp.PyArray_ISALIGNED(lo)):
-        raise ValueError("normfast: lo and hi must be writeable native float64 arrays")
-    _plan(&plan, x, reduce, lo, None)
-    cdef const void *px = cnp.PyArray_DATA(x)
-    cdef double *pl = <double *>cnp.PyArray_DATA(lo)
-    cdef double *ph = <double *>cnp.PyArray_DATA(hi)
-    cdef nf_status st
-    with nogil:
-        st = nf_range(&plan, <nf_dtype>dtype_code, px, pl, ph)
+        if pl == NULL:
+            st = nf_moments(&plan, <nf_dtype>dtype_code, px, odt, pm, pv, ddof)
+        else:
+            st = nf_moments_range(&plan, <nf_dtype>dtype_code, px, odt, pm, pv, ddof, pl, ph)
     _check(st)
 
 

@@ -487,12 +487,12 @@ def dataset_stats(paths_or_arrays, axis=None, *, ddof=0, scale=True, progress=Fa
 
 
 def _fold(acc, piece):
-    """The block's moments, then its min and max while it is still in cache, folded into acc."""
+    """The block's moments, and its min and max (the engine reads each work item again while it is in
+    cache), folded into acc."""
     v, keep = piece.values, piece.keep
-    code = _checks.dtype_code(v.dtype)
-    mean, var = norms._moments(v, code, keep)
-    lo, hi = np.empty(mean.shape), np.empty(mean.shape)
-    _normc.minmax(v, code, tuple(a not in keep for a in range(v.ndim)), lo, hi)
+    shape = norms._layout(v.ndim, {a: v.shape[a] for a in keep})
+    mean, var, lo, hi = np.empty(shape), np.empty(shape), np.empty(shape), np.empty(shape)
+    _normc.moments(v, _checks.dtype_code(v.dtype), tuple(a not in keep for a in range(v.ndim)), mean, var, 0.0, lo, hi)
     n = v.size // max(mean.size, 1)
     shape = tuple(v.shape[a] for a in keep)
     mean, var, lo, hi = (a.reshape(shape) for a in (mean, var, lo, hi))

@@ -17,23 +17,22 @@ typedef struct {
     nf_grad_apply_fn grad_apply;
     nf_rownorm_grad_fn rownorm_grad;
     nf_seg_grad_fn seg_grad;
-    nf_range_fn range;
 } nf_kernels;
 
 #define NF_KERNELS_OF(sfx)                                                                                 \
     {nf_moments_##sfx, nf_apply_##sfx, nf_rownorm_##sfx, nf_grad_sums_##sfx, nf_grad_apply_##sfx,            \
-     nf_rownorm_grad_##sfx, nf_seg_grad_##sfx, nf_range_##sfx}
+     nf_rownorm_grad_##sfx, nf_seg_grad_##sfx}
 static const nf_kernels nf_table[NF_ISA_COUNT] = {
     NF_KERNELS_OF(baseline),
 #ifdef NF_HAVE_AVX2
     NF_KERNELS_OF(avx2),
 #else
-    {NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL, NULL, NULL},
 #endif
 #ifdef NF_HAVE_AVX512
     NF_KERNELS_OF(avx512),
 #else
-    {NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL, NULL, NULL},
 #endif
 };
 
@@ -132,7 +131,15 @@ int nf_openmp_enabled(void)
 nf_status nf_moments(const nf_plan *plan, nf_dtype dtype, const void *x, nf_dtype out_dtype, void *mean,
                      void *var, double ddof)
 {
-    return nf_table[nf_get_isa()].moments(plan, dtype, x, out_dtype, mean, var, ddof, nf_get_num_threads());
+    return nf_table[nf_get_isa()].moments(plan, dtype, x, out_dtype, mean, var, ddof, NULL, NULL,
+                                          nf_get_num_threads());
+}
+
+nf_status nf_moments_range(const nf_plan *plan, nf_dtype dtype, const void *x, nf_dtype out_dtype, void *mean,
+                           void *var, double ddof, double *lo, double *hi)
+{
+    return nf_table[nf_get_isa()].moments(plan, dtype, x, out_dtype, mean, var, ddof, lo, hi,
+                                          nf_get_num_threads());
 }
 
 nf_status nf_apply(const nf_plan *plan, nf_dtype dtype, const void *x, void *y, const void *shift,
@@ -168,9 +175,4 @@ nf_status nf_rownorm_grad(nf_dtype dtype, int64_t rows, int64_t n, const void *x
 nf_status nf_seg_grad(nf_dtype dtype, const void *x, const void *dy, void *gx, const nf_seggrad *spec)
 {
     return nf_table[nf_get_isa()].seg_grad(dtype, x, dy, gx, spec, nf_get_num_threads());
-}
-
-nf_status nf_range(const nf_plan *plan, nf_dtype dtype, const void *x, double *lo, double *hi)
-{
-    return nf_table[nf_get_isa()].range(plan, dtype, x, lo, hi, nf_get_num_threads());
 }

@@ -17,7 +17,7 @@
 #define NF_FN(name) NF_CAT(name, NF_ISA_SUFFIX)
 
 typedef nf_status (*nf_moments_fn)(const nf_plan *, nf_dtype, const void *, nf_dtype, void *, void *,
-                                   double, int nthreads);
+                                   double, double *, double *, int nthreads);
 typedef nf_status (*nf_apply_fn)(const nf_plan *, nf_dtype, const void *, void *, const void *,
                                  const void *, const void *, nf_act, int nthreads);
 
@@ -37,7 +37,6 @@ typedef void (*nf_run_fn)(const void *ctx, const nf_run *run);
 void NF_FN(nf_walk)(const nf_plan *p, int64_t isz, const void *x, const void *x2, void *y, nf_run_fn op,
                     const void *ctx, int nthreads);
 
-typedef nf_status (*nf_range_fn)(const nf_plan *, nf_dtype, const void *, double *, double *, int);
 typedef nf_status (*nf_grad_sums_fn)(const nf_plan *, nf_dtype, const void *, const void *, const void *,
                                      const void *, const void *, nf_act, double *, double *, int);
 typedef nf_status (*nf_grad_apply_fn)(const nf_plan *, nf_dtype, const void *, const void *, void *,
@@ -50,7 +49,7 @@ typedef nf_status (*nf_rownorm_grad_fn)(nf_dtype, int64_t, int64_t, const void *
     nf_status nf_rownorm_##sfx(const nf_plan *, nf_dtype, const void *, void *, const nf_rowspec *, int); \
     void nf_apply_seg_##sfx(nf_dtype, const void *, void *, const void *const *, int64_t, int);          \
     nf_status nf_moments_##sfx(const nf_plan *, nf_dtype, const void *, nf_dtype, void *, void *, double, \
-                               int);                                                                     \
+                               double *, double *, int);                                                 \
     nf_status nf_apply_##sfx(const nf_plan *, nf_dtype, const void *, void *, const void *, const void *, \
                              const void *, nf_act, int);                                                 \
     nf_status nf_grad_sums_##sfx(const nf_plan *, nf_dtype, const void *, const void *, const void *,        \
@@ -59,8 +58,7 @@ typedef nf_status (*nf_rownorm_grad_fn)(nf_dtype, int64_t, int64_t, const void *
                                   const void *const *, nf_act, int);                                         \
     nf_status nf_rownorm_grad_##sfx(nf_dtype, int64_t, int64_t, const void *, const void *, void *,          \
                                     const nf_rowgrad *, int);                                                \
-    nf_status nf_seg_grad_##sfx(nf_dtype, const void *, const void *, void *, const nf_seggrad *, int);       \
-    nf_status nf_range_##sfx(const nf_plan *, nf_dtype, const void *, double *, double *, int);
+    nf_status nf_seg_grad_##sfx(nf_dtype, const void *, const void *, void *, const nf_seggrad *, int);
 NF_DECLARE_ISA(baseline)
 NF_DECLARE_ISA(avx2)
 NF_DECLARE_ISA(avx512)

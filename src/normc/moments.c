@@ -1,5 +1,6 @@
-/* Welford/Chan moments over the canonical [O, R1, K, R2] view, for every reduction-axis pattern, and
- * the fused row norms (layer / RMS) that reuse its block kernels. Compiled once per ISA level (NF_FN
+/* Welford/Chan moments over the canonical [O, R1, K, R2] view, for every reduction-axis pattern (with,
+ * on request, the min and max of each work item while it is still in cache), and the fused row norms
+ * (layer / RMS) that reuse its block kernels. Compiled once per ISA level (NF_FN
  * names each copy).
  *
  * Determinism: the reduction of each statistic is cut into chunks whose bounds depend only on the shape;
@@ -21,6 +22,26 @@
 typedef void (*nf_rows_fn)(const nf_plan *, const void *, int64_t, int64_t, int64_t, int64_t, nf_acc *);
 typedef void (*nf_cols_fn)(const nf_plan *, const void *, int64_t, int64_t, int64_t, double *, double *,
                            double *);
+typedef void (*nf_range_rows_fn)(const nf_plan *, const void *, int64_t, int64_t, int64_t, int64_t, double *,
+                                 double *);
+typedef void (*nf_range_cols_fn)(const nf_plan *, const void *, int64_t, int64_t, int64_t, double *, double *);
+
+static double nf_min_nan(double acc, double v) { return v < acc || v != v ? v : acc; }
+static double nf_max_nan(double acc, double v) { return v > acc || v != v ? v : acc; }
+
+/* Each statistic's min and max from its `per` (min, max) partials, stored at its output position. */
+static void nf_finish_range(const nf_plan *p, const double *rpart, int64_t per, double *lo, double *hi)
+{
+    for (int64_t i = 0; i < p->o.size * p->k; i++) {
+        double l = INFINITY, h = -INFINITY;
+        for (int64_t c = i * per; c < (i + 1) * per; c++) {
+            l = nf_min_nan(l, rpart[2 * c]);
+            h = nf_max_nan(h, rpart[2 * c + 1]);
+        }
+        const int64_t at = nf_out_at(p, i);
+        lo[at] = l, hi[at] = h;
+    }
+}
 
 /* numpy's conventions: empty -> NaN, divisor max(n - ddof, 0). */
 static inline void nf_store(nf_dtype odt, void *mean, void *var, int64_t at, const nf_acc *a, double ddof)
@@ -58,10 +79,14 @@ static void nf_finish(const nf_plan *p, nf_dtype odt, const nf_acc *part, int64_
 }
 
 nf_status NF_FN(nf_moments)(const nf_plan *p, nf_dtype dt, const void *x, nf_dtype odt, void *mean,
-                            void *var, double ddof, int nthreads)
+                            void *var, double ddof, double *lo, double *hi, int nthreads)
 {
     static const nf_rows_fn rows_of[] = {rows_f32, rows_f64, rows_f16, rows_bf16}; /* by nf_dtype */
     static const nf_cols_fn cols_of[] = {cols_f32, cols_f64, cols_f16, cols_bf16};
+    static const nf_range_rows_fn range_rows_of[] = {range_rows_f32, range_rows_f64, range_rows_f16,
+                                                     range_rows_bf16};
+    static const nf_range_cols_fn range_cols_of[] = {range_cols_f32, range_cols_f64, range_cols_f16,
+                                                     range_cols_bf16};
     const int64_t isz = nf_itemsize(dt);
     if (!isz || (odt != NF_F32 && odt != NF_F64))
         return NF_EINVAL;
@@ -72,8 +97,11 @@ nf_status NF_FN(nf_moments)(const nf_plan *p, nf_dtype dt, const void *x, nf_dty
         return NF_OK;
     if (p->count == 0) {
         const nf_acc empty = {0, 0, 0};
-        for (int64_t i = 0; i < n_out; i++)
+        for (int64_t i = 0; i < n_out; i++) {
             nf_store(odt, mean, var, nf_out_at(p, i), &empty, ddof);
+            if (lo)
+                lo[nf_out_at(p, i)] = hi[nf_out_at(p, i)] = NAN;
+        }
         return NF_OK;
     }
     const char *xb = (const char *)x + p->x_offset * isz;
@@ -81,6 +109,7 @@ nf_status NF_FN(nf_moments)(const nf_plan *p, nf_dtype dt, const void *x, nf_dty
     const int64_t R1 = p->r1.size;
     int64_t n_chunks, items, group = 1;
     nf_acc *part = NULL;
+    double *rpart = NULL; /* (min, max) per statistic and chunk, laid out as part, when asked for */
     const int short_rows = p->k == 1 && p->r2 > 1 && p->r2 <= NF_SHORT_ROW && p->r2_stride == 1 &&
                            p->o.ndim > 0 && p->o.stride[p->o.ndim - 1] == p->r2;
 
@@ -89,8 +118,12 @@ nf_status NF_FN(nf_moments)(const nf_plan *p, nf_dtype dt, const void *x, nf_dty
         const nf_rows rw = nf_row_work(R1, p->r2);
         n_chunks = rw.n_chunks;
         items = n_out * n_chunks;
-        if (n_chunks > 1 && !(part = malloc((size_t)items * sizeof *part)))
+        if ((n_chunks > 1 && !(part = malloc((size_t)items * sizeof *part))) ||
+            (lo && !(rpart = malloc((size_t)items * 2 * sizeof *rpart)))) {
+            free(part);
             return NF_ENOMEM;
+        }
+        const nf_range_rows_fn range_rows = range_rows_of[dt];
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1 && items > 1)
         for (int64_t w = 0; w < items; w++) {
             const nf_row_item it = nf_row_at(&rw, w);
@@ -98,6 +131,8 @@ nf_status NF_FN(nf_moments)(const nf_plan *p, nf_dtype dt, const void *x, nf_dty
             nf_iter_init(&oi, &p->o, it.o);
             nf_acc a = {0, 0, 0};
             rows(p, xb + oi.off * isz, it.ra, it.rb, it.ca, it.cb, &a);
+            if (rpart) /* the same elements again, now in cache */
+                range_rows(p, xb + oi.off * isz, it.ra, it.rb, it.ca, it.cb, &rpart[2 * w], &rpart[2 * w + 1]);
             if (part)
                 part[w] = a;
             else
@@ -116,8 +151,13 @@ nf_status NF_FN(nf_moments)(const nf_plan *p, nf_dtype dt, const void *x, nf_dty
         const nf_cols cw = nf_col_work(q.k, R1);
         n_chunks = cw.n_chunks;
         items = q.o.size * n_chunks * cw.n_tiles;
-        if ((n_chunks > 1 || group > 1) && !(part = malloc((size_t)(n_out * group * n_chunks) * sizeof *part)))
+        const int64_t n_part = n_out * group * n_chunks;
+        if (((n_chunks > 1 || group > 1) && !(part = malloc((size_t)n_part * sizeof *part))) ||
+            (lo && !(rpart = malloc((size_t)n_part * 2 * sizeof *rpart)))) {
+            free(part);
             return NF_ENOMEM;
+        }
+        const nf_range_cols_fn range_cols = range_cols_of[dt];
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1 && items > 1)
         for (int64_t w = 0; w < items; w++) {
             const nf_col_item it = nf_col_at(&cw, w);
@@ -125,6 +165,14 @@ nf_status NF_FN(nf_moments)(const nf_plan *p, nf_dtype dt, const void *x, nf_dty
             nf_iter oi;
             nf_iter_init(&oi, &q.o, it.o);
             cols(&q, xb + (oi.off + it.k0 * q.k_stride) * isz, it.ra, it.rb, it.nk, &n, mu, m2);
+            if (rpart) { /* the same block again, now in cache */
+                double l[NF_KTILE], h[NF_KTILE];
+                range_cols(&q, xb + (oi.off + it.k0 * q.k_stride) * isz, it.ra, it.rb, it.nk, l, h);
+                for (int64_t k = 0; k < it.nk; k++) {
+                    const int64_t c = (it.o * q.k + it.k0 + k) * n_chunks + it.ch;
+                    rpart[2 * c] = l[k], rpart[2 * c + 1] = h[k];
+                }
+            }
             for (int64_t k = 0; k < it.nk; k++) {
                 const nf_acc a = {n, mu[k], m2[k]};
                 const int64_t i = it.o * q.k + it.k0 + k;
@@ -138,6 +186,10 @@ nf_status NF_FN(nf_moments)(const nf_plan *p, nf_dtype dt, const void *x, nf_dty
     if (part) {
         nf_finish(p, odt, part, group, n_chunks, mean, var, ddof, nt);
         free(part);
+    }
+    if (rpart) {
+        nf_finish_range(p, rpart, group * n_chunks, lo, hi);
+        free(rpart);
     }
     return NF_OK;
 }

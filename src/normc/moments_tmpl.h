@@ -151,3 +151,5 @@ static void NF_NAME(cols, NF_TAG)(const nf_plan *p, const void *xv, int64_t ra, 
 
 #undef NF_NAME
 #undef NF_NAME2
+
+#include "range_tmpl.h"

@@ -1,4 +1,5 @@
-/* Min/max kernels for one storage type, instantiated by range.c through each_dtype.h. A NaN wins over
+/* Min/max kernels for one storage type, included by moments_tmpl.h: the moments engine runs them on a
+ * work item right after its moments, while the item is in cache. A NaN wins over
  * every number, as in numpy.min: the select takes x where x < acc or x is NaN, and nothing replaces a
  * NaN once it is there. */
 

@@ -60,9 +60,10 @@ nf_status nf_plan_make(nf_plan *plan, int ndim, const int64_t *shape, const int6
 nf_status nf_moments(const nf_plan *plan, nf_dtype dtype, const void *x, nf_dtype out_dtype, void *mean,
                      void *var, double ddof);
 
-/* Min and max (float64, NaN where any element is NaN or nothing is reduced) of x over the plan's reduction,
- * at the statistics' positions. */
-nf_status nf_range(const nf_plan *plan, nf_dtype dtype, const void *x, double *lo, double *hi);
+/* nf_moments, and also the min and max of each statistic's elements into lo and hi (float64, laid out as
+ * mean; NaN where an element is NaN or nothing is reduced), each work item read again while in cache. */
+nf_status nf_moments_range(const nf_plan *plan, nf_dtype dtype, const void *x, nf_dtype out_dtype, void *mean,
+                           void *var, double ddof, double *lo, double *hi);
 
 typedef enum { NF_ACT_NONE = 0, NF_ACT_RELU = 1, NF_ACT_SIGMOID = 2, NF_ACT_SILU = 3 } nf_act;
 
