@@ -101,15 +101,6 @@ def moments(x, axis=None, *, ddof=0, keepdims=False, split_every=None):
     return both[0], both[1]
 
 
-def _channel(x, axis):
-    return _checks.channel_axis(axis, x.ndim)
-
-
-def _params(weight, bias, C, x):
-    pdt = _checks.stats_dtype(x)
-    return _checks.param(weight, (C,), "weight", pdt), _checks.param(bias, (C,), "bias", pdt)
-
-
 def _slice(v, loc):
     return None if v is None else v[loc[0]:loc[1]]
 
@@ -136,10 +127,7 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, *
     then a blockwise apply. Training with running arrays computes the statistics right away to update
     them in place (as the in-memory function does); the result stays lazy."""
     x = _array(x)
-    c = _channel(x, axis)
-    C, pdt = x.shape[c], _checks.stats_dtype(x)
-    weight, bias = _params(weight, bias, C, x)
-    eps, activation = _checks.positive(eps, "eps"), _checks.activation(activation)
+    c, C, pdt, weight, bias, eps, activation = norms._channel_args(x, axis, weight, bias, eps, activation, False)
     training, unbiased = _checks.flag(training, "training"), _checks.flag(unbiased, "unbiased")
     momentum = _checks.fraction(momentum, "momentum")
     rm, rv, update = norms._running_pair(running_mean, running_var, C, pdt, training, "training", x.size == 0)
@@ -174,16 +162,13 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
     """normfast.instance_norm over a dask array, blockwise (the spatial axes in one chunk). Running
     statistics are read (use_input_stats=False), never updated here."""
     x = _array(x)
-    c = norms._instance_axes(x, axis)
-    C = x.shape[c]
-    weight, bias = _params(weight, bias, C, x)
-    eps, activation = _checks.positive(eps, "eps"), _checks.activation(activation)
+    c, C, pdt, weight, bias, eps, activation = norms._channel_args(x, axis, weight, bias, eps, activation, True)
     use_input_stats = _checks.flag(use_input_stats, "use_input_stats")
     if use_input_stats and (running_mean is not None or running_var is not None):
         raise ValueError("running_mean, running_var: normfast.dask.instance_norm does not update them; give "
                          "them with use_input_stats=False, or none")
-    rm, rv, _ = norms._running_pair(running_mean, running_var, C, _checks.stats_dtype(x), use_input_stats,
-                                    "use_input_stats", True, written=False)
+    rm, rv, _ = norms._running_pair(running_mean, running_var, C, pdt, use_input_stats, "use_input_stats", True,
+                                    written=False)
     count = x.size // max(x.shape[0] * C, 1)
     if use_input_stats and count <= 1 and x.size:
         raise ValueError(f"x: expected more than 1 spatial element when use_input_stats=True, got {count}")
@@ -200,11 +185,8 @@ def group_norm(x, num_groups, weight=None, bias=None, *, eps=1e-5, axis=1, activ
     """normfast.group_norm over a dask array, blockwise: the spatial axes in one chunk, the channel axis
     rechunked only where a chunk boundary falls inside a group."""
     x = _array(x)
-    c = norms._instance_axes(x, axis)
-    C = x.shape[c]
+    c, C, _, weight, bias, eps, activation = norms._channel_args(x, axis, weight, bias, eps, activation, True)
     G = norms._groups(num_groups, C)
-    weight, bias = _params(weight, bias, C, x)
-    eps, activation = _checks.positive(eps, "eps"), _checks.activation(activation)
     split = [i for i in range(x.ndim) if i not in (0, c)]
     if any(n % (C // G) for n in x.chunks[c]):
         split.append(c)
@@ -242,7 +224,7 @@ def precise_batch_norm_stats(x, axis=1, *, unbiased=True):
     """The exact per-channel (mean, var) of a whole dask array, computed now: float64 NumPy arrays,
     shape (C,), the variance unbiased unless unbiased=False (as normfast.precise_batch_norm_stats)."""
     x = _array(x)
-    c = _channel(x, axis)
+    c = _checks.channel_axis(axis, x.ndim)
     unbiased = _checks.flag(unbiased, "unbiased")
     count = x.size // max(x.shape[c], 1)
     if count < 1 + unbiased:

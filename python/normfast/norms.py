@@ -85,12 +85,18 @@ def _channel_call(x, axis, weight, bias, eps, activation, per_sample):
     statistics are per sample), eps, the activation and the (C,) weight and bias in the statistics
     dtype. Returns (x, code, c, C, pdt, weight, bias, eps, activation)."""
     x, code = _checks.float_array(x, "x")
+    return (x, code, *_channel_args(x, axis, weight, bias, eps, activation, per_sample))
+
+
+def _channel_args(x, axis, weight, bias, eps, activation, per_sample):
+    """_channel_call's checks of everything but x's data, for anything with x's shape, ndim and dtype (a
+    dask array too): (c, C, pdt, weight, bias, eps, activation)."""
     c = _instance_axes(x, axis) if per_sample else _checks.channel_axis(axis, x.ndim)
     C, pdt = x.shape[c], _checks.stats_dtype(x)
     eps = _checks.positive(eps, "eps")
     activation = _checks.activation(activation)
-    return (x, code, c, C, pdt, _checks.param(weight, (C,), "weight", pdt), _checks.param(bias, (C,), "bias", pdt),
-            eps, activation)
+    return (c, C, pdt, _checks.param(weight, (C,), "weight", pdt), _checks.param(bias, (C,), "bias", pdt), eps,
+            activation)
 
 
 def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, *, training=False,

@@ -42,7 +42,18 @@ def chan(count, mean, m2, n, mean_b, m2_b, outer=np.multiply):
 
 
 class _Mergeable:
-    """a + b (a new accumulator holding both's data) and a += b, over the subclass's copy() and merge()."""
+    """What both accumulators share: the fold of a part's (n, mean, M2) into (_count, _mean, _m2) with
+    Chan's formula (M2 the co-moment matrix where _outer is np.outer), and a + b (a new accumulator
+    holding both's data) and a += b over the subclass's copy() and merge()."""
+
+    _outer = np.multiply
+
+    def _fold(self, n, mean, m2):
+        if self._count == 0:
+            self._mean, self._m2 = np.array(mean, np.float64), np.array(m2, np.float64)
+        else:
+            self._mean, self._m2 = chan(self._count, self._mean, self._m2, n, mean, m2, self._outer)
+        self._count += n
 
     def __add__(self, other):
         if type(other) is not type(self):
@@ -107,14 +118,6 @@ class RunningMoments(_Mergeable):
         mean, var = norms._moments(x, code, tuple(i for i in range(x.ndim) if i not in red))
         self._fold(n, mean.reshape(shape), var.reshape(shape) * n)
         return self
-
-    def _fold(self, n, mean, m2):
-        """Chan's parallel update with a part of n samples, its mean and its M2."""
-        if self._count == 0:
-            self._mean, self._m2 = np.array(mean, np.float64), np.array(m2, np.float64)
-        else:
-            self._mean, self._m2 = chan(self._count, self._mean, self._m2, n, mean, m2)
-        self._count += n
 
     def merge(self, other):
         """Add the data of another accumulator over the same axes (and, once both have data, with the
@@ -209,11 +212,13 @@ class RunningCovariance(_Mergeable):
     accumulator's data, e.g. one filled in another process (accumulators pickle). Both return the
     accumulator and leave it unchanged when they raise."""
 
+    _outer = staticmethod(np.outer)  # the co-moment matrix
+
     def __init__(self, n_features):
         self.n_features = _checks.positive_int(n_features, "n_features")
         self._count = 0
         self._mean = np.zeros(self.n_features)
-        self._comoment = np.zeros((self.n_features, self.n_features))
+        self._m2 = np.zeros((self.n_features, self.n_features))
 
     def update(self, x):
         """Add the samples (rows) of x: any float, integer or bool array of shape (n_samples, n_features)
@@ -235,14 +240,6 @@ class RunningCovariance(_Mergeable):
         self._fold(n, mean, centred.T @ centred)  # A.T @ A: NumPy's symmetric BLAS product
         return self
 
-    def _fold(self, n, mean, comoment):
-        """Chan's update with a part of n samples, its mean and its co-moment matrix."""
-        if self._count == 0:
-            self._mean, self._comoment = np.array(mean, np.float64), np.array(comoment, np.float64)
-        else:
-            self._mean, self._comoment = chan(self._count, self._mean, self._comoment, n, mean, comoment, np.outer)
-        self._count += n
-
     def merge(self, other):
         """Add the data of another accumulator of the same number of features; returns self."""
         if not isinstance(other, RunningCovariance):
@@ -250,12 +247,12 @@ class RunningCovariance(_Mergeable):
         if other.n_features != self.n_features:
             raise ValueError(f"other: expected an accumulator of {self.n_features} features, got {other.n_features}")
         if other._count:
-            self._fold(other._count, other._mean, other._comoment)
+            self._fold(other._count, other._mean, other._m2)
         return self
 
     def copy(self):
         new = RunningCovariance(self.n_features)
-        new._count, new._mean, new._comoment = self._count, self._mean.copy(), self._comoment.copy()
+        new._count, new._mean, new._m2 = self._count, self._mean.copy(), self._m2.copy()
         return new
 
     @property
@@ -279,17 +276,17 @@ class RunningCovariance(_Mergeable):
         if dof <= 0:
             warnings.warn("RunningCovariance: degrees of freedom <= 0", RuntimeWarning, stacklevel=2)
         with np.errstate(divide="ignore", invalid="ignore"):
-            return np.full_like(self._comoment, np.nan) if self._count == 0 else self._comoment / max(dof, 0)
+            return np.full_like(self._m2, np.nan) if self._count == 0 else self._m2 / max(dof, 0)
 
     def corr(self):
         """The correlation matrix (as numpy.corrcoef): NaN in the rows and columns of a constant feature,
         with a RuntimeWarning."""
-        d = np.sqrt(np.diag(self._comoment))
+        d = np.sqrt(np.diag(self._m2))
         if self._count == 0 or not d.all():
             warnings.warn("RunningCovariance: correlation of a constant feature or of no data", RuntimeWarning,
                           stacklevel=2)
         with np.errstate(divide="ignore", invalid="ignore"):
-            r = np.clip(self._comoment / np.outer(d, d), -1, 1) if self._count else np.full_like(self._comoment, np.nan)
+            r = np.clip(self._m2 / np.outer(d, d), -1, 1) if self._count else np.full_like(self._m2, np.nan)
         r[np.diag_indices_from(r)] = np.where(d > 0, 1.0, np.nan)  # exactly 1, not d^2 / (d * d)
         return r
 

@@ -114,14 +114,14 @@ class Whitening:
         (an array of that shape and dtype) when given."""
         self._fitted()
         X = self._rows(X, "X")
-        return self._apply(X.astype(np.float64, copy=False) - self.mean_, self.whitening_, _out_dtype(X), out)
+        return self._apply(X.astype(np.float64, copy=False) - self.mean_, self.whitening_, _checks.stats_dtype(X), out)
 
     def inverse_transform(self, X, out=None):
         """The rows of X mapped back from the whitened space."""
         self._fitted()
         X = self._rows(X, "X")
         return self._apply(X.astype(np.float64, copy=False) @ self.dewhitening_.T + self.mean_, None,
-                           _out_dtype(X), out)
+                           _checks.stats_dtype(X), out)
 
     def fit_transform(self, X, y=None):
         return self.fit(X).transform(X)
@@ -151,11 +151,6 @@ class Whitening:
 
         return Tags(estimator_type=None, target_tags=TargetTags(required=False),
                     transformer_tags=TransformerTags(), input_tags=InputTags())
-
-
-def _out_dtype(X):
-    """Results are float64 for float64 (and integer) data, float32 for the other float dtypes."""
-    return np.float64 if X.dtype == np.float64 else np.float32
 
 
 def _whitening(C, eps, method):
