@@ -121,10 +121,10 @@ def _size(nbytes):
 
 
 def _stats_table(r):
-    cols = ["index", "mean", "std", "var", "min", "max"]
-    values = [np.atleast_1d(getattr(r, c)) if r.shape else np.array([getattr(r, c)]) for c in cols[1:]]
+    cols = ["index", *r.STATISTICS]
+    values = [np.ravel(getattr(r, c)) for c in r.STATISTICS]
     index = [str(i[0]) if len(i) == 1 else str(i) for i in np.ndindex(*r.shape)] if r.shape else ["all"]
-    rows = [[index[j]] + [f"{v.reshape(-1)[j]:.6g}" for v in values] for j in range(len(index))]
+    rows = [[index[j]] + [f"{v[j]:.6g}" for v in values] for j in range(len(index))]
     head = (f"{r.files} input(s), {_size(r.nbytes)} of data, count {r.count} per statistic, ddof {r.ddof}, "
             f"kept shape {r.shape}")
     return head, cols, rows
@@ -164,7 +164,7 @@ def cmd_stats(args):
         print(f"normfast stats: {r.files} input(s), {_size(r.nbytes)} in {t:.2f} s "
               f"({_size(r.nbytes / max(t, 1e-9))}/s)", file=sys.stderr)
     if fmt == "npz":
-        arrays = {k: np.asarray(getattr(r, k)) for k in ("mean", "var", "std", "min", "max")}
+        arrays = {k: np.asarray(getattr(r, k)) for k in r.STATISTICS}
         _write_atomic(args.output, lambda f: np.savez(f, count=r.count, ddof=r.ddof, **arrays))
         return 0
     if fmt == "json":

@@ -7,6 +7,7 @@ its bytes; a small thread pool reads (pages in, inflates, decodes) the next bloc
 thread reduces the current one with the moments engine. Block statistics are folded per kept element
 with Chan's formula in float64, so the result does not depend on the block size beyond rounding."""
 import glob
+import math
 import mmap
 import os
 import sys
@@ -43,6 +44,8 @@ class DatasetStats:
     `std`, `min`, `max` of the kept axes' shape (NumPy scalars when every axis is reduced), `ddof`,
     `files` (inputs read) and `nbytes` (bytes of data read)."""
 
+    STATISTICS = ("mean", "var", "std", "min", "max")  # the arrays, in the order they are shown
+
     def __init__(self, count, mean, m2, lo, hi, ddof, files, nbytes):
         self.count, self.ddof, self.files, self.nbytes = count, ddof, files, nbytes
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -58,7 +61,7 @@ class DatasetStats:
         """Plain Python values (lists for arrays), ready for json.dumps."""
         d = {"count": self.count, "ddof": self.ddof, "shape": list(self.shape), "files": self.files,
              "nbytes": self.nbytes}
-        d.update({k: np.asarray(getattr(self, k)).tolist() for k in ("mean", "var", "std", "min", "max")})
+        d.update({k: np.asarray(getattr(self, k)).tolist() for k in self.STATISTICS})
         return d
 
     def __repr__(self):
@@ -108,16 +111,18 @@ def _compute_dtype(dtype, name):
 
 
 class _Source:
-    """One input of C-order shape `shape`: its kept axes, blocks and their pieces. Subclasses give
-    `block(outer, i, k)`, the values of rows i:i+k of axis d at the leading index `outer`, in order."""
+    """One input of shape `shape` (`fortran`: stored in Fortran order, read as the C order of the reversed
+    shape): its kept axes, blocks and their pieces. Subclasses give `block(outer, i, k, d)`, the values
+    of rows i:i+k of axis d at the leading index `outer`, in order."""
 
     scale = 1.0
     pooled = True  # jobs run on the pool (reading, inflating, decoding), not in the reducing thread
 
-    def __init__(self, name, shape, dtype, nbytes):
-        self.name, self.shape, self.dtype, self.nbytes = name, tuple(shape), np.dtype(dtype), nbytes
+    def __init__(self, name, shape, dtype, fortran=False):
+        self.reversed = fortran
+        self.name, self.shape, self.dtype = name, tuple(shape)[::-1] if fortran else tuple(shape), np.dtype(dtype)
+        self.nbytes = math.prod(self.shape) * self.dtype.itemsize
         self.fdtype = _compute_dtype(self.dtype, name)
-        self.reversed = False  # Fortran order: the data is the C order of the reversed shape
 
     def resolve(self, axis, default_kept):
         """The kept axes (sorted, of the C-order shape) and their shape, for the user's `axis`."""
@@ -126,15 +131,13 @@ class _Source:
         try:
             kept = () if spec == () else _checks.axes(spec, ndim)
         except (ValueError, TypeError) as e:
-            raise DatasetError(f"{self.name}: {e} (shape {self._user_shape()})") from None
+            raise DatasetError(f"{self.name}: {e} (shape {self.shape[::-1] if self.reversed else self.shape})") \
+                from None
         if self.reversed:
             kept = tuple(sorted(ndim - 1 - a for a in kept))
         self.kept = kept
         shape = tuple(self.shape[a] for a in kept)
         return shape[::-1] if self.reversed else shape
-
-    def _user_shape(self):
-        return self.shape[::-1] if self.reversed else self.shape
 
     def jobs(self, block_bytes):
         """Zero-argument callables, in order, each returning the next _Piece."""
@@ -144,9 +147,8 @@ class _Source:
         if not shape:  # a 0-d array
             return [lambda: self._piece((), 0, 1, 0, True)]
         # The outermost axis d whose rows (its trailing axes) fit a block; blocks are runs of them.
-        d = next((d for d in range(len(shape)) if int(np.prod(shape[d + 1:])) * item <= block_bytes),
-                 len(shape) - 1)
-        per = max(1, block_bytes // (int(np.prod(shape[d + 1:])) * item))
+        d = next((d for d in range(len(shape)) if math.prod(shape[d + 1:]) * item <= block_bytes), len(shape) - 1)
+        per = max(1, block_bytes // (math.prod(shape[d + 1:]) * item))
         starts = [(outer, i) for outer in np.ndindex(*shape[:d]) for i in range(0, shape[d], per)]
         return [lambda o=o, i=i, j=j: self._piece(o, i, min(per, shape[d] - i), d, j == len(starts) - 1)
                 for j, (o, i) in enumerate(starts)]
@@ -168,11 +170,15 @@ class _ArraySource(_Source):
     pooled = False  # blocks are views
 
     def __init__(self, x, name):
-        super().__init__(name, x.shape, x.dtype, x.nbytes)
+        super().__init__(name, x.shape, x.dtype)
         self.x = x
 
     def block(self, outer, i, k, d):
-        return self.x[outer][i:i + k] if d < self.x.ndim else self.x
+        x = self.array()
+        return x[outer][i:i + k] if d < x.ndim else x
+
+    def array(self):
+        return self.x
 
 
 def _npy_header(f, name):
@@ -190,37 +196,32 @@ def _npy_header(f, name):
     return shape, fortran, dtype
 
 
-class _NpySource(_Source):
-    """A .npy file, memory-mapped and marked as read in order (MADV_SEQUENTIAL), so the OS reads a cold
-    file ahead while earlier blocks are reduced. A block is a view: its job runs in the reducing thread,
-    as handing it to the pool costs more than it does (measured)."""
-
-    pooled = False
+class _NpySource(_ArraySource):
+    """A .npy file, memory-mapped (by its first block) and marked as read in order (MADV_SEQUENTIAL), so
+    the OS reads a cold file ahead while earlier blocks are reduced. A block is a view: its job runs in
+    the reducing thread, as handing it to the pool costs more than it does (measured)."""
 
     def __init__(self, path):
         with open(path, "rb") as f:
             shape, fortran, dtype = _npy_header(f, path)
             offset = f.tell()
             size = os.fstat(f.fileno()).st_size
-        nbytes = int(np.prod(shape)) * dtype.itemsize
-        if size < offset + nbytes:
-            raise DatasetError(f"{path}: truncated: its header says {nbytes} bytes of data, the file holds "
+        _Source.__init__(self, path, shape, dtype, fortran)
+        if size < offset + self.nbytes:
+            raise DatasetError(f"{path}: truncated: its header says {self.nbytes} bytes of data, the file holds "
                                f"{max(size - offset, 0)}")
-        super().__init__(path, shape[::-1] if fortran else shape, dtype, nbytes)
-        self.reversed = fortran
         self.path, self.offset = path, offset
-        self._map, self._lock = None, threading.Lock()
+        self.x, self._lock = None, threading.Lock()
 
-    def block(self, outer, i, k, d):
-        with self._lock:  # mapped by the first job that needs it
-            if self._map is None:
+    def array(self):
+        with self._lock:
+            if self.x is None:
                 with open(self.path, "rb") as f:
                     mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
                 if _SEQUENTIAL is not None:
                     mapped.madvise(_SEQUENTIAL)
-                self._map = np.frombuffer(mapped, self.dtype, int(np.prod(self.shape)),
-                                          self.offset).reshape(self.shape)
-        return self._map[outer][i:i + k] if d < len(self.shape) else self._map
+                self.x = np.frombuffer(mapped, self.dtype, math.prod(self.shape), self.offset).reshape(self.shape)
+        return self.x
 
 
 class _NpzSource(_Source):
@@ -230,8 +231,7 @@ class _NpzSource(_Source):
         name = f"{path}:{member[:-4]}"
         self.stream = archive.open(member)
         shape, fortran, dtype = _npy_header(self.stream, name)
-        super().__init__(name, shape[::-1] if fortran else shape, dtype, int(np.prod(shape)) * dtype.itemsize)
-        self.reversed = fortran
+        super().__init__(name, shape, dtype, fortran)
         self._turn, self._cv = 0, threading.Condition()
 
     def jobs(self, block_bytes):
@@ -280,8 +280,7 @@ class _ImageSource(_Source):
         except (OSError, ValueError, Image.DecompressionBombError) as e:
             raise DatasetError(f"{path}: not a readable image ({e})") from None
         probe = np.asarray(Image.new(mode, (1, 1)))
-        c = 1 if probe.ndim == 2 else probe.shape[-1]
-        super().__init__(path, (h, w, c), probe.dtype.newbyteorder("="), h * w * c * probe.dtype.itemsize)
+        super().__init__(path, (h, w, 1 if probe.ndim == 2 else probe.shape[-1]), probe.dtype.newbyteorder("="))
         self.path, self.mode = path, mode
         self.scale = _SCALES.get(self.dtype, 1.0) if scale else 1.0
 
@@ -462,7 +461,8 @@ def dataset_stats(paths_or_arrays, axis=None, *, ddof=0, scale=True, progress=Fa
             what = "channels" if isinstance(s, _ImageSource) else "kept axes of shape"
             raise DatasetError(f"{s.name}: {what} {kept}, expected {shape} as in {first} (axis={axis})")
     acc = _Acc(shape)
-    bar = _progress_bar(sum(s.nbytes for s in sources), len(sources), progress)
+    nbytes = sum(s.nbytes for s in sources)
+    bar = _progress_bar(nbytes, len(sources), progress)
     jobs = ((job, s.pooled) for s in sources for job in s.jobs(block_bytes))
     done = 0
     try:
@@ -482,16 +482,14 @@ def dataset_stats(paths_or_arrays, axis=None, *, ddof=0, scale=True, progress=Fa
         acc.mean[...] = acc.min[...] = acc.max[...] = np.nan
     elif count - ddof <= 0:
         warnings.warn("dataset_stats: degrees of freedom <= 0", RuntimeWarning, stacklevel=2)
-    return DatasetStats(count, acc.mean, acc.m2, acc.min, acc.max, ddof, len(sources),
-                        sum(s.nbytes for s in sources))
+    return DatasetStats(count, acc.mean, acc.m2, acc.min, acc.max, ddof, len(sources), nbytes)
 
 
 def _fold(acc, piece):
     """The block's moments, and its min and max (the engine reads each work item again while it is in
     cache), folded into acc."""
     v, keep = piece.values, piece.keep
-    shape = norms._layout(v.ndim, {a: v.shape[a] for a in keep})
-    mean, var, lo, hi = np.empty(shape), np.empty(shape), np.empty(shape), np.empty(shape)
+    mean, var, lo, hi = np.empty([4] + norms._layout(v.ndim, {a: v.shape[a] for a in keep}))  # one allocation
     _normc.moments(v, _checks.dtype_code(v.dtype), tuple(a not in keep for a in range(v.ndim)), mean, var, 0.0, lo, hi)
     n = v.size // max(mean.size, 1)
     shape = tuple(v.shape[a] for a in keep)
