@@ -1,5 +1,5 @@
 /* Instantiates the kernel template NF_TEMPLATE (then NF_TEMPLATE2, where defined) once per storage
- * dtype, in nf_dtype order, with the parameters the templates take:
+ * dtype, in nf_dtype order (instantiate.h), with the parameters the templates take:
  *   NF_T      storage type            NF_A      accumulation type (float, or double for float64)
  *   NF_V      vector of NF_A          NF_W      its lane count       NF_VI  integer vector, same lanes
  *   NF_LOAD   one NF_T -> NF_A        NF_VLOAD  NF_W contiguous NF_T -> NF_V
@@ -8,24 +8,15 @@
  *   NF_EXP    exp for NF_A            NF_TAG    name suffix          NF_DT  the nf_dtype
  *   NF_SEG_A  block_tmpl.h's seg_* for contiguous NF_A data (the half types gather into float blocks) */
 
+#include "acc_f32.h"
 #define NF_T float
-#define NF_A float
-#define NF_V nf_vf32
-#define NF_VI nf_vi32
-#define NF_W NF_W32
 #define NF_LOAD nf_load_f32
 #define NF_VLOAD nf_vload_f32
 #define NF_STORE nf_load_f32
 #define NF_VSTORE nf_vstore_f32
-#define NF_EXP expf
 #define NF_TAG f32
 #define NF_DT NF_F32
-#define NF_SEG_A seg_f32
-#include NF_TEMPLATE
-#ifdef NF_TEMPLATE2
-#include NF_TEMPLATE2
-#endif
-#include "tmpl_end.h"
+#include "instantiate.h"
 
 #define NF_T double
 #define NF_A double
@@ -40,48 +31,26 @@
 #define NF_TAG f64
 #define NF_DT NF_F64
 #define NF_SEG_A seg_f64
-#include NF_TEMPLATE
-#ifdef NF_TEMPLATE2
-#include NF_TEMPLATE2
-#endif
-#include "tmpl_end.h"
+#include "instantiate.h"
 
 /* Half types: widened on load, computed in float, rounded to nearest even on store. */
+#include "acc_f32.h"
 #define NF_T uint16_t
-#define NF_A float
-#define NF_V nf_vf32
-#define NF_VI nf_vi32
-#define NF_W NF_W32
 #define NF_LOAD nf_f16_to_f32
 #define NF_VLOAD nf_vload_f16
 #define NF_STORE nf_f32_to_f16
-#define NF_EXP expf
 #define NF_TAG f16
 #define NF_DT NF_F16
-#define NF_SEG_A seg_f32
-#include NF_TEMPLATE
-#ifdef NF_TEMPLATE2
-#include NF_TEMPLATE2
-#endif
-#include "tmpl_end.h"
+#include "instantiate.h"
 
+#include "acc_f32.h"
 #define NF_T uint16_t
-#define NF_A float
-#define NF_V nf_vf32
-#define NF_VI nf_vi32
-#define NF_W NF_W32
 #define NF_LOAD nf_bf16_to_f32
 #define NF_VLOAD nf_vload_bf16
 #define NF_STORE nf_f32_to_bf16
-#define NF_EXP expf
 #define NF_TAG bf16
 #define NF_DT NF_BF16
-#define NF_SEG_A seg_f32
-#include NF_TEMPLATE
-#ifdef NF_TEMPLATE2
-#include NF_TEMPLATE2
-#endif
-#include "tmpl_end.h"
+#include "instantiate.h"
 
 #undef NF_TEMPLATE
 #undef NF_TEMPLATE2
