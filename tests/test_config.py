@@ -6,6 +6,7 @@ import subprocess
 import sys
 import warnings
 
+import numpy as np
 import pytest
 
 import normfast
@@ -45,7 +46,27 @@ def test_set_num_threads_validates():
             normfast.set_num_threads(0)
         with pytest.raises(TypeError, match="n: expected a positive int"):
             normfast.set_num_threads(1.5)
+        with pytest.raises(ValueError, match="n: expected a positive int"):
+            normfast.set_num_threads(-2**70)
+        with pytest.raises(TypeError, match="n: expected a positive int"):
+            normfast.set_num_threads("2")
         assert normfast.get_num_threads() == 3
+    finally:
+        normfast.set_num_threads(before)
+
+
+@pytest.mark.parametrize("n", [2**31, 2**64, 10**400, "max + 1"])
+def test_set_num_threads_caps_at_max_threads(n):
+    """More threads than 4 per usable CPU are not granted (where the OS could not create them, OpenMP
+    would end the interpreter at the next call), and no count overflows the C int."""
+    before = normfast.get_num_threads()
+    cap = normfast.max_threads()
+    assert cap == 4 * len(os.sched_getaffinity(0))
+    try:
+        normfast.set_num_threads(cap + 1 if n == "max + 1" else n)
+        assert normfast.get_num_threads() == cap
+        x = np.random.default_rng(0).standard_normal((64, 4096)).astype(np.float32)
+        np.testing.assert_array_equal(normfast.layer_norm(x, 4096), normfast.layer_norm(x.copy(), 4096))
     finally:
         normfast.set_num_threads(before)
 

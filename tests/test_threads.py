@@ -1,6 +1,7 @@
 """Threads: Python threads calling normfast at once, the GIL released during kernels, threadpoolctl's view
 and limits of normfast's OpenMP runtime, and PyTorch's threads in the same process in either import
 order. Runtime-wide cases run in a fresh interpreter so that this process's state does not leak in."""
+import os
 import random
 import subprocess
 import sys
@@ -67,8 +68,10 @@ def test_the_gil_is_released_during_kernels():
     assert len(middle) >= 3, (end - start, len(ticks))
 
 
-def run_python(code, timeout=120):
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
+def run_python(code, timeout=120, **env):
+    """Run code in a fresh interpreter, with `env` added to this process's environment (None removes)."""
+    environ = {k: v for k, v in {**os.environ, **env}.items() if v is not None}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=environ)
     assert run.returncode == 0, run.stderr[-3000:]
     return run.stdout
 
@@ -91,14 +94,34 @@ with threadpoolctl.threadpool_limits(1, user_api="openmp"):
     assert normfast.get_num_threads() == 1
 with threadpoolctl.threadpool_limits(1, user_api="blas"):  # not ours
     assert normfast.get_num_threads() == 2
+# Another Python thread keeps set_num_threads's count, and a limit there holds there only. (A thread that
+# never called set_num_threads tells a limit only from a count below OpenMP's at start: not 1 under 1.)
+seen = []
+def other():
+    seen.append(normfast.get_num_threads())
+    with threadpoolctl.threadpool_limits(1):
+        seen.append(normfast.get_num_threads())
+        np.testing.assert_array_equal(normfast.layer_norm(x, 4096), want)
+    seen.append(normfast.get_num_threads())
+t = threading.Thread(target=other)
+t.start()
+t.join()
+assert seen == ([2, 1, 2] if n > 1 else [2, 2, 2]), seen
+normfast.set_num_threads(3)  # raised above a limit's count
+with threadpoolctl.threadpool_limits(2):
+    assert normfast.get_num_threads() == 2
+assert normfast.get_num_threads() == 3
 print(mine[0]["internal_api"], n)
 """
 
 
-def test_threadpoolctl_lists_and_limits_normfast():
-    out = run_python(THREADPOOLCTL)
+@pytest.mark.parametrize("omp_num_threads", [None, "1", "2", "4"])
+def test_threadpoolctl_lists_and_limits_normfast(omp_num_threads):
+    """The limit holds after set_num_threads whatever OpenMP's count at start (OMP_NUM_THREADS=1 made
+    set_num_threads(2) ignore threadpool_limits(1))."""
+    out = run_python("import threading\n" + THREADPOOLCTL, OMP_NUM_THREADS=omp_num_threads)
     api, n = out.split()
-    assert api in ("openmp", "libgomp", "libomp", "libiomp") and int(n) >= 1
+    assert api in ("openmp", "libgomp", "libomp", "libiomp") and int(n) == int(omp_num_threads or n) >= 1
 
 
 BOTH = """

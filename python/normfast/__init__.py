@@ -24,14 +24,29 @@ __all__ = ["moments", "batch_norm", "instance_norm", "group_norm", "layer_norm",
            "rms_norm_backward", "switchable_norm_backward", "RunningMoments", "RunningCovariance",
            "precise_batch_norm_stats", "dataset_stats", "DatasetStats", "Whitening", "fold_batch_norm", "weight_norm",
            "weight_norm_params", "cosine_linear",
-           "layers", "set_num_threads", "get_num_threads", "show_config"]
+           "layers", "set_num_threads", "get_num_threads", "max_threads", "show_config"]
+
+
+def _cpu_count():
+    """CPUs this process may run on."""
+    try:
+        return len(_os.sched_getaffinity(0))
+    except AttributeError:  # no affinity masks (macOS, Windows)
+        return _os.cpu_count() or 1
+
+
+def max_threads():
+    """The most threads set_num_threads grants: 4 x the CPUs this process may run on. More only adds
+    switching, and where the OS cannot create the threads OpenMP ends the process at the next call."""
+    return 4 * _cpu_count()
 
 
 def set_num_threads(n):
-    """Number of threads the kernels use (default: OpenMP's, which honours OMP_NUM_THREADS). A limit
-    set afterwards through OpenMP, such as threadpoolctl's threadpool_limits, still applies in its
-    thread."""
-    _normc.set_num_threads(_checks.positive_int(n, "n"))
+    """Number of threads the kernels use (default: OpenMP's, which honours OMP_NUM_THREADS): a positive
+    int, capped at max_threads(). A limit set afterwards through OpenMP, such as threadpoolctl's
+    threadpool_limits, still applies in its thread. Raises TypeError for a non-int and ValueError for
+    n < 1."""
+    _normc.set_num_threads(min(_checks.positive_int(n, "n"), max_threads()))
 
 
 def get_num_threads():

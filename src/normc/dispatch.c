@@ -84,7 +84,21 @@ nf_isa nf_get_isa(void)
     return (nf_isa)nf_isa_current;
 }
 
-void nf_set_num_threads(int n) { nf_threads = n > 0 ? n : 1; }
+#ifdef _OPENMP
+/* OpenMP's count in this thread right after set_num_threads last set it here (0: never here). */
+static _Thread_local int nf_omp_at_set = 0;
+#endif
+
+/* The count is kept for every thread; in the calling thread it is also handed to OpenMP, so that a limit
+ * set there afterwards (threadpool_limits) shows as a count below it, whatever OpenMP's count at load. */
+void nf_set_num_threads(int n)
+{
+    nf_threads = n > 0 ? n : 1;
+#ifdef _OPENMP
+    omp_set_num_threads(nf_threads);
+    nf_omp_at_set = nf_threads;
+#endif
+}
 
 #ifdef NF_FORK_GUARD
 /* A child made by fork() inherits OpenMP's record of the parent's worker threads but not the threads:
@@ -99,8 +113,9 @@ __attribute__((constructor)) static void nf_register_fork_guard(void)
 #endif
 
 /* OpenMP's count (OMP_NUM_THREADS, omp_set_num_threads, threadpoolctl's limits) unless set_num_threads
- * chose one; a limit set after load below OpenMP's initial count (threadpool_limits(1), which calls
- * omp_set_num_threads in the calling thread) caps that choice too. */
+ * chose one. A limit set through OpenMP afterwards (threadpool_limits(1) calls omp_set_num_threads in
+ * its thread) caps that choice too: it shows as OpenMP's count below the one set_num_threads left in
+ * this thread or, in a thread that never called it, below OpenMP's count at load. */
 int nf_get_num_threads(void)
 {
 #ifdef NF_FORK_GUARD
@@ -113,7 +128,8 @@ int nf_get_num_threads(void)
         nf_omp_initial = omp;
     if (nf_threads <= 0)
         return omp;
-    return omp < nf_omp_initial && omp < nf_threads ? omp : nf_threads;
+    const int ref = nf_omp_at_set > 0 ? nf_omp_at_set : nf_omp_initial;
+    return omp < ref && omp < nf_threads ? omp : nf_threads;
 #else
     return nf_threads > 0 ? nf_threads : 1;
 #endif
