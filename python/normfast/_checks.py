@@ -20,7 +20,7 @@ def dtype_code(dt):
     return code
 
 
-def _not_masked(a, name):
+def not_masked(a, name):
     if isinstance(a, np.ma.MaskedArray):  # its mask would be ignored, and the result look mask-aware
         raise TypeError(f"{name}: masked arrays are not supported (the mask would be ignored); pass "
                         f"{name}.filled(np.nan) to mark the masked values, or np.asarray({name}) to drop the mask")
@@ -31,7 +31,7 @@ def array(a, name, expected="an array-like of floats"):
     type); a masked array, or anything NumPy cannot convert, is a TypeError naming `name`."""
     if type(a) is np.ndarray:
         return a
-    _not_masked(a, name)
+    not_masked(a, name)
     if isinstance(a, np.ndarray):
         return a.view(np.ndarray)
     try:
@@ -185,7 +185,7 @@ def running(v, length, dtype, name, written):
     writeable contiguous ndarray (it is updated in place)."""
     if v is None:
         return None
-    _not_masked(v, name)
+    not_masked(v, name)
     if written:
         if not isinstance(v, np.ndarray):
             raise TypeError(f"{name}: expected a numpy array updated in place, got {type(v).__name__}")
@@ -210,7 +210,7 @@ def counter(n, name, written=True):
     the cumulative average's factor negative."""
     if n is None:
         return None
-    _not_masked(n, name)
+    not_masked(n, name)
     if written:
         if not (isinstance(n, np.ndarray) and n.size == 1 and n.dtype.kind in "iu" and n.flags.writeable):
             raise TypeError(f"{name}: expected a writeable integer array of one element, got {type(n).__name__}"
@@ -227,7 +227,7 @@ def output(out, x, name="out"):
     """A fresh output like x, or the caller's `out` after checking it (what it may overlap: disjoint)."""
     if out is None:
         return np.empty_like(x)
-    _not_masked(out, name)
+    not_masked(out, name)
     if not isinstance(out, np.ndarray):
         raise TypeError(f"{name}: expected a numpy array, got {type(out).__name__}")
     if out.shape == x.shape and out.dtype != x.dtype and out.dtype.newbyteorder("=") == x.dtype:

@@ -95,7 +95,12 @@ class _Layer:
         return x.copy() if out is not None and isinstance(out, np.ndarray) and _checks.overlaps(out, x) else x
 
     def _add(self, name, shape, fill, dtype=None):
-        self._state[name] = np.full(shape, fill, self.dtype if dtype is None else dtype)
+        try:
+            self._state[name] = np.full(shape, fill, self.dtype if dtype is None else dtype)
+        except (ValueError, MemoryError) as e:  # sizes past what NumPy or memory can hold
+            size_arg = "normalized_shape" if hasattr(self, "normalized_shape") else (
+                "num_channels" if hasattr(self, "num_channels") else "num_features")
+            raise ValueError(f"{size_arg}: {name} of shape {shape} cannot be allocated ({e})") from None
 
     def _channel_setup(self, eps, axis, activation, affine_channels, running_channels):
         """eps, the channel axis and the activation; weight (ones) and bias (zeros) for affine_channels
