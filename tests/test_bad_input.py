@@ -458,3 +458,184 @@ def test_nan_and_inf_follow_the_reference(call, value):
         np.testing.assert_array_equal(np.isinf(g), np.isinf(w))
         ok = np.isfinite(w)
         np.testing.assert_allclose(g[ok], w[ok], rtol=1e-4, atol=1e-5)
+
+
+# --- the error contract over every call: huge numbers, tensors that need detaching, rank 64 ---------
+
+HUGE = [10**400, -10**400, 2**63, 2**64, 1e308, -1e308]
+ARG_LABEL = {"other_axis": "axis"}  # the wrapper's second accumulator names its axis "axis"
+
+
+def _numeric(value):
+    return isinstance(value, (int, float, tuple)) and not isinstance(value, bool)
+
+
+@pytest.mark.parametrize("call", NAMES)
+def test_huge_numbers_are_named_errors(call):
+    """Every numeric argument, past any float or index range: a TypeError or ValueError naming it (or a
+    valid call), nothing written."""
+    for name, value in calls()[call][1].items():
+        if not _numeric(value):
+            continue
+        for huge in HUGE:
+            fn, kw = calls()[call]
+            kw[name] = (huge,) * len(value) if isinstance(value, tuple) else huge
+            before = arrays(kw)
+            try:
+                fn(**kw)
+            except (TypeError, ValueError) as e:
+                assert str(e).startswith(ARG_LABEL.get(name, name) + ":"), (name, huge, str(e)[:200])
+                assert unchanged(before, kw)
+
+
+LAYER_ARGS = [("BatchNorm", (4,), "num_features"), ("BatchNorm", (4,), "eps"), ("BatchNorm", (4,), "momentum"),
+              ("InstanceNorm", (4,), "num_features"), ("SwitchableNorm", (4,), "num_features"),
+              ("GroupNorm", (2, 4), "num_channels"), ("GroupNorm", (2, 4), "num_groups"),
+              ("LayerNorm", (4,), "normalized_shape"), ("RMSNorm", (4,), "eps")]
+
+
+@pytest.mark.parametrize("layer, args, arg", LAYER_ARGS)
+@pytest.mark.parametrize("huge", HUGE)
+def test_huge_layer_arguments_are_named_errors(layer, args, arg, huge):
+    cls = getattr(normfast.layers, layer)
+    names = cls.__init__.__code__.co_varnames[1:1 + len(args)]
+    kw = dict(zip(names, args), **{arg: huge})
+    try:
+        cls(**kw)
+    except (TypeError, ValueError) as e:
+        assert str(e).split(":")[0] == arg, str(e)[:200]
+
+
+def test_huge_ddof():
+    for ddof in (10**400, -10**400):
+        with pytest.raises(ValueError, match="ddof: expected a finite number"):
+            normfast.moments(np.ones(3), ddof=ddof)
+
+
+# The statistics accumulators convert their data in stats.py (not through _checks.array).
+@pytest.mark.parametrize("call", sorted(set(NAMES) - TAKES_INTEGERS))
+def test_tensors_that_require_grad_are_named_type_errors(call):
+    torch = pytest.importorskip("torch")
+    for name, value in calls()[call][1].items():
+        if not isinstance(value, np.ndarray) or name in ("out", "residual_out") or value.dtype.kind != "f":
+            continue
+        fn, kw = calls()[call]
+        kw[name] = torch.from_numpy(value.copy()).requires_grad_()
+        before = arrays(kw)
+        # Running statistics updated in place must be numpy arrays: that message instead.
+        why = "expected a numpy array updated in place" if name.startswith("running") and call in UPDATED else ".*detach"
+        with pytest.raises(TypeError, match=rf"{data_label(call) if name == data_name(call) else name}: {why}"):
+            fn(**kw)
+        assert unchanged(before, kw)
+
+
+def test_load_state_dict_tensor_requiring_grad():
+    torch = pytest.importorskip("torch")
+    bn = normfast.layers.BatchNorm(3)
+    before = bn.state_dict()
+    with pytest.raises(TypeError, match=r"state_dict\['weight'\]: .*detach"):
+        bn.load_state_dict({"weight": torch.ones(3, requires_grad=True)}, strict=False)
+    assert all(np.array_equal(v, bn.state_dict()[k]) for k, v in before.items())
+
+
+RANK_64 = [(3, 4) + (1,) * 59 + (1, 5, 2), (1, 4) + (1,) * 60 + (3, 2)]
+
+
+@pytest.mark.parametrize("shape", RANK_64)
+@pytest.mark.parametrize("call", NAMES)
+def test_rank_64(call, shape):
+    """64 dimensions, NumPy's most: a result (no dimension added on the way), or a named error."""
+    fn, kw = calls(shape=shape)[call]
+    before = arrays(kw)
+    try:
+        got = fn(**kw)
+    except (TypeError, ValueError) as e:
+        head = str(e).split(":")[0]
+        assert head and (" " not in head or "," in head), str(e)[:200]
+        assert unchanged(before, kw)
+        return
+    data = np.asarray(got[0] if isinstance(got, tuple) else got)
+    assert call not in WITH_OUT or data.shape == shape
+
+
+@pytest.mark.parametrize("shape", [(0, 4, 5, 2), (3, 4, 0, 2), (3, 4, 5, 0), (0, 4, 0, 0), (3, 0, 5, 2)])
+@pytest.mark.parametrize("call", NAMES)
+def test_any_zero_size_axis(call, shape):
+    """A zero-size axis anywhere: a result, or a TypeError/ValueError naming the argument; nothing
+    written on error."""
+    fn, kw = calls(shape=shape)[call]
+    before = arrays(kw)
+    try:
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fn(**kw)
+    except (TypeError, ValueError) as e:
+        head = str(e).split(":")[0]
+        assert head and (" " not in head or "," in head), str(e)[:200]
+        assert unchanged(before, kw)
+
+
+def test_cosine_linear_of_no_features_is_zero_as_torch():
+    torch = pytest.importorskip("torch")
+    x, w = np.ones((3, 0), np.float32), np.ones((2, 0), np.float32)
+    want = torch.nn.functional.cosine_similarity(torch.from_numpy(x)[:, None], torch.from_numpy(w)[None], dim=-1)
+    np.testing.assert_array_equal(normfast.cosine_linear(x, w), want.numpy())
+
+
+# --- the batch counter ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("counter, exc, match", [
+    (np.array(-1), ValueError, r"num_batches_tracked: expected a count in \[0, 2\*\*63 - 1\), got -1"),
+    (np.array(np.iinfo(np.int64).max), ValueError, "num_batches_tracked: expected a count"),
+    (np.array(3, np.int8), TypeError, "num_batches_tracked: expected dtype int64"),
+    (np.array(3, np.int32), TypeError, "num_batches_tracked: expected dtype int64"),
+    (np.array(3, np.uint64), TypeError, "num_batches_tracked: expected dtype int64"),
+    (np.ma.masked_array(np.array(3)), TypeError, "num_batches_tracked: masked arrays"),
+])
+@pytest.mark.parametrize("momentum", [None, 0.1])
+def test_bad_counter(counter, exc, match, momentum):
+    fn, kw = calls()["batch_norm"]
+    kw.update(num_batches_tracked=counter, momentum=momentum)
+    before = arrays(kw)
+    with pytest.raises(exc, match=match):
+        fn(**kw)
+    assert unchanged(before, kw)
+
+
+@pytest.mark.parametrize("value", [-1, np.array(-5, np.int8), np.array(2**63, np.uint64), 1.5])
+def test_layer_refuses_bad_counter(value):
+    bn = normfast.layers.BatchNorm(3)
+    bn(np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32))
+    before = bn.state_dict()
+    with pytest.raises((TypeError, ValueError), match=r"state_dict\['num_batches_tracked'\]"):
+        bn.load_state_dict({"num_batches_tracked": value}, strict=False)
+    assert all(np.array_equal(v, bn.state_dict()[k]) for k, v in before.items())
+
+
+# --- dtypes and byte order of the arguments -------------------------------------------------------
+
+
+def test_bfloat16_running_statistics_are_read_as_float16_ones_are():
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    fn, kw = calls()["batch_norm_eval"]
+    rm, rv = kw["running_mean"], kw["running_var"]
+    got = fn(**dict(kw, running_mean=rm.astype(ml_dtypes.bfloat16), running_var=rv.astype(ml_dtypes.bfloat16)))
+    want = fn(**dict(calls()["batch_norm_eval"][1], running_mean=rm.astype(ml_dtypes.bfloat16).astype(np.float32),
+                     running_var=rv.astype(ml_dtypes.bfloat16).astype(np.float32)))
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("call", WITH_OUT)
+def test_byte_swapped_out_says_why(call):
+    """out=x on byte-swapped x (read through a native copy), or any byte-swapped out: a ValueError saying
+    that outputs are native, nothing written."""
+    fn, kw = calls()[call]
+    kw["x"] = byteswapped(kw["x"])
+    if "residual" in kw:
+        kw["residual"] = kw["residual"].copy()
+    kw["out"] = kw["x"]
+    before = arrays(kw)
+    with pytest.raises(ValueError, match="out: expected a native byte order array"):
+        fn(**kw)
+    assert unchanged(before, kw)

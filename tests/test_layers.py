@@ -219,13 +219,24 @@ def test_parameters_are_read_only_and_state_dicts_are_copies():
     assert pickle.loads(pickle.dumps(bn)).state_dict().keys() == sd.keys()
 
 
-def test_load_from_old_checkpoint_without_counter():
-    bn = layers.BatchNorm(3)
-    bn(np.ones((2, 3), np.float32))
-    assert bn.num_batches_tracked == 1
-    bn.load_state_dict({"weight": np.ones(3), "bias": np.zeros(3), "running_mean": np.zeros(3),
-                        "running_var": np.ones(3)})
-    assert bn.num_batches_tracked == 0
+@pytest.mark.parametrize("strict", [True, False])
+def test_load_from_old_checkpoint_without_counter(strict):
+    """A dict without num_batches_tracked keeps the count, as PyTorch does (checked against it), so that
+    momentum=None goes on averaging instead of restarting from the next batch."""
+    x = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
+    sd = {"weight": np.ones(3, np.float32), "bias": np.zeros(3, np.float32),
+          "running_mean": np.full(3, 0.5, np.float32), "running_var": np.full(3, 2.0, np.float32)}
+    bn, tb = layers.BatchNorm(3, momentum=None), torch.nn.BatchNorm1d(3, momentum=None)
+    for _ in range(2):
+        bn(x)
+        tb(torch.from_numpy(x))
+    bn.load_state_dict(sd, strict=strict)
+    tb.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}, strict=strict)
+    assert bn.num_batches_tracked == tb.num_batches_tracked.item() == 2
+    bn(x + 1)
+    tb(torch.from_numpy(x + 1))
+    for k, v in tb.state_dict().items():
+        np.testing.assert_allclose(bn.state_dict()[k], v.numpy(), rtol=1e-6, err_msg=k)
 
 
 def test_switchable_norm_layer_training_and_eval():

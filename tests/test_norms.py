@@ -106,6 +106,10 @@ def test_group_norm_matches_reference(isa, inp, affine, act, data):
     x, axis, c = inp
     groups = data.draw(st.sampled_from([g for g in range(1, c + 1) if c % g == 0]))
     w, b = params(c, affine)
+    if x.size == groups:  # one value per group: refused, as PyTorch does
+        with pytest.raises(ValueError, match="x: expected more than 1 value per group"):
+            normfast.group_norm(x, groups, w, b, axis=axis, activation=act)
+        return
     ref_y = reference.group_norm(x, groups, w, b, axis=axis, activation=act)
     with use_isa(isa):
         y = normfast.group_norm(x, groups, w, b, axis=axis, activation=act)

@@ -1,5 +1,6 @@
 """Argument checking shared by the public functions: every error names the argument, what was expected
 and what came, and is raised before anything is written."""
+import math
 import numbers
 import operator
 
@@ -19,17 +20,39 @@ def dtype_code(dt):
     return code
 
 
+def not_masked(a, name):
+    if isinstance(a, np.ma.MaskedArray):  # its mask would be ignored, and the result look mask-aware
+        raise TypeError(f"{name}: masked arrays are not supported (the mask would be ignored); pass "
+                        f"{name}.filled(np.nan) to mark the masked values, or np.asarray({name}) to drop the mask")
+
+
+def array(a, name, expected="an array-like of floats"):
+    """a as a plain ndarray (a subclass is viewed as the base class, so it never becomes a result's
+    type); a masked array, or anything NumPy cannot convert, is a TypeError naming `name`."""
+    if type(a) is np.ndarray:
+        return a
+    not_masked(a, name)
+    if isinstance(a, np.ndarray):
+        return a.view(np.ndarray)
+    try:
+        return np.asarray(a)
+    except (TypeError, ValueError, RuntimeError) as e:  # RuntimeError: a tensor that requires grad
+        hint = "; call .detach() on it first" if hasattr(a, "detach") else ""
+        raise TypeError(f"{name}: expected {expected}, got {type(a).__name__} ({e}){hint}") from None
+
+
+def is_float(dt):
+    """Whether dt is a floating dtype (ml_dtypes' bfloat16 has kind 'V')."""
+    return dt.kind == "f" or dtype_code(dt) is not None
+
+
 def float_array(x, name):
     """x as an ndarray the engine can read in place, plus its dtype code.
 
     Views of any strides are used as they are; only byte-swapped or misaligned data (which C cannot
     address as typed elements) is copied into a native array first. For these dtypes NumPy's `aligned`
     flag also means every stride is a multiple of the item size."""
-    if not isinstance(x, np.ndarray):
-        try:
-            x = np.asarray(x)
-        except (TypeError, ValueError) as e:
-            raise TypeError(f"{name}: expected an array-like of floats, got {type(x).__name__} ({e})") from None
+    x = array(x, name)
     code = dtype_code(x.dtype)
     if code is None:
         if x.dtype.kind == "f" and not x.dtype.isnative:
@@ -73,16 +96,18 @@ def axes(axis, ndim, name="axis"):
 
 def real(value, name):
     """A finite real number (bools count as 0 and 1, as in NumPy)."""
-    if type(value) is int or type(value) is float:  # the common case, without the ABC check
-        value = float(value)
-        if value - value == 0:
-            return value
+    if type(value) is float and value - value == 0:  # the common case, without the ABC check
+        return value
     if not isinstance(value, numbers.Real):
         raise TypeError(f"{name}: expected a real number, got {type(value).__name__}")
-    value = float(value)
-    if not np.isfinite(value):
-        raise ValueError(f"{name}: expected a finite number, got {value}")
-    return value
+    try:
+        f = float(value)
+    except OverflowError:  # an int beyond the float range
+        f = math.inf
+    if not math.isfinite(f):
+        shown = value if isinstance(value, float) else f"an int of {len(str(abs(int(value))))} digits"
+        raise ValueError(f"{name}: expected a finite number, got {shown}")
+    return f
 
 
 def flag(value, name):
@@ -147,8 +172,8 @@ def param(v, shape, name, dtype=np.float64):
     """An optional affine parameter (weight, bias) of the given shape, as a contiguous `dtype` array."""
     if v is None:
         return None
-    arr = v if isinstance(v, np.ndarray) else np.asarray(v)
-    if arr.dtype.kind != "f" and dtype_code(arr.dtype) is None:
+    arr = array(v, name, "a float array")
+    if not is_float(arr.dtype):
         raise TypeError(f"{name}: expected a float array, got dtype {arr.dtype}")
     if arr.shape != shape:
         raise ValueError(f"{name}: expected shape {shape}, got {arr.shape}")
@@ -160,6 +185,7 @@ def running(v, length, dtype, name, written):
     writeable contiguous ndarray (it is updated in place)."""
     if v is None:
         return None
+    not_masked(v, name)
     if written:
         if not isinstance(v, np.ndarray):
             raise TypeError(f"{name}: expected a numpy array updated in place, got {type(v).__name__}")
@@ -169,27 +195,88 @@ def running(v, length, dtype, name, written):
             raise ValueError(f"{name}: the array is read-only but is updated in training")
         if not v.flags.c_contiguous:
             raise ValueError(f"{name}: expected a contiguous array, got strides {v.strides}")
-    arr = v if isinstance(v, np.ndarray) else np.asarray(v)
+    arr = array(v, name, "a float array")
     if arr.shape != (length,):
         raise ValueError(f"{name}: expected shape ({length},), got {arr.shape}")
-    if arr.dtype.kind != "f":
+    if not is_float(arr.dtype):
         raise TypeError(f"{name}: expected a float array, got dtype {arr.dtype}")
     return arr
 
 
+def counter(n, name, written=True):
+    """A batch counter (num_batches_tracked) as PyTorch keeps it: a count in [0, 2**63 - 1) (so one more
+    batch still counts), given as an array of one element. One updated in place (`written`) must be a
+    writeable int64 array, PyTorch's dtype: a narrower one would wrap after a few hundred batches and turn
+    the cumulative average's factor negative."""
+    if n is None:
+        return None
+    not_masked(n, name)
+    if written:
+        if not (isinstance(n, np.ndarray) and n.size == 1 and n.dtype.kind in "iu" and n.flags.writeable):
+            raise TypeError(f"{name}: expected a writeable integer array of one element, got {type(n).__name__}"
+                            + (f" of dtype {n.dtype} and shape {n.shape}" if isinstance(n, np.ndarray) else ""))
+        if n.dtype != np.int64:
+            raise TypeError(f"{name}: expected dtype int64 (as PyTorch's), got {n.dtype}, which would wrap")
+    value = int(n.flat[0])
+    if not 0 <= value < np.iinfo(np.int64).max:
+        raise ValueError(f"{name}: expected a count in [0, 2**63 - 1), got {value}")
+    return n
+
+
 def output(out, x, name="out"):
-    """A fresh output like x, or the caller's `out` after checking it (x itself is allowed)."""
+    """A fresh output like x, or the caller's `out` after checking it (what it may overlap: disjoint)."""
     if out is None:
         return np.empty_like(x)
+    not_masked(out, name)
     if not isinstance(out, np.ndarray):
         raise TypeError(f"{name}: expected a numpy array, got {type(out).__name__}")
+    if out.shape == x.shape and out.dtype != x.dtype and out.dtype.newbyteorder("=") == x.dtype:
+        # C writes native values only; byte-swapped x is read through a native copy for the same reason.
+        raise ValueError(f"{name}: expected a native byte order array (dtype {x.dtype}), got the byte-swapped "
+                         f"{out.dtype}; pass out=None and convert the result if needed")
     if out.shape != x.shape or out.dtype != x.dtype:
         raise ValueError(f"{name}: expected shape {x.shape} and dtype {x.dtype}, got {out.shape} and {out.dtype}")
     if not out.flags.writeable:
         raise ValueError(f"{name}: the array is read-only")
     if not out.flags.aligned:
         raise ValueError(f"{name}: the array is misaligned")
-    if out is not x and np.may_share_memory(out, x) and not (
-            out.__array_interface__["data"][0] == x.__array_interface__["data"][0] and out.strides == x.strides):
-        raise ValueError(f"{name}: overlaps x without being x itself")
     return out
+
+
+# The in-place uses that are allowed: (written, read) pairs that may be one and the same array (same
+# data, strides, shape and dtype), each element then read before it is written.
+_IN_PLACE = {("out", "x"), ("residual_out", "x"), ("residual_out", "residual")}
+
+# Bound on the exact overlap test's work: strided views that interleave are told apart in a few steps;
+# a case past the bound is refused as overlapping.
+_MAX_WORK = 1 << 16
+
+
+def overlaps(a, b):
+    """Whether arrays a and b share an element (exact; True where the exact test would cost too much)."""
+    if not np.may_share_memory(a, b):
+        return False
+    try:
+        return np.shares_memory(a, b, max_work=_MAX_WORK)
+    except np.exceptions.TooHardError:
+        return True
+
+
+def _identical(a, b):
+    return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0] and a.strides == b.strides
+            and a.shape == b.shape and a.dtype == b.dtype)
+
+
+def disjoint(written, read=()):
+    """Refuse aliasing before anything is written: each array a call writes ((name, array) pairs in
+    `written`; None skipped) must share no element with any other array of the call (the rest of
+    `written`, and `read`), except for the in-place uses in _IN_PLACE."""
+    targets = [(n, a) for n, a in written if a is not None]
+    arrays = targets + [(n, a) for n, a in read if a is not None]
+    for i, (wn, w) in enumerate(targets):
+        for on, o in arrays[i + 1:]:
+            if (wn, on) in _IN_PLACE and _identical(w, o):
+                continue
+            if overlaps(w, o):
+                itself = f" without being {on} itself" if (wn, on) in _IN_PLACE else ""
+                raise ValueError(f"{wn}: overlaps {on}{itself}")

@@ -206,11 +206,20 @@ cdef bint _vector(object v, int typenum, Py_ssize_t n):
             and cnp.PyArray_ISCARRAY_RO(a) and cnp.PyArray_ISNOTSWAPPED(a))
 
 
+cdef bint _apart(cnp.ndarray y, object v):
+    """Whether the contiguous y's bytes and those of v (None or a contiguous vector) are apart."""
+    if v is None:
+        return True
+    cdef char *a = <char *>cnp.PyArray_DATA(y)
+    cdef char *b = <char *>cnp.PyArray_DATA(<cnp.ndarray>v)
+    return b >= a + cnp.PyArray_NBYTES(y) or a >= b + cnp.PyArray_NBYTES(<cnp.ndarray>v)
+
+
 def rownorm_common(x, normalized_shape, weight, bias, eps, out, bint rms):
     """The common call of layer_norm / rms_norm at C speed: x a C-contiguous native float32 or float64
     array normalized over its last axis (normalized_shape that axis's length, as an int or a 1-tuple),
     weight and bias None or contiguous vectors of x's dtype, eps a positive finite float, out None or a
-    C-contiguous array like x that is x itself or does not overlap it. Returns the output, or None with
+    C-contiguous array like x that is x itself or does not overlap it, nor weight or bias. Returns the output, or None with
     nothing written for any other call, which norms.py then checks and runs in full."""
     if type(x) is not cnp.ndarray:
         return None
@@ -241,7 +250,9 @@ def rownorm_common(x, normalized_shape, weight, bias, eps, out, bint rms):
             return None
         lo, hi = <char *>cnp.PyArray_DATA(xa), <char *>cnp.PyArray_DATA(ya)
         if lo != hi and lo < hi + cnp.PyArray_NBYTES(ya) and hi < lo + cnp.PyArray_NBYTES(xa):
-            return None  # partial overlap: an error, reported by the full path
+            return None  # a possible partial overlap: the full path tells it exactly
+        if not (_apart(ya, weight) and _apart(ya, bias)):
+            return None  # an error, reported by the full path
     cdef nf_plan plan
     _rows_plan(&plan, size // n, n)
     cdef nf_rowspec spec = _spec(weight, bias, eps, NF_ROW_RMS if rms else NF_ROW_LAYER)

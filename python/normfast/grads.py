@@ -250,12 +250,12 @@ def group_norm_backward(grad_out, x, num_groups, weight=None, bias=None, *, eps=
     x, code, c, C, pdt, weight, bias, eps, activation = norms._channel_call(x, axis, weight, bias, eps, activation,
                                                                            True)
     x, dy, code, gx = _pair(grad_out, x)
-    G = norms._groups(num_groups, C)
+    G = norms._groups(num_groups, C, x)
     cg = C // G
 
-    def pool(a):  # sum over each group's channels, broadcast back to them
-        split = a.reshape(a.shape[:c] + (G, cg) + a.shape[c + 1:])
-        return np.repeat(split.sum(axis=c + 1), cg, axis=c)
+    def pool(a):  # sum over each group's channels, broadcast back to them (a: 1 but on axes 0 and c)
+        split = a.reshape(a.shape[0], G, cg)
+        return np.repeat(split.sum(axis=2), cg, axis=1).reshape(a.shape)
 
     def statistics():
         m, v = norms._group_moments(x, code, c, G)
@@ -334,7 +334,7 @@ def _row_backward(grad_out, x, normalized_shape, weight, bias, eps, mean, rstd, 
     x, dy, code, gx = _pair(grad_out, x, "C")  # the row kernel walks C-contiguous rows
     nshape = norms._normalized_shape(x, normalized_shape)
     pdt = _checks.stats_dtype(x)
-    eps = _checks.positive(eps, "eps")
+    eps = _checks.positive(norms._machine_eps(x) if eps is None and rms else eps, "eps")
     params = [None if v is None else _checks.param(v, nshape, name, pdt).reshape(-1)
               for name, v in (("weight", weight), ("bias", bias))]
     lead = x.shape[:x.ndim - len(nshape)]
@@ -357,8 +357,7 @@ def layer_norm_backward(grad_out, x, normalized_shape, weight=None, bias=None, *
 def rms_norm_backward(grad_out, x, normalized_shape, weight=None, *, eps=None, rstd=None):
     """Gradients of rms_norm(x, normalized_shape, ...) given grad_out: (grad_x, grad_weight), grad_weight
     None where weight is None. rstd (rms_norm(..., return_stats=True)'s, one per row) skips recomputing
-    it; eps=None is the machine epsilon of x's dtype, as in the forward."""
-    if eps is None:
-        eps = norms._machine_eps(x)
+    it; eps=None is the machine epsilon of x's compute dtype (float32 for the half types), as in the
+    forward."""
     gx, gw, _ = _row_backward(grad_out, x, normalized_shape, weight, None, eps, None, rstd, rms=True)
     return gx, gw

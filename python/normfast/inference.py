@@ -116,7 +116,7 @@ def cosine_linear(x, weight, *, eps=1e-8):
     code = _checks.dtype_code(cdt)
     # One thread: OpenMP workers left spinning after a threaded pass would take cores from the matmul
     # (measured 2 -> 8 ms for (1024, 512) x (256, 512) on 2 cores), which costs far more than the pass.
-    xn = _l2_rows(np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=cdt), code, eps, max_threads=1)
+    xn = _l2_rows(np.ascontiguousarray(x.reshape(math.prod(x.shape[:-1]), x.shape[-1]), dtype=cdt), code, eps, max_threads=1)
     wn = _l2_rows(np.ascontiguousarray(w, dtype=cdt), code, eps, max_threads=1)
     y = np.matmul(xn, wn.T).reshape(x.shape[:-1] + (w.shape[0],))
     return y if y.dtype == dtype else y.astype(dtype)

@@ -92,10 +92,15 @@ class _Layer:
     @staticmethod
     def _kept(x, out):
         """x as backward will need it: a copy where the call is about to overwrite it."""
-        return x.copy() if out is not None and np.may_share_memory(out, x) else x
+        return x.copy() if out is not None and isinstance(out, np.ndarray) and _checks.overlaps(out, x) else x
 
     def _add(self, name, shape, fill, dtype=None):
-        self._state[name] = np.full(shape, fill, self.dtype if dtype is None else dtype)
+        try:
+            self._state[name] = np.full(shape, fill, self.dtype if dtype is None else dtype)
+        except (ValueError, MemoryError) as e:  # sizes past what NumPy or memory can hold
+            size_arg = "normalized_shape" if hasattr(self, "normalized_shape") else (
+                "num_channels" if hasattr(self, "num_channels") else "num_features")
+            raise ValueError(f"{size_arg}: {name} of shape {shape} cannot be allocated ({e})") from None
 
     def _channel_setup(self, eps, axis, activation, affine_channels, running_channels):
         """eps, the channel axis and the activation; weight (ones) and bias (zeros) for affine_channels
@@ -125,8 +130,8 @@ class _Layer:
         """Load parameters and buffers from a mapping of names to arrays (NumPy arrays, PyTorch tensors,
         anything np.asarray takes), the keys read after `prefix` (e.g. "1." for the second module of a
         PyTorch Sequential's state dict). Every key, shape and dtype is checked before anything changes;
-        values are cast to the layer's dtype. strict=False skips missing keys and ignores unknown ones.
-        Returns (missing keys, unexpected keys)."""
+        values are cast to the layer's dtype; num_batches_tracked must be a count in [0, 2**63 - 1).
+        strict=False skips missing keys and ignores unknown ones. Returns (missing keys, unexpected keys)."""
         if not hasattr(state_dict, "items"):
             raise TypeError(f"state_dict: expected a mapping of names to arrays, got {type(state_dict).__name__}")
         given = {k[len(prefix):]: v for k, v in state_dict.items() if isinstance(k, str) and k.startswith(prefix)}
@@ -134,10 +139,8 @@ class _Layer:
         unexpected = [prefix + k for k in given if k not in self._state]
         if strict and (missing or unexpected):
             raise ValueError(f"state_dict: missing keys {[prefix + k for k in missing]}, unexpected keys {unexpected}")
-        values = {k: v for k, v in given.items() if k in self._state}
-        if "num_batches_tracked" in self._state and "num_batches_tracked" not in values:
-            values["num_batches_tracked"] = 0  # a dict without the counter loads as PyTorch loads it
-        self._load(values, lambda k: f"state_dict[{prefix + k!r}]")
+        # A dict without num_batches_tracked leaves the count as it is, as PyTorch does.
+        self._load({k: v for k, v in given.items() if k in self._state}, lambda k: f"state_dict[{prefix + k!r}]")
         return [prefix + k for k in missing], unexpected
 
     def _load(self, values, name_of):
@@ -145,17 +148,15 @@ class _Layer:
         new = {}
         for k, v in values.items():
             name, cur = name_of(k), self._state[k]
-            try:
-                arr = np.asarray(v)
-            except Exception as e:  # a tensor that needs detaching, a ragged list, ...
-                raise TypeError(f"{name}: expected an array-like, got {type(v).__name__} ({e})") from None
-            is_float = arr.dtype.kind == "f" or _checks.dtype_code(arr.dtype) is not None
-            if cur.dtype.kind == "f" and not is_float:
+            arr = _checks.array(v, name, "an array-like")
+            if cur.dtype.kind == "f" and not _checks.is_float(arr.dtype):
                 raise TypeError(f"{name}: expected a float array, got dtype {arr.dtype}")
             if cur.dtype.kind == "i" and arr.dtype.kind not in "iu":
                 raise TypeError(f"{name}: expected an integer array, got dtype {arr.dtype}")
             if arr.shape != cur.shape:
                 raise ValueError(f"{name}: expected shape {cur.shape}, got {arr.shape}")
+            if k == "num_batches_tracked":
+                _checks.counter(arr, name, written=False)
             new[k] = np.array(arr, dtype=cur.dtype)  # a copy: later changes to v do not reach the layer
         self._state.update(new)
         self._cache.clear()
@@ -217,18 +218,23 @@ class BatchNorm(_ChannelNorm):
         super().__init__(num_features, eps, momentum, affine, track_running_stats, axis, activation, dtype)
 
     def __call__(self, x, out=None):
+        """PyTorch's rules: training mode, or a layer without running statistics (built with
+        track_running_stats=False), normalizes with the batch's statistics, and a training call updates
+        the running ones (and counts the batch) only while track_running_stats is True; evaluation
+        otherwise uses the running statistics, whatever track_running_stats is now."""
         x, code, c = self._input(x, self.num_features)
         st = self._state
-        if self.track_running_stats and not self.training:
+        if not self.training and "running_mean" in st:
             return self._infer(x, code, c, out)
-        update = self.track_running_stats
+        update = self.training and self.track_running_stats and "running_mean" in st
         if update:
             self._updatable(x)
         kept = self._kept(x, out) if self.training else None
-        y, mean, rstd = norms.batch_norm(x, st.get("running_mean"), st.get("running_var"), st.get("weight"),
-                                         st.get("bias"), training=True, momentum=self.momentum, eps=self.eps,
-                                         axis=self.axis, activation=self.activation, out=out,
-                                         num_batches_tracked=st.get("num_batches_tracked"), return_stats=True)
+        running = [st.get(k) if update else None for k in ("running_mean", "running_var", "num_batches_tracked")]
+        y, mean, rstd = norms.batch_norm(x, running[0], running[1], st.get("weight"), st.get("bias"), training=True,
+                                         momentum=self.momentum, eps=self.eps, axis=self.axis,
+                                         activation=self.activation, out=out, num_batches_tracked=running[2],
+                                         return_stats=True)
         if update:
             self._cache.clear()
         if self.training:
@@ -245,6 +251,7 @@ class BatchNorm(_ChannelNorm):
         cached per compute dtype, layout and eps."""
         activation = _checks.activation(self.activation)
         out = _checks.output(out, x)
+        _checks.disjoint((("out", out),), (("x", x),))
         pdt = _checks.stats_dtype(x)
         key = (pdt, x.ndim, c, self.eps)
         plan = self._cache.get(key)
@@ -269,10 +276,13 @@ class InstanceNorm(_ChannelNorm):
         super().__init__(num_features, eps, momentum, affine, track_running_stats, axis, activation, dtype)
 
     def __call__(self, x, out=None):
+        """PyTorch's rules: batch statistics in training mode or while track_running_stats is False, and
+        then the running statistics, where the layer has them, are updated (even in evaluation mode, as
+        torch.nn.InstanceNorm does); otherwise the running statistics normalize."""
         x, _, _ = self._input(x, self.num_features)
         st = self._state
         use_input_stats = self.training or not self.track_running_stats
-        if use_input_stats and self.track_running_stats:
+        if use_input_stats and "running_mean" in st:
             self._updatable(x)
         kept = self._kept(x, out) if self.training else None
         y = norms.instance_norm(x, st.get("running_mean"), st.get("running_var"), st.get("weight"), st.get("bias"),
@@ -320,26 +330,20 @@ class GroupNorm(_Layer):
                                          activation=self.activation)
 
 
-def _row_input(x, out, residual, residual_out):
-    """For a training-mode layer or RMS norm call: (x checked, x as backward needs it, residual_out checked,
-    the residual_out to pass). With a residual, backward needs the normalized sum: it goes to an array of
-    the layer's own, copied to the caller's residual_out after the call."""
+def _row_call(norm, x, out, residual, residual_out):
+    """A training-mode layer or RMS norm call, norm(x, residual_out) -> (y, *stats), with the x backward
+    differentiates: x itself (a copy where out overwrites it), or the normalized sum x + residual, which
+    goes to the caller's residual_out (then copied, as the caller may reuse it) or to an array of its own.
+    Returns (y, stats, that x)."""
     x, _ = _checks.float_array(x, "x")
     if residual is None:
-        return x, _Layer._kept(x, out), residual_out, residual_out
-    if residual_out is not None:
-        residual_out = _checks.output(residual_out, x, "residual_out")
-    return x, None, residual_out, np.empty_like(x)
-
-
-def _row_saved(kept, keep, residual_out):
-    """What backward differentiates: x, or the sum x + residual (also handed to the caller's
-    residual_out)."""
-    if kept is not None:
-        return kept
-    if residual_out is not None:
-        residual_out[...] = keep
-    return keep
+        kept = _Layer._kept(x, out)
+        y, *stats = norm(x, residual_out)
+        return y, stats, kept
+    own = residual_out is None
+    summed = np.empty_like(x) if own else residual_out
+    y, *stats = norm(x, summed)
+    return y, stats, summed if own else summed.copy()
 
 
 class LayerNorm(_Layer):
@@ -365,10 +369,11 @@ class LayerNorm(_Layer):
         if not self.training:
             return norms.layer_norm(x, self.normalized_shape, w, b, eps=self.eps, residual=residual,
                                     residual_out=residual_out, out=out)
-        x, kept, residual_out, keep = _row_input(x, out, residual, residual_out)
-        y, mean, rstd = norms.layer_norm(x, self.normalized_shape, w, b, eps=self.eps, residual=residual,
-                                         residual_out=keep, out=out, return_stats=True)
-        self._saved = dict(x=_row_saved(kept, keep, residual_out), mean=mean, rstd=rstd)
+        y, (mean, rstd), kept = _row_call(
+            lambda x, res_out: norms.layer_norm(x, self.normalized_shape, w, b, eps=self.eps, residual=residual,
+                                                residual_out=res_out, out=out, return_stats=True),
+            x, out, residual, residual_out)
+        self._saved = dict(x=kept, mean=mean, rstd=rstd)
         return y
 
     def _backward(self, grad_out, x, mean, rstd):
@@ -399,10 +404,11 @@ class RMSNorm(_Layer):
         if not self.training:
             return norms.rms_norm(x, self.normalized_shape, w, eps=self.eps, residual=residual,
                                   residual_out=residual_out, out=out)
-        x, kept, residual_out, keep = _row_input(x, out, residual, residual_out)
-        y, rstd = norms.rms_norm(x, self.normalized_shape, w, eps=self.eps, residual=residual, residual_out=keep,
-                                 out=out, return_stats=True)
-        self._saved = dict(x=_row_saved(kept, keep, residual_out), rstd=rstd)
+        y, (rstd,), kept = _row_call(
+            lambda x, res_out: norms.rms_norm(x, self.normalized_shape, w, eps=self.eps, residual=residual,
+                                              residual_out=res_out, out=out, return_stats=True),
+            x, out, residual, residual_out)
+        self._saved = dict(x=kept, rstd=rstd)
         return y
 
     def _backward(self, grad_out, x, rstd):

@@ -70,14 +70,17 @@ def _update_running(rm, rv, mean, var, f):
     rv[...] = (1 - f) * rv + f * var
 
 
-def _counter(num_batches_tracked):
-    if num_batches_tracked is None:
-        return None
-    n = num_batches_tracked
-    if not (isinstance(n, np.ndarray) and n.size == 1 and n.dtype.kind in "iu" and n.flags.writeable):
-        raise TypeError("num_batches_tracked: expected a writeable integer array of one element, "
-                        f"got {type(n).__name__}")
-    return n
+def _written(out, rm, rv, update, nbt=None):
+    """The arrays a channel norm writes, for _checks.disjoint: out, and the running statistics (and the
+    batch counter) where they are updated, else read."""
+    running = (("running_mean", rm), ("running_var", rv), ("num_batches_tracked", nbt))
+    return (("out", out), *running) if update else (("out", out),)
+
+
+def _read(x, weight, bias, rm, rv, update):
+    """The arrays a channel norm only reads (the running statistics unless it updates them)."""
+    return (("x", x), ("weight", weight), ("bias", bias), *(() if update else (("running_mean", rm),
+                                                                               ("running_var", rv))))
 
 
 def _channel_call(x, axis, weight, bias, eps, activation, per_sample):
@@ -118,10 +121,11 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, *
     momentum = _checks.fraction(momentum, "momentum", allow_none=True)
     return_stats = _checks.flag(return_stats, "return_stats")
     rm, rv, update = _running_pair(running_mean, running_var, C, pdt, training, "training", x.size == 0)
-    nbt = _counter(num_batches_tracked)
+    nbt = _checks.counter(num_batches_tracked, "num_batches_tracked")
     if training and rm is not None and momentum is None and nbt is None:
         raise ValueError("num_batches_tracked: required for momentum=None (the cumulative average)")
     out = _checks.output(out, x)
+    _checks.disjoint(_written(out, rm, rv, update, nbt), _read(x, weight, bias, rm, rv, update))
     count = math.prod(n for i, n in enumerate(x.shape) if i != c)
     if training:
         if count <= 1 and x.size:
@@ -183,6 +187,7 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
     rm, rv, update = _running_pair(running_mean, running_var, C, pdt, use_input_stats, "use_input_stats",
                                    x.size == 0)
     out = _checks.output(out, x)
+    _checks.disjoint(_written(out, rm, rv, update), _read(x, weight, bias, rm, rv, update))
     count = math.prod(n for i, n in enumerate(x.shape) if i not in (0, c))
     if use_input_stats:
         if count <= 1 and x.size:
@@ -206,29 +211,40 @@ def group_norm(x, num_groups, weight=None, bias=None, *, eps=1e-5, axis=1, activ
     """Group normalization: statistics per sample over groups of num_groups consecutive channels and the
     other axes; weight and bias per channel (PyTorch semantics)."""
     x, code, c, C, pdt, weight, bias, eps, activation = _channel_call(x, axis, weight, bias, eps, activation, True)
-    G = _groups(num_groups, C)
+    G = _groups(num_groups, C, x)
     out = _checks.output(out, x)
+    _checks.disjoint(_written(out, None, None, False), _read(x, weight, bias, None, None, False))
     if _fused_groups(x, code, c, G, weight, bias, eps, activation, out, False) is not None:
         return out
     return _apply(x, code, (0, c), *_group_moments(x, code, c, G), eps, weight, bias, activation, out, pdt)
 
 
-def _groups(num_groups, C):
+def _groups(num_groups, C, x=None):
+    """num_groups checked against the C channels and, where given, the data x: like PyTorch, group norm
+    refuses x with a single value per group (batch size x channels per group x spatial size of 1), whose
+    result would be the bias alone."""
     G = _checks.integer(num_groups, "num_groups")
     if G < 1 or C % G:
         raise ValueError(f"num_groups: expected a positive divisor of the {C} channels, got {G}")
+    if x is not None and x.size == G:
+        raise ValueError(f"x: expected more than 1 value per group, got shape {x.shape} with {G} groups")
     return G
 
 
 def _group_moments(x, code, c, G):
     """Group norm's (mean, var), float64, laid out per sample and channel (each group's repeated over its
     channels)."""
-    # The channel axis split into (G, C/G): always expressible as a view of x, so nothing is copied.
+    # Axes of size 1 (but the batch and channel axes) dropped first, so that the split below stays within
+    # NumPy's 64 dimensions; then the channel axis split into (G, C/G). Both are views of x.
+    drop = tuple(i for i in range(x.ndim) if x.shape[i] == 1 and i not in (0, c))
+    cs = c - sum(i < c for i in drop)
+    xs = x.squeeze(drop)
     cg = x.shape[c] // G
-    xs = x.reshape(x.shape[:c] + (G, cg) + x.shape[c + 1:])  # splitting one axis is always a view
-    mean, var = _moments(xs, code, (0, c))
-    # Per group -> per channel: repeat along the group axis, then drop the (size 1) within-group axis.
-    return np.repeat(mean, cg, axis=c).squeeze(c + 1), np.repeat(var, cg, axis=c).squeeze(c + 1)
+    xs = xs.reshape(xs.shape[:cs] + (G, cg) + xs.shape[cs + 1:])
+    mean, var = _moments(xs, code, (0, cs))
+    # Per group -> per channel: repeat along the group axis; then x's rank (the other axes are all 1).
+    shape = _layout(x.ndim, {0: x.shape[0], c: x.shape[c]})
+    return np.repeat(mean, cg, axis=cs).reshape(shape), np.repeat(var, cg, axis=cs).reshape(shape)
 
 
 def _softmax(logits, n, name):
@@ -272,8 +288,10 @@ def switchable_norm(x, weight, bias, mean_weight, var_weight, running_mean=None,
     elif running_mean is not None or running_var is not None:
         raise ValueError("running_mean, running_var: only used with using_bn=True")
     else:
+        rm = rv = None
         update = False
     out = _checks.output(out, x)
+    _checks.disjoint(_written(out, rm, rv, update), _read(x, weight, bias, rm, rv, update))
     count = math.prod(n for i, n in enumerate(x.shape) if i != c)
     if using_bn and training and count <= 1 and x.size:
         raise ValueError(f"x: expected more than 1 value per channel when training, got {count}")
@@ -297,17 +315,19 @@ def switchable_norm(x, weight, bias, mean_weight, var_weight, running_mean=None,
 
 
 def _row_norm(x, normalized_shape, weight, bias, eps, residual, residual_out, out, rms, stats=False):
-    """Layer or RMS norm (the checked, general path). With `stats`, returns (out, mean, var): the rows'
-    float64 biased statistics over the leading shape (RMS norm: mean 0 and the mean square)."""
+    """Layer or RMS norm (the checked, general path; RMS norm's eps None is _machine_eps). With `stats`,
+    returns (out, mean, rstd): the rows' float64 mean and 1 / sqrt(var + eps) over the leading shape (RMS
+    norm: mean 0 and var the mean square)."""
     x, code = _checks.float_array(x, "x")
     nshape = _normalized_shape(x, normalized_shape)
     k = len(nshape)
     pdt = _checks.stats_dtype(x)
-    eps = _checks.positive(eps, "eps")
+    eps = _checks.positive(_machine_eps(x) if eps is None and rms else eps, "eps")
     length = math.prod(nshape)
     # The kernel takes both as flat rows of the statistics dtype, or None.
     params = [None if v is None else _checks.param(v, nshape, name, pdt).reshape(-1)
               for name, v in (("weight", weight), ("bias", bias))]
+    res = None
     if residual is not None:
         res, _ = _checks.float_array(residual, "residual")
         if res.shape != x.shape:
@@ -317,6 +337,8 @@ def _row_norm(x, normalized_shape, weight, bias, eps, residual, residual_out, ou
     elif residual_out is not None:
         raise ValueError("residual_out: only meaningful with residual")
     out = _checks.output(out, x)
+    _checks.disjoint((("out", out), ("residual_out", residual_out)),
+                     (("x", x), ("residual", res), ("weight", params[0]), ("bias", params[1])))
     if residual is not None:
         # x + residual, in x's dtype as PyTorch adds them; the sum is what gets normalized.
         x = np.add(x, res.astype(x.dtype, copy=False), out=residual_out)
@@ -328,7 +350,7 @@ def _row_norm(x, normalized_shape, weight, bias, eps, residual, residual_out, ou
         _single_element_rows(x, params, eps, out, mean, var, rms)
     else:
         _rows(x, code, k, length, params, eps, out, mean, var, rms)
-    return (out, mean, var) if stats else out
+    return (out, mean, 1 / np.sqrt(var + eps)) if stats else out
 
 
 def _single_element_rows(x, params, eps, out, mean, var, rms):
@@ -404,39 +426,38 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, *, eps=1e-5, residua
             return y
     if not _checks.flag(return_stats, "return_stats"):
         return _row_norm(x, normalized_shape, weight, bias, eps, residual, residual_out, out, rms=False)
-    out, mean, var = _row_norm(x, normalized_shape, weight, bias, eps, residual, residual_out, out, False, True)
-    return out, mean, 1 / np.sqrt(var + eps)
+    return _row_norm(x, normalized_shape, weight, bias, eps, residual, residual_out, out, False, True)
 
 
 _MACHINE_EPS = {}
 
 
 def _machine_eps(x):
-    """RMS norm's default eps, as PyTorch's: the machine epsilon of x's dtype (None when x has no float
-    dtype; the checks then say what is wrong)."""
+    """RMS norm's default eps, as PyTorch's: the machine epsilon of the dtype x is computed in (float32
+    for the half types, float64 for float64). None when x has no float dtype (the checks then say what
+    is wrong, or x is converted to one first)."""
     dt = getattr(x, "dtype", None)
     if isinstance(dt, np.dtype) and not dt.isnative:
         dt = dt.newbyteorder("=")
     if dt not in _MACHINE_EPS:
         if not isinstance(dt, np.dtype) or _checks.dtype_code(dt) is None:
             return None
-        _MACHINE_EPS[dt] = 2.0**-7 if dt.name == "bfloat16" else float(np.finfo(dt).eps)
+        _MACHINE_EPS[dt] = float(np.finfo(_checks.stats_dtype(np.empty(0, dt))).eps)
     return _MACHINE_EPS[dt]
 
 
 def rms_norm(x, normalized_shape, weight=None, *, eps=None, residual=None, residual_out=None, out=None,
              return_stats=False):
     """RMS normalization, x / sqrt(mean(x^2) + eps) * weight, over the trailing dimensions; eps=None is
-    the machine epsilon of x's dtype, as in PyTorch. return_stats=True returns (out, rstd), the rows'
+    the machine epsilon of the dtype x is computed in (float32 for float16 and bfloat16), as in PyTorch. return_stats=True returns (out, rstd), the rows'
     float64 1 / sqrt(mean(x^2) + eps) over the leading shape (RMS norm has no mean), for
     rms_norm_backward."""
-    if eps is None:
-        eps = _machine_eps(x)
     if residual is None and residual_out is None and return_stats is False:
-        y = _normc.rownorm_common(x, normalized_shape, weight, None, eps, out, True)
+        y = _normc.rownorm_common(x, normalized_shape, weight, None, _machine_eps(x) if eps is None else eps, out,
+                                  True)
         if y is not None:
             return y
     if not _checks.flag(return_stats, "return_stats"):
         return _row_norm(x, normalized_shape, weight, None, eps, residual, residual_out, out, rms=True)
-    out, _, ms = _row_norm(x, normalized_shape, weight, None, eps, residual, residual_out, out, True, True)
-    return out, 1 / np.sqrt(ms + eps)
+    out, _, rstd = _row_norm(x, normalized_shape, weight, None, eps, residual, residual_out, out, True, True)
+    return out, rstd

@@ -130,6 +130,7 @@ class Whitening:
     def _apply(a, M, dt, out):
         """a @ M.T (a itself where M is None), float64, delivered as dt, into out when given."""
         if out is not None:
+            _checks.not_masked(out, "out")
             if not isinstance(out, np.ndarray) or out.shape != a.shape or out.dtype != dt:
                 raise ValueError(f"out: expected an array of shape {a.shape} and dtype {np.dtype(dt)}, got "
                                  f"{getattr(out, 'shape', type(out).__name__)} "
