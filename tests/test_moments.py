@@ -180,8 +180,8 @@ def test_edge_values():
     "x,kwargs,exc,match",
     [
         (np.ones(3, complex), {}, TypeError, "x: expected a float .*, integer or bool array, got dtype complex128"),
-        (np.arange(3, dtype="datetime64[s]"), {}, TypeError, "x: expected a float .* got dtype datetime64"),
-        (np.arange(3, dtype="timedelta64[s]"), {}, TypeError, "got dtype timedelta64"),
+        (np.array([1, 2, 3], "datetime64[s]"), {}, TypeError, "x: expected a float .* got dtype datetime64"),
+        (np.array([1, 2, 3], "timedelta64[s]"), {}, TypeError, "got dtype timedelta64"),
         (np.ones(3, np.longdouble), {}, TypeError, "x: expected a float .* got dtype float128"),
         (np.array([1.0, "a"], object), {}, TypeError, "got dtype object"),
         (["a", "b"], {}, TypeError, "x: expected"),
