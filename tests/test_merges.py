@@ -17,7 +17,7 @@ import normfast
 import normfast.dask as nd
 from normfast import _normc, functional
 
-from conftest import ISAS, use_isa
+from conftest import ISAS, use_isa, use_threads
 
 SETTINGS = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FLOATS = [np.float64, np.float32, np.float16, ml_dtypes.bfloat16]
@@ -323,6 +323,17 @@ def test_integer_pieces_through_the_accumulators_and_dask(case, size):
         assert np.asarray(mean).dtype == np.float64
         assert_close(mean, want[0], 1e-12, scale)
         assert_close(var, want[1], 1e-12, scale * scale)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_integer_chunks_give_the_same_for_any_thread_count(threads):
+    x = np.random.default_rng(4).integers(-1000, 1000, (37, 5, 29), np.int32).transpose(2, 0, 1)[:, ::2]
+    for axis in [None, (0, 2), 1, (1, 2)]:
+        want = numpy_moments(x, axis, 1)
+        with chunk(40), use_threads(threads):
+            got = normfast.moments(x, axis, ddof=1)
+        for g, w in zip(got, want):
+            assert_close(g, w, 1e-12, 1e6)
 
 
 def test_integers_empty_reductions_warn_and_give_nan():

@@ -89,7 +89,10 @@ class RunningMoments(_Mergeable):
         return _checks.axes(self._axis, ndim, "axis")
 
     def update(self, x):
-        """Add the data of x (any float, integer or bool array, any strides) to the statistics."""
+        """Add the data of x to the statistics: a float16, bfloat16, float32, float64, integer or bool
+        array of any strides (integers and bools reduced in float64, a chunk at a time, as
+        normfast.moments does). Raises TypeError for other dtypes, ValueError (AxisError) for a rank or
+        kept shape that does not match."""
         return self._update(x, "x")
 
     def _update(self, x, name):
@@ -286,8 +289,8 @@ def precise_batch_norm_stats(batches, *, axis=1, unbiased=True):
     """Exact per-channel mean and variance over every batch of an iterable, for inference with the whole
     data set's statistics instead of moving averages (one pass over each batch; float64 accumulation).
 
-    Batches may differ in every size but the channel axis `axis`. Returns float64 (mean, var), shape (C,),
-    the variance unbiased unless unbiased=False."""
+    Batches (float, integer or bool arrays of rank >= 2) may differ in every size but the channel axis
+    `axis`. Returns float64 (mean, var), shape (C,), the variance unbiased unless unbiased=False."""
     unbiased = _checks.flag(unbiased, "unbiased")
     try:
         it = iter(batches)
