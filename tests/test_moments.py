@@ -179,9 +179,10 @@ def test_edge_values():
 @pytest.mark.parametrize(
     "x,kwargs,exc,match",
     [
-        (np.arange(6).reshape(2, 3), {}, TypeError, "x: expected a float16"),
-        (np.ones(3, bool), {}, TypeError, "got dtype bool"),
-        (np.ones(3, complex), {}, TypeError, "complex128"),
+        (np.ones(3, complex), {}, TypeError, "x: expected a float .*, integer or bool array, got dtype complex128"),
+        (np.array([1, 2, 3], "datetime64[s]"), {}, TypeError, "x: expected a float .* got dtype datetime64"),
+        (np.array([1, 2, 3], "timedelta64[s]"), {}, TypeError, "got dtype timedelta64"),
+        (np.ones(3, np.longdouble), {}, TypeError, "x: expected a float .* got dtype float128"),
         (np.array([1.0, "a"], object), {}, TypeError, "got dtype object"),
         (["a", "b"], {}, TypeError, "x: expected"),
         (np.ones((2, 3)), {"axis": 2}, ValueError, "axis: axis 2 is out of range"),

@@ -11,7 +11,8 @@ import dask.array as da
 import numpy as np
 
 from . import _checks, norms
-from .stats import RunningCovariance, chan
+from .functional import chan, data, moments64, stats_dtype
+from .stats import RunningCovariance
 
 __all__ = ["moments", "batch_norm", "instance_norm", "group_norm", "layer_norm", "rms_norm",
            "precise_batch_norm_stats", "covariance"]
@@ -20,14 +21,17 @@ __all__ = ["moments", "batch_norm", "instance_norm", "group_norm", "layer_norm",
 _PARTIAL = np.dtype([("n", np.float64), ("mean", np.float64), ("m2", np.float64)])
 
 
-def _array(x, name="x"):
-    """x as a dask array of floats with known chunk sizes."""
+def _array(x, name="x", integers=False):
+    """x as a dask array of floats (or, for the statistics, also of integers and bools) with known chunk
+    sizes."""
     if not isinstance(x, da.Array):
         raise TypeError(f"{name}: expected a dask array, got {type(x).__name__}")
     if any(np.isnan(n) for c in x.chunks for n in c):
         raise ValueError(f"{name}: the dask array has unknown chunk sizes ({x.chunks}); call "
                          f"{name}.compute_chunk_sizes() first")
-    if _checks.dtype_code(x.dtype) is None:
+    if integers:
+        data(np.empty(0, x.dtype), name)  # the in-memory statistics' dtype rule and message
+    elif _checks.dtype_code(x.dtype) is None:
         raise TypeError(f"{name}: expected a float16, bfloat16, float32 or float64 array, got dtype {x.dtype}")
     return x
 
@@ -40,8 +44,8 @@ def _block_partial(b, axis, keepdims, computing_meta=False):
     out = np.zeros(shape, _PARTIAL)
     n = int(np.prod([b.shape[i] for i in axis]))
     if n and b.size:
-        b, code = _checks.float_array(b, "x")
-        mean, var = norms._moments(b, code, keep)
+        b, code = data(b, "x")
+        mean, var = moments64(b, code, keep)
         out["n"], out["mean"], out["m2"] = n, mean, var * n
     return out
 
@@ -88,13 +92,14 @@ def _finish(p, ddof, dtype):
 
 
 def moments(x, axis=None, *, ddof=0, keepdims=False, split_every=None):
-    """Lazy mean and variance of a dask array over `axis` (as normfast.moments: float64 for float64
-    data, float32 otherwise; NaN where nothing is reduced). split_every: the tree's fan-in."""
-    x = _array(x)
+    """Lazy mean and variance of a dask array of floats, integers or bools over `axis` (as
+    normfast.moments: float64 for float64, integer and bool data, float32 otherwise; NaN where nothing
+    is reduced). split_every: the tree's fan-in."""
+    x = _array(x, integers=True)
     red = _checks.axes(axis, x.ndim)
     ddof = _checks.real(ddof, "ddof")
     keepdims = _checks.flag(keepdims, "keepdims")
-    dtype = _checks.stats_dtype(x)
+    dtype = stats_dtype(x)
     p = _partials(x, red, keepdims, split_every)
     both = p.map_blocks(lambda b: np.stack(_finish(b, ddof, dtype)), new_axis=0, dtype=dtype,
                         chunks=((2,),) + p.chunks)
@@ -221,9 +226,10 @@ def rms_norm(x, normalized_shape, weight=None, *, eps=None):
 
 
 def precise_batch_norm_stats(x, axis=1, *, unbiased=True):
-    """The exact per-channel (mean, var) of a whole dask array, computed now: float64 NumPy arrays,
-    shape (C,), the variance unbiased unless unbiased=False (as normfast.precise_batch_norm_stats)."""
-    x = _array(x)
+    """The exact per-channel (mean, var) of a whole dask array (floats, integers or bools), computed now:
+    float64 NumPy arrays, shape (C,), the variance unbiased unless unbiased=False (as
+    normfast.precise_batch_norm_stats)."""
+    x = _array(x, integers=True)
     c = _checks.channel_axis(axis, x.ndim)
     unbiased = _checks.flag(unbiased, "unbiased")
     count = x.size // max(x.shape[c], 1)
@@ -234,9 +240,9 @@ def precise_batch_norm_stats(x, axis=1, *, unbiased=True):
 
 
 def covariance(x, ddof=1, *, split_every=8):
-    """The (n_features, n_features) covariance of the rows of a 2-D dask array, lazily: one
-    RunningCovariance per block of rows, merged in a tree (the columns in one chunk)."""
-    x = _array(x)
+    """The (n_features, n_features) covariance of the rows of a 2-D dask array (floats, integers or
+    bools), lazily: one RunningCovariance per block of rows, merged in a tree (the columns in one chunk)."""
+    x = _array(x, integers=True)
     if x.ndim != 2:
         raise ValueError(f"x: expected a 2-D array (n_samples, n_features), got shape {x.shape}")
     ddof = _checks.real(ddof, "ddof")

@@ -20,7 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 
 from . import _checks, _normc, norms
-from .stats import chan
+from .functional import chan
 
 __all__ = ["dataset_stats", "DatasetStats", "DatasetError"]
 
@@ -82,8 +82,7 @@ class _Acc:
 
     def fold(self, index, n, mean, m2, lo, hi):
         c = self.count[index]
-        with np.errstate(invalid="ignore"):  # infinities in the data: NaN, as numpy.mean/var give
-            self.mean[index], self.m2[index] = chan(c, self.mean[index], self.m2[index], n, mean, m2)
+        self.mean[index], self.m2[index] = chan(c, self.mean[index], self.m2[index], n, mean, m2)
         self.count[index] = c + n
         self.min[index] = np.minimum(self.min[index], lo)  # a NaN anywhere gives NaN, as numpy.min
         self.max[index] = np.maximum(self.max[index], hi)
@@ -102,11 +101,12 @@ class _Piece:
 
 def _compute_dtype(dtype, name):
     """The float dtype blocks are reduced in: floats as they are (the engine accumulates float32 in
-    float32, see the design's numerics), integers (pixels, counts) in float64, exactly for up to 53 bits."""
-    if dtype.kind in "iu":
+    float32, see the design's numerics), integers (pixels, counts) and bools in float64, exactly for up
+    to 53 bits."""
+    if dtype.kind in "biu":
         return np.dtype(np.float64)
     if _checks.dtype_code(dtype) is None:
-        raise DatasetError(f"{name}: expected float or integer data, got dtype {dtype}")
+        raise DatasetError(f"{name}: expected float, integer or bool data, got dtype {dtype}")
     return dtype
 
 
@@ -192,7 +192,7 @@ def _npy_header(f, name):
     except (ValueError, OSError, EOFError) as e:
         raise DatasetError(f"{name}: not a readable .npy array ({e})") from None
     if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
-        raise DatasetError(f"{name}: expected float or integer data, got dtype {dtype}")
+        raise DatasetError(f"{name}: expected float, integer or bool data, got dtype {dtype}")
     return shape, fortran, dtype
 
 
@@ -426,7 +426,7 @@ def dataset_stats(paths_or_arrays, axis=None, *, ddof=0, scale=True, progress=Fa
     paths_or_arrays : a path, an array, or a list of them
         ``.npy`` files (memory-mapped and read in blocks, never whole), ``.npz`` archives (every member)
         or members (``"file.npz:key"``), images or folders of images (Pillow; read as (H, W, C)
-        arrays), globs (``"data/**/*.npy"``) and arrays of float or integer data.
+        arrays), globs (``"data/**/*.npy"``) and arrays of float, integer or bool data.
     axis : None, () , int or tuple of ints
         The axes **kept** (as ``channel`` in the norms); every other axis is reduced, so inputs may differ
         in the sizes of reduced axes. None keeps the channel axis of images (the last) and reduces every

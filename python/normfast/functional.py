@@ -1,5 +1,6 @@
 """The public functions: argument checking, axis canonicalisation and dtype rules; the work is done in
-the C engine through _normc."""
+the C engine through _normc. Also the pieces every statistic shares: Chan's merge of partial moments and
+the reduction of integer and bool data, which the engine reads as float64 a bounded chunk at a time."""
 import math
 import warnings
 
@@ -9,14 +10,119 @@ from . import _checks, _normc
 
 __all__ = ["moments"]
 
+# Elements of integer or bool data converted to float64 at a time (8 MiB): bounded memory, and the
+# conversion and the reduction of a chunk share the cache.
+CHUNK = 1 << 20
+_F64 = _checks.dtype_code(np.dtype(np.float64))
+_ACCEPTED = "a float (float16, bfloat16, float32, float64), integer or bool array"
+
+
+def data(x, name):
+    """(x, code): x as an ndarray the statistics read and the engine's dtype code for it; floats as
+    _checks.float_array gives them, integer and bool arrays as they are with code None (reduced in
+    float64, see moments_into). Anything else (complex, object, strings, datetimes) is a TypeError
+    naming `name`."""
+    if not isinstance(x, np.ndarray):
+        try:
+            x = np.asarray(x)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"{name}: expected {_ACCEPTED}, got {type(x).__name__} ({e})") from None
+    if x.dtype.kind in "biu":
+        return x, None
+    if _checks.dtype_code(x.dtype if x.dtype.isnative else x.dtype.newbyteorder("=")) is None:
+        raise TypeError(f"{name}: expected {_ACCEPTED}, got dtype {x.dtype}")
+    return _checks.float_array(x, name)
+
+
+def stats_dtype(x):
+    """The statistics' dtype: float64 for float64, integer and bool data, float32 otherwise."""
+    return np.float64 if x.dtype.kind in "biu" else _checks.stats_dtype(x)
+
+
+def chan(count, mean, m2, n, mean_b, m2_b, outer=np.multiply):
+    """Chan et al.'s pairwise update: the mean and M2 (or co-moment, with outer=np.outer) of the union of
+    a part of `count` samples and one of `n` (n > 0; counts may be arrays, per statistic, and 0).
+
+    Where the means' difference is not finite (an infinity or NaN in the data, or means too far apart
+    to subtract) the mean is the counts-weighted sum of the means, as in a plain sum of the data: inf
+    with a finite part stays inf, +inf with -inf and NaN give NaN (the engine's rule, and NumPy's
+    mean of the concatenation); M2 is then NaN, as numpy.var of data with an infinity."""
+    total = count + n
+    wb = n / total
+    with np.errstate(invalid="ignore", over="ignore"):
+        d = mean_b - mean
+        new_mean = mean + d * wb
+        new_m2 = m2 + m2_b + outer(d, d) * (count * wb)
+        bad = ~np.isfinite(d)
+        if bad.any():
+            new_mean = np.where(bad, mean * (count / total) + mean_b * wb, new_mean)
+            new_m2 = np.where(count > 0, new_m2, m2_b)  # an empty part adds nothing, not inf * 0
+    return new_mean, new_m2
+
+
+def moments_into(x, code, reduce, mean, var, ddof):
+    """The engine's moments of x over the axes flagged in `reduce` into mean and var (x's rank, size 1
+    on reduced axes). Integer and bool data (code None) is reduced in float64 chunks of at most CHUNK
+    elements, never converted whole."""
+    if code is not None:
+        _normc.moments(x, code, reduce, mean, var, ddof)
+    elif x.size <= CHUNK:
+        _normc.moments(x.astype(np.float64), _F64, reduce, mean, var, ddof)
+    else:
+        m, m2 = _chunked(x, reduce, np.empty(CHUNK))
+        n = x.size // mean.size
+        mean[...] = m
+        with np.errstate(divide="ignore", invalid="ignore"):  # as the engine: m2 / 0 is inf or NaN
+            var[...] = m2 / max(n - ddof, 0)
+
+
+def _chunked(x, reduce, buf):
+    """(mean, M2) of non-empty integer data x, float64 laid out as x's statistics, through the float64
+    buffer `buf`: x cut along its largest axis into slabs of at most CHUNK elements (recursively, where
+    one index of that axis is more), each converted into buf and reduced by the engine; slabs along a
+    kept axis fill disjoint parts of the result, slabs along a reduced axis are merged with Chan's
+    formula."""
+    kshape = tuple(1 if r else n for r, n in zip(reduce, x.shape))
+    if x.size <= buf.size:
+        xf = buf[:x.size].reshape(x.shape)
+        np.copyto(xf, x)  # exact up to 2**53 in magnitude; bool as 0 and 1, as NumPy converts
+        mean, var = np.empty(kshape), np.empty(kshape)
+        _normc.moments(xf, _F64, reduce, mean, var, 0.0)
+        return mean, var * (x.size // mean.size)
+    a = int(np.argmax(x.shape))
+    step = max(1, buf.size // (x.size // x.shape[a]))
+    slabs = [(slice(None),) * a + (slice(i, i + step),) for i in range(0, x.shape[a], step)]
+    if not reduce[a]:
+        mean, m2 = np.empty(kshape), np.empty(kshape)
+        for s in slabs:
+            mean[s], m2[s] = _chunked(x[s], reduce, buf)
+        return mean, m2
+    count = 0
+    for s in slabs:
+        part_mean, part_m2 = _chunked(x[s], reduce, buf)
+        n = x[s].size // part_mean.size
+        mean, m2 = (part_mean, part_m2) if count == 0 else chan(count, mean, m2, n, part_mean, part_m2)
+        count += n
+    return mean, m2
+
+
+def moments64(x, code, keep):
+    """Biased float64 (mean, var) of x (from `data`) over every axis not in `keep`, in x's rank."""
+    shape = [x.shape[i] if i in keep else 1 for i in range(x.ndim)]
+    mean, var = np.empty(shape), np.empty(shape)
+    moments_into(x, code, tuple(i not in keep for i in range(x.ndim)), mean, var, 0.0)
+    return mean, var
+
 
 def moments(x, axis=None, *, ddof=0, keepdims=False):
     """Mean and variance of `x` over `axis` in one pass over memory.
 
     Parameters
     ----------
-    x : array_like of float16, bfloat16 (ml_dtypes), float32 or float64
-        Any rank and any strides; views are read in place.
+    x : array_like of float16, bfloat16 (ml_dtypes), float32, float64, any integer dtype or bool
+        Any rank and any strides; float views are read in place. Integer and bool data (a uint8 image
+        batch) is reduced in float64, as numpy.mean and numpy.var do, converted a chunk of about a
+        million elements at a time (never copied whole).
     axis : None, int or tuple of ints
         Axes to reduce; None reduces all of them. Negative axes count from the end.
     ddof : real
@@ -26,15 +132,23 @@ def moments(x, axis=None, *, ddof=0, keepdims=False):
 
     Returns
     -------
-    (mean, var) : float64 for float64 input, float32 otherwise; NumPy scalars when every axis is reduced
-        and keepdims is False. Empty reductions give NaN (with a RuntimeWarning, as NumPy does).
+    (mean, var) : float64 for float64, integer and bool input, float32 otherwise; NumPy scalars when
+        every axis is reduced and keepdims is False. Empty reductions give NaN (with a RuntimeWarning,
+        as NumPy does).
+
+    Raises
+    ------
+    TypeError
+        x is not an array of those dtypes (complex, object, strings, datetimes), or a bad argument type.
+    ValueError
+        An axis out of range (numpy.exceptions.AxisError) or repeated, or a non-finite ddof.
     """
-    x, code = _checks.float_array(x, "x")
+    x, code = data(x, "x")
     red = _checks.axes(axis, x.ndim)
     ddof = _checks.real(ddof, "ddof")
     keepdims = _checks.flag(keepdims, "keepdims")
 
-    out_dtype = _checks.stats_dtype(x)
+    out_dtype = stats_dtype(x)
     reduce = [False] * x.ndim
     for i in red:
         reduce[i] = True
@@ -48,7 +162,7 @@ def moments(x, axis=None, *, ddof=0, keepdims=False):
         elif count - ddof <= 0:
             warnings.warn("normfast.moments: degrees of freedom <= 0 for slice", RuntimeWarning,
                           stacklevel=2)
-    _normc.moments(x, code, tuple(reduce), mean, var, ddof)
+    moments_into(x, code, tuple(reduce), mean, var, ddof)
     if mean.ndim == 0 or (not keepdims and red):
         if mean.ndim == len(red):
             return mean[(0,) * mean.ndim], var[(0,) * var.ndim]  # NumPy scalars, as np.mean returns

@@ -8,9 +8,17 @@ import warnings
 
 import numpy as np
 
-from . import _checks, norms
+from . import _checks
+from .functional import chan, data, moments64
 
 __all__ = ["RunningMoments", "RunningCovariance", "precise_batch_norm_stats"]
+
+
+def _data(x, name):
+    """x as a float array and its engine code, integer and bool data as a float64 copy: for users that
+    need the whole array in float64 anyway (RunningCovariance, Whitening)."""
+    x, code = data(x, name)
+    return (x, code) if code is not None else data(x.astype(np.float64), name)
 
 
 def _axis_spec(axis):
@@ -19,26 +27,6 @@ def _axis_spec(axis):
         return None
     items = axis if isinstance(axis, (tuple, list)) else (axis,)
     return tuple(_checks.integer(a, "axis", "None, an int or a tuple of ints", repr(axis)) for a in items)
-
-
-def _data(x, name):
-    """x as an array the engine reads; integer and boolean data (pixels, counts) as float64."""
-    if not isinstance(x, np.ndarray):
-        try:
-            x = np.asarray(x)
-        except (TypeError, ValueError):
-            pass  # float_array says what is wrong
-    if getattr(x, "dtype", None) is not None and x.dtype.kind in "biu":
-        x = x.astype(np.float64)
-    return _checks.float_array(x, name)
-
-
-def chan(count, mean, m2, n, mean_b, m2_b, outer=np.multiply):
-    """Chan et al.'s pairwise update: the mean and M2 (or co-moment, with outer=np.outer) of the union of
-    a part of `count` samples and one of `n` (n > 0; counts may be arrays, per statistic)."""
-    total = count + n
-    d = mean_b - mean
-    return mean + d * (n / total), m2 + m2_b + outer(d, d) * (count * (n / total))
 
 
 class _Mergeable:
@@ -50,10 +38,11 @@ class _Mergeable:
 
     def _fold(self, n, mean, m2):
         if self._count == 0:
-            self._mean, self._m2 = np.array(mean, np.float64), np.array(m2, np.float64)
+            mean, m2 = np.array(mean, np.float64), np.array(m2, np.float64)
         else:
-            self._mean, self._m2 = chan(self._count, self._mean, self._m2, n, mean, m2, self._outer)
-        self._count += n
+            mean, m2 = chan(self._count, self._mean, self._m2, n, mean, m2, self._outer)
+        # The state changes all at once, after everything that can fail.
+        self._mean, self._m2, self._count = mean, m2, self._count + n
 
     def __add__(self, other):
         if type(other) is not type(self):
@@ -100,23 +89,25 @@ class RunningMoments(_Mergeable):
         return _checks.axes(self._axis, ndim, "axis")
 
     def update(self, x):
-        """Add the data of x (any float, integer or bool array, any strides) to the statistics."""
+        """Add the data of x to the statistics: a float16, bfloat16, float32, float64, integer or bool
+        array of any strides (integers and bools reduced in float64, a chunk at a time, as
+        normfast.moments does). Raises TypeError for other dtypes, ValueError (AxisError) for a rank or
+        kept shape that does not match."""
         return self._update(x, "x")
 
     def _update(self, x, name):
-        x, code = _data(x, name)
+        x, code = data(x, name)
         red = self._resolve(x.ndim, name)
         shape = tuple(n for i, n in enumerate(x.shape) if i not in red)
         if self._shape is not None and shape != self._shape:
             raise ValueError(f"{name}: expected the kept axes to have shape {self._shape}, got {shape} "
                              f"(x has shape {x.shape}, axis={self._axis})")
-        if self._axis is not None:
-            self._ndim, self._shape = x.ndim, shape
         n = math.prod(x.shape[i] for i in red)
-        if n == 0:
-            return self
-        mean, var = norms._moments(x, code, tuple(i for i in range(x.ndim) if i not in red))
-        self._fold(n, mean.reshape(shape), var.reshape(shape) * n)
+        if n:
+            mean, var = moments64(x, code, tuple(i for i in range(x.ndim) if i not in red))
+            self._fold(n, mean.reshape(shape), var.reshape(shape) * n)
+        if self._axis is not None:  # the rank and shape are bound only by a piece that went in
+            self._ndim, self._shape = x.ndim, shape
         return self
 
     def merge(self, other):
@@ -125,10 +116,10 @@ class RunningMoments(_Mergeable):
         if not isinstance(other, RunningMoments):
             raise TypeError(f"other: expected a RunningMoments, got {type(other).__name__}")
         self._check_compatible(other)
-        if self._shape is None:
-            self._ndim, self._shape = other._ndim, other._shape
         if other._count:
             self._fold(other._count, other._mean, other._m2)
+        if self._shape is None:
+            self._ndim, self._shape = other._ndim, other._shape
         return self
 
     def _check_compatible(self, other):
@@ -223,7 +214,7 @@ class RunningCovariance(_Mergeable):
     def update(self, x):
         """Add the samples (rows) of x: any float, integer or bool array of shape (n_samples, n_features)
         or (n_features,)."""
-        x, code = _data(x, "x")
+        x, _ = _data(x, "x")
         if x.ndim == 1:
             x = x[None]
         if x.ndim != 2 or x.shape[1] != self.n_features:
@@ -298,8 +289,8 @@ def precise_batch_norm_stats(batches, *, axis=1, unbiased=True):
     """Exact per-channel mean and variance over every batch of an iterable, for inference with the whole
     data set's statistics instead of moving averages (one pass over each batch; float64 accumulation).
 
-    Batches may differ in every size but the channel axis `axis`. Returns float64 (mean, var), shape (C,),
-    the variance unbiased unless unbiased=False."""
+    Batches (float, integer or bool arrays of rank >= 2) may differ in every size but the channel axis
+    `axis`. Returns float64 (mean, var), shape (C,), the variance unbiased unless unbiased=False."""
     unbiased = _checks.flag(unbiased, "unbiased")
     try:
         it = iter(batches)
@@ -308,7 +299,7 @@ def precise_batch_norm_stats(batches, *, axis=1, unbiased=True):
     acc = None
     for i, b in enumerate(it):
         name = f"batches[{i}]"
-        b, _ = _data(b, name)
+        b, _ = data(b, name)
         c = _checks.channel_axis(axis, b.ndim)
         if acc is None:
             acc = RunningMoments(axis=tuple(j for j in range(b.ndim) if j != c))
