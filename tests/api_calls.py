@@ -136,7 +136,7 @@ DATA = {"fold_batch_norm": "weight", "weight_norm": "v", "weight_norm_params": "
         "LayerNorm_backward": "grad_out"}
 
 # Calls that take integer and bool data (as float64), as NumPy's statistics do.
-TAKES_INTEGERS = {"RunningMoments", "RunningMoments_merge", "precise_batch_norm_stats"}
+TAKES_INTEGERS = {"moments", "RunningMoments", "RunningMoments_merge", "precise_batch_norm_stats"}
 
 
 def outcome(fn, kwargs):

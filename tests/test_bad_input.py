@@ -512,8 +512,7 @@ def test_huge_ddof():
             normfast.moments(np.ones(3), ddof=ddof)
 
 
-# The statistics accumulators convert their data in stats.py (not through _checks.array).
-@pytest.mark.parametrize("call", sorted(set(NAMES) - TAKES_INTEGERS))
+@pytest.mark.parametrize("call", NAMES)
 def test_tensors_that_require_grad_are_named_type_errors(call):
     torch = pytest.importorskip("torch")
     for name, value in calls()[call][1].items():

@@ -93,13 +93,27 @@ def test_instance_group_layer_and_rms_norm_as_in_memory(case, data):
     close(nd.instance_norm(d, rm, rv, w, b, use_input_stats=False).compute(scheduler="sync"),
           normfast.instance_norm(x, rm, rv, w, b, use_input_stats=False), x.dtype)
     G = data.draw(st.sampled_from([g for g in range(1, C + 1) if C % g == 0]))
-    close(nd.group_norm(d, G, w, b, activation="silu").compute(scheduler="sync"),
-          normfast.group_norm(x, G, w, b, activation="silu"), x.dtype)
+    if x.size == G:  # one value per group: refused before any graph runs, as in memory (and PyTorch)
+        with pytest.raises(ValueError, match="x: expected more than 1 value per group"):
+            nd.group_norm(d, G, w, b)
+    else:
+        close(nd.group_norm(d, G, w, b, activation="silu").compute(scheduler="sync"),
+              normfast.group_norm(x, G, w, b, activation="silu"), x.dtype)
     k = data.draw(st.integers(1, x.ndim - 1))
     nshape = x.shape[x.ndim - k:]
     lw, lb = rng.random(nshape), rng.random(nshape)
     close(nd.layer_norm(d, nshape, lw, lb).compute(scheduler="sync"), normfast.layer_norm(x, nshape, lw, lb), x.dtype)
     close(nd.rms_norm(d, nshape, lw).compute(scheduler="sync"), normfast.rms_norm(x, nshape, lw), x.dtype)
+
+
+def test_group_norm_of_blocks_with_one_value_per_group():
+    """Blocks of one sample hold one value per group where the whole array holds several: the result is
+    the in-memory one (the bias), not the block's refusal."""
+    x = np.random.default_rng(2).standard_normal((4, 6, 1, 1))
+    w, b = np.arange(1.0, 7.0), np.arange(6.0)
+    got = nd.group_norm(da.from_array(x, chunks=(1, 6, 1, 1)), 6, w, b).compute(scheduler="sync")
+    np.testing.assert_array_equal(got, normfast.group_norm(x, 6, w, b))
+    np.testing.assert_array_equal(got, np.broadcast_to(b.reshape(1, 6, 1, 1), x.shape))
 
 
 def test_group_norm_keeps_channel_chunks_that_hold_whole_groups():

@@ -191,15 +191,20 @@ def group_norm(x, num_groups, weight=None, bias=None, *, eps=1e-5, axis=1, activ
     rechunked only where a chunk boundary falls inside a group."""
     x = _array(x)
     c, C, _, weight, bias, eps, activation = norms._channel_args(x, axis, weight, bias, eps, activation, True)
-    G = norms._groups(num_groups, C)
+    G = norms._groups(num_groups, C, x)  # the whole array's one-value-per-group rule, not each block's
     split = [i for i in range(x.ndim) if i not in (0, c)]
     if any(n % (C // G) for n in x.chunks[c]):
         split.append(c)
     x = _whole(x, split)
 
     def block(b, loc):
-        return norms.group_norm(b, (loc[1] - loc[0]) // (C // G), _slice(weight, loc), _slice(bias, loc), eps=eps,
-                                axis=c, activation=activation)
+        g = (loc[1] - loc[0]) // (C // G)
+        # A block of one sample may hold one value per group where the whole array holds more (checked
+        # above): the sample twice over is valid, and its statistics are per sample, so the same.
+        twice = b.size == g
+        y = norms.group_norm(np.concatenate([b, b]) if twice else b, g, _slice(weight, loc), _slice(bias, loc),
+                             eps=eps, axis=c, activation=activation)
+        return y[:1] if twice else y
 
     return _per_channel(x, c, block)
 

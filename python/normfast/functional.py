@@ -22,11 +22,7 @@ def data(x, name):
     _checks.float_array gives them, integer and bool arrays as they are with code None (reduced in
     float64, see moments_into). Anything else (complex, object, strings, datetimes) is a TypeError
     naming `name`."""
-    if not isinstance(x, np.ndarray):
-        try:
-            x = np.asarray(x)
-        except (TypeError, ValueError) as e:
-            raise TypeError(f"{name}: expected {_ACCEPTED}, got {type(x).__name__} ({e})") from None
+    x = _checks.array(x, name, _ACCEPTED)
     if x.dtype.kind in "biu":
         return x, None
     if _checks.dtype_code(x.dtype if x.dtype.isnative else x.dtype.newbyteorder("=")) is None:
