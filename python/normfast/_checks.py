@@ -271,12 +271,14 @@ def disjoint(written, read=()):
     """Refuse aliasing before anything is written: each array a call writes ((name, array) pairs in
     `written`; None skipped) must share no element with any other array of the call (the rest of
     `written`, and `read`), except for the in-place uses in _IN_PLACE."""
-    targets = [(n, a) for n, a in written if a is not None]
-    arrays = targets + [(n, a) for n, a in read if a is not None]
-    for i, (wn, w) in enumerate(targets):
-        for on, o in arrays[i + 1:]:
-            if (wn, on) in _IN_PLACE and _identical(w, o):
-                continue
-            if overlaps(w, o):
-                itself = f" without being {on} itself" if (wn, on) in _IN_PLACE else ""
-                raise ValueError(f"{wn}: overlaps {on}{itself}")
+    named = [(n, a) for n, a in written if a is not None]
+    n_written = len(named)
+    named += [(n, a) for n, a in read if a is not None]
+    # Bounds first, for every pair at once in C; the exact test only where spans meet.
+    for i, j in _normc.extents_meet([a for _, a in named], n_written):
+        (wn, w), (on, o) = named[i], named[j]
+        if (wn, on) in _IN_PLACE and _identical(w, o):
+            continue
+        if overlaps(w, o):
+            itself = f" without being {on} itself" if (wn, on) in _IN_PLACE else ""
+            raise ValueError(f"{wn}: overlaps {on}{itself}")

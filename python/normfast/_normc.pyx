@@ -215,6 +215,41 @@ cdef bint _apart(cnp.ndarray y, object v):
     return b >= a + cnp.PyArray_NBYTES(y) or a >= b + cnp.PyArray_NBYTES(<cnp.ndarray>v)
 
 
+cdef void _extent(cnp.ndarray a, char **lo, char **hi):
+    """The bytes [lo, hi) that a's elements span (lo == hi for an empty array)."""
+    cdef char *p = <char *>cnp.PyArray_DATA(a)
+    cdef Py_ssize_t lo_off = 0, hi_off = cnp.PyArray_ITEMSIZE(a), step
+    cdef int i
+    if cnp.PyArray_SIZE(a) == 0:
+        lo[0] = hi[0] = p
+        return
+    for i in range(cnp.PyArray_NDIM(a)):
+        step = (cnp.PyArray_DIM(a, i) - 1) * cnp.PyArray_STRIDE(a, i)
+        if step < 0:
+            lo_off += step
+        else:
+            hi_off += step
+    lo[0], hi[0] = p + lo_off, p + hi_off
+
+
+def extents_meet(list arrays, Py_ssize_t n_written):
+    """The pairs (i, j), i < n_written and i < j, of the ndarrays in `arrays` whose spans of memory meet:
+    the only pairs that can share an element (numpy.may_share_memory's test, for all pairs in one call)."""
+    cdef Py_ssize_t n = len(arrays), i, j
+    if n > 64:
+        raise ValueError("normfast: extents_meet takes at most 64 arrays")
+    cdef char *lo[64]
+    cdef char *hi[64]
+    for i in range(n):
+        _extent(<cnp.ndarray?>arrays[i], &lo[i], &hi[i])
+    pairs = []
+    for i in range(min(n_written, n)):
+        for j in range(i + 1, n):
+            if lo[i] < hi[j] and lo[j] < hi[i]:
+                pairs.append((i, j))
+    return pairs
+
+
 def rownorm_common(x, normalized_shape, weight, bias, eps, out, bint rms):
     """The common call of layer_norm / rms_norm at C speed: x a C-contiguous native float32 or float64
     array normalized over its last axis (normalized_shape that axis's length, as an int or a 1-tuple),
