@@ -40,8 +40,14 @@ OVERLAPS += [("batch_norm", "running_mean", "running_var"), ("batch_norm", "runn
 
 
 def _overlap(kw, written, other):
-    """Put `written` over `other`'s memory: a view sharing its first element (partial overlap)."""
+    """Put `written` over `other`'s memory: a view sharing its first element (partial overlap), or where
+    that view would be `other` itself (an allowed in-place use), one shifted by an element."""
     o, w = kw[other], kw[written]
+    if o.shape == w.shape and o.dtype == w.dtype:
+        buf = np.zeros(o.size + 1, o.dtype)
+        buf[:o.size] = o.reshape(-1)
+        kw[other], kw[written] = buf[:o.size].reshape(o.shape), buf[1:].reshape(w.shape)
+        return
     if o.size >= w.size:
         view = o.reshape(-1)[:w.size] if o.flags.c_contiguous else None
         kw[written] = view.reshape(w.shape).view(w.dtype) if view is not None and o.dtype == w.dtype else None
@@ -109,6 +115,7 @@ def test_out_interleaved_with_x_is_accepted(call, threads):
 @pytest.mark.parametrize("call", ["layer_norm_residual", "rms_norm_residual"])
 @pytest.mark.parametrize("same_as", ["x", "residual"])
 def test_residual_out_may_be_x_or_residual_itself(call, same_as):
+    """residual_out=x or residual: the sum is stored over one of its operands, element by element."""
     fn, kw = calls()[call]
     x, res = kw["x"].copy(), kw["residual"].copy()
     kw.pop("out", None)
@@ -197,3 +204,19 @@ def test_layer_backward_after_in_place_forward(layer):
     y = m(x, x)
     gx = m.backward(y)
     np.testing.assert_allclose(gx, tx.grad.numpy(), rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("call", ["layer_norm_residual", "rms_norm_residual"])
+@pytest.mark.parametrize("out_is", ["x", "residual"])
+def test_out_may_be_x_or_residual_itself(call, out_is):
+    """out=x or out=residual (the sum is formed first, then normalized over the operand): in place,
+    as x + residual normalized into a fresh array."""
+    fn, kw = calls()[call]
+    kw.pop("residual_out", None)
+    x, res = kw["x"].copy(), kw["residual"].copy()
+    want = fn(**dict(kw, x=x.copy(), residual=res.copy(), out=None))
+    kw["x"], kw["residual"] = x, res
+    kw["out"] = kw[out_is]
+    got = fn(**kw)
+    assert got is kw[out_is]
+    np.testing.assert_array_equal(got, want)

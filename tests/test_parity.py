@@ -157,3 +157,32 @@ def test_group_norm_of_rank_64():
     F.group_norm(tx, 2, torch.from_numpy(w), torch.from_numpy(b)).backward(torch.from_numpy(dy.reshape(2, 4, 6)))
     gx = normfast.group_norm_backward(dy, x, 2, w, b)[0]
     np.testing.assert_allclose(gx.reshape(2, 4, 6), tx.grad.numpy(), rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_counts_an_empty_batch_as_torch(momentum, training):
+    """An empty training batch changes no running statistic but is counted, so a cumulative average
+    (momentum=None) goes on from the same count as torch's."""
+    rng = np.random.default_rng(4)
+    ours = layers.BatchNorm(4, momentum=momentum, dtype=np.float64)
+    theirs = torch.nn.BatchNorm1d(4, momentum=momentum, dtype=torch.float64)
+    for x in [rng.standard_normal((5, 4)), np.empty((0, 4)), np.empty((0, 4, 3)), rng.standard_normal((6, 4)) + 1]:
+        _run(ours, theirs, x, training if x.size == 0 else True, momentum)
+
+
+@pytest.mark.parametrize("fn", ["batch_norm", "instance_norm"])
+def test_strided_running_statistics_updated_in_place_as_torch(fn):
+    """Running buffers that are strided views are updated in place, element for element, as torch's."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3, 4, 5))
+    buf, tbuf = np.zeros(8), torch.zeros(8, dtype=torch.float64)
+    var, tvar = np.ones(12)[::-3], torch.ones(4, dtype=torch.float64)  # reversed, step 3
+    kw = dict(training=True) if fn == "batch_norm" else {}
+    y = getattr(normfast, fn)(x, buf[1::2], var, **kw)
+    ty = getattr(F, fn)(torch.from_numpy(x), tbuf[1::2], tvar, **({"training": True} if fn == "batch_norm" else
+                                                                    {"use_input_stats": True}))
+    np.testing.assert_allclose(y, ty.numpy(), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(buf, tbuf.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(var, tvar.numpy(), rtol=1e-12)
+    assert (buf[::2] == 0).all()

@@ -95,17 +95,21 @@ def axes(axis, ndim, name="axis"):
 
 
 def real(value, name):
-    """A finite real number (bools count as 0 and 1, as in NumPy)."""
+    """A finite real number: a Python or NumPy real (bools count as 0 and 1, as in NumPy) or a 0-d array
+    of a real dtype (bfloat16 too)."""
     if type(value) is float and value - value == 0:  # the common case, without the ABC check
         return value
     if not isinstance(value, numbers.Real):
-        raise TypeError(f"{name}: expected a real number, got {type(value).__name__}")
+        dt = getattr(value, "dtype", None)
+        if not (getattr(value, "shape", None) == () and isinstance(dt, np.dtype) and (dt.kind in "biu" or is_float(dt))):
+            raise TypeError(f"{name}: expected a real number, got {type(value).__name__}")
     try:
         f = float(value)
     except OverflowError:  # an int beyond the float range
         f = math.inf
     if not math.isfinite(f):
-        shown = value if isinstance(value, float) else f"an int of {len(str(abs(int(value))))} digits"
+        big_int = isinstance(value, numbers.Integral) and not isinstance(value, np.integer)
+        shown = f"an int of {len(str(abs(int(value))))} digits" if big_int else repr(value)
         raise ValueError(f"{name}: expected a finite number, got {shown}")
     return f
 
@@ -182,7 +186,7 @@ def param(v, shape, name, dtype=np.float64):
 
 def running(v, length, dtype, name, written):
     """A running-statistics array: shape (length,), the statistics dtype; if it will be updated, also a
-    writeable contiguous ndarray (it is updated in place)."""
+    writeable ndarray of any strides (it is updated in place, as PyTorch updates a strided buffer)."""
     if v is None:
         return None
     not_masked(v, name)
@@ -193,8 +197,6 @@ def running(v, length, dtype, name, written):
             raise TypeError(f"{name}: expected dtype {np.dtype(dtype)}, got {v.dtype}")
         if not v.flags.writeable:
             raise ValueError(f"{name}: the array is read-only but is updated in training")
-        if not v.flags.c_contiguous:
-            raise ValueError(f"{name}: expected a contiguous array, got strides {v.strides}")
     arr = array(v, name, "a float array")
     if arr.shape != (length,):
         raise ValueError(f"{name}: expected shape ({length},), got {arr.shape}")
@@ -245,7 +247,7 @@ def output(out, x, name="out"):
 
 # The in-place uses that are allowed: (written, read) pairs that may be one and the same array (same
 # data, strides, shape and dtype), each element then read before it is written.
-_IN_PLACE = {("out", "x"), ("residual_out", "x"), ("residual_out", "residual")}
+_IN_PLACE = {("out", "x"), ("out", "residual"), ("residual_out", "x"), ("residual_out", "residual")}
 
 # Bound on the exact overlap test's work: strided views that interleave are told apart in a few steps;
 # a case past the bound is refused as overlapping.

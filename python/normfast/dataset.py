@@ -364,8 +364,8 @@ def _sources(inputs, scale):
             for p in _expand(item):
                 out += _open_path(p, scale)
         else:
-            x = item if isinstance(item, np.ndarray) else np.asarray(item)
-            out.append(_ArraySource(x, f"paths_or_arrays[{n}]"))
+            name = f"paths_or_arrays[{n}]"
+            out.append(_ArraySource(_checks.array(item, name, "a path or an array"), name))
     return out
 
 
@@ -448,7 +448,7 @@ def dataset_stats(paths_or_arrays, axis=None, *, ddof=0, scale=True, progress=Fa
     scale, progress = _checks.flag(scale, "scale"), _checks.flag(progress, "progress")
     workers = _checks.positive_int(workers, "workers")
     block_bytes = _checks.positive_int(block_bytes, "block_bytes")
-    if axis is not None and axis != ():
+    if axis is not None and not (isinstance(axis, tuple) and not axis):
         axis = tuple(_checks.integer(a, "axis", "None, () , an int or a tuple of ints", repr(axis))
                      for a in (axis if isinstance(axis, (tuple, list)) else (axis,)))
     sources = _sources(paths_or_arrays, scale)
@@ -489,7 +489,9 @@ def _fold(acc, piece):
     """The block's moments, and its min and max (the engine reads each work item again while it is in
     cache), folded into acc."""
     v, keep = piece.values, piece.keep
-    mean, var, lo, hi = np.empty([4] + norms._layout(v.ndim, {a: v.shape[a] for a in keep}))  # one allocation
+    layout = norms._layout(v.ndim, {a: v.shape[a] for a in keep})  # v's rank: no room for a fifth axis at 64
+    mean, var, lo, hi = np.empty(4 * math.prod(layout)).reshape(4, -1)  # one allocation
+    mean, var, lo, hi = (a.reshape(layout) for a in (mean, var, lo, hi))
     _normc.moments(v, _checks.dtype_code(v.dtype), tuple(a not in keep for a in range(v.ndim)), mean, var, 0.0, lo, hi)
     n = v.size // max(mean.size, 1)
     shape = tuple(v.shape[a] for a in keep)

@@ -237,6 +237,8 @@ class BatchNorm(_ChannelNorm):
                                          return_stats=True)
         if update:
             self._cache.clear()
+            if x.size == 0 and running[2] is not None:  # PyTorch counts an empty batch, which changes no statistic
+                running[2] += 1
         if self.training:
             self._saved = dict(x=kept, mean=mean, rstd=rstd)
         return y
@@ -306,10 +308,10 @@ class GroupNorm(_Layer):
         super().__init__(dtype)
         self.num_groups = _checks.positive_int(num_groups, "num_groups")
         self.num_channels = _checks.positive_int(num_channels, "num_channels")
-        if self.num_channels % self.num_groups:
-            raise ValueError(f"num_groups: expected a divisor of num_channels={self.num_channels}, got {self.num_groups}")
         self.affine = _checks.flag(affine, "affine")
         self._channel_setup(eps, axis, activation, self.num_channels if self.affine else None, None)
+        if self.num_channels % self.num_groups:  # after the parameters: a num_channels too large is named first
+            raise ValueError(f"num_groups: expected a divisor of num_channels={self.num_channels}, got {self.num_groups}")
 
     def _args(self):
         return {"num_groups": self.num_groups, "num_channels": self.num_channels, "eps": self.eps,

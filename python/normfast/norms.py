@@ -397,7 +397,9 @@ def _normalized_shape(x, normalized_shape):
         nshape = tuple(_checks.integer(n, "normalized_shape", "an int or a tuple of ints", repr(normalized_shape))
                        for n in items)
     k = len(nshape)
-    if k == 0 or k > x.ndim or x.shape[x.ndim - k:] != nshape:
+    if k == 0:  # as PyTorch: at least one normalized dimension
+        raise ValueError("normalized_shape: expected at least one dimension, got ()")
+    if k > x.ndim or x.shape[x.ndim - k:] != nshape:
         raise ValueError(f"normalized_shape: expected the trailing dimensions of x {x.shape}, got {nshape}")
     return nshape
 

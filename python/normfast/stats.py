@@ -208,8 +208,12 @@ class RunningCovariance(_Mergeable):
     def __init__(self, n_features):
         self.n_features = _checks.positive_int(n_features, "n_features")
         self._count = 0
-        self._mean = np.zeros(self.n_features)
-        self._m2 = np.zeros((self.n_features, self.n_features))
+        try:
+            self._mean = np.zeros(self.n_features)
+            self._m2 = np.zeros((self.n_features, self.n_features))
+        except (ValueError, MemoryError):  # past NumPy's index range or this machine's memory
+            raise ValueError(f"n_features: {self.n_features} features need a co-moment matrix too large to "
+                             f"allocate") from None
 
     def update(self, x):
         """Add the samples (rows) of x: any float, integer or bool array of shape (n_samples, n_features)

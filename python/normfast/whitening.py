@@ -82,7 +82,7 @@ class Whitening:
         phrases scikit-learn's estimator checks look for."""
         if hasattr(X, "toarray") and not isinstance(X, np.ndarray):
             raise TypeError(f"{name}: sparse data is not supported; dense data is required (X.toarray())")
-        X = np.asarray(X) if not isinstance(X, np.ndarray) else X
+        X = _checks.array(X, name, "a 2-D array of numbers")
         if X.dtype.kind == "c":
             raise _DataError(f"{name}: Complex data not supported, expected a float array")
         if X.dtype == object:
