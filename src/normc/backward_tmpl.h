@@ -217,14 +217,15 @@ static void NF_NAME(seggrad_row, NF_TAG)(const void *xv, const void *dyv, void *
         rs = sp->rstd[r];
     } else {
         nf_acc acc = {0, 0, 0};
+        const double K = NF_NAME(shift, NF_TAG)(x + base);
         for (int64_t j = 0; j < sp->nseg; j++)
             for (int64_t b = 0; b < L; b += NF_BLOCK) {
                 const int64_t len = L - b < NF_BLOCK ? L - b : NF_BLOCK;
                 double m, q;
-                NF_NAME(seg, NF_TAG)(x + base + j * sp->seg_stride + b, len, &m, &q);
+                NF_NAME(seg, NF_TAG)(x + base + j * sp->seg_stride + b, len, (NF_A)K, &m, &q);
                 nf_chan(&acc, (double)len, m, q);
             }
-        mu = acc.mean;
+        mu = K + acc.mean;
         rs = 1 / sqrt(acc.m2 / n + sp->eps);
     }
     const NF_A s = (NF_A)mu;
