@@ -134,7 +134,8 @@ static void NF_NAME(rownorm, NF_TAG)(const void *xv, void *yv, int64_t n, const 
         sp->mean[r] = mean;
         sp->var[r] = var;
     }
-    const double a64 = sp->kind == NF_ROW_L2 ? 1.0 / fmax(sqrt(var), sp->eps) : 1.0 / sqrt(var + sp->eps);
+    const double nrm = sqrt(var); /* L2: max(norm, eps), NaN staying NaN (fmax would drop it) */
+    const double a64 = sp->kind == NF_ROW_L2 ? 1.0 / (nrm < sp->eps ? sp->eps : nrm) : 1.0 / sqrt(var + sp->eps);
     /* Float cannot hold a scale outside its normal range (a tiny eps over a row of zeros: 0 * inf), nor
      * deviations from the mean once n * var, which bounds their squares, nears its largest square. */
     if (sizeof(NF_A) < sizeof(double) && (!(a64 >= 0x1p-126 && a64 <= 0x1p127) || var * (double)n > 0x1p250)) {
