@@ -39,15 +39,15 @@ static NF_INLINE int NF_NAME(pass2_ok, NF_TAG)(NF_A sq, NF_A s, int64_t n, int u
            (sq < (NF_A)INFINITY && (up || sq >= (NF_A)n * NF_TINY_SQ || (sq == 0 && !NF_NAME(scale_up, NF_TAG)(s))));
 }
 
-/* A block's (mean of x - K, M2) from its centre s and the sums sc and sq of its deviations from s, those
- * in units of un. The correction term makes M2 exact to first order in the rounding of s. An infinite or
- * NaN centre stays as it is (NumPy's mean); M2 is then already NaN. */
-static NF_INLINE void NF_NAME(block_out, NF_TAG)(NF_A s, NF_A K, NF_A sc, NF_A sq, double un, int64_t n,
+/* A block's (mean of x - K, M2) from its centre s and the sums sc and sq of its deviations from s over
+ * 1 / inv_n elements, those in units of un. The correction term makes M2 exact to first order in the
+ * rounding of s. An infinite or NaN centre stays as it is (NumPy's mean); M2 is then already NaN. */
+static NF_INLINE void NF_NAME(block_out, NF_TAG)(NF_A s, NF_A K, NF_A sc, NF_A sq, double un, double inv_n,
                                                  double *mean, double *m2)
 {
     const double b = (double)s - (double)K, c = (double)sc;
-    *mean = isfinite(b) ? b + c * un / (double)n : b;
-    *m2 = nf_clamp0((double)sq - c * c / (double)n) * un * un;
+    *mean = isfinite(b) ? b + c * un * inv_n : b;
+    *m2 = nf_clamp0((double)sq - c * c * inv_n) * un * un;
 }
 
 /* (mean of x - K, M2) of the n elements x[off[i]] (off NULL: x[i]) in double: the rare blocks whose
@@ -142,5 +142,5 @@ static void NF_NAME(seg, NF_TAG)(const NF_T *x, int64_t n, NF_A K, double *mean,
             return;
         }
     }
-    NF_NAME(block_out, NF_TAG)(s, K, sc, sq, up ? NF_TINY_DOWN : 1, n, mean, m2);
+    NF_NAME(block_out, NF_TAG)(s, K, sc, sq, up ? NF_TINY_DOWN : 1, 1.0 / (double)n, mean, m2);
 }

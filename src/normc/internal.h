@@ -183,6 +183,16 @@ static inline void nf_chan(nf_acc *a, double nb, double mb, double m2b)
     a->n = n;
 }
 
+/* Chan's fold of a block (nb elements, mean bm, M2 bq) into a column's (mean, m2) of na elements, with
+ * wb = nb / (na + nb) and wab = na nb / (na + nb): na == 0 takes the block as it is; infinities add up as
+ * in a plain sum. Branch-free, so that a loop over columns vectorises. */
+static inline void nf_chan_col(double *mean, double *m2, double na, double wb, double wab, double bm, double bq)
+{
+    const double d = bm - *mean;
+    *mean = na == 0 ? bm : isfinite(d) ? *mean + d * wb : *mean + bm;
+    *m2 = na == 0 ? bq : *m2 + bq + d * d * wab;
+}
+
 /* Walks the flat index of an nf_dims forward, keeping the element offsets in input and output. */
 typedef struct {
     int64_t idx[NF_MAXDIM];

@@ -21,8 +21,8 @@
 
 typedef void (*nf_rows_fn)(const nf_plan *, const void *, double, int64_t, int64_t, int64_t, int64_t,
                            nf_acc *);
-typedef void (*nf_cols_fn)(const nf_plan *, const void *, const double *, int64_t, int64_t, int64_t, double *,
-                           double *, double *);
+typedef void (*nf_cols_fn)(const nf_plan *, const void *, int64_t, int64_t, int64_t, int64_t, int64_t, double *,
+                           double *, double *, double *);
 typedef double (*nf_shift_fn)(const void *);
 typedef void (*nf_range_rows_fn)(const nf_plan *, const void *, int64_t, int64_t, int64_t, int64_t, double *,
                                  double *);
@@ -179,11 +179,8 @@ nf_status NF_FN(nf_moments)(const nf_plan *p, nf_dtype dt, const void *x, nf_dty
             double n = 0, mu[NF_KTILE], m2[NF_KTILE], K[NF_KTILE];
             nf_iter oi;
             nf_iter_init(&oi, &q.o, it.o);
-            for (int64_t k = 0; k < it.nk; k++) { /* each column shifted by its statistic's first element */
-                const int64_t first = group > 1 ? (it.k0 + k) / group * group : it.k0 + k;
-                K[k] = shift(xb + (oi.off + first * q.k_stride) * isz);
-            }
-            cols(&q, xb + (oi.off + it.k0 * q.k_stride) * isz, K, it.ra, it.rb, it.nk, &n, mu, m2);
+            cols(&q, xb + (oi.off + it.k0 * q.k_stride) * isz, group, it.k0 % group, it.ra, it.rb, it.nk, K, &n, mu,
+                 m2);
             if (rpart) { /* the same block again, now in cache */
                 double l[NF_KTILE], h[NF_KTILE];
                 range_cols(&q, xb + (oi.off + it.k0 * q.k_stride) * isz, it.ra, it.rb, it.nk, l, h);

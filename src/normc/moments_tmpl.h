@@ -52,9 +52,8 @@ static void NF_NAME(rows, NF_TAG)(const nf_plan *p, const void *xv, double K, in
 /* Column-mode block centres s = K + mean of x - K over the nk columns (k_stride ks apart; the first nv
  * contiguous, handled by vectors): rows streamed in order, eight at a time, so that memory is read front
  * to back. K8 is 8 K, exact (a power of two): eight rows are summed before it is taken off, so constant
- * columns still sum to exactly 0 (pass 2, centred here, puts the rounding back). Returns whether every
- * centre is tiny enough to scale the second pass up (float only). */
-static NF_INLINE int NF_NAME(col_means, NF_TAG)(const NF_T *x, const int64_t *off, int64_t nr, int64_t nv,
+ * columns still sum to exactly 0 (pass 2, centred here, puts the rounding back). */
+static NF_INLINE void NF_NAME(col_means, NF_TAG)(const NF_T *x, const int64_t *off, int64_t nr, int64_t nv,
                                                  int64_t nk, int64_t ks, const NF_A *K, const NF_A *K8, NF_A *s)
 {
     const NF_V z = {0};
@@ -87,12 +86,8 @@ static NF_INLINE int NF_NAME(col_means, NF_TAG)(const NF_T *x, const int64_t *of
             t += NF_LOAD(x[off[r] + k * ks]) - K[k];
         s[k] = t;
     }
-    int up = 1;
-    for (int64_t k = 0; k < nk; k++) {
+    for (int64_t k = 0; k < nk; k++)
         s[k] = K[k] + s[k] / (NF_A)nr;
-        up &= NF_NAME(scale_up, NF_TAG)(s[k]);
-    }
-    return up;
 }
 
 /* The sums of d = (x - s) * up and d^2 over the block for nv (1 or 4, a constant once inlined) vectors of
@@ -116,25 +111,18 @@ static NF_INLINE void NF_NAME(col_devs, NF_TAG)(const NF_T *x, const int64_t *of
 }
 
 /* The second pass of a block over its nk columns (as col_means), up 1 or NF_TINY_UP (a constant in each
- * inlined copy); with `need`, only over the vectors of columns and the columns where need[k] is set. */
+ * inlined copy). */
 static NF_INLINE void NF_NAME(col_pass2, NF_TAG)(const NF_T *x, const int64_t *off, int64_t nr, int64_t nv,
-                                                  int64_t nk, int64_t ks, const NF_A *s, NF_A up,
-                                                  const unsigned char *need, NF_A *c, NF_A *q)
+                                                  int64_t nk, int64_t ks, const NF_A *s, NF_A up, NF_A *c,
+                                                  NF_A *q)
 {
-    const int64_t n4 = need ? 0 : nv - nv % (4 * NF_W);
+    const int64_t n4 = nv - nv % (4 * NF_W);
     int64_t k;
     for (k = 0; k < n4; k += 4 * NF_W)
         NF_NAME(col_devs, NF_TAG)(x, off, nr, k, 4, s, up, c, q);
-    for (; k < nv; k += NF_W) {
-        int any = !need;
-        for (int j = 0; need && j < NF_W; j++)
-            any |= need[k + j];
-        if (any)
-            NF_NAME(col_devs, NF_TAG)(x, off, nr, k, 1, s, up, c, q);
-    }
+    for (; k < nv; k += NF_W)
+        NF_NAME(col_devs, NF_TAG)(x, off, nr, k, 1, s, up, c, q);
     for (; k < nk; k++) { /* leftover or strided columns */
-        if (need && !need[k])
-            continue;
         NF_A cs = 0, qs = 0;
         for (int64_t r = 0; r < nr; r++) {
             NF_A d = (NF_LOAD(x[off[r] + k * ks]) - s[k]) * up;
@@ -146,55 +134,101 @@ static NF_INLINE void NF_NAME(col_pass2, NF_TAG)(const NF_T *x, const int64_t *o
     }
 }
 
-/* Column mode: rows [ra, rb) of R1 and nk <= NF_KTILE columns of K starting at xv, column k shifted by
- * Kd[k]. Blocks of NF_RB rows are reduced per column by the two-pass algorithm (vectorised across
- * contiguous columns, a strip of columns at a time down the block) and merged into (n, mean[], m2[]),
- * means of x - Kd. */
-static void NF_NAME(cols, NF_TAG)(const nf_plan *p, const void *xv, const double *Kd, int64_t ra, int64_t rb,
-                                  int64_t nk, double *n_acc, double *mean, double *m2)
+/* The second pass of a float block about tiny centres (zeros), scaled up, out of the hot loop. */
+static NF_COLD void NF_NAME(col_pass2_up, NF_TAG)(const NF_T *x, const int64_t *off, int64_t nr, int64_t nv,
+                                                  int64_t nk, int64_t ks, const NF_A *s, NF_A *c, NF_A *q)
+{
+    NF_NAME(col_pass2, NF_TAG)(x, off, nr, nv, nk, ks, s, NF_TINY_UP, c, q);
+}
+
+/* (mean of x - K, M2) of one column of a block (nr elements x[off[r]], centre s) whose second pass at
+ * scale up float could not hold: again at the other scale, or in double (seg_* does the same). */
+static NF_COLD void NF_NAME(col_fix, NF_TAG)(const NF_T *x, const int64_t *off, int64_t nr, NF_A s, NF_A K,
+                                             int up, double *mean, double *m2)
+{
+    const NF_A f = up ? 1 : NF_TINY_UP;
+    NF_A c = 0, q = 0;
+    for (int64_t r = 0; r < nr; r++) {
+        const NF_A d = (NF_LOAD(x[off[r]]) - s) * f;
+        c += d;
+        q += d * d;
+    }
+    if (NF_NAME(pass2_ok, NF_TAG)(q, s, nr, !up))
+        NF_NAME(block_out, NF_TAG)(s, K, c, q, up ? 1 : NF_TINY_DOWN, 1.0 / (double)nr, mean, m2);
+    else
+        NF_NAME(seg_wide, NF_TAG)(x, off, nr, (double)K, mean, m2);
+}
+
+/* Whether every q[0..nk) is at least lo and finite, a vector of them at a time. */
+static NF_INLINE int NF_NAME(all_fit, NF_TAG)(const NF_A *q, int64_t nk, NF_A lo)
+{
+    const NF_V z = {0}, lv = z + lo, inf = z + (NF_A)INFINITY;
+    NF_VI ok = z == z;
+    int64_t k = 0;
+    for (; k + NF_W <= nk; k += NF_W) {
+        NF_V v;
+        memcpy(&v, q + k, sizeof v);
+        ok &= (NF_VI)(v >= lv) & (NF_VI)(v < inf);
+    }
+    int all = 1;
+    for (int j = 0; j < NF_W; j++)
+        all &= ok[j] != 0;
+    for (; k < nk; k++)
+        all &= q[k] >= lo && q[k] < (NF_A)INFINITY;
+    return all;
+}
+
+/* Column mode: rows [ra, rb) of R1 and nk <= NF_KTILE columns of K starting at xv (row 0 of R1), each
+ * column shifted by its statistic's first element, that of the first column of its group of `group`
+ * adjacent columns (the tile's first column being column g0 of its group), stored in Kd[]. Blocks of
+ * NF_RB rows are reduced per column by the two-pass algorithm (vectorised across contiguous columns, a
+ * strip of columns at a time down the block) and merged into (n, mean[], m2[]), means of x - Kd. */
+static void NF_NAME(cols, NF_TAG)(const nf_plan *p, const void *xv, int64_t group, int64_t g0, int64_t ra,
+                                  int64_t rb, int64_t nk, double *Kd, double *n_acc, double *mean, double *m2)
 {
     const NF_T *x = (const NF_T *)xv;
     const int64_t ks = p->k_stride;
     const int64_t nv = ks == 1 ? nk - nk % NF_W : 0; /* columns handled by vectors */
-    NF_A K[NF_KTILE], K8[NF_KTILE], s[NF_KTILE], c[NF_KTILE], q[NF_KTILE], c2[NF_KTILE], q2[NF_KTILE];
-    unsigned char redo[NF_KTILE];
+    NF_A K[NF_KTILE], K8[NF_KTILE], s[NF_KTILE], c[NF_KTILE], q[NF_KTILE];
     int64_t off[NF_RB];
-    for (int64_t k = 0; k < nk; k++)
-        K[k] = (NF_A)Kd[k], K8[k] = 8 * K[k];
+    for (int64_t k = 0; k < nk; k++) {
+        const NF_A v = NF_LOAD(x[(group > 1 ? k - (g0 + k) % group : k) * ks]);
+        K[k] = isfinite(v) ? v : 0, K8[k] = 8 * K[k], Kd[k] = K[k];
+    }
     nf_iter it;
     nf_iter_init(&it, &p->r1, ra);
     for (int64_t r0 = ra; r0 < rb; r0 += NF_RB) {
         const int64_t nr = rb - r0 < NF_RB ? rb - r0 : NF_RB;
         nf_next_offsets(&it, &p->r1, nr, off);
-        /* Float only: the whole block scaled up where every centre is tiny (zeros), then the columns
-         * that scale does not hold again with the other, as seg_* does. */
-        const int up = NF_NAME(col_means, NF_TAG)(x, off, nr, nv, nk, ks, K, K8, s);
-        int again = 0;
+        NF_NAME(col_means, NF_TAG)(x, off, nr, nv, nk, ks, K, K8, s);
+        /* Float only: the whole block scaled up where every centre is tiny (zeros); the columns its
+         * scale does not hold are taken again one by one. */
+        int up = NF_NAME(scale_up, NF_TAG)(s[0]);
+        for (int64_t k = 1; up && k < nk; k++)
+            up = NF_NAME(scale_up, NF_TAG)(s[k]);
         if (up)
-            NF_NAME(col_pass2, NF_TAG)(x, off, nr, nv, nk, ks, s, NF_TINY_UP, NULL, c, q);
+            NF_NAME(col_pass2_up, NF_TAG)(x, off, nr, nv, nk, ks, s, c, q);
         else
-            NF_NAME(col_pass2, NF_TAG)(x, off, nr, nv, nk, ks, s, 1, NULL, c, q);
-        for (int64_t k = 0; k < nk; k++)
-            again |= redo[k] = !NF_NAME(pass2_ok, NF_TAG)(q[k], s[k], nr, up);
-        if (again && up)
-            NF_NAME(col_pass2, NF_TAG)(x, off, nr, nv, nk, ks, s, 1, redo, c2, q2);
-        else if (again)
-            NF_NAME(col_pass2, NF_TAG)(x, off, nr, nv, nk, ks, s, NF_TINY_UP, redo, c2, q2);
-        const double nb = (double)nr, na = *n_acc, nt = na + nb;
+            NF_NAME(col_pass2, NF_TAG)(x, off, nr, nv, nk, ks, s, 1, c, q);
+        const double nb = (double)nr, inb = 1.0 / nb, na = *n_acc, nt = na + nb;
         const double wb = nb / nt, wab = na / nt * nb;
-        for (int64_t k = 0; k < nk; k++) {
-            double bm, bq;
-            if (!redo[k])
-                NF_NAME(block_out, NF_TAG)(s[k], K[k], c[k], q[k], up ? NF_TINY_DOWN : 1, nr, &bm, &bq);
-            else if (NF_NAME(pass2_ok, NF_TAG)(q2[k], s[k], nr, !up))
-                NF_NAME(block_out, NF_TAG)(s[k], K[k], c2[k], q2[k], up ? 1 : NF_TINY_DOWN, nr, &bm, &bq);
-            else
-                NF_NAME(seg_wide, NF_TAG)(x + k * ks, off, nr, Kd[k], &bm, &bq);
-            double d = bm - mean[k];
-            /* na == 0 takes the block as it is; infinities add up as in a plain sum. */
-            mean[k] = na == 0 ? bm : isfinite(d) ? mean[k] + d * wb : mean[k] + bm;
-            m2[k] = na == 0 ? bq : m2[k] + bq + d * d * wab;
-        }
+        /* The common case, every column held at scale 1, in a loop of its own without calls (it
+         * vectorises); else column by column, the ones float could not hold taken again. */
+        if (!up && (sizeof(NF_A) == sizeof(double) || NF_NAME(all_fit, NF_TAG)(q, nk, (NF_A)nr * NF_TINY_SQ)))
+            for (int64_t k = 0; k < nk; k++) {
+                double bm, bq;
+                NF_NAME(block_out, NF_TAG)(s[k], K[k], c[k], q[k], 1, inb, &bm, &bq);
+                nf_chan_col(&mean[k], &m2[k], na, wb, wab, bm, bq);
+            }
+        else
+            for (int64_t k = 0; k < nk; k++) {
+                double bm, bq;
+                if (NF_NAME(pass2_ok, NF_TAG)(q[k], s[k], nr, up))
+                    NF_NAME(block_out, NF_TAG)(s[k], K[k], c[k], q[k], up ? NF_TINY_DOWN : 1, inb, &bm, &bq);
+                else
+                    NF_NAME(col_fix, NF_TAG)(x + k * ks, off, nr, s[k], K[k], up, &bm, &bq);
+                nf_chan_col(&mean[k], &m2[k], na, wb, wab, bm, bq);
+            }
         *n_acc = nt;
     }
 }
