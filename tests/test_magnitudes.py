@@ -118,6 +118,28 @@ def test_float_range_moments_sweep(isa, dtype, exp, offset, n, cols, seed):
 
 
 @pytest.mark.parametrize("dtype", HALF_RANGE, ids=dname)
+@pytest.mark.parametrize("rows", [5, 64, 300, 5000])
+def test_mixed_magnitudes_side_by_side(isa, dtype, rows):
+    """Zero, tiny, ordinary and huge columns in one block (each kept, redone scaled or in double on its
+    own), along columns and, transposed, along rows."""
+    rng = np.random.default_rng(6)
+    scales = [0.0, 1e-30, 1e-20, 1.0, 1e19, 3e-41, 1e-30, 1.0, 0.0]
+    x = np.stack([rng.standard_normal(rows) * sc + 2 * sc for sc in scales], axis=1).astype(dtype)
+    x[:, -1] = 1e19  # constant, exactly
+    for view, axis in ((x, 0), (np.ascontiguousarray(x.T), 1), (x.T, 1)):
+        want_mean = np.asarray(view, np.float64).mean(axis)
+        want_var = np.array([np.var(np.asarray(c, np.float64) - np.asarray(c, np.float64)[0])
+                             for c in np.moveaxis(np.asarray(view), 1 - axis, 0)])  # each shifted by its own first
+        for threads in (1, 3):
+            with use_threads(threads):
+                mean, var = normfast.moments(view, axis)
+            assert_stat_close(var, want_var, 2e-5)
+            np.testing.assert_allclose(np.asarray(mean, np.float64), np.asarray(want_mean).astype(np.float32),
+                                       rtol=2e-6, atol=4 * TINY32)
+            assert var[-1] == 0 and var[0] == 0
+
+
+@pytest.mark.parametrize("dtype", HALF_RANGE, ids=dname)
 @pytest.mark.parametrize("scale", [1e19, 1e-25])
 def test_channel_norms_at_float_range(isa, dtype, scale):
     """batch, instance and group norm (moments + apply, fused segment rows) against float64."""
