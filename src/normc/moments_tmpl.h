@@ -134,13 +134,6 @@ static NF_INLINE void NF_NAME(col_pass2, NF_TAG)(const NF_T *x, const int64_t *o
     }
 }
 
-/* The second pass of a float block about tiny centres (zeros), scaled up, out of the hot loop. */
-static NF_COLD void NF_NAME(col_pass2_up, NF_TAG)(const NF_T *x, const int64_t *off, int64_t nr, int64_t nv,
-                                                  int64_t nk, int64_t ks, const NF_A *s, NF_A *c, NF_A *q)
-{
-    NF_NAME(col_pass2, NF_TAG)(x, off, nr, nv, nk, ks, s, NF_TINY_UP, c, q);
-}
-
 /* (mean of x - K, M2) of one column of a block (nr elements x[off[r]], centre s) whose second pass at
  * scale up float could not hold: again at the other scale, or in double (seg_* does the same). */
 static NF_COLD void NF_NAME(col_fix, NF_TAG)(const NF_T *x, const int64_t *off, int64_t nr, NF_A s, NF_A K,
@@ -159,7 +152,7 @@ static NF_COLD void NF_NAME(col_fix, NF_TAG)(const NF_T *x, const int64_t *off, 
         NF_NAME(seg_wide, NF_TAG)(x, off, nr, (double)K, mean, m2);
 }
 
-/* Whether every q[0..nk) is at least lo and finite, a vector of them at a time. */
+/* Whether every q[0..nk) is at least lo and finite (NaN is not), a vector of them at a time. */
 static NF_INLINE int NF_NAME(all_fit, NF_TAG)(const NF_A *q, int64_t nk, NF_A lo)
 {
     const NF_V z = {0}, lv = z + lo, inf = z + (NF_A)INFINITY;
@@ -207,24 +200,26 @@ static void NF_NAME(cols, NF_TAG)(const nf_plan *p, const void *xv, int64_t grou
         for (int64_t k = 1; up && k < nk; k++)
             up = NF_NAME(scale_up, NF_TAG)(s[k]);
         if (up)
-            NF_NAME(col_pass2_up, NF_TAG)(x, off, nr, nv, nk, ks, s, c, q);
+            NF_NAME(col_pass2, NF_TAG)(x, off, nr, nv, nk, ks, s, NF_TINY_UP, c, q);
         else
             NF_NAME(col_pass2, NF_TAG)(x, off, nr, nv, nk, ks, s, 1, c, q);
         const double nb = (double)nr, inb = 1.0 / nb, na = *n_acc, nt = na + nb;
         const double wb = nb / nt, wab = na / nt * nb;
-        /* The common case, every column held at scale 1, in a loop of its own without calls (it
-         * vectorises); else column by column, the ones float could not hold taken again. */
-        if (!up && (sizeof(NF_A) == sizeof(double) || NF_NAME(all_fit, NF_TAG)(q, nk, (NF_A)nr * NF_TINY_SQ)))
+        /* The common case, every column held at its scale (scaled up: all finite), in a loop of its own
+         * without calls (it vectorises); else column by column, the ones float could not hold taken
+         * again. */
+        const double un = up ? NF_TINY_DOWN : 1;
+        if (sizeof(NF_A) == sizeof(double) || NF_NAME(all_fit, NF_TAG)(q, nk, up ? 0 : (NF_A)nr * NF_TINY_SQ))
             for (int64_t k = 0; k < nk; k++) {
                 double bm, bq;
-                NF_NAME(block_out, NF_TAG)(s[k], K[k], c[k], q[k], 1, inb, &bm, &bq);
+                NF_NAME(block_out, NF_TAG)(s[k], K[k], c[k], q[k], un, inb, &bm, &bq);
                 nf_chan_col(&mean[k], &m2[k], na, wb, wab, bm, bq);
             }
         else
             for (int64_t k = 0; k < nk; k++) {
                 double bm, bq;
                 if (NF_NAME(pass2_ok, NF_TAG)(q[k], s[k], nr, up))
-                    NF_NAME(block_out, NF_TAG)(s[k], K[k], c[k], q[k], up ? NF_TINY_DOWN : 1, inb, &bm, &bq);
+                    NF_NAME(block_out, NF_TAG)(s[k], K[k], c[k], q[k], un, inb, &bm, &bq);
                 else
                     NF_NAME(col_fix, NF_TAG)(x + k * ks, off, nr, s[k], K[k], up, &bm, &bq);
                 nf_chan_col(&mean[k], &m2[k], na, wb, wab, bm, bq);
