@@ -117,6 +117,22 @@ def test_float_range_moments_sweep(isa, dtype, exp, offset, n, cols, seed):
         assert_stat_close(var, want_var, 2e-5)
 
 
+@pytest.mark.parametrize("scale", [1e19, 1e-25])
+def test_dask_moments_at_float_range(scale):
+    """The Dask moments merge the engine's float64 per-chunk statistics: right at float's range edges."""
+    import dask
+    import dask.array as da
+
+    import normfast.dask as nfd
+
+    x = (np.random.default_rng(7).standard_normal((3000, 5)) * scale + scale).astype(np.float32)
+    with dask.config.set(scheduler="synchronous"):
+        mean, var = dask.compute(*nfd.moments(da.from_array(x, chunks=(700, 5)), axis=0))
+    want_mean, want_var = exact_moments(x, 0)
+    assert_stat_close(mean, want_mean, 2e-6, mean_atol(x))
+    assert_stat_close(var, want_var, 2e-5)
+
+
 @pytest.mark.parametrize("dtype", HALF_RANGE, ids=dname)
 @pytest.mark.parametrize("rows", [5, 64, 300, 5000])
 def test_mixed_magnitudes_side_by_side(isa, dtype, rows):
