@@ -3,7 +3,8 @@
 calls normc. Every argument is checked in functional.py; this layer only refuses what C cannot take."""
 cimport numpy as cnp
 import numpy as np
-from libc.math cimport sqrt
+from libc.float cimport FLT_MAX
+from libc.math cimport copysign, fabs, sqrt
 from libc.stdint cimport int64_t
 
 cnp.import_array()
@@ -368,7 +369,9 @@ def coefficients(cnp.ndarray mean not None, cnp.ndarray var not None, double eps
         else:
             sh = <float>pm[i]
             (<float *>ps)[i] = <float>sh
-            (<float *>pa)[i] = <float>a
+            # a float scale saturates rather than overflows: a constant group's x - shift is exactly 0,
+            # and 0 * inf would be NaN (a tiny eps over zeros)
+            (<float *>pa)[i] = <float>(a if fabs(a) <= FLT_MAX else copysign(FLT_MAX, a))
             (<float *>pc)[i] = <float>(b + (sh - pm[i]) * a)
 
 

@@ -24,6 +24,15 @@ static NF_INLINE NF_V NF_NAME(vrelu_mask, NF_TAG)(NF_V e, NF_V z)
 }
 #endif
 
+/* Whether float holds a row's gradient coefficients, computed in double: rs^2 (which scales x - mean
+ * into the gradient) within float's normal range, the coefficient q of x - mean and the constant r
+ * finite in float. Always, in double. */
+static NF_INLINE int NF_NAME(coef_fit, NF_TAG)(double rs, double q, double r)
+{
+    return sizeof(NF_A) == sizeof(double) ||
+           (rs * rs >= 0x1p-126 && rs * rs <= 0x1p127 && fabs(q) <= 0x1p127 && fabs(r) <= 0x1p127);
+}
+
 /* act'(z). */
 static NF_INLINE NF_A NF_NAME(dact, NF_TAG)(NF_A z, int act)
 {
@@ -217,14 +226,15 @@ static void NF_NAME(seggrad_row, NF_TAG)(const void *xv, const void *dyv, void *
         rs = sp->rstd[r];
     } else {
         nf_acc acc = {0, 0, 0};
+        const double K = NF_NAME(shift, NF_TAG)(x + base);
         for (int64_t j = 0; j < sp->nseg; j++)
             for (int64_t b = 0; b < L; b += NF_BLOCK) {
                 const int64_t len = L - b < NF_BLOCK ? L - b : NF_BLOCK;
                 double m, q;
-                NF_NAME(seg, NF_TAG)(x + base + j * sp->seg_stride + b, len, &m, &q);
+                NF_NAME(seg, NF_TAG)(x + base + j * sp->seg_stride + b, len, (NF_A)K, &m, &q);
                 nf_chan(&acc, (double)len, m, q);
             }
-        mu = acc.mean;
+        mu = K + acc.mean;
         rs = 1 / sqrt(acc.m2 / n + sp->eps);
     }
     const NF_A s = (NF_A)mu;
@@ -252,6 +262,17 @@ static void NF_NAME(seggrad_row, NF_TAG)(const void *xv, const void *dyv, void *
         sp->sum_gxhat[r * S + k] = rs * bmu;
     }
     const double q = 2 * gvar / n, R0 = gmu / n + q * dm;
+    if (!NF_NAME(coef_fit, NF_TAG)(rs, q, R0)) { /* rare: gx = w rs g + q (x - mean) + gmu / n in double */
+        for (int64_t j = 0; j < sp->nseg; j++) {
+            const int64_t k = j % S, at = base + j * sp->seg_stride;
+            for (int64_t i = 0; i < L; i++) {
+                const NF_A u = NF_LOAD(x[at + i]) - s;
+                const NF_A g = NF_LOAD(dy[at + i]) * NF_NAME(dact, NF_TAG)(u * a[k] + c[k], sp->act);
+                gx[at + i] = NF_STORE((NF_A)(w[k] * rs * (double)g + q * ((double)u + dm) + gmu / n));
+            }
+        }
+        return;
+    }
     const NF_A Q = (NF_A)q;
     for (int64_t j = 0; j < sp->nseg; j++) {
         const int64_t k = j % S, at = base + j * sp->seg_stride;
@@ -305,6 +326,19 @@ static NF_INLINE void NF_NAME(rowgrad_body, NF_TAG)(const NF_T *x, const NF_T *d
         /* gx = P * (g - M) + Q * (x - s) + R, as the channel norms' second pass; x - mean = (x - s) + dm
          * and the roundings of s and M are put back through R, in double. */
         const double dm = (double)s - mu, k1 = sp->mean ? sg / (double)n : 0, k2 = rs * (sd + dm * sg) / (double)n;
+        if (!NF_NAME(coef_fit, NF_TAG)(rs, rs * rs * k2, rs * k1 + rs * rs * k2 * dm)) {
+            /* rare: gx = rs (g - k1) - rs^2 k2 (x - mean) in double */
+            for (int64_t j = 0; j < n; j++) {
+                const NF_A d = NF_LOAD(dr[j]), u = NF_LOAD(xr[j]) - s;
+                const double xm = (double)u + dm;
+                yr[j] = NF_STORE((NF_A)(rs * ((double)(has_w ? d * w[j] : d) - k1) - rs * rs * k2 * xm));
+                if (want) {
+                    gw[j] += (NF_A)((double)d * xm * rs);
+                    gb[j] += d;
+                }
+            }
+            continue;
+        }
         const NF_A P = (NF_A)rs, M = (NF_A)k1, Q = (NF_A)(-rs * rs * k2);
         const NF_A R = (NF_A)(rs * ((double)M - k1) - rs * rs * k2 * dm);
         const NF_A rf = (NF_A)rs, cc = (NF_A)(dm * rs); /* xhat = (x - s) * rf + cc */

@@ -80,6 +80,16 @@ static inline int64_t nf_itemsize(nf_dtype dt)
 #define NF_KTILE 256  /* columns per column-mode work item */
 #define NF_RB 64      /* rows per column-mode block (moments: reread from L2 by its second pass) */
 
+/* Float sums of squares (block_tmpl.h): under NF_TINY_SQ per element, squares below float's normal range
+ * (2^-126, each then up to 2^-150 off) may have cost digits; deviations scaled by NF_TINY_UP (exactly)
+ * square into the normal range, unless over 2^-36, and the sums are scaled back by NF_TINY_DOWN in double.
+ * Deviations from a centre of at least NF_TINY_CENTRE are 0 or at least 2^-64 (Sterbenz), so they are
+ * scaled up only about smaller centres. */
+#define NF_TINY_SQ 0x1p-125f
+#define NF_TINY_UP 0x1p100f
+#define NF_TINY_DOWN 0x1p-100
+#define NF_TINY_CENTRE 0x1p-40f
+
 static inline int64_t nf_cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 /* Row-mode work over R1 rows of R2 elements, per statistic: chunks of rpc whole rows (short rows) or of a
@@ -147,6 +157,17 @@ typedef struct {
 
 static inline double nf_clamp0(double v) { return v < 0 ? 0 : v; }
 
+/* An activation in double, for the rare rows computed in double (the kernels' own run in NF_A). */
+static inline double nf_act64(double v, nf_act act)
+{
+    switch (act) {
+    case NF_ACT_RELU: return v < 0 ? 0 : v; /* NaN stays NaN */
+    case NF_ACT_SIGMOID: return 1 / (1 + exp(-v));
+    case NF_ACT_SILU: return v / (1 + exp(-v));
+    default: return v;
+    }
+}
+
 /* Chan et al.: fold a block (nb, mb, m2b) into a. */
 static inline void nf_chan(nf_acc *a, double nb, double mb, double m2b)
 {
@@ -160,6 +181,16 @@ static inline void nf_chan(nf_acc *a, double nb, double mb, double m2b)
     a->mean = isfinite(d) ? a->mean + d * (nb / n) : a->mean + mb; /* infinities add as in a sum */
     a->m2 += m2b + d * d * (a->n / n * nb);
     a->n = n;
+}
+
+/* Chan's fold of a block (nb elements, mean bm, M2 bq) into a column's (mean, m2) of na elements, with
+ * wb = nb / (na + nb) and wab = na nb / (na + nb): na == 0 takes the block as it is; infinities add up as
+ * in a plain sum. Branch-free, so that a loop over columns vectorises. */
+static inline void nf_chan_col(double *mean, double *m2, double na, double wb, double wab, double bm, double bq)
+{
+    const double d = bm - *mean;
+    *mean = na == 0 ? bm : isfinite(d) ? *mean + d * wb : *mean + bm;
+    *m2 = na == 0 ? bq : *m2 + bq + d * d * wab;
 }
 
 /* Walks the flat index of an nf_dims forward, keeping the element offsets in input and output. */

@@ -19,9 +19,11 @@
 #define NF_TEMPLATE2 "rownorm_tmpl.h"
 #include "each_dtype.h"
 
-typedef void (*nf_rows_fn)(const nf_plan *, const void *, int64_t, int64_t, int64_t, int64_t, nf_acc *);
-typedef void (*nf_cols_fn)(const nf_plan *, const void *, int64_t, int64_t, int64_t, double *, double *,
-                           double *);
+typedef void (*nf_rows_fn)(const nf_plan *, const void *, double, int64_t, int64_t, int64_t, int64_t,
+                           nf_acc *);
+typedef void (*nf_cols_fn)(const nf_plan *, const void *, int64_t, int64_t, int64_t, int64_t, int64_t, double *,
+                           double *, double *, double *);
+typedef double (*nf_shift_fn)(const void *);
 typedef void (*nf_range_rows_fn)(const nf_plan *, const void *, int64_t, int64_t, int64_t, int64_t, double *,
                                  double *);
 typedef void (*nf_range_cols_fn)(const nf_plan *, const void *, int64_t, int64_t, int64_t, double *, double *);
@@ -43,13 +45,22 @@ static void nf_finish_range(const nf_plan *p, const double *rpart, int64_t per, 
     }
 }
 
-/* numpy's conventions: empty -> NaN, divisor max(n - ddof, 0). */
-static inline void nf_store(nf_dtype odt, void *mean, void *var, int64_t at, const nf_acc *a, double ddof)
+/* The shift of statistic i = o * K + k (block_tmpl.h): its first element, x at (o, r1 = 0, k, r2 = 0). */
+static double nf_shift_at(const nf_plan *p, nf_shift_fn shift, const char *xb, int64_t isz, int64_t i)
+{
+    nf_iter it;
+    nf_iter_init(&it, &p->o, i / p->k);
+    return shift(xb + (it.off + (i % p->k) * p->k_stride) * isz);
+}
+
+/* numpy's conventions: empty -> NaN, divisor max(n - ddof, 0). a's mean is that of x - K. */
+static inline void nf_store(nf_dtype odt, void *mean, void *var, int64_t at, const nf_acc *a, double K,
+                            double ddof)
 {
     double mu = NAN, v = NAN;
     if (a->n > 0) {
         double dof = a->n - ddof;
-        mu = a->mean;
+        mu = K + a->mean;
         v = a->m2 / (dof > 0 ? dof : 0);
     }
     if (odt == NF_F64) {
@@ -61,10 +72,11 @@ static inline void nf_store(nf_dtype odt, void *mean, void *var, int64_t at, con
     }
 }
 
-/* Merge each statistic's partials (`group` sub-statistics x `n_chunks` chunks, in that fixed order) and
- * store it. */
-static void nf_finish(const nf_plan *p, nf_dtype odt, const nf_acc *part, int64_t group, int64_t n_chunks,
-                      void *mean, void *var, double ddof, int nt)
+/* Merge each statistic's partials (`group` sub-statistics x `n_chunks` chunks, in that fixed order, all
+ * in the statistic's shifted frame) and store it. */
+static void nf_finish(const nf_plan *p, nf_shift_fn shift, const char *xb, int64_t isz, nf_dtype odt,
+                      const nf_acc *part, int64_t group, int64_t n_chunks, void *mean, void *var, double ddof,
+                      int nt)
 {
     const int64_t n_out = p->o.size * p->k, per = group * n_chunks;
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1 && n_out * per >= 4096)
@@ -74,7 +86,7 @@ static void nf_finish(const nf_plan *p, nf_dtype odt, const nf_acc *part, int64_
             const nf_acc *b = &part[i * per + c];
             nf_chan(&a, b->n, b->mean, b->m2);
         }
-        nf_store(odt, mean, var, nf_out_at(p, i), &a, ddof);
+        nf_store(odt, mean, var, nf_out_at(p, i), &a, nf_shift_at(p, shift, xb, isz, i), ddof);
     }
 }
 
@@ -83,6 +95,7 @@ nf_status NF_FN(nf_moments)(const nf_plan *p, nf_dtype dt, const void *x, nf_dty
 {
     static const nf_rows_fn rows_of[] = {rows_f32, rows_f64, rows_f16, rows_bf16}; /* by nf_dtype */
     static const nf_cols_fn cols_of[] = {cols_f32, cols_f64, cols_f16, cols_bf16};
+    static const nf_shift_fn shift_of[] = {shift_f32, shift_f64, shift_f16, shift_bf16};
     static const nf_range_rows_fn range_rows_of[] = {range_rows_f32, range_rows_f64, range_rows_f16,
                                                      range_rows_bf16};
     static const nf_range_cols_fn range_cols_of[] = {range_cols_f32, range_cols_f64, range_cols_f16,
@@ -92,13 +105,14 @@ nf_status NF_FN(nf_moments)(const nf_plan *p, nf_dtype dt, const void *x, nf_dty
         return NF_EINVAL;
     const nf_rows_fn rows = rows_of[dt];
     const nf_cols_fn cols = cols_of[dt];
+    const nf_shift_fn shift = shift_of[dt];
     const int64_t n_out = p->o.size * p->k;
     if (n_out == 0)
         return NF_OK;
     if (p->count == 0) {
         const nf_acc empty = {0, 0, 0};
         for (int64_t i = 0; i < n_out; i++) {
-            nf_store(odt, mean, var, nf_out_at(p, i), &empty, ddof);
+            nf_store(odt, mean, var, nf_out_at(p, i), &empty, 0, ddof);
             if (lo)
                 lo[nf_out_at(p, i)] = hi[nf_out_at(p, i)] = NAN;
         }
@@ -130,13 +144,14 @@ nf_status NF_FN(nf_moments)(const nf_plan *p, nf_dtype dt, const void *x, nf_dty
             nf_iter oi;
             nf_iter_init(&oi, &p->o, it.o);
             nf_acc a = {0, 0, 0};
-            rows(p, xb + oi.off * isz, it.ra, it.rb, it.ca, it.cb, &a);
+            const double K = shift(xb + oi.off * isz);
+            rows(p, xb + oi.off * isz, K, it.ra, it.rb, it.ca, it.cb, &a);
             if (rpart) /* the same elements again, now in cache */
                 range_rows(p, xb + oi.off * isz, it.ra, it.rb, it.ca, it.cb, &rpart[2 * w], &rpart[2 * w + 1]);
             if (part)
                 part[w] = a;
             else
-                nf_store(odt, mean, var, p->out_offset + oi.ooff, &a, ddof);
+                nf_store(odt, mean, var, p->out_offset + oi.ooff, &a, K, ddof);
         }
     } else {
         /* Column mode: chunk = (rows of R1) x (a tile of at most NF_KTILE columns of K). Short
@@ -161,10 +176,11 @@ nf_status NF_FN(nf_moments)(const nf_plan *p, nf_dtype dt, const void *x, nf_dty
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1 && items > 1)
         for (int64_t w = 0; w < items; w++) {
             const nf_col_item it = nf_col_at(&cw, w);
-            double n = 0, mu[NF_KTILE], m2[NF_KTILE];
+            double n = 0, mu[NF_KTILE], m2[NF_KTILE], K[NF_KTILE];
             nf_iter oi;
             nf_iter_init(&oi, &q.o, it.o);
-            cols(&q, xb + (oi.off + it.k0 * q.k_stride) * isz, it.ra, it.rb, it.nk, &n, mu, m2);
+            cols(&q, xb + (oi.off + it.k0 * q.k_stride) * isz, group, it.k0 % group, it.ra, it.rb, it.nk, K, &n, mu,
+                 m2);
             if (rpart) { /* the same block again, now in cache */
                 double l[NF_KTILE], h[NF_KTILE];
                 range_cols(&q, xb + (oi.off + it.k0 * q.k_stride) * isz, it.ra, it.rb, it.nk, l, h);
@@ -179,12 +195,12 @@ nf_status NF_FN(nf_moments)(const nf_plan *p, nf_dtype dt, const void *x, nf_dty
                 if (part)
                     part[i * n_chunks + it.ch] = a;
                 else
-                    nf_store(odt, mean, var, q.out_offset + oi.ooff + (it.k0 + k) * q.k_ostride, &a, ddof);
+                    nf_store(odt, mean, var, q.out_offset + oi.ooff + (it.k0 + k) * q.k_ostride, &a, K[k], ddof);
             }
         }
     }
     if (part) {
-        nf_finish(p, odt, part, group, n_chunks, mean, var, ddof, nt);
+        nf_finish(p, shift, xb, isz, odt, part, group, n_chunks, mean, var, ddof, nt);
         free(part);
     }
     if (rpart) {

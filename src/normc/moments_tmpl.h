@@ -6,11 +6,11 @@
 
 #include "block_tmpl.h"
 
-/* Row mode, for one statistic whose data starts at xv: rows [ra, rb) of R1, elements [ca, cb) of each
- * R2 row. Long contiguous rows are reduced in place; short or strided ones are gathered into an L1
- * buffer first so that every block is full. */
-static void NF_NAME(rows, NF_TAG)(const nf_plan *p, const void *xv, int64_t ra, int64_t rb, int64_t ca,
-                                  int64_t cb, nf_acc *acc)
+/* Row mode, for one statistic whose data starts at xv, shifted by K: rows [ra, rb) of R1, elements
+ * [ca, cb) of each R2 row. Long contiguous rows are reduced in place; short or strided ones are gathered
+ * into an L1 buffer first so that every block is full. */
+static void NF_NAME(rows, NF_TAG)(const nf_plan *p, const void *xv, double K, int64_t ra, int64_t rb,
+                                  int64_t ca, int64_t cb, nf_acc *acc)
 {
     const NF_T *x = (const NF_T *)xv;
     const int64_t s2 = p->r2_stride, len = cb - ca;
@@ -21,7 +21,7 @@ static void NF_NAME(rows, NF_TAG)(const nf_plan *p, const void *xv, int64_t ra, 
         for (int64_t r = ra; r < rb; r++, nf_iter_next(&it, &p->r1))
             for (int64_t c = ca; c < cb; c += NF_BLOCK) {
                 int64_t n = cb - c < NF_BLOCK ? cb - c : NF_BLOCK;
-                NF_NAME(seg, NF_TAG)(x + it.off + c, n, &m, &q);
+                NF_NAME(seg, NF_TAG)(x + it.off + c, n, (NF_A)K, &m, &q);
                 nf_chan(acc, (double)n, m, q);
             }
         return;
@@ -37,58 +37,70 @@ static void NF_NAME(rows, NF_TAG)(const nf_plan *p, const void *xv, int64_t ra, 
             fill += n;
             c += n;
             if (fill == NF_BLOCK) {
-                NF_SEG_A(buf, fill, &m, &q);
+                NF_SEG_A(buf, fill, (NF_A)K, &m, &q);
                 nf_chan(acc, (double)fill, m, q);
                 fill = 0;
             }
         }
     }
     if (fill) {
-        NF_SEG_A(buf, fill, &m, &q);
+        NF_SEG_A(buf, fill, (NF_A)K, &m, &q);
         nf_chan(acc, (double)fill, m, q);
     }
 }
 
-/* Column-mode block means over the vector columns [0, nv): rows streamed in order, four at a time, so
- * that memory is read front to back. */
+/* Column-mode block centres s = K + mean of x - K over the nk columns (k_stride ks apart; the first nv
+ * contiguous, handled by vectors): rows streamed in order, eight at a time, so that memory is read front
+ * to back. K8 is 8 K, exact (a power of two): eight rows are summed before it is taken off, so constant
+ * columns still sum to exactly 0 (pass 2, centred here, puts the rounding back). */
 static NF_INLINE void NF_NAME(col_means, NF_TAG)(const NF_T *x, const int64_t *off, int64_t nr, int64_t nv,
-                                                  NF_A *sum)
+                                                 int64_t nk, int64_t ks, const NF_A *K, const NF_A *K8, NF_A *s)
 {
     const NF_V z = {0};
     for (int64_t k = 0; k < nv; k += NF_W)
-        memcpy(sum + k, &z, sizeof z);
+        memcpy(s + k, &z, sizeof z);
     int64_t r = 0;
-    for (; r + 4 <= nr; r += 4) {
-        const NF_T *a = x + off[r], *b = x + off[r + 1], *c = x + off[r + 2], *d = x + off[r + 3];
+    for (; r + 8 <= nr; r += 8) {
+        const NF_T *const a[8] = {x + off[r],     x + off[r + 1], x + off[r + 2], x + off[r + 3],
+                                  x + off[r + 4], x + off[r + 5], x + off[r + 6], x + off[r + 7]};
         for (int64_t k = 0; k < nv; k += NF_W) {
-            NF_V s;
-            memcpy(&s, sum + k, sizeof s);
-            s += (NF_VLOAD(a + k) + NF_VLOAD(b + k)) + (NF_VLOAD(c + k) + NF_VLOAD(d + k));
-            memcpy(sum + k, &s, sizeof s);
+            NF_V t, kv;
+            memcpy(&t, s + k, sizeof t);
+            memcpy(&kv, K8 + k, sizeof kv);
+            t += (((NF_VLOAD(a[0] + k) + NF_VLOAD(a[1] + k)) + (NF_VLOAD(a[2] + k) + NF_VLOAD(a[3] + k))) +
+                  ((NF_VLOAD(a[4] + k) + NF_VLOAD(a[5] + k)) + (NF_VLOAD(a[6] + k) + NF_VLOAD(a[7] + k)))) - kv;
+            memcpy(s + k, &t, sizeof t);
         }
     }
     for (; r < nr; r++)
         for (int64_t k = 0; k < nv; k += NF_W) {
-            NF_V s;
-            memcpy(&s, sum + k, sizeof s);
-            s += NF_VLOAD(x + off[r] + k);
-            memcpy(sum + k, &s, sizeof s);
+            NF_V t, kv;
+            memcpy(&t, s + k, sizeof t);
+            memcpy(&kv, K + k, sizeof kv);
+            t += NF_VLOAD(x + off[r] + k) - kv;
+            memcpy(s + k, &t, sizeof t);
         }
-    for (int64_t k = 0; k < nv; k++)
-        sum[k] /= (NF_A)nr; /* a true division keeps constant columns exact (variance exactly 0) */
+    for (int64_t k = nv; k < nk; k++) { /* leftover or strided columns */
+        NF_A t = 0;
+        for (r = 0; r < nr; r++)
+            t += NF_LOAD(x[off[r] + k * ks]) - K[k];
+        s[k] = t;
+    }
+    for (int64_t k = 0; k < nk; k++)
+        s[k] = K[k] + s[k] / (NF_A)nr;
 }
 
-/* The sums of d and d^2 over the block for nv (1 or 4, a constant once inlined) vectors of columns from
- * k, a strip down the block (now in cache) with the accumulators in registers. */
+/* The sums of d = (x - s) * up and d^2 over the block for nv (1 or 4, a constant once inlined) vectors of
+ * columns from k, a strip down the block (now in cache) with the accumulators in registers. */
 static NF_INLINE void NF_NAME(col_devs, NF_TAG)(const NF_T *x, const int64_t *off, int64_t nr, int64_t k,
-                                                 int nv, const NF_A *mean, NF_A *c, NF_A *q)
+                                                 int nv, const NF_A *s, NF_A up, NF_A *c, NF_A *q)
 {
     NF_V m[4], cv[4] = {{0}}, qv[4] = {{0}};
     for (int j = 0; j < nv; j++)
-        memcpy(&m[j], mean + k + j * NF_W, sizeof m[j]);
+        memcpy(&m[j], s + k + j * NF_W, sizeof m[j]);
     for (int64_t r = 0; r < nr; r++)
         for (int j = 0; j < nv; j++) {
-            NF_V d = NF_VLOAD(x + off[r] + k + j * NF_W) - m[j];
+            NF_V d = (NF_VLOAD(x + off[r] + k + j * NF_W) - m[j]) * up;
             cv[j] += d;
             qv[j] += d * d;
         }
@@ -98,53 +110,120 @@ static NF_INLINE void NF_NAME(col_devs, NF_TAG)(const NF_T *x, const int64_t *of
     }
 }
 
-/* Column mode: rows [ra, rb) of R1 and nk <= NF_KTILE columns of K starting at xv. Blocks of NF_RB rows
- * are reduced per column by the two-pass algorithm (vectorised across contiguous columns, a strip of
- * columns at a time down the block) and merged into (n, mean[], m2[]). */
-static void NF_NAME(cols, NF_TAG)(const nf_plan *p, const void *xv, int64_t ra, int64_t rb, int64_t nk,
-                                  double *n_acc, double *mean, double *m2)
+/* The second pass of a block over its nk columns (as col_means), up 1 or NF_TINY_UP (a constant in each
+ * inlined copy). */
+static NF_INLINE void NF_NAME(col_pass2, NF_TAG)(const NF_T *x, const int64_t *off, int64_t nr, int64_t nv,
+                                                  int64_t nk, int64_t ks, const NF_A *s, NF_A up, NF_A *c,
+                                                  NF_A *q)
+{
+    const int64_t n4 = nv - nv % (4 * NF_W);
+    int64_t k;
+    for (k = 0; k < n4; k += 4 * NF_W)
+        NF_NAME(col_devs, NF_TAG)(x, off, nr, k, 4, s, up, c, q);
+    for (; k < nv; k += NF_W)
+        NF_NAME(col_devs, NF_TAG)(x, off, nr, k, 1, s, up, c, q);
+    for (; k < nk; k++) { /* leftover or strided columns */
+        NF_A cs = 0, qs = 0;
+        for (int64_t r = 0; r < nr; r++) {
+            NF_A d = (NF_LOAD(x[off[r] + k * ks]) - s[k]) * up;
+            cs += d;
+            qs += d * d;
+        }
+        c[k] = cs;
+        q[k] = qs;
+    }
+}
+
+/* (mean of x - K, M2) of one column of a block (nr elements x[off[r]], centre s) whose second pass at
+ * scale up float could not hold: again at the other scale, or in double (seg_* does the same). */
+static NF_COLD void NF_NAME(col_fix, NF_TAG)(const NF_T *x, const int64_t *off, int64_t nr, NF_A s, NF_A K,
+                                             int up, double *mean, double *m2)
+{
+    const NF_A f = up ? 1 : NF_TINY_UP;
+    NF_A c = 0, q = 0;
+    for (int64_t r = 0; r < nr; r++) {
+        const NF_A d = (NF_LOAD(x[off[r]]) - s) * f;
+        c += d;
+        q += d * d;
+    }
+    if (NF_NAME(pass2_ok, NF_TAG)(q, s, nr, !up))
+        NF_NAME(block_out, NF_TAG)(s, K, c, q, up ? 1 : NF_TINY_DOWN, 1.0 / (double)nr, mean, m2);
+    else
+        NF_NAME(seg_wide, NF_TAG)(x, off, nr, (double)K, mean, m2);
+}
+
+/* Whether every q[0..nk) is at least lo and finite (NaN is not), a vector of them at a time. */
+static NF_INLINE int NF_NAME(all_fit, NF_TAG)(const NF_A *q, int64_t nk, NF_A lo)
+{
+    const NF_V z = {0}, lv = z + lo, inf = z + (NF_A)INFINITY;
+    NF_VI ok = z == z;
+    int64_t k = 0;
+    for (; k + NF_W <= nk; k += NF_W) {
+        NF_V v;
+        memcpy(&v, q + k, sizeof v);
+        ok &= (NF_VI)(v >= lv) & (NF_VI)(v < inf);
+    }
+    int all = 1;
+    for (int j = 0; j < NF_W; j++)
+        all &= ok[j] != 0;
+    for (; k < nk; k++)
+        all &= q[k] >= lo && q[k] < (NF_A)INFINITY;
+    return all;
+}
+
+/* Column mode: rows [ra, rb) of R1 and nk <= NF_KTILE columns of K starting at xv (row 0 of R1), each
+ * column shifted by its statistic's first element, that of the first column of its group of `group`
+ * adjacent columns (the tile's first column being column g0 of its group), stored in Kd[]. Blocks of
+ * NF_RB rows are reduced per column by the two-pass algorithm (vectorised across contiguous columns, a
+ * strip of columns at a time down the block) and merged into (n, mean[], m2[]), means of x - Kd. */
+static void NF_NAME(cols, NF_TAG)(const nf_plan *p, const void *xv, int64_t group, int64_t g0, int64_t ra,
+                                  int64_t rb, int64_t nk, double *Kd, double *n_acc, double *mean, double *m2)
 {
     const NF_T *x = (const NF_T *)xv;
     const int64_t ks = p->k_stride;
     const int64_t nv = ks == 1 ? nk - nk % NF_W : 0; /* columns handled by vectors */
-    const int64_t n4 = nv - nv % (4 * NF_W);
-    NF_A sum[NF_KTILE], c[NF_KTILE], q[NF_KTILE];
+    NF_A K[NF_KTILE], K8[NF_KTILE], s[NF_KTILE], c[NF_KTILE], q[NF_KTILE];
     int64_t off[NF_RB];
+    for (int64_t k = 0; k < nk; k++) {
+        const NF_A v = NF_LOAD(x[(group > 1 ? k - (g0 + k) % group : k) * ks]);
+        K[k] = isfinite(v) ? v : 0, K8[k] = 8 * K[k], Kd[k] = K[k];
+    }
     nf_iter it;
     nf_iter_init(&it, &p->r1, ra);
     for (int64_t r0 = ra; r0 < rb; r0 += NF_RB) {
         const int64_t nr = rb - r0 < NF_RB ? rb - r0 : NF_RB;
         nf_next_offsets(&it, &p->r1, nr, off);
-        int64_t k;
-        NF_NAME(col_means, NF_TAG)(x, off, nr, nv, sum);
-        for (k = 0; k < n4; k += 4 * NF_W)
-            NF_NAME(col_devs, NF_TAG)(x, off, nr, k, 4, sum, c, q);
-        for (; k < nv; k += NF_W)
-            NF_NAME(col_devs, NF_TAG)(x, off, nr, k, 1, sum, c, q);
-        for (k = nv; k < nk; k++) { /* leftover or strided columns */
-            NF_A s = 0, cs = 0, qs = 0;
-            for (int64_t r = 0; r < nr; r++)
-                s += NF_LOAD(x[off[r] + k * ks]);
-            s /= (NF_A)nr;
-            for (int64_t r = 0; r < nr; r++) {
-                NF_A d = NF_LOAD(x[off[r] + k * ks]) - s;
-                cs += d;
-                qs += d * d;
-            }
-            sum[k] = s;
-            c[k] = cs;
-            q[k] = qs;
-        }
+        NF_NAME(col_means, NF_TAG)(x, off, nr, nv, nk, ks, K, K8, s);
+        /* Float only: the whole block scaled up where every centre is tiny (zeros); the columns its
+         * scale does not hold are taken again one by one. */
+        int up = NF_NAME(scale_up, NF_TAG)(s[0]);
+        for (int64_t k = 1; up && k < nk; k++)
+            up = NF_NAME(scale_up, NF_TAG)(s[k]);
+        if (up)
+            NF_NAME(col_pass2, NF_TAG)(x, off, nr, nv, nk, ks, s, NF_TINY_UP, c, q);
+        else
+            NF_NAME(col_pass2, NF_TAG)(x, off, nr, nv, nk, ks, s, 1, c, q);
         const double nb = (double)nr, inb = 1.0 / nb, na = *n_acc, nt = na + nb;
         const double wb = nb / nt, wab = na / nt * nb;
-        for (int64_t k = 0; k < nk; k++) {
-            double bm = isfinite(sum[k]) ? (double)sum[k] + (double)c[k] * inb : (double)sum[k];
-            double bq = nf_clamp0((double)q[k] - (double)c[k] * (double)c[k] * inb);
-            double d = bm - mean[k];
-            /* na == 0 takes the block as it is; infinities add up as in a plain sum. */
-            mean[k] = na == 0 ? bm : isfinite(d) ? mean[k] + d * wb : mean[k] + bm;
-            m2[k] = na == 0 ? bq : m2[k] + bq + d * d * wab;
-        }
+        /* The common case, every column held at its scale (scaled up: all finite), in a loop of its own
+         * without calls (it vectorises); else column by column, the ones float could not hold taken
+         * again. */
+        const double un = up ? NF_TINY_DOWN : 1;
+        if (sizeof(NF_A) == sizeof(double) || NF_NAME(all_fit, NF_TAG)(q, nk, up ? 0 : (NF_A)nr * NF_TINY_SQ))
+            for (int64_t k = 0; k < nk; k++) {
+                double bm, bq;
+                NF_NAME(block_out, NF_TAG)(s[k], K[k], c[k], q[k], un, inb, &bm, &bq);
+                nf_chan_col(&mean[k], &m2[k], na, wb, wab, bm, bq);
+            }
+        else
+            for (int64_t k = 0; k < nk; k++) {
+                double bm, bq;
+                if (NF_NAME(pass2_ok, NF_TAG)(q[k], s[k], nr, up))
+                    NF_NAME(block_out, NF_TAG)(s[k], K[k], c[k], q[k], un, inb, &bm, &bq);
+                else
+                    NF_NAME(col_fix, NF_TAG)(x + k * ks, off, nr, s[k], K[k], up, &bm, &bq);
+                nf_chan_col(&mean[k], &m2[k], na, wb, wab, bm, bq);
+            }
         *n_acc = nt;
     }
 }

@@ -7,8 +7,10 @@
 
 #if defined(__GNUC__)
 #define NF_INLINE inline __attribute__((always_inline))
+#define NF_COLD __attribute__((cold, noinline)) /* rare paths, kept out of the hot loops */
 #else
 #define NF_INLINE inline
+#define NF_COLD
 #endif
 
 /* f(args..., act) with act a constant in each case, so every activation gets its own inlined loop. */

@@ -1,0 +1,383 @@
+"""Magnitudes and exactness: statistics and norms of data whose squares leave the accumulation type's range
+while the results fit, constant data at any magnitude (variance exactly 0), precision along columns, and
+scales 1 / sqrt(var + eps) or 1 / max(norm, eps) that the accumulation type cannot hold. Every expectation
+is float64 NumPy on the exact input values, PyTorch in float64, or a closed form."""
+import ml_dtypes
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import normfast
+
+from conftest import use_threads
+
+HALF_RANGE = [np.float32, ml_dtypes.bfloat16]  # float32's exponent range, accumulated in float
+FLOAT_DTYPES = [np.float16, ml_dtypes.bfloat16, np.float32, np.float64]
+TINY32 = float(np.finfo(np.float32).smallest_subnormal)
+
+# Layouts of one statistic per kept index, each (shape, axis, view): row mode (contiguous, strided,
+# gathered short rows), column mode (contiguous, strided, transposed) and short rows merged as columns.
+LAYOUTS = {
+    "rows": ((6, 3000), 1, lambda a: a),
+    "rows-strided": ((6, 6000), 1, lambda a: a[:, ::2]),
+    "rows-short": ((200, 40), 1, lambda a: a),
+    "whole": ((5000,), None, lambda a: a),
+    "cols": ((3000, 6), 0, lambda a: a),
+    "cols-strided": ((3000, 12), 0, lambda a: a[:, ::2]),
+    "cols-transposed": ((6, 3000), 0, lambda a: a.T),
+    "short-rows-as-cols": ((4, 700, 8, 2), (1, 3), lambda a: a),
+}
+
+
+def dname(dtype):
+    return np.dtype(dtype).name
+
+
+def exact_moments(x, axis):
+    """float64 mean and variance of x's exact values; the variance of x - x.flat[0] (exact in float64 for
+    values of one magnitude), so that a large mean costs it no digits."""
+    x64 = np.asarray(x, np.float64)
+    shift = x64.reshape(-1)[0]
+    return x64.mean(axis), np.var(x64 - shift, axis)
+
+
+def data(layout, dtype, scale, offset, seed=0):
+    shape, axis, view = LAYOUTS[layout]
+    rng = np.random.default_rng(seed)
+    x = view((rng.standard_normal(shape) * scale + offset * scale).astype(dtype))
+    return x, axis
+
+
+def assert_stat_close(got, want, rtol, atol=0.0):
+    """got (float32) against the float64 value rounded to float32: relative, with float32's subnormal
+    spacing (or atol) as the floor."""
+    want32 = np.asarray(want).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(got, np.float64), want32.astype(np.float64), rtol=rtol,
+                               atol=max(atol, 4 * TINY32))
+
+
+def mean_atol(x):
+    """A mean's rounding is relative to the data, not to the mean (which may cancel to near 0)."""
+    return 2e-6 * float(np.max(np.abs(np.asarray(x, np.float64))))
+
+
+# --- 1. squares outside the accumulation type's range, results inside -------------------------------
+
+def test_reported_cases():
+    x = np.tile(np.float32([1e19, 2e19]), 256)
+    mean, var = normfast.moments(x)
+    assert_stat_close(mean, np.mean(x.astype(np.float64)), 1e-7)
+    assert_stat_close(var, np.var(x.astype(np.float64)), 1e-7)
+    np.testing.assert_array_equal(normfast.rms_norm(np.full((1, 512), 1e18, np.float32), 512), 1.0)
+    assert normfast.moments(np.full(1000, 1e200)) == (1e200, 0.0)
+    assert np.all(normfast.moments(np.full((100, 3), 1e-10), axis=0)[1] == 0)
+    y = normfast.cosine_linear(np.zeros((1, 4), np.float32), np.ones((1, 4), np.float32), eps=1e-45)
+    np.testing.assert_array_equal(y, 0)
+
+
+@pytest.mark.parametrize("dtype", HALF_RANGE, ids=dname)
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("scale,offset", [(1e19, 1.0), (3e18, -4.0), (1e-25, 2.0), (1e-30, 0.0),
+                                          (1e-19, 0.0), (2e-38, 1.0)])
+def test_float_range_moments(isa, dtype, layout, scale, offset):
+    """Squares overflow (1e19: 1e38 each, summed past float's range) or underflow (1e-25 and below) in
+    float: the float32 statistics are the float64 ones rounded, the float64 ones (RunningMoments) exact
+    to float's rounding."""
+    x, axis = data(layout, dtype, scale, offset)
+    want_mean, want_var = exact_moments(x, axis)
+    for threads in (1, 2, 3):
+        with use_threads(threads):
+            mean, var = normfast.moments(x, axis)
+        assert_stat_close(mean, want_mean, 2e-6, mean_atol(x))
+        assert_stat_close(var, want_var, 2e-5)
+    if axis is None or isinstance(axis, int):
+        rm = normfast.RunningMoments(axis=axis)
+        rm.update(x)
+        np.testing.assert_allclose(rm.mean, want_mean, rtol=2e-6, atol=1e-6 * scale)
+        np.testing.assert_allclose(rm.var(), want_var, rtol=2e-5)
+        assert np.all(rm.var() > 0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, ml_dtypes.bfloat16], ids=dname)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+@given(exp=st.integers(-44, 18), offset=st.sampled_from([0.0, 1.0, -30.0]),
+       n=st.sampled_from([1, 7, 300, 2049, 5000]), cols=st.integers(1, 11), seed=st.integers(0, 99))
+def test_float_range_moments_sweep(isa, dtype, exp, offset, n, cols, seed):
+    """Any float32 magnitude whose variance fits: both reduction modes against float64."""
+    scale = 10.0 ** exp
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((n, cols)) * scale + offset * scale).astype(dtype)
+    for axis in (0, 1):
+        mean, var = normfast.moments(x, axis)
+        want_mean, want_var = exact_moments(x, axis)
+        assert_stat_close(mean, want_mean, 2e-6, mean_atol(x))
+        assert_stat_close(var, want_var, 2e-5)
+
+
+@pytest.mark.parametrize("scale", [1e19, 1e-25])
+def test_dask_moments_at_float_range(scale):
+    """The Dask moments merge the engine's float64 per-chunk statistics: right at float's range edges."""
+    import dask
+    import dask.array as da
+
+    import normfast.dask as nfd
+
+    x = (np.random.default_rng(7).standard_normal((3000, 5)) * scale + scale).astype(np.float32)
+    with dask.config.set(scheduler="synchronous"):
+        mean, var = dask.compute(*nfd.moments(da.from_array(x, chunks=(700, 5)), axis=0))
+    want_mean, want_var = exact_moments(x, 0)
+    assert_stat_close(mean, want_mean, 2e-6, mean_atol(x))
+    assert_stat_close(var, want_var, 2e-5)
+
+
+@pytest.mark.parametrize("dtype", HALF_RANGE, ids=dname)
+@pytest.mark.parametrize("rows", [5, 64, 300, 5000])
+def test_mixed_magnitudes_side_by_side(isa, dtype, rows):
+    """Zero, tiny, ordinary and huge columns in one block (each kept, redone scaled or in double on its
+    own), along columns and, transposed, along rows."""
+    rng = np.random.default_rng(6)
+    scales = [0.0, 1e-30, 1e-20, 1.0, 1e19, 3e-41, 1e-30, 1.0, 0.0]
+    x = np.stack([rng.standard_normal(rows) * sc + 2 * sc for sc in scales], axis=1).astype(dtype)
+    x[:, -1] = 1e19  # constant, exactly
+    for view, axis in ((x, 0), (np.ascontiguousarray(x.T), 1), (x.T, 1)):
+        want_mean = np.asarray(view, np.float64).mean(axis)
+        want_var = np.array([np.var(np.asarray(c, np.float64) - np.asarray(c, np.float64)[0])
+                             for c in np.moveaxis(np.asarray(view), 1 - axis, 0)])  # each shifted by its own first
+        for threads in (1, 3):
+            with use_threads(threads):
+                mean, var = normfast.moments(view, axis)
+            assert_stat_close(var, want_var, 2e-5)
+            np.testing.assert_allclose(np.asarray(mean, np.float64), np.asarray(want_mean).astype(np.float32),
+                                       rtol=2e-6, atol=4 * TINY32)
+            assert var[-1] == 0 and var[0] == 0
+
+
+@pytest.mark.parametrize("dtype", HALF_RANGE, ids=dname)
+@pytest.mark.parametrize("scale", [1e19, 1e-25])
+def test_channel_norms_at_float_range(isa, dtype, scale):
+    """batch, instance and group norm (moments + apply, fused segment rows) against float64."""
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((4, 6, 5, 7)) * scale + scale).astype(dtype)
+    x64 = np.asarray(x, np.float64)
+    eps = 1e-5 * scale * scale  # keeps the float64 expectation's eps in proportion to the data
+
+    def ref(axes, groups=None):
+        z = x64.reshape(4, groups, -1) if groups else x64
+        a = (0, 2) if groups else axes
+        mu = z.mean(a, keepdims=True) if not groups else z.mean(2, keepdims=True)
+        va = np.var(z - z.reshape(-1)[0], a if not groups else 2, keepdims=True)
+        return ((z - mu) / np.sqrt(va + eps)).reshape(x.shape)
+
+    tol = 2e-2 if dtype == ml_dtypes.bfloat16 else 2e-4
+    for threads in (1, 3):
+        with use_threads(threads):
+            y_bn = normfast.batch_norm(x, training=True, eps=eps)
+            y_in = normfast.instance_norm(x, eps=eps)
+            y_gn = normfast.group_norm(x, 3, eps=eps)
+        np.testing.assert_allclose(np.asarray(y_bn, np.float64), ref((0, 2, 3)), atol=tol)
+        np.testing.assert_allclose(np.asarray(y_in, np.float64), ref((2, 3)), atol=tol)
+        np.testing.assert_allclose(np.asarray(y_gn, np.float64), ref(None, 3), atol=tol)
+
+
+@pytest.mark.parametrize("dtype", HALF_RANGE, ids=dname)
+@pytest.mark.parametrize("scale", [1e18, 1e19, 1e-25, 1e-30, 1e-40])
+@pytest.mark.parametrize("n", [7, 512, 5000])
+def test_row_norms_at_float_range(isa, dtype, scale, n):
+    """layer and RMS norm rows (and their return_stats) whose squares leave float's range."""
+    rng = np.random.default_rng(2)
+    x = (rng.standard_normal((3, n)) * scale + 0.5 * scale).astype(dtype)
+    x64 = np.asarray(x, np.float64)
+    eps = 1e-6 * scale * scale
+    tol = 2e-2 if dtype == ml_dtypes.bfloat16 else 2e-4
+    mu, var = exact_moments(x, 1)
+    want_ln = (x64 - mu[:, None]) / np.sqrt(var[:, None] + eps)
+    ms = np.mean(x64 * x64, 1)
+    want_rms = x64 / np.sqrt(ms[:, None] + eps)
+    y, mean, rstd = normfast.layer_norm(x, n, eps=eps, return_stats=True)
+    np.testing.assert_allclose(np.asarray(y, np.float64), want_ln, atol=tol)
+    np.testing.assert_allclose(mean, mu, rtol=1e-5, atol=1e-6 * scale)
+    np.testing.assert_allclose(rstd, 1 / np.sqrt(var + eps), rtol=1e-5)
+    y, rstd = normfast.rms_norm(x, n, eps=eps, return_stats=True)
+    np.testing.assert_allclose(np.asarray(y, np.float64), want_rms, atol=tol)
+    np.testing.assert_allclose(rstd, 1 / np.sqrt(ms + eps), rtol=1e-5)
+
+
+@pytest.mark.parametrize("scale", [1e20, 1e-25, 1e-40])
+def test_l2_rows_at_float_range(isa, scale):
+    """weight_norm and cosine_linear of vectors whose squared norms leave float's range."""
+    rng = np.random.default_rng(3)
+    v = (rng.standard_normal((8, 300)) * scale).astype(np.float32)
+    v64 = v.astype(np.float64)
+    unit = v64 / np.linalg.norm(v64, axis=1, keepdims=True)
+    g = np.full((8, 1), 2.0, np.float32)
+    np.testing.assert_allclose(normfast.weight_norm(v, g), 2 * unit, atol=1e-5)
+    x = (rng.standard_normal((5, 300)) * scale).astype(np.float32)
+    x64 = x.astype(np.float64)
+    want = (x64 / np.linalg.norm(x64, axis=1, keepdims=True)) @ unit.T
+    np.testing.assert_allclose(normfast.cosine_linear(x, v, eps=1e-45), want, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", HALF_RANGE, ids=dname)
+@pytest.mark.parametrize("scale,eps_scaled", [(1e19, False), (1e19, True), (1e-25, False), (1e-25, True),
+                                              (1e-40, False)])
+def test_backward_at_float_range(isa, dtype, scale, eps_scaled):
+    """The backward passes against PyTorch in float64. Channels-first groups of 72 elements run the fused
+    segment kernel (statistics computed in it), layer and RMS norm the fused rows; eps in proportion to
+    the data makes 1 / sqrt(var + eps) and its square leave float's range (1e-25) in those kernels."""
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((4, 8, 8, 9)) * scale + scale).astype(dtype)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    eps = 1e-5 * scale * scale if eps_scaled else 1e-5
+    xt = torch.tensor(np.asarray(x, np.float64), requires_grad=True)
+    dyt = torch.tensor(np.asarray(dy, np.float64))
+    tol = 5e-2 if dtype == ml_dtypes.bfloat16 else 1e-3
+    F = torch.nn.functional
+    cases = [
+        (lambda: normfast.layer_norm_backward(dy, x, 9, eps=eps), lambda t: F.layer_norm(t, (9,), eps=eps)),
+        (lambda: normfast.rms_norm_backward(dy, x, 9, eps=eps), lambda t: F.rms_norm(t, (9,), eps=eps)),
+        (lambda: normfast.group_norm_backward(dy, x, 4, eps=eps), lambda t: F.group_norm(t, 4, eps=eps)),
+        (lambda: normfast.batch_norm_backward(dy, x, eps=eps),
+         lambda t: F.batch_norm(t, None, None, training=True, eps=eps)),
+        (lambda: normfast.instance_norm_backward(dy, x, eps=eps), lambda t: F.instance_norm(t, eps=eps)),
+    ]
+    for ours, theirs in cases:
+        got = ours()
+        gx = np.asarray(got[0] if isinstance(got, tuple) else got, np.float64)
+        xt.grad = None
+        theirs(xt).backward(dyt)
+        want = xt.grad.numpy()
+        assert np.all(np.isfinite(gx))
+        np.testing.assert_allclose(gx, want, atol=tol * np.max(np.abs(want)))
+
+
+# --- 2, 3. constant data: variance exactly 0, normalized output exactly 0 (or the bias) ---------------
+
+CONSTANTS = {
+    np.float16: [0.0, 6e-8, -1e-3, 0.1, 3.0, 65000.0],
+    ml_dtypes.bfloat16: [0.0, 1e-38, -1e-20, 0.1, 1e19, 3e38],
+    np.float32: [0.0, 1e-45, 1e-38, -1e-25, 1e-10, 0.1, 1.0 + 2**-23, -7e19, 1e37, 3.4e38],
+    np.float64: [0.0, 5e-324, 1e-300, 1e-150, -1e-10, 0.1, 1.0 + 2**-52, 1e150, -1e200, 1e300],
+}
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dname)
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_constant_variance_is_exactly_zero(isa, dtype, layout):
+    shape, axis, view = LAYOUTS[layout]
+    for c in CONSTANTS[dtype]:
+        x = view(np.full(shape, c, dtype))
+        value = float(np.asarray(c, dtype))
+        for threads in (1, 2, 3):
+            with use_threads(threads):
+                mean, var = normfast.moments(x, axis)
+            assert np.all(np.asarray(var) == 0), (c, var)
+            assert np.all(np.asarray(mean, np.float64) == np.float64(np.asarray(value, mean.dtype))), (c, mean)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dname)
+def test_constant_norm_outputs_are_exactly_the_bias(isa, dtype):
+    stats = np.float64 if dtype == np.float64 else np.float32
+    for c in CONSTANTS[dtype]:
+        x = np.full((3, 4, 5, 6), c, dtype)
+        bias = np.arange(1, 5, dtype=stats)
+        want = np.ones(x.shape) * bias[:, None, None]
+        np.testing.assert_array_equal(normfast.batch_norm(x, training=True, bias=bias), want)
+        np.testing.assert_array_equal(normfast.instance_norm(x, bias=bias), want)
+        np.testing.assert_array_equal(normfast.group_norm(x, 2, bias=bias), want)
+        lbias = np.arange(6, dtype=stats)
+        np.testing.assert_array_equal(normfast.layer_norm(x, 6, bias=lbias), np.ones(x.shape) * lbias)
+        np.testing.assert_array_equal(normfast.layer_norm(x.reshape(3, -1), 120), 0)
+
+
+def test_constant_columns_channels_last(isa):
+    """Column mode for the channel norms (channels-last) and the short-row merge: exactly 0."""
+    for c in (1e-10, 1e200, -3.5):
+        x = np.full((8, 5, 5, 3), c)
+        np.testing.assert_array_equal(normfast.batch_norm(x, training=True, axis=-1), 0)
+        np.testing.assert_array_equal(normfast.group_norm(x, 3, axis=-1), 0)
+        assert np.all(normfast.moments(np.full((100, 3), c), axis=0)[1] == 0)
+
+
+# --- 4. precision along columns -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype,spread", [(np.float64, 1e-10), (np.float64, 1e-6), (np.float32, 1e-3)],
+                         ids=["f64-1e-10", "f64-1e-6", "f32-1e-3"])
+def test_columns_as_exact_as_rows(isa, dtype, spread):
+    """Mean 1, tiny spread: column mode (and its merge across chunks) as exact as row mode."""
+    rng = np.random.default_rng(5)
+    x = (1 + spread * rng.standard_normal((100000, 4))).astype(dtype)
+    _, want = exact_moments(x, 0)
+    tol = 1e-12 if dtype == np.float64 else 2e-5
+    for threads in (1, 2, 3):
+        with use_threads(threads):
+            _, cols = normfast.moments(x, 0)
+            _, rows = normfast.moments(np.ascontiguousarray(x.T), 1)
+        np.testing.assert_allclose(cols, want, rtol=tol)
+        np.testing.assert_allclose(rows, want, rtol=tol)
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_float64_large_offset(isa, layout):
+    """float64 data at 1e150 with a spread of 1e140: every layout exact against the shifted float64 var."""
+    x, axis = data(layout, np.float64, 1e140, 1e10)
+    want_mean, want_var = exact_moments(x, axis)
+    mean, var = normfast.moments(x, axis)
+    np.testing.assert_allclose(mean, want_mean, rtol=1e-13)
+    np.testing.assert_allclose(var, want_var, rtol=1e-10)
+
+
+# --- 5. scales the accumulation type cannot hold -----------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.float16, ml_dtypes.bfloat16, np.float32], ids=dname)
+@pytest.mark.parametrize("eps", [1e-45, 1e-80, 1e-300])
+def test_zero_rows_with_tiny_eps(isa, dtype, eps):
+    """1 / sqrt(0 + eps) or 1 / max(0, eps) past float's range: zeros stay 0 (0 * inf would be NaN), and
+    nonzero rows come out right."""
+    x = np.zeros((3, 8), dtype)
+    np.testing.assert_array_equal(normfast.layer_norm(x, 8, eps=eps), 0)
+    np.testing.assert_array_equal(normfast.rms_norm(x, 8, eps=eps), 0)
+    np.testing.assert_array_equal(normfast.group_norm(x.reshape(3, 2, 4), 2, eps=eps), 0)
+    if dtype == np.float32:
+        w = np.ones((2, 8), np.float32)
+        np.testing.assert_array_equal(normfast.cosine_linear(x, w, eps=eps), 0)
+        t = torch.nn.functional.normalize(torch.zeros(1, 4), eps=1e-45)
+        assert torch.all(t == 0)  # PyTorch's answer for the reported case
+    tiny = np.zeros((1, 8), dtype)
+    tiny[0, 0] = np.finfo(np.float16).smallest_subnormal if dtype == np.float16 else 1e-38
+    v = float(np.asarray(tiny[0, 0], np.float64))
+    want_rms = np.sqrt(8.0) * np.sign(v) if eps < v * v / 8 * 1e-6 else None
+    y = np.asarray(normfast.rms_norm(tiny, 8, eps=eps), np.float64)
+    assert np.all(np.isfinite(y))
+    if want_rms is not None:
+        np.testing.assert_allclose(y[0, 0], want_rms, rtol=1e-2)
+        np.testing.assert_array_equal(y[0, 1:], 0)
+
+
+def test_l2_of_zero_matches_torch(isa):
+    x = np.zeros((2, 4), np.float32)
+    w = np.ones((3, 4), np.float32)
+    for eps in (1e-45, 1e-12):
+        want = torch.nn.functional.linear(torch.nn.functional.normalize(torch.tensor(x), eps=eps),
+                                          torch.nn.functional.normalize(torch.tensor(w), eps=eps))
+        np.testing.assert_array_equal(normfast.cosine_linear(x, w, eps=eps), want.numpy())
+
+
+# --- 6. NaN and infinity semantics unchanged ---------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dname)
+@pytest.mark.parametrize("layout", ["rows", "cols", "whole"])
+def test_non_finite_semantics(isa, dtype, layout):
+    x, axis = data(layout, dtype, 1.0, 0.0)
+    for bad, want_mean in ((np.nan, np.nan), (np.inf, np.inf), (-np.inf, -np.inf)):
+        for where in (0, -1):
+            y = np.array(x)
+            idx = np.unravel_index(where % y.size, y.shape)
+            y[idx] = bad
+            mean, var = normfast.moments(y, axis)
+            ref_mean = np.asarray(y, np.float64).mean(axis)
+            assert np.array_equal(np.isnan(np.asarray(mean, np.float64)), np.isnan(ref_mean))
+            assert np.array_equal(np.isinf(np.asarray(mean, np.float64)), np.isinf(ref_mean))
+            assert np.all(np.isnan(np.asarray(var)[np.isnan(ref_mean) | np.isinf(ref_mean)]))
