@@ -220,16 +220,20 @@ def test_l2_rows_at_float_range(isa, scale):
     np.testing.assert_allclose(normfast.cosine_linear(x, v, eps=1e-45), want, atol=1e-5)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("dtype", HALF_RANGE, ids=dname)
 @pytest.mark.parametrize("scale,eps_scaled", [(1e19, False), (1e19, True), (1e-25, False), (1e-25, True),
-                                              (1e-40, False)])
-def test_backward_at_float_range(isa, dtype, scale, eps_scaled):
+                                              (1e-40, False), (1e-30, True)])
+def test_backward_at_float_range(isa, dtype, scale, eps_scaled, channels_last):
     """The backward passes against PyTorch in float64. Channels-first groups of 72 elements run the fused
-    segment kernel (statistics computed in it), layer and RMS norm the fused rows; eps in proportion to
-    the data makes 1 / sqrt(var + eps) and its square leave float's range (1e-25) in those kernels."""
+    segment kernel (statistics computed in it), channels-last data the two-pass kernels (their float
+    coefficients), layer and RMS norm the fused rows; eps in proportion to the data makes
+    1 / sqrt(var + eps) and its square leave float's range (1e-25, 1e-30) in those kernels."""
     rng = np.random.default_rng(4)
     x = (rng.standard_normal((4, 8, 8, 9)) * scale + scale).astype(dtype)
     dy = rng.standard_normal(x.shape).astype(dtype)
+    if channels_last:  # the same values, channels on the last axis of memory: a transposed view
+        x, dy = (np.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2) for a in (x, dy))
     eps = 1e-5 * scale * scale if eps_scaled else 1e-5
     xt = torch.tensor(np.asarray(x, np.float64), requires_grad=True)
     dyt = torch.tensor(np.asarray(dy, np.float64))
@@ -251,6 +255,39 @@ def test_backward_at_float_range(isa, dtype, scale, eps_scaled):
         want = xt.grad.numpy()
         assert np.all(np.isfinite(gx))
         np.testing.assert_allclose(gx, want, atol=tol * np.max(np.abs(want)))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("dtype", [np.float16, ml_dtypes.bfloat16, np.float32], ids=dname)
+@pytest.mark.parametrize("scale,eps", [(1e-40, 1e-90), (1e-30, 1e-70), (1e-20, 1e-50)])
+def test_apply_scales_past_float_range(isa, dtype, scale, eps, channels_last):
+    """Non-constant channels whose 1 / sqrt(var + eps) does not fit float (tiny data, tinier eps): the
+    batch, instance, group and switchable norms and BatchNorm in eval, against float64 NumPy."""
+    rng = np.random.default_rng(6)
+    x = (rng.standard_normal((4, 6, 5, 7)) * scale).astype(dtype)
+    if channels_last:  # the two-pass paths, never the fused rows
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    x64 = np.asarray(x, np.float64)
+
+    def norm(axes):
+        m, v = x64.mean(axes, keepdims=True), x64.var(axes, keepdims=True)
+        return (x64 - m) / np.sqrt(v + eps)
+
+    groups = x64.reshape(4, 3, 2, 5, 7)
+    gm, gv = groups.mean((2, 3, 4), keepdims=True), groups.var((2, 3, 4), keepdims=True)
+    bn = normfast.layers.BatchNorm(6, eps=eps).eval()  # float32 running statistics, as loaded
+    rm, rv = (v.astype(np.float32) for v in (x64.mean((0, 2, 3)), x64.var((0, 2, 3))))
+    bn.load_state_dict({"running_mean": rm, "running_var": rv}, strict=False)
+    cases = [
+        (normfast.batch_norm(x, training=True, eps=eps), norm((0, 2, 3))),
+        (normfast.instance_norm(x, eps=eps), norm((2, 3))),
+        (normfast.group_norm(x, 3, eps=eps), ((groups - gm) / np.sqrt(gv + eps)).reshape(x.shape)),
+        (bn(x), (x64 - rm.astype(np.float64).reshape(1, 6, 1, 1)) / np.sqrt(
+            rv.astype(np.float64).reshape(1, 6, 1, 1) + eps)),
+    ]
+    tol = {np.float16: 2e-3, ml_dtypes.bfloat16: 2e-2, np.float32: 1e-5}[dtype]
+    for got, want in cases:
+        np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=tol, atol=tol)
 
 
 # --- 2, 3. constant data: variance exactly 0, normalized output exactly 0 (or the bias) ---------------

@@ -4,7 +4,7 @@ calls normc. Every argument is checked in functional.py; this layer only refuses
 cimport numpy as cnp
 import numpy as np
 from libc.float cimport FLT_MAX
-from libc.math cimport copysign, fabs, sqrt
+from libc.math cimport fabs, isfinite, sqrt
 from libc.stdint cimport int64_t
 
 cnp.import_array()
@@ -330,8 +330,10 @@ def coefficients(cnp.ndarray mean not None, cnp.ndarray var not None, double eps
     parameters' dtype, c = bias + (s - mean) * a, which puts that rounding back. mean and var: contiguous
     float64 of M values; weight and bias: None or contiguous vectors of P values in the outputs' dtype,
     statistic i taking entry i % P; shift, scale, offset: contiguous outputs of M values, all float32 or
-    all float64."""
+    all float64. Returns whether every float32 coefficient kept its value's range (False: a scale or
+    offset past float32's, as subnormal data with a tiny eps gives; the caller then applies in float64)."""
     cdef Py_ssize_t m = cnp.PyArray_SIZE(mean), p = 1, i
+    cdef bint fits = True
     cdef bint f64 = cnp.PyArray_TYPE(shift) == cnp.NPY_FLOAT64
     cdef int typenum = cnp.NPY_FLOAT64 if f64 else cnp.NPY_FLOAT32
     cdef cnp.ndarray arr
@@ -357,7 +359,7 @@ def coefficients(cnp.ndarray mean not None, cnp.ndarray var not None, double eps
     cdef char *ps = <char *>cnp.PyArray_DATA(shift)
     cdef char *pa = <char *>cnp.PyArray_DATA(scale)
     cdef char *pc = <char *>cnp.PyArray_DATA(offset)
-    cdef double a, sh, w, b
+    cdef double a, sh, w, b, cc
     for i in range(m):
         w = 1.0 if pw == NULL else ((<const double *>pw)[i % p] if f64 else (<const float *>pw)[i % p])
         b = 0.0 if pb == NULL else ((<const double *>pb)[i % p] if f64 else (<const float *>pb)[i % p])
@@ -369,10 +371,13 @@ def coefficients(cnp.ndarray mean not None, cnp.ndarray var not None, double eps
         else:
             sh = <float>pm[i]
             (<float *>ps)[i] = <float>sh
-            # a float scale saturates rather than overflows: a constant group's x - shift is exactly 0,
-            # and 0 * inf would be NaN (a tiny eps over zeros)
-            (<float *>pa)[i] = <float>(a if fabs(a) <= FLT_MAX else copysign(FLT_MAX, a))
-            (<float *>pc)[i] = <float>(b + (sh - pm[i]) * a)
+            cc = b + (sh - pm[i]) * a
+            (<float *>pa)[i] = <float>a
+            (<float *>pc)[i] = <float>cc
+            # past float's range where the double is finite (NaN statistics pass: NaN either way)
+            if (fabs(a) > FLT_MAX and isfinite(a)) or (fabs(cc) > FLT_MAX and isfinite(cc)):
+                fits = False
+    return fits
 
 
 cdef int _stats_like(cnp.ndarray ref, tuple arrays, int typenum, bint writeable, str what) except -1:

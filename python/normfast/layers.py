@@ -263,8 +263,7 @@ class BatchNorm(_ChannelNorm):
             stats = norms._running_stats(st["running_mean"], st["running_var"], x, c)
             plan = self._cache[key] = norms._apply_plan(x.ndim, (c,), *stats, _checks.positive(self.eps, "eps"),
                                                         *params, pdt)
-        _normc.apply(x, code, *plan, out, activation)
-        return out
+        return norms._run_plan(x, code, plan, out, activation)
 
 
 class InstanceNorm(_ChannelNorm):

@@ -30,16 +30,34 @@ def _apply_plan(ndim, keep, mean, var, eps, weight, bias, pdt):
     equal to (x - mean) / sqrt(var + eps) * weight + bias. mean and var: contiguous float64 laid out over
     the `keep` axes of rank-ndim data (size 1 elsewhere), the channel axis the last kept one; weight and
     bias: None or (C,) vectors of dtype pdt. s is the mean rounded to the compute precision pdt and that
-    rounding is folded into c in float64, so a large mean costs no accuracy."""
+    rounding is folded into c in float64, so a large mean costs no accuracy. Where a coefficient does not
+    fit float32 (a scale past its range: subnormal data with a tiny eps), the plan is float64's, which
+    _run_plan applies to x in float64."""
     s, a, c = np.empty(mean.shape, pdt), np.empty(mean.shape, pdt), np.empty(mean.shape, pdt)
-    _normc.coefficients(mean, var, eps, weight, bias, s, a, c)
+    if not _normc.coefficients(mean, var, eps, weight, bias, s, a, c):
+        wide = [None if p is None else p.astype(np.float64) for p in (weight, bias)]
+        return _apply_plan(ndim, keep, mean, var, eps, *wide, np.float64)
     return tuple(i not in keep for i in range(ndim)), s, a, c
+
+
+_F64 = _checks.dtype_code(np.dtype(np.float64))
+
+
+def _run_plan(x, code, plan, out, activation):
+    """The apply pass of a plan into out; a float64 plan for narrower x runs on x in float64, rounded
+    once into out."""
+    if plan[1].dtype == np.float64 and x.dtype != np.float64:
+        y = np.empty(x.shape)
+        _normc.apply(x.astype(np.float64), _F64, *plan, y, activation)
+        out[...] = y
+    else:
+        _normc.apply(x, code, *plan, out, activation)
+    return out
 
 
 def _apply(x, code, keep, mean, var, eps, weight, bias, activation, out, pdt):
     """y = act((x - mean) / sqrt(var + eps) * weight + bias) into out (see _apply_plan)."""
-    _normc.apply(x, code, *_apply_plan(x.ndim, keep, mean, var, eps, weight, bias, pdt), out, activation)
-    return out
+    return _run_plan(x, code, _apply_plan(x.ndim, keep, mean, var, eps, weight, bias, pdt), out, activation)
 
 
 def _running_pair(running_mean, running_var, C, pdt, batch_stats, mode, empty, written=True):
