@@ -223,7 +223,7 @@ def test_l2_rows_at_float_range(isa, scale):
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("dtype", HALF_RANGE, ids=dname)
 @pytest.mark.parametrize("scale,eps_scaled", [(1e19, False), (1e19, True), (1e-25, False), (1e-25, True),
-                                              (1e-40, False), (1e-30, True)])
+                                              (1e-40, False), (1e-30, True), (1e25, False), (1e36, False)])
 def test_backward_at_float_range(isa, dtype, scale, eps_scaled, channels_last):
     """The backward passes against PyTorch in float64. Channels-first groups of 72 elements run the fused
     segment kernel (statistics computed in it), channels-last data the two-pass kernels (their float
@@ -288,6 +288,68 @@ def test_apply_scales_past_float_range(isa, dtype, scale, eps, channels_last):
     tol = {np.float16: 2e-3, ml_dtypes.bfloat16: 2e-2, np.float32: 1e-5}[dtype]
     for got, want in cases:
         np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=tol, atol=tol)
+
+
+def _rms_backward(x, g, eps):
+    """RMS norm's gradient in float64, through xhat = x * r so that nothing over- or underflows."""
+    r = 1 / np.sqrt((x * x).mean(-1, keepdims=True) + eps)
+    xh = x * r
+    return r * g - r * xh * (g * xh).mean(-1, keepdims=True)
+
+
+@pytest.mark.parametrize("shape", [(16, 4, 5), (4, 8, 9, 9)], ids=["two-pass", "segments"])
+@pytest.mark.parametrize("scale,eps", [(0.0, 1e-300), (1e-120, 1e-300), (1e-160, 1e-310), (1e140, 1e-5),
+                                       (1e150, 1e-5)])
+def test_float64_backward_at_the_ends_of_its_range(isa, shape, scale, eps):
+    """rstd^3 over- or underflows float64 here (zeros or tiny data with a tiny eps; data at 1e140): the
+    gradients still match torch's float64 autograd (RMS norm: the closed form, where torch's own
+    rstd^3 underflows)."""
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal(shape) * scale
+    g = rng.standard_normal(shape)
+    xt = torch.tensor(x, requires_grad=True)
+    F = torch.nn.functional
+    n = shape[-1]
+    cases = [
+        (normfast.batch_norm_backward(g, x, eps=eps), lambda t: F.batch_norm(t, None, None, training=True, eps=eps)),
+        (normfast.instance_norm_backward(g, x, eps=eps), lambda t: F.instance_norm(t, eps=eps)),
+        (normfast.group_norm_backward(g, x, 2, eps=eps), lambda t: F.group_norm(t, 2, eps=eps)),
+        (normfast.layer_norm_backward(g, x, n, eps=eps), lambda t: F.layer_norm(t, (n,), eps=eps)),
+        (normfast.switchable_norm_backward(g, x, None, None, [0.0, 1.0, 2.0], [1.0, 0.0, 0.5], training=True, eps=eps),
+         None),
+    ]
+    for got, theirs in cases:
+        gx = got[0]
+        assert np.all(np.isfinite(gx))
+        if theirs is not None:
+            xt.grad = None
+            theirs(xt).backward(torch.tensor(g))
+            want = xt.grad.numpy()
+            np.testing.assert_allclose(gx, want, rtol=0, atol=1e-13 * np.max(np.abs(want)))
+    want = _rms_backward(x, g, eps)
+    got = normfast.rms_norm_backward(g, x, n, eps=eps)[0]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-13 * np.max(np.abs(want)))
+
+
+SWITCHABLE_CONSTANTS = [(dt, v) for dt in FLOAT_DTYPES for v in (0.1, -3.0, 6e4, 1e20, 3e38, 1e90)
+                        if v < {np.float16: 6.5e4, np.float64: 1e300}.get(dt, 3.3e38)]
+
+
+@pytest.mark.parametrize("dtype,value", SWITCHABLE_CONSTANTS, ids=lambda v: dname(v) if isinstance(v, type) else str(v))
+def test_switchable_norm_of_constants_is_the_bias(isa, dtype, value):
+    """Equal instance, layer and batch means blend to exactly that mean (the softmax weights' rounding
+    would otherwise leave a few ulps, magnified by 1 / sqrt(eps)); the gradients are then 0."""
+    x = np.full((2, 3, 4), value).astype(dtype)
+    pdt = np.float64 if dtype == np.float64 else np.float32
+    w, b = np.full(3, 2.0, pdt), np.arange(3, dtype=pdt)
+    for training, eps in ((True, 1e-5), (True, 1e-40), (False, 1e-5)):
+        rm, rv = np.full(3, np.float64(x.flat[0]), pdt), np.zeros(3, pdt)  # the data's value exactly
+        y = normfast.switchable_norm(x, w, b, [0.0, 1.0, 2.0], [0.5, 3.0, 2.0], rm, rv, training=training, eps=eps)
+        np.testing.assert_array_equal(np.asarray(y, np.float64), np.broadcast_to(b.reshape(1, 3, 1), x.shape))
+    gx, gw, gb, *_ = normfast.switchable_norm_backward(np.ones_like(x), x, w, b, [0.0, 1.0, 2.0], [0.5, 3.0, 2.0],
+                                                       training=True)
+    np.testing.assert_array_equal(gw, 0)
+    assert np.max(np.abs(np.asarray(gx, np.float64))) < 1e-6
 
 
 # --- 2, 3. constant data: variance exactly 0, normalized output exactly 0 (or the bias) ---------------

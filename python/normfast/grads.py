@@ -93,7 +93,7 @@ def _channel_backward(x, dy, code, gx, keep, mean, rstd, weight, bias, activatio
     _normc.grad_sums(x, dy, code, reduce, *params, activation, sum_g, sum_gd)
     sum_gmu = sum_gd + dm * sum_g  # sum of g * (x - mean)
     gmu = -w * rstd * sum_g
-    gvar = -0.5 * w * rstd**3 * sum_gmu
+    gvar = -0.5 * w * rstd * (rstd * (rstd * sum_gmu))  # rstd * sum_gmu first: rstd^3 alone over/underflows
     # Each term t adds wm_t * pool(gmu) / count_t + q_t * (x - mu_t), q_t = 2 wv_t pool(gvar) / count_t.
     pooled = [t for t in terms if t.pool is not None]
     R = sum(t.wm * t.pool(gmu) / t.count for t in pooled)
@@ -120,13 +120,20 @@ def _channel_backward(x, dy, code, gx, keep, mean, rstd, weight, bias, activatio
     return sum_g, rstd * sum_gmu, gmu, gvar
 
 
-_F32_MAX = float(np.finfo(np.float32).max)
+_F32 = np.finfo(np.float32)
 
 
 def _fit(pdt, *coefficients):
-    """Whether float64 coefficients keep their range in pdt: float32 ones past it (rstd^2 of subnormal
-    data with a tiny eps) would be infinite. NaN passes: the gradient is NaN either way."""
-    return pdt == np.float64 or not any(np.any(np.abs(v) > _F32_MAX) for v in coefficients)
+    """Whether float64 coefficients keep their value in pdt: float32 ones past its range (rstd^2 of
+    subnormal data under a tiny eps) would be infinite, and nonzero ones below its normal range (rstd^2
+    of data at 1e25) would lose their digits or vanish. NaN passes: the gradient is NaN either way."""
+    if pdt == np.float64:
+        return True
+    for v in coefficients:
+        a = np.abs(v)
+        if np.any(a > _F32.max) or np.any((a < _F32.smallest_normal) & (a != 0)):
+            return False
+    return True
 
 
 def _in_float64(x, dy, gx, keep, mean, rstd, weight, bias, activation, terms):
@@ -328,7 +335,7 @@ def switchable_norm_backward(grad_out, x, weight, bias, mean_weight, var_weight,
             stats.append((*norms._chan_merge(mean_in, var_in, 0), count, lambda a: a.sum(axis=0, keepdims=True)))
         else:
             stats.append((*norms._running_stats(rm, rv, x, c), count, None))
-    mean = sum(wm[i] * m for i, (m, _, _, _) in enumerate(stats))
+    mean = norms._blend(wm, [m for m, _, _, _ in stats])
     var = sum(wv[i] * v for i, (_, v, _, _) in enumerate(stats))
     terms = [_Term(wm[i], wv[i], m, n, pool) for i, (m, _, n, pool) in enumerate(stats)]
     sum_g, sum_gxhat, gmu, gvar = _channel_backward(x, dy, code, gx, (0, c), mean, 1 / np.sqrt(var + eps), weight,

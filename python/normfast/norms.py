@@ -278,10 +278,19 @@ def _softmax(logits, n, name):
 
 def _chan_merge(mean, var, axis):
     """Exact moments of the union of equal-count groups laid along `axis` (Chan's formula for equal
-    counts): mean of the means, and mean of the variances plus the spread of the means about it."""
-    m = mean.mean(axis=axis, keepdims=True)
+    counts): mean of the means, and mean of the variances plus the spread of the means about it. The
+    means are averaged shifted by the first, so equal means give that mean exactly and no spread."""
+    first = mean.take([0], axis=axis) if mean.shape[axis] else 0.0
+    m = first + (mean - first).mean(axis=axis, keepdims=True)
     d = mean - m
     return m, var.mean(axis=axis, keepdims=True) + (d * d).mean(axis=axis, keepdims=True)
+
+
+def _blend(weights, means):
+    """sum(w_i * mean_i) for softmax weights (summing to 1), as means[0] + sum(w_i * (mean_i - means[0])):
+    equal means give exactly that mean, where the weights' rounding would leave a few ulps that
+    1 / sqrt(var + eps) of constant data magnifies."""
+    return means[0] + sum(w * (m - means[0]) for w, m in zip(weights[1:], means[1:]))
 
 
 def switchable_norm(x, weight, bias, mean_weight, var_weight, running_mean=None, running_var=None, *,
@@ -317,15 +326,15 @@ def switchable_norm(x, weight, bias, mean_weight, var_weight, running_mean=None,
         return out
     mean_in, var_in = _moments(x, code, (0, c))
     mean_ln, var_ln = _chan_merge(mean_in, var_in, c)
-    mean = wm[0] * mean_in + wm[1] * mean_ln
-    var = wv[0] * var_in + wv[1] * var_ln
+    means, var = [mean_in, mean_ln], wv[0] * var_in + wv[1] * var_ln
     if using_bn:
         if training:
             mean_bn, var_bn = _chan_merge(mean_in, var_in, 0)
         else:
             mean_bn, var_bn = _running_stats(rm, rv, x, c)
-        mean = mean + wm[2] * mean_bn
+        means.append(mean_bn)
         var = var + wv[2] * var_bn
+    mean = _blend(wm, means)
     _apply(x, code, (0, c), mean, var, eps, weight, bias, activation, out, pdt)
     if update:
         _update_running(rm, rv, mean_bn.ravel(), var_bn.ravel() * (count / (count - 1)), momentum)

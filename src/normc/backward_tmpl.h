@@ -257,7 +257,7 @@ static void NF_NAME(seggrad_row, NF_TAG)(const void *xv, const void *dyv, void *
     for (int64_t k = 0; k < S; k++) {
         const double bmu = sd[k] + dm * sg[k]; /* sum of g * (x - mean) */
         gmu -= w[k] * rs * sg[k];
-        gvar -= 0.5 * w[k] * rs * rs * rs * bmu;
+        gvar -= 0.5 * w[k] * rs * (rs * (rs * bmu)); /* rs * bmu first: rs^3 alone over/underflows */
         sp->sum_g[r * S + k] = sg[k];
         sp->sum_gxhat[r * S + k] = rs * bmu;
     }
@@ -326,12 +326,12 @@ static NF_INLINE void NF_NAME(rowgrad_body, NF_TAG)(const NF_T *x, const NF_T *d
         /* gx = P * (g - M) + Q * (x - s) + R, as the channel norms' second pass; x - mean = (x - s) + dm
          * and the roundings of s and M are put back through R, in double. */
         const double dm = (double)s - mu, k1 = sp->mean ? sg / (double)n : 0, k2 = rs * (sd + dm * sg) / (double)n;
-        if (!NF_NAME(coef_fit, NF_TAG)(rs, rs * rs * k2, rs * k1 + rs * rs * k2 * dm)) {
+        if (!NF_NAME(coef_fit, NF_TAG)(rs, rs * (rs * k2), rs * k1 + rs * (rs * k2) * dm)) {
             /* rare: gx = rs (g - k1) - rs^2 k2 (x - mean) in double */
             for (int64_t j = 0; j < n; j++) {
                 const NF_A d = NF_LOAD(dr[j]), u = NF_LOAD(xr[j]) - s;
                 const double xm = (double)u + dm;
-                yr[j] = NF_STORE((NF_A)(rs * ((double)(has_w ? d * w[j] : d) - k1) - rs * rs * k2 * xm));
+                yr[j] = NF_STORE((NF_A)(rs * ((double)(has_w ? d * w[j] : d) - k1) - rs * (rs * k2) * xm));
                 if (want) {
                     gw[j] += (NF_A)((double)d * xm * rs);
                     gb[j] += d;
@@ -339,8 +339,8 @@ static NF_INLINE void NF_NAME(rowgrad_body, NF_TAG)(const NF_T *x, const NF_T *d
             }
             continue;
         }
-        const NF_A P = (NF_A)rs, M = (NF_A)k1, Q = (NF_A)(-rs * rs * k2);
-        const NF_A R = (NF_A)(rs * ((double)M - k1) - rs * rs * k2 * dm);
+        const NF_A P = (NF_A)rs, M = (NF_A)k1, Q = (NF_A)(-rs * (rs * k2));
+        const NF_A R = (NF_A)(rs * ((double)M - k1) - rs * (rs * k2) * dm);
         const NF_A rf = (NF_A)rs, cc = (NF_A)(dm * rs); /* xhat = (x - s) * rf + cc */
         int64_t j = 0;
 #ifdef NF_VSTORE
