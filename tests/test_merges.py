@@ -230,7 +230,7 @@ def test_failed_merge_and_covariance_update_change_nothing(monkeypatch):
     a, b = normfast.RunningMoments(axis=0).update(x), normfast.RunningMoments(axis=0).update(y)
     before = state(a), state(b)
     for call in (lambda: a.merge(b), lambda: a + b, lambda: a.update(y)):
-        with failing(monkeypatch, stats, "chan"), pytest.raises(MemoryError):
+        with failing(monkeypatch, stats, "fold"), pytest.raises(MemoryError):
             call()
         assert (state(a), state(b)) == before
     assert_close((a + b).mean, numpy_moments(np.concatenate([x, y]), 0)[0], 1e-12)
@@ -242,7 +242,7 @@ def test_failed_merge_and_covariance_update_change_nothing(monkeypatch):
     c, d = normfast.RunningCovariance(3).update(x), normfast.RunningCovariance(3).update(y)
     before = state(c), state(d)
     for call in (lambda: c.update(y), lambda: c.merge(d), lambda: c + d):
-        with failing(monkeypatch, stats, "chan"), pytest.raises(MemoryError):
+        with failing(monkeypatch, stats, "fold"), pytest.raises(MemoryError):
             call()
         assert (state(c), state(d)) == before
     np.testing.assert_allclose(c.update(y).cov(), np.cov(np.concatenate([x, y]).T), rtol=1e-12)
@@ -392,3 +392,41 @@ def test_a_large_uint8_batch_is_never_converted_whole():
     want = numpy_moments(small, (0, 2, 3))
     assert_close(mean, want[0], 1e-12, 255.0)
     assert_close(var, want[1], 1e-12, 255.0**2)
+
+
+# --- merges keep the digits of a tiny spread on a large mean (the engine's shifted frames) ---------------
+
+def _exact(x, axis):
+    """float64 mean and variance of x's exact values, the variance about the first element (exact for
+    values of one magnitude), so that the mean's size costs no digits."""
+    x = np.asarray(x, np.float64)
+    first = x.take([0], axis=axis) if axis is not None else x.reshape(-1)[0]
+    d = x - first
+    return first.squeeze(axis) if axis is not None else first, np.var(d, axis=axis), np.mean(d, axis=axis)
+
+
+@pytest.mark.parametrize("mean,std", [(1.0, 1e-10), (-3e5, 1e-9), (1e100, 1e90), (7.0, 1.0)])
+@pytest.mark.parametrize("parts", [1, 2, 7])
+def test_merges_keep_a_tiny_spread(mean, std, parts):
+    """RunningMoments (update, merge, +), precise_batch_norm_stats, dataset_stats and normfast.dask
+    agree with the exact variance to float64 rounding, where merging absolute means lost ~1e-8."""
+    rng = np.random.default_rng(parts)
+    x = mean + std * rng.standard_normal((3000, 3))
+    first, var, dmean = _exact(x, 0)
+    pieces = np.array_split(x, parts)
+    acc = normfast.RunningMoments(0)
+    for p in pieces:
+        acc.update(p)
+    merged = normfast.RunningMoments(0)
+    for p in pieces:
+        merged = merged + normfast.RunningMoments(0).update(p)
+    got = {
+        "update": acc.var(),
+        "merge": merged.var(),
+        "precise": normfast.precise_batch_norm_stats([p.T[None] for p in pieces], axis=1, unbiased=False)[1],
+        "dataset": normfast.dataset_stats(pieces, axis=1).var,
+        "dask": nd.moments(da.from_array(x, chunks=(len(x) // parts + 1, 2)), 0)[1].compute(),
+    }
+    for name, v in got.items():
+        np.testing.assert_allclose(v, var, rtol=1e-13, err_msg=name)
+    np.testing.assert_allclose(acc.mean - first, dmean, rtol=1e-9, atol=4 * np.spacing(np.abs(first)).max())

@@ -24,9 +24,7 @@ cdef extern from "normc.h" nogil:
                            const int64_t *out_strides, const int64_t *y_strides,
                            const unsigned char *reduce)
     nf_status nf_moments(const nf_plan *plan, nf_dtype dtype, const void *x, nf_dtype out_dtype, void *mean,
-                         void *var, double ddof)
-    nf_status nf_moments_range(const nf_plan *plan, nf_dtype dtype, const void *x, nf_dtype out_dtype,
-                               void *mean, void *var, double ddof, double *lo, double *hi)
+                         void *var, double ddof, double *lo, double *hi, double *shift)
     ctypedef enum nf_act:
         NF_ACT_NONE
         NF_ACT_RELU

@@ -73,9 +73,11 @@ cdef int _plan(nf_plan *plan, cnp.ndarray x, tuple reduce, object stats, object 
 
 
 def moments(cnp.ndarray x not None, int dtype_code, tuple reduce, cnp.ndarray mean not None,
-            cnp.ndarray var not None, double ddof, cnp.ndarray lo=None, cnp.ndarray hi=None):
+            cnp.ndarray var not None, double ddof, cnp.ndarray lo=None, cnp.ndarray hi=None,
+            cnp.ndarray shift=None):
     """Fill mean and var (float32 or float64 arrays of x's rank, size 1 on reduced axes) with x's
-    moments, and lo and hi (float64, laid out as mean) with its min and max when given."""
+    moments, lo and hi (float64, laid out as mean) with its min and max when given, and shift (float64,
+    laid out as float64 mean) with each statistic's shift K when given, mean then being that of x - K."""
     cdef nf_plan plan
     cdef nf_dtype odt = NF_F64 if cnp.PyArray_ITEMSIZE(mean) == 8 else NF_F32
     _same_layout(mean, var, "mean and var")
@@ -91,16 +93,19 @@ def moments(cnp.ndarray x not None, int dtype_code, tuple reduce, cnp.ndarray me
         if not cnp.PyArray_IS_C_CONTIGUOUS(mean):
             raise ValueError("normfast: mean must be contiguous when lo and hi are asked for")
         pl, ph = <double *>cnp.PyArray_DATA(lo), <double *>cnp.PyArray_DATA(hi)
+    cdef double *pk = NULL
+    if shift is not None:
+        _stats_like(mean, (shift,), cnp.NPY_DOUBLE, True, "shift")
+        if not (cnp.PyArray_IS_C_CONTIGUOUS(mean) and cnp.PyArray_TYPE(mean) == cnp.NPY_DOUBLE):
+            raise ValueError("normfast: mean must be contiguous float64 when shift is asked for")
+        pk = <double *>cnp.PyArray_DATA(shift)
     _plan(&plan, x, reduce, mean, None)
     cdef const void *px = cnp.PyArray_DATA(x)
     cdef void *pm = cnp.PyArray_DATA(mean)
     cdef void *pv = cnp.PyArray_DATA(var)
     cdef nf_status st
     with nogil:
-        if pl == NULL:
-            st = nf_moments(&plan, <nf_dtype>dtype_code, px, odt, pm, pv, ddof)
-        else:
-            st = nf_moments_range(&plan, <nf_dtype>dtype_code, px, odt, pm, pv, ddof, pl, ph)
+        st = nf_moments(&plan, <nf_dtype>dtype_code, px, odt, pm, pv, ddof, pl, ph, pk)
     _check(st)
 
 

@@ -11,14 +11,16 @@ import dask.array as da
 import numpy as np
 
 from . import _checks, norms
-from .functional import chan, data, moments64, stats_dtype
+from .functional import data, fold, moments64, stats_dtype
 from .stats import RunningCovariance
 
 __all__ = ["moments", "batch_norm", "instance_norm", "group_norm", "layer_norm", "rms_norm",
            "precise_batch_norm_stats", "covariance"]
 
 # The partial statistics of a block: count, mean and M2 of every kept element (float64).
-_PARTIAL = np.dtype([("n", np.float64), ("mean", np.float64), ("m2", np.float64)])
+# A block's record per kept element: count, shift, mean of x - shift (merged in shifted frames,
+# functional.fold; the aggregate's mean is the whole one, shift 0) and M2.
+_PARTIAL = np.dtype([("n", np.float64), ("shift", np.float64), ("mean", np.float64), ("m2", np.float64)])
 
 
 def _array(x, name="x", integers=False):
@@ -45,8 +47,8 @@ def _block_partial(b, axis, keepdims, computing_meta=False):
     n = int(np.prod([b.shape[i] for i in axis]))
     if n and b.size:
         b, code = data(b, "x")
-        mean, var = moments64(b, code, keep)
-        out["n"], out["mean"], out["m2"] = n, mean, var * n
+        shift, mean, var = moments64(b, code, keep, shifted=True)
+        out["n"], out["shift"], out["mean"], out["m2"] = n, shift, mean, var * n
     return out
 
 
@@ -65,7 +67,8 @@ def _merge_partials(parts, axis, keepdims, computing_meta=False):
     live = [p for p in flat if p.size and p["n"].flat[0] > 0] or flat[:1]
     acc = live[0].copy()
     for p in live[1:]:
-        acc["mean"], acc["m2"] = chan(acc["n"], acc["mean"], acc["m2"], p["n"], p["mean"], p["m2"])
+        acc["shift"], acc["mean"], acc["m2"] = fold(acc["n"], acc["shift"], acc["mean"], acc["m2"], p["n"], p["shift"],
+                                                    p["mean"], p["m2"])
         acc["n"] += p["n"]
     return acc
 
@@ -74,6 +77,8 @@ def _aggregate(parts, axis, keepdims, computing_meta=False):
     acc = _merge_partials(parts, axis, keepdims, computing_meta)
     if computing_meta:
         return np.empty((0,) * (acc.ndim if keepdims else acc.ndim - len(axis)), _PARTIAL)
+    acc["mean"] += acc["shift"]
+    acc["shift"] = 0
     return acc if keepdims else acc.reshape([n for i, n in enumerate(acc.shape) if i not in axis])
 
 

@@ -20,7 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 
 from . import _checks, _normc, norms
-from .functional import chan
+from .functional import fold
 
 __all__ = ["dataset_stats", "DatasetStats", "DatasetError"]
 
@@ -73,16 +73,18 @@ def _out(a):
 
 
 class _Acc:
-    """Per kept element: count, mean, M2 (float64, folded with Chan's formula), min and max."""
+    """Per kept element: count, shift and the mean of x - shift, M2 (float64, folded with Chan's formula
+    in shifted frames), min and max."""
 
     def __init__(self, shape):
         self.count = np.zeros(shape, np.int64)
-        self.mean, self.m2 = np.zeros(shape), np.zeros(shape)
+        self.shift, self.mean, self.m2 = np.zeros(shape), np.zeros(shape), np.zeros(shape)
         self.min, self.max = np.full(shape, np.inf), np.full(shape, -np.inf)
 
-    def fold(self, index, n, mean, m2, lo, hi):
+    def fold(self, index, n, shift, mean, m2, lo, hi):
         c = self.count[index]
-        self.mean[index], self.m2[index] = chan(c, self.mean[index], self.m2[index], n, mean, m2)
+        self.shift[index], self.mean[index], self.m2[index] = fold(
+            c, self.shift[index], self.mean[index], self.m2[index], n, shift, mean, m2)
         self.count[index] = c + n
         self.min[index] = np.minimum(self.min[index], lo)  # a NaN anywhere gives NaN, as numpy.min
         self.max[index] = np.maximum(self.max[index], hi)
@@ -482,7 +484,7 @@ def dataset_stats(paths_or_arrays, axis=None, *, ddof=0, scale=True, progress=Fa
         acc.mean[...] = acc.min[...] = acc.max[...] = np.nan
     elif count - ddof <= 0:
         warnings.warn("dataset_stats: degrees of freedom <= 0", RuntimeWarning, stacklevel=2)
-    return DatasetStats(count, acc.mean, acc.m2, acc.min, acc.max, ddof, len(sources), nbytes)
+    return DatasetStats(count, acc.shift + acc.mean, acc.m2, acc.min, acc.max, ddof, len(sources), nbytes)
 
 
 def _fold(acc, piece):
@@ -490,13 +492,14 @@ def _fold(acc, piece):
     cache), folded into acc."""
     v, keep = piece.values, piece.keep
     layout = norms._layout(v.ndim, {a: v.shape[a] for a in keep})  # v's rank: no room for a fifth axis at 64
-    mean, var, lo, hi = np.empty(4 * math.prod(layout)).reshape(4, -1)  # one allocation
-    mean, var, lo, hi = (a.reshape(layout) for a in (mean, var, lo, hi))
-    _normc.moments(v, _checks.dtype_code(v.dtype), tuple(a not in keep for a in range(v.ndim)), mean, var, 0.0, lo, hi)
+    stats = np.empty(5 * math.prod(layout)).reshape(5, -1)  # one allocation
+    shift, mean, var, lo, hi = (a.reshape(layout) for a in stats)
+    _normc.moments(v, _checks.dtype_code(v.dtype), tuple(a not in keep for a in range(v.ndim)), mean, var, 0.0, lo, hi,
+                   shift)
     n = v.size // max(mean.size, 1)
     shape = tuple(v.shape[a] for a in keep)
-    mean, var, lo, hi = (a.reshape(shape) for a in (mean, var, lo, hi))
+    shift, mean, var, lo, hi = (a.reshape(shape) for a in (shift, mean, var, lo, hi))
     if piece.flip:  # the statistics of a Fortran-order input, in the user's axis order
-        mean, var, lo, hi = mean.T, var.T, lo.T, hi.T
+        shift, mean, var, lo, hi = shift.T, mean.T, var.T, lo.T, hi.T
     s = piece.scale
-    acc.fold(piece.index, n, mean * s, var * (n * s * s), lo * s, hi * s)
+    acc.fold(piece.index, n, shift * s, mean * s, var * (n * s * s), lo * s, hi * s)

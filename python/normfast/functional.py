@@ -56,58 +56,77 @@ def chan(count, mean, m2, n, mean_b, m2_b, outer=np.multiply):
     return new_mean, new_m2
 
 
-def moments_into(x, code, reduce, mean, var, ddof):
+def fold(count, shift, mean, m2, n, shift_b, mean_b, m2_b, outer=np.multiply):
+    """Chan's update for parts kept in shifted frames, as the engine gives them (the mean being that of
+    x - shift, per statistic): (shift, mean, M2) of the union, in a's frame where a holds data, else b's.
+    b's mean moves into a's frame by the difference of the shifts, exact for nearby data (two of its
+    elements), so no mean of the data's magnitude enters a difference: merges keep the digits of a tiny
+    spread on a large mean, as the in-memory reduction does."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        moved = (shift_b - shift) + mean_b
+    new_mean, new_m2 = chan(count, mean, m2, n, moved, m2_b, outer)
+    empty = np.asarray(count) == 0
+    return np.where(empty, shift_b, shift), np.where(empty, mean_b, new_mean), np.where(empty, m2_b, new_m2)
+
+
+def moments_into(x, code, reduce, mean, var, ddof, shift=None):
     """The engine's moments of x over the axes flagged in `reduce` into mean and var (x's rank, size 1
-    on reduced axes). Integer and bool data (code None) is reduced in float64 chunks of at most CHUNK
-    elements, never converted whole."""
+    on reduced axes); with `shift` (float64, like a float64 mean), each statistic's shift into it and the
+    mean of x - shift into mean. Integer and bool data (code None) is reduced in float64 chunks of at most
+    CHUNK elements, never converted whole."""
     if code is not None:
-        _normc.moments(x, code, reduce, mean, var, ddof)
+        _normc.moments(x, code, reduce, mean, var, ddof, None, None, shift)
     elif x.size <= CHUNK:
-        _normc.moments(x.astype(np.float64), _F64, reduce, mean, var, ddof)
+        _normc.moments(x.astype(np.float64), _F64, reduce, mean, var, ddof, None, None, shift)
     else:
-        m, m2 = _chunked(x, reduce, np.empty(CHUNK))
+        k, m, m2 = _chunked(x, reduce, np.empty(CHUNK))
         n = x.size // mean.size
-        mean[...] = m
+        if shift is None:
+            mean[...] = k + m
+        else:
+            shift[...], mean[...] = k, m
         with np.errstate(divide="ignore", invalid="ignore"):  # as the engine: m2 / 0 is inf or NaN
             var[...] = m2 / max(n - ddof, 0)
 
 
 def _chunked(x, reduce, buf):
-    """(mean, M2) of non-empty integer data x, float64 laid out as x's statistics, through the float64
-    buffer `buf`: x cut along its largest axis into slabs of at most CHUNK elements (recursively, where
-    one index of that axis is more), each converted into buf and reduced by the engine; slabs along a
-    kept axis fill disjoint parts of the result, slabs along a reduced axis are merged with Chan's
-    formula."""
+    """(shift, mean of x - shift, M2) of non-empty integer data x, float64 laid out as x's statistics,
+    through the float64 buffer `buf`: x cut along its largest axis into slabs of at most CHUNK elements
+    (recursively, where one index of that axis is more), each converted into buf and reduced by the
+    engine; slabs along a kept axis fill disjoint parts of the result, slabs along a reduced axis are
+    merged with Chan's formula in their frames (fold)."""
     kshape = tuple(1 if r else n for r, n in zip(reduce, x.shape))
     if x.size <= buf.size:
         xf = buf[:x.size].reshape(x.shape)
         np.copyto(xf, x)  # exact up to 2**53 in magnitude; bool as 0 and 1, as NumPy converts
-        mean, var = np.empty(kshape), np.empty(kshape)
-        _normc.moments(xf, _F64, reduce, mean, var, 0.0)
-        return mean, var * (x.size // mean.size)
+        k, mean, var = np.empty(kshape), np.empty(kshape), np.empty(kshape)
+        _normc.moments(xf, _F64, reduce, mean, var, 0.0, None, None, k)
+        return k, mean, var * (x.size // mean.size)
     a = int(np.argmax(x.shape))
     step = max(1, buf.size // (x.size // x.shape[a]))
     slabs = [(slice(None),) * a + (slice(i, i + step),) for i in range(0, x.shape[a], step)]
     if not reduce[a]:
-        mean, m2 = np.empty(kshape), np.empty(kshape)
+        k, mean, m2 = np.empty(kshape), np.empty(kshape), np.empty(kshape)
         for s in slabs:
-            mean[s], m2[s] = _chunked(x[s], reduce, buf)
-        return mean, m2
+            k[s], mean[s], m2[s] = _chunked(x[s], reduce, buf)
+        return k, mean, m2
     count = 0
     for s in slabs:
-        part_mean, part_m2 = _chunked(x[s], reduce, buf)
-        n = x[s].size // part_mean.size
-        mean, m2 = (part_mean, part_m2) if count == 0 else chan(count, mean, m2, n, part_mean, part_m2)
+        part = _chunked(x[s], reduce, buf)
+        n = x[s].size // part[1].size
+        k, mean, m2 = part if count == 0 else fold(count, k, mean, m2, n, *part)
         count += n
-    return mean, m2
+    return k, mean, m2
 
 
-def moments64(x, code, keep):
-    """Biased float64 (mean, var) of x (from `data`) over every axis not in `keep`, in x's rank."""
+def moments64(x, code, keep, shifted=False):
+    """Biased float64 (mean, var) of x (from `data`) over every axis not in `keep`, in x's rank; with
+    `shifted`, (shift, mean of x - shift, var), the parts that merge exactly (fold)."""
     shape = [x.shape[i] if i in keep else 1 for i in range(x.ndim)]
     mean, var = np.empty(shape), np.empty(shape)
-    moments_into(x, code, tuple(i not in keep for i in range(x.ndim)), mean, var, 0.0)
-    return mean, var
+    shift = np.empty(shape) if shifted else None
+    moments_into(x, code, tuple(i not in keep for i in range(x.ndim)), mean, var, 0.0, shift)
+    return (shift, mean, var) if shifted else (mean, var)
 
 
 def moments(x, axis=None, *, ddof=0, keepdims=False):

@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 
 from . import _checks
-from .functional import chan, data, moments64
+from .functional import data, fold, moments64
 
 __all__ = ["RunningMoments", "RunningCovariance", "precise_batch_norm_stats"]
 
@@ -30,19 +30,21 @@ def _axis_spec(axis):
 
 
 class _Mergeable:
-    """What both accumulators share: the fold of a part's (n, mean, M2) into (_count, _mean, _m2) with
-    Chan's formula (M2 the co-moment matrix where _outer is np.outer), and a + b (a new accumulator
-    holding both's data) and a += b over the subclass's copy() and merge()."""
+    """What both accumulators share: the fold of a part's (n, shift, mean, M2) into (_count, _shift,
+    _mean, _m2) with Chan's formula in shifted frames (functional.fold; M2 the co-moment matrix where
+    _outer is np.outer), and a + b (a new accumulator holding both's data) and a += b over the subclass's
+    copy() and merge()."""
 
     _outer = np.multiply
+    _shift = 0.0  # _mean is the mean of x - _shift (per statistic; the engine's shifts for RunningMoments)
 
-    def _fold(self, n, mean, m2):
+    def _fold(self, n, mean, m2, shift=0.0):
         if self._count == 0:
-            mean, m2 = np.array(mean, np.float64), np.array(m2, np.float64)
+            shift, mean, m2 = (np.array(v, np.float64) for v in (shift, mean, m2))
         else:
-            mean, m2 = chan(self._count, self._mean, self._m2, n, mean, m2, self._outer)
+            shift, mean, m2 = fold(self._count, self._shift, self._mean, self._m2, n, shift, mean, m2, self._outer)
         # The state changes all at once, after everything that can fail.
-        self._mean, self._m2, self._count = mean, m2, self._count + n
+        self._shift, self._mean, self._m2, self._count = shift, mean, m2, self._count + n
 
     def __add__(self, other):
         if type(other) is not type(self):
@@ -104,8 +106,8 @@ class RunningMoments(_Mergeable):
                              f"(x has shape {x.shape}, axis={self._axis})")
         n = math.prod(x.shape[i] for i in red)
         if n:
-            mean, var = moments64(x, code, tuple(i for i in range(x.ndim) if i not in red))
-            self._fold(n, mean.reshape(shape), var.reshape(shape) * n)
+            shift, mean, var = moments64(x, code, tuple(i for i in range(x.ndim) if i not in red), shifted=True)
+            self._fold(n, mean.reshape(shape), var.reshape(shape) * n, shift.reshape(shape))
         if self._axis is not None:  # the rank and shape are bound only by a piece that went in
             self._ndim, self._shape = x.ndim, shape
         return self
@@ -117,7 +119,7 @@ class RunningMoments(_Mergeable):
             raise TypeError(f"other: expected a RunningMoments, got {type(other).__name__}")
         self._check_compatible(other)
         if other._count:
-            self._fold(other._count, other._mean, other._m2)
+            self._fold(other._count, other._mean, other._m2, other._shift)
         if self._shape is None:
             self._ndim, self._shape = other._ndim, other._shape
         return self
@@ -146,7 +148,7 @@ class RunningMoments(_Mergeable):
         new = RunningMoments.__new__(RunningMoments)
         new.__dict__.update(self.__dict__)
         if self._mean is not None:
-            new._mean, new._m2 = self._mean.copy(), self._m2.copy()
+            new._shift, new._mean, new._m2 = np.copy(self._shift), self._mean.copy(), self._m2.copy()
         return new
 
     @property
@@ -170,7 +172,7 @@ class RunningMoments(_Mergeable):
     @property
     def mean(self):
         """Mean of each statistic: float64, a NumPy scalar when every axis is reduced, NaN before data."""
-        return self._result(None if self._mean is None else self._mean.copy(), "mean")
+        return self._result(None if self._mean is None else self._shift + self._mean, "mean")
 
     def var(self, ddof=0):
         """Variance M2 / (count - ddof), as numpy.var: inf or NaN with a RuntimeWarning when
@@ -242,7 +244,7 @@ class RunningCovariance(_Mergeable):
         if other.n_features != self.n_features:
             raise ValueError(f"other: expected an accumulator of {self.n_features} features, got {other.n_features}")
         if other._count:
-            self._fold(other._count, other._mean, other._m2)
+            self._fold(other._count, other._mean, other._m2, other._shift)
         return self
 
     def copy(self):

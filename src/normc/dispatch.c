@@ -145,16 +145,9 @@ int nf_openmp_enabled(void)
 }
 
 nf_status nf_moments(const nf_plan *plan, nf_dtype dtype, const void *x, nf_dtype out_dtype, void *mean,
-                     void *var, double ddof)
+                     void *var, double ddof, double *lo, double *hi, double *shift)
 {
-    return nf_table[nf_get_isa()].moments(plan, dtype, x, out_dtype, mean, var, ddof, NULL, NULL,
-                                          nf_get_num_threads());
-}
-
-nf_status nf_moments_range(const nf_plan *plan, nf_dtype dtype, const void *x, nf_dtype out_dtype, void *mean,
-                           void *var, double ddof, double *lo, double *hi)
-{
-    return nf_table[nf_get_isa()].moments(plan, dtype, x, out_dtype, mean, var, ddof, lo, hi,
+    return nf_table[nf_get_isa()].moments(plan, dtype, x, out_dtype, mean, var, ddof, lo, hi, shift,
                                           nf_get_num_threads());
 }
 

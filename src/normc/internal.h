@@ -17,7 +17,7 @@
 #define NF_FN(name) NF_CAT(name, NF_ISA_SUFFIX)
 
 typedef nf_status (*nf_moments_fn)(const nf_plan *, nf_dtype, const void *, nf_dtype, void *, void *,
-                                   double, double *, double *, int nthreads);
+                                   double, double *, double *, double *, int nthreads);
 typedef nf_status (*nf_apply_fn)(const nf_plan *, nf_dtype, const void *, void *, const void *,
                                  const void *, const void *, nf_act, int nthreads);
 
@@ -49,7 +49,7 @@ typedef nf_status (*nf_rownorm_grad_fn)(nf_dtype, int64_t, int64_t, const void *
     nf_status nf_rownorm_##sfx(const nf_plan *, nf_dtype, const void *, void *, const nf_rowspec *, int); \
     void nf_apply_seg_##sfx(nf_dtype, const void *, void *, const void *const *, int64_t, int);          \
     nf_status nf_moments_##sfx(const nf_plan *, nf_dtype, const void *, nf_dtype, void *, void *, double, \
-                               double *, double *, int);                                                 \
+                               double *, double *, double *, int);                                       \
     nf_status nf_apply_##sfx(const nf_plan *, nf_dtype, const void *, void *, const void *, const void *, \
                              const void *, nf_act, int);                                                 \
     nf_status nf_grad_sums_##sfx(const nf_plan *, nf_dtype, const void *, const void *, const void *,        \

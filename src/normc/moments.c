@@ -53,30 +53,38 @@ static double nf_shift_at(const nf_plan *p, nf_shift_fn shift, const char *xb, i
     return shift(xb + (it.off + (i % p->k) * p->k_stride) * isz);
 }
 
+/* Where a statistic goes: mean and var (odt) at an element offset, and where shift is not NULL (float64,
+ * laid out as mean) the statistic's shift K, the mean then being that of x - K (for exact merges). */
+typedef struct {
+    nf_dtype odt;
+    void *mean, *var;
+    double *shift, ddof;
+} nf_out;
+
 /* numpy's conventions: empty -> NaN, divisor max(n - ddof, 0). a's mean is that of x - K. */
-static inline void nf_store(nf_dtype odt, void *mean, void *var, int64_t at, const nf_acc *a, double K,
-                            double ddof)
+static inline void nf_store(const nf_out *o, int64_t at, const nf_acc *a, double K)
 {
     double mu = NAN, v = NAN;
     if (a->n > 0) {
-        double dof = a->n - ddof;
-        mu = K + a->mean;
+        double dof = a->n - o->ddof;
+        mu = o->shift ? a->mean : K + a->mean;
         v = a->m2 / (dof > 0 ? dof : 0);
     }
-    if (odt == NF_F64) {
-        ((double *)mean)[at] = mu;
-        ((double *)var)[at] = v;
+    if (o->shift)
+        o->shift[at] = K;
+    if (o->odt == NF_F64) {
+        ((double *)o->mean)[at] = mu;
+        ((double *)o->var)[at] = v;
     } else {
-        ((float *)mean)[at] = (float)mu;
-        ((float *)var)[at] = (float)v;
+        ((float *)o->mean)[at] = (float)mu;
+        ((float *)o->var)[at] = (float)v;
     }
 }
 
 /* Merge each statistic's partials (`group` sub-statistics x `n_chunks` chunks, in that fixed order, all
  * in the statistic's shifted frame) and store it. */
-static void nf_finish(const nf_plan *p, nf_shift_fn shift, const char *xb, int64_t isz, nf_dtype odt,
-                      const nf_acc *part, int64_t group, int64_t n_chunks, void *mean, void *var, double ddof,
-                      int nt)
+static void nf_finish(const nf_plan *p, nf_shift_fn shift, const char *xb, int64_t isz, const nf_out *out,
+                      const nf_acc *part, int64_t group, int64_t n_chunks, int nt)
 {
     const int64_t n_out = p->o.size * p->k, per = group * n_chunks;
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1 && n_out * per >= 4096)
@@ -86,12 +94,12 @@ static void nf_finish(const nf_plan *p, nf_shift_fn shift, const char *xb, int64
             const nf_acc *b = &part[i * per + c];
             nf_chan(&a, b->n, b->mean, b->m2);
         }
-        nf_store(odt, mean, var, nf_out_at(p, i), &a, nf_shift_at(p, shift, xb, isz, i), ddof);
+        nf_store(out, nf_out_at(p, i), &a, nf_shift_at(p, shift, xb, isz, i));
     }
 }
 
 nf_status NF_FN(nf_moments)(const nf_plan *p, nf_dtype dt, const void *x, nf_dtype odt, void *mean,
-                            void *var, double ddof, double *lo, double *hi, int nthreads)
+                            void *var, double ddof, double *lo, double *hi, double *shifts, int nthreads)
 {
     static const nf_rows_fn rows_of[] = {rows_f32, rows_f64, rows_f16, rows_bf16}; /* by nf_dtype */
     static const nf_cols_fn cols_of[] = {cols_f32, cols_f64, cols_f16, cols_bf16};
@@ -106,13 +114,14 @@ nf_status NF_FN(nf_moments)(const nf_plan *p, nf_dtype dt, const void *x, nf_dty
     const nf_rows_fn rows = rows_of[dt];
     const nf_cols_fn cols = cols_of[dt];
     const nf_shift_fn shift = shift_of[dt];
+    const nf_out out = {odt, mean, var, shifts, ddof};
     const int64_t n_out = p->o.size * p->k;
     if (n_out == 0)
         return NF_OK;
     if (p->count == 0) {
         const nf_acc empty = {0, 0, 0};
         for (int64_t i = 0; i < n_out; i++) {
-            nf_store(odt, mean, var, nf_out_at(p, i), &empty, 0, ddof);
+            nf_store(&out, nf_out_at(p, i), &empty, 0);
             if (lo)
                 lo[nf_out_at(p, i)] = hi[nf_out_at(p, i)] = NAN;
         }
@@ -151,7 +160,7 @@ nf_status NF_FN(nf_moments)(const nf_plan *p, nf_dtype dt, const void *x, nf_dty
             if (part)
                 part[w] = a;
             else
-                nf_store(odt, mean, var, p->out_offset + oi.ooff, &a, K, ddof);
+                nf_store(&out, p->out_offset + oi.ooff, &a, K);
         }
     } else {
         /* Column mode: chunk = (rows of R1) x (a tile of at most NF_KTILE columns of K). Short
@@ -195,12 +204,12 @@ nf_status NF_FN(nf_moments)(const nf_plan *p, nf_dtype dt, const void *x, nf_dty
                 if (part)
                     part[i * n_chunks + it.ch] = a;
                 else
-                    nf_store(odt, mean, var, q.out_offset + oi.ooff + (it.k0 + k) * q.k_ostride, &a, K[k], ddof);
+                    nf_store(&out, q.out_offset + oi.ooff + (it.k0 + k) * q.k_ostride, &a, K[k]);
             }
         }
     }
     if (part) {
-        nf_finish(p, shift, xb, isz, odt, part, group, n_chunks, mean, var, ddof, nt);
+        nf_finish(p, shift, xb, isz, &out, part, group, n_chunks, nt);
         free(part);
     }
     if (rpart) {

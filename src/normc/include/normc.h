@@ -56,14 +56,13 @@ nf_status nf_plan_make(nf_plan *plan, int ndim, const int64_t *shape, const int6
 
 /* Mean and variance (divisor max(count - ddof, 0)) of x over the plan's reduction, one pass over memory.
  * Outputs are out_dtype (NF_F32 or NF_F64) at out_offset + o/k strides. Empty reductions give NaN.
- * Results do not depend on the number of threads. */
+ * Results do not depend on the number of threads. Also, where they are not NULL: the min and max of each
+ * statistic's elements into lo and hi (float64, laid out as mean; NaN where an element is NaN or nothing
+ * is reduced), each work item read again while in cache; each statistic's shift K (one of its elements,
+ * 0 if that is not finite) into shift (float64, laid out as mean), the mean then being that of x - K, so
+ * that partial results merge with exact differences of means. */
 nf_status nf_moments(const nf_plan *plan, nf_dtype dtype, const void *x, nf_dtype out_dtype, void *mean,
-                     void *var, double ddof);
-
-/* nf_moments, and also the min and max of each statistic's elements into lo and hi (float64, laid out as
- * mean; NaN where an element is NaN or nothing is reduced), each work item read again while in cache. */
-nf_status nf_moments_range(const nf_plan *plan, nf_dtype dtype, const void *x, nf_dtype out_dtype, void *mean,
-                           void *var, double ddof, double *lo, double *hi);
+                     void *var, double ddof, double *lo, double *hi, double *shift);
 
 typedef enum { NF_ACT_NONE = 0, NF_ACT_RELU = 1, NF_ACT_SIGMOID = 2, NF_ACT_SILU = 3 } nf_act;
 
