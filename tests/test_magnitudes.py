@@ -352,13 +352,33 @@ def test_switchable_norm_of_constants_is_the_bias(isa, dtype, value):
     assert np.max(np.abs(np.asarray(gx, np.float64))) < 1e-6
 
 
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("pair", [(1e308, 9e307), (1.79e308, 1e308), (-1.7e308, -1.5e308), (-1e308, 5e307)])
+def test_float64_sums_past_its_range(isa, layout, pair):
+    """Data near DBL_MAX whose sums pass it while its range and mean fit: the mean as NumPy's of the data
+    scaled down (NumPy's own sums overflow), the variance inf where it is past DBL_MAX. (Data whose range
+    itself passes DBL_MAX has an infinite variance and may get an infinite mean: each statistic is
+    reduced as x minus one of its elements, and that difference overflows.)"""
+    shape, axis, view = LAYOUTS[layout]
+    x = view(np.random.default_rng(9).choice(np.array(pair), shape))  # both values in every statistic
+    mean, var = normfast.moments(x, axis)
+    scaled = np.asarray(x) / 2**20  # exact; NumPy's own sums of x would overflow too
+    want_mean = np.mean(scaled, axis) * 2**20
+    np.testing.assert_allclose(mean, want_mean, rtol=1e-12, atol=1e-12 * np.abs(pair).max())
+    with np.errstate(over="ignore"):
+        want_var = np.var(scaled, axis) * 2**40
+    np.testing.assert_array_equal(np.isinf(var), np.isinf(want_var))
+    finite = np.isfinite(want_var)
+    np.testing.assert_allclose(np.asarray(var)[finite], np.asarray(want_var)[finite], rtol=1e-12)
+
+
 # --- 2, 3. constant data: variance exactly 0, normalized output exactly 0 (or the bias) ---------------
 
 CONSTANTS = {
     np.float16: [0.0, 6e-8, -1e-3, 0.1, 3.0, 65000.0],
     ml_dtypes.bfloat16: [0.0, 1e-38, -1e-20, 0.1, 1e19, 3e38],
     np.float32: [0.0, 1e-45, 1e-38, -1e-25, 1e-10, 0.1, 1.0 + 2**-23, -7e19, 1e37, 3.4e38],
-    np.float64: [0.0, 5e-324, 1e-300, 1e-150, -1e-10, 0.1, 1.0 + 2**-52, 1e150, -1e200, 1e300],
+    np.float64: [0.0, 5e-324, 1e-300, 1e-150, -1e-10, 0.1, 1.0 + 2**-52, 1e150, -1e200, 1e300, 5e307, -1.7e308],
 }
 
 

@@ -31,12 +31,13 @@ static NF_INLINE int NF_NAME(scale_up, NF_TAG)(NF_A s)
 /* Whether a second pass's sum of squares sq over n deviations from centre s, scaled up or not, holds its
  * digits: finite, and scaled up (every nonzero square is then a normal float), or at least n * NF_TINY_SQ
  * (underflow cost it less than float's rounding), or 0 about a centre of at least NF_TINY_CENTRE (every
- * nonzero deviation from it squares to at least 2^-128: all were 0). Always true in double, where a
- * square under- or overflows only with the result. */
+ * nonzero deviation from it squares to at least 2^-128: all were 0). In double, where a square under- or
+ * overflows only with the result, finite (not: sums past DBL_MAX, infinities or NaN in the data). */
 static NF_INLINE int NF_NAME(pass2_ok, NF_TAG)(NF_A sq, NF_A s, int64_t n, int up)
 {
-    return sizeof(NF_A) == sizeof(double) ||
-           (sq < (NF_A)INFINITY && (up || sq >= (NF_A)n * NF_TINY_SQ || (sq == 0 && !NF_NAME(scale_up, NF_TAG)(s))));
+    return sq < (NF_A)INFINITY &&
+           (sizeof(NF_A) == sizeof(double) || up || sq >= (NF_A)n * NF_TINY_SQ ||
+            (sq == 0 && !NF_NAME(scale_up, NF_TAG)(s)));
 }
 
 /* A block's (mean of x - K, M2) from its centre s and the sums sc and sq of its deviations from s over
@@ -51,22 +52,26 @@ static NF_INLINE void NF_NAME(block_out, NF_TAG)(NF_A s, NF_A K, NF_A sc, NF_A s
 }
 
 /* (mean of x - K, M2) of the n elements x[off[i]] (off NULL: x[i]) in double: the rare blocks whose
- * squares float cannot hold, or whose data is not finite. Four chains, summed in a fixed order. */
+ * squares float cannot hold, or whose data is not finite. Four chains, summed in a fixed order. float64
+ * data is taken scaled by 2^-16 (exact but for subnormals, which cannot matter next to what sent a block
+ * here), so that the sums of a block's differences from K, up to 2048 * 2 * DBL_MAX, do not overflow:
+ * then only a result past DBL_MAX is infinite (M2 whose squares overflow is +inf, not inf - inf). */
 static NF_COLD void NF_NAME(seg_wide, NF_TAG)(const NF_T *x, const int64_t *off, int64_t n, double K,
                                               double *mean, double *m2)
 {
+    const double f = sizeof(NF_T) == sizeof(double) ? 0x1p-16 : 1, Kf = K * f;
     double a[4] = {0, 0, 0, 0}, c[4] = {0, 0, 0, 0}, q[4] = {0, 0, 0, 0};
     for (int64_t i = 0; i < n; i++)
-        a[i & 3] += (double)NF_LOAD(x[off ? off[i] : i]) - K;
+        a[i & 3] += (double)NF_LOAD(x[off ? off[i] : i]) * f - Kf;
     const double m = ((a[0] + a[1]) + (a[2] + a[3])) / (double)n;
     for (int64_t i = 0; i < n; i++) {
-        const double d = ((double)NF_LOAD(x[off ? off[i] : i]) - K) - m;
+        const double d = ((double)NF_LOAD(x[off ? off[i] : i]) * f - Kf) - m;
         c[i & 3] += d;
         q[i & 3] += d * d;
     }
     const double sc = (c[0] + c[1]) + (c[2] + c[3]), sq = (q[0] + q[1]) + (q[2] + q[3]);
-    *mean = isfinite(m) ? m + sc / (double)n : m;
-    *m2 = nf_clamp0(sq - sc * sc / (double)n);
+    *mean = (isfinite(m) ? m + sc / (double)n : m) / f;
+    *m2 = (sq == INFINITY ? sq : nf_clamp0(sq - sc * sc / (double)n)) / f / f;
 }
 
 /* The sums of d = (x - s) * up and of d^2 over n <= NF_BLOCK contiguous elements, up 1 (a constant once
@@ -131,8 +136,12 @@ static void NF_NAME(seg, NF_TAG)(const NF_T *x, int64_t n, NF_A K, double *mean,
         NF_NAME(devs, NF_TAG)(x, n, s, NF_TINY_UP, &sc, &sq);
     else
         NF_NAME(devs, NF_TAG)(x, n, s, 1, &sc, &sq);
-    if (!NF_NAME(pass2_ok, NF_TAG)(sq, s, n, up)) { /* the other scale, or double */
+    if (!NF_NAME(pass2_ok, NF_TAG)(sq, s, n, up)) { /* float: the other scale, or double; double: wide */
         up = !up;
+        if (sizeof(NF_A) == sizeof(double)) {
+            NF_NAME(seg_wide, NF_TAG)(x, NULL, n, K, mean, m2);
+            return;
+        }
         if (up)
             NF_NAME(devs, NF_TAG)(x, n, s, NF_TINY_UP, &sc, &sq);
         else

@@ -139,6 +139,10 @@ static NF_INLINE void NF_NAME(col_pass2, NF_TAG)(const NF_T *x, const int64_t *o
 static NF_COLD void NF_NAME(col_fix, NF_TAG)(const NF_T *x, const int64_t *off, int64_t nr, NF_A s, NF_A K,
                                              int up, double *mean, double *m2)
 {
+    if (sizeof(NF_A) == sizeof(double)) { /* no other scale: the wide, scaled pass */
+        NF_NAME(seg_wide, NF_TAG)(x, off, nr, (double)K, mean, m2);
+        return;
+    }
     const NF_A f = up ? 1 : NF_TINY_UP;
     NF_A c = 0, q = 0;
     for (int64_t r = 0; r < nr; r++) {
@@ -209,7 +213,7 @@ static void NF_NAME(cols, NF_TAG)(const nf_plan *p, const void *xv, int64_t grou
          * without calls (it vectorises); else column by column, the ones float could not hold taken
          * again. */
         const double un = up ? NF_TINY_DOWN : 1;
-        if (sizeof(NF_A) == sizeof(double) || NF_NAME(all_fit, NF_TAG)(q, nk, up ? 0 : (NF_A)nr * NF_TINY_SQ))
+        if (NF_NAME(all_fit, NF_TAG)(q, nk, up || sizeof(NF_A) == sizeof(double) ? 0 : (NF_A)nr * NF_TINY_SQ))
             for (int64_t k = 0; k < nk; k++) {
                 double bm, bq;
                 NF_NAME(block_out, NF_TAG)(s[k], K[k], c[k], q[k], un, inb, &bm, &bq);
