@@ -429,3 +429,97 @@ def test_progress_bar_goes_to_stderr(tmp_path, capsys):
     normfast.dataset_stats(str(tmp_path / "x.npy"), progress=True, block_bytes=4096)
     out, err = capsys.readouterr()
     assert out == "" and "1 file" in err and "B/s" in err
+
+
+# --- damaged files, files that are not files, and links: named errors, each file once -----------------
+
+def _npy_bytes(shape, descr="<f4"):
+    """A .npy file's bytes whose header says `shape` (any, a negative dimension too) and no data."""
+    header = repr({"descr": descr, "fortran_order": False, "shape": tuple(shape)}).encode()
+    header += b" " * (63 - (len(header) + 10) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header
+
+
+def _npz(tmp_path, name, compress, damage=None):
+    """An .npz of one float64 member, its bytes then changed by damage(bytearray)."""
+    path = tmp_path / name
+    (np.savez_compressed if compress else np.savez)(path, a=np.arange(4096.0))
+    raw = bytearray(path.read_bytes())
+    if damage:
+        damage(raw)
+    path.write_bytes(bytes(raw))
+    return str(path)
+
+
+def _flip(at):
+    def damage(raw):
+        i = int(len(raw) * at)
+        raw[i:i + 8] = bytes(b ^ 0x5A for b in raw[i:i + 8])
+    return damage
+
+
+def _bad_local_header(raw):
+    raw[0:4] = b"XXXX"  # the first member's local header signature
+
+
+def _damaged_inputs(tmp_path):
+    (tmp_path / "neg.npy").write_bytes(_npy_bytes((-1, 3)))
+    with zipfile.ZipFile(tmp_path / "negmember.npz", "w") as z:
+        z.writestr("a.npy", _npy_bytes((4, -2)))
+    with zipfile.ZipFile(tmp_path / "noarrays.npz", "w") as z:
+        z.writestr("readme.txt", "no arrays here")
+    return {
+        "negative dimension": (str(tmp_path / "neg.npy"), "corrupt header: negative dimension"),
+        "negative dimension in a member": (str(tmp_path / "negmember.npz"), "corrupt header: negative dimension"),
+        "no arrays": (str(tmp_path / "noarrays.npz"), "an .npz archive with no arrays"),
+        "bad CRC": (_npz(tmp_path, "crc.npz", False, _flip(0.5)), "unreadable"),
+        "damaged local header": (_npz(tmp_path, "local.npz", False, _bad_local_header), "unreadable"),
+        "corrupt deflate stream": (_npz(tmp_path, "deflate.npz", True, _flip(0.3)), "unreadable"),
+    }
+
+
+def test_damaged_files_are_named_errors(tmp_path):
+    """Each kind of damage is a DatasetError naming the file, and exit 1 with one line from the command;
+    good files beside it change nothing of that."""
+    np.save(tmp_path / "good.npy", np.ones((4, 3)))
+    for what, (path, message) in _damaged_inputs(tmp_path).items():
+        for inputs in ([path], [str(tmp_path / "good.npy"), path]):
+            with pytest.raises(normfast.dataset.DatasetError, match=message) as e:
+                normfast.dataset_stats(inputs)
+            assert str(e.value).startswith(path.split(":")[0]), (what, str(e.value))
+        p = run_cli(path)
+        assert p.returncode == 1 and p.stdout == "", (what, p.stderr)
+        assert p.stderr.startswith("normfast stats: error: ") and p.stderr.count("\n") == 1, (what, p.stderr)
+        assert path in p.stderr, (what, p.stderr)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this OS")
+def test_a_fifo_is_refused_not_read(tmp_path):
+    """A FIFO, named or found in a folder or a glob under an image or .npy name, would block forever:
+    it is refused at once, naming it."""
+    Image.new("RGB", (4, 3), (1, 2, 3)).save(tmp_path / "a.png")
+    os.mkfifo(tmp_path / "b.png")
+    os.mkfifo(tmp_path / "c.npy")
+    for inputs in ([str(tmp_path)], [str(tmp_path / "*.png")], [str(tmp_path / "c.npy")],
+                   [str(tmp_path / "b.png")]):
+        with pytest.raises(normfast.dataset.DatasetError, match="not a regular file"):
+            normfast.dataset_stats(inputs)
+    p = subprocess.run([sys.executable, "-m", "normfast", "stats", str(tmp_path)], capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 1 and "not a regular file" in p.stderr and "Traceback" not in p.stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="no symbolic links on this OS")
+def test_each_file_is_read_once_whatever_the_links(tmp_path):
+    """A recursive glob through a symlinked folder loop, a link to a file and the same file named twice:
+    each file counts once (the same device and inode)."""
+    data = tmp_path / "data"
+    (data / "sub").mkdir(parents=True)
+    x = np.arange(12.0).reshape(4, 3)
+    np.save(data / "sub" / "x.npy", x)
+    os.symlink(data, data / "sub" / "loop")  # data/sub/loop/sub/loop/... is data again
+    os.symlink(data / "sub" / "x.npy", tmp_path / "link.npy")
+    r = normfast.dataset_stats([str(data / "**" / "*.npy"), str(tmp_path / "link.npy"),
+                                str(data / "sub" / ".." / "sub" / "x.npy")], axis=1)
+    assert r.count == 4 and r.files == 1
+    np.testing.assert_array_equal(r.mean, x.mean(0))

@@ -10,10 +10,12 @@ import glob
 import math
 import mmap
 import os
+import stat
 import sys
 import threading
 import warnings
 import zipfile
+import zlib
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -191,8 +193,10 @@ def _npy_header(f, name):
         if version not in read:
             raise ValueError(f"unsupported .npy format version {version}")
         shape, fortran, dtype = read[version](f)
-    except (ValueError, OSError, EOFError) as e:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
         raise DatasetError(f"{name}: not a readable .npy array ({e})") from None
+    if any(n < 0 for n in shape):
+        raise DatasetError(f"{name}: corrupt header: negative dimension in shape {shape}")
     if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
         raise DatasetError(f"{name}: expected float, integer or bool data, got dtype {dtype}")
     return shape, fortran, dtype
@@ -231,7 +235,10 @@ class _NpzSource(_Source):
 
     def __init__(self, path, archive, member):
         name = f"{path}:{member[:-4]}"
-        self.stream = archive.open(member)
+        try:
+            self.stream = archive.open(member)
+        except (OSError, zipfile.BadZipFile, zlib.error, EOFError) as e:  # a damaged local header
+            raise DatasetError(f"{name}: unreadable ({e})") from None
         shape, fortran, dtype = _npy_header(self.stream, name)
         super().__init__(name, shape, dtype, fortran)
         self._turn, self._cv = 0, threading.Condition()
@@ -254,7 +261,7 @@ class _NpzSource(_Source):
         buf = np.empty(shape, self.dtype)
         try:
             got = self.stream.readinto(buf.reshape(-1).view(np.uint8)) if buf.size else 0
-        except (OSError, zipfile.BadZipFile, EOFError) as e:
+        except (OSError, zipfile.BadZipFile, zlib.error, EOFError) as e:  # bad CRC, corrupt deflate stream
             raise DatasetError(f"{self.name}: unreadable ({e})") from None
         if got != buf.nbytes:
             raise DatasetError(f"{self.name}: truncated: its header says {self.nbytes} bytes of data, the "
@@ -327,26 +334,45 @@ def _open_npz(path, key):
         if key + ".npy" not in members:
             raise DatasetError(f"{path}: no member {key!r} (it has {', '.join(m[:-4] for m in members) or 'none'})")
         members = [key + ".npy"]
+    if not members:
+        raise DatasetError(f"{path}: an .npz archive with no arrays")
     return [_NpzSource(path, archive, m) for m in members]
 
 
+def _regular(paths):
+    """The paths, each checked to be a regular file (through links): a FIFO, socket or device would
+    block or never end, so one is refused, naming it."""
+    for p in paths:
+        try:
+            mode = os.stat(p).st_mode
+        except OSError as e:
+            raise DatasetError(f"{p}: cannot be read ({e.strerror or e})") from None
+        if not stat.S_ISREG(mode):
+            raise DatasetError(f"{p}: not a regular file (a FIFO, socket or device); name the files to read")
+    return paths
+
+
 def _expand(item):
-    """The input paths an argument names: a file, a folder (its images, sorted, recursively) or a glob."""
+    """The input paths an argument names: a file, a folder (its images, sorted, recursively) or a glob;
+    every one a regular file."""
     s = os.fspath(item)
     file, key = _split_member(s)
-    if key is not None or os.path.isfile(s):
+    if key is not None:
+        _regular([file])
         return [s]
     if os.path.isdir(s):
         found = sorted(os.path.join(root, f) for root, _, files in os.walk(s) for f in files
                        if f.lower().endswith(IMAGE_EXTENSIONS))
         if not found:
             raise DatasetError(f"{s}: a folder with no images ({', '.join(IMAGE_EXTENSIONS)})")
-        return found
+        return _regular(found)
+    if os.path.lexists(s):
+        return _regular([s])
     if glob.has_magic(s):
-        found = sorted(p for p in glob.glob(s, recursive=True) if os.path.isfile(p))
+        found = sorted(p for p in glob.glob(s, recursive=True) if not os.path.isdir(p))
         if not found:
             raise DatasetError(f"{s}: no file matches")
-        return found
+        return _regular(found)
     raise DatasetError(f"{s}: no such file or folder")
 
 
@@ -360,10 +386,17 @@ def _sources(inputs, scale):
                         f"{type(inputs).__name__}") from None
     if not items:
         raise DatasetError("paths_or_arrays: expected at least one input, got none")
-    out = []
+    out, seen = [], set()
     for n, item in enumerate(items):
         if isinstance(item, (str, os.PathLike)):
             for p in _expand(item):
+                file, key = _split_member(p)
+                st = os.stat(file)
+                # One file once (the same device and inode, whatever the links: a glob through a symlinked
+                # folder loop names it many times); .npz members count by member.
+                if (st.st_dev, st.st_ino, key) in seen:
+                    continue
+                seen.add((st.st_dev, st.st_ino, key))
                 out += _open_path(p, scale)
         else:
             name = f"paths_or_arrays[{n}]"
