@@ -523,3 +523,52 @@ def test_each_file_is_read_once_whatever_the_links(tmp_path):
                                 str(data / "sub" / ".." / "sub" / "x.npy")], axis=1)
     assert r.count == 4 and r.files == 1
     np.testing.assert_array_equal(r.mean, x.mean(0))
+
+
+def test_an_input_is_never_the_output(tmp_path):
+    """--output naming an input (the same file by another spelling, through a link, or the archive of a
+    member) is refused with exit 1 before anything is read, and the data is left as it was."""
+    x = np.arange(12.0).reshape(4, 3)
+    np.save(tmp_path / "x.npy", x)
+    np.savez(tmp_path / "z.npz", a=x)
+    os.symlink(tmp_path / "x.npy", tmp_path / "link.json")
+    before = {p: (tmp_path / p).read_bytes() for p in ("x.npy", "z.npz")}
+    (tmp_path / "sub").mkdir()
+    cases = [(str(tmp_path / "x.npy"), str(tmp_path / "x.npy")),
+             (str(tmp_path / "x.npy"), str(tmp_path / "sub" / ".." / "x.npy")),
+             (str(tmp_path / "x.npy"), str(tmp_path / "link.json")),
+             (str(tmp_path / "*.npy"), str(tmp_path / "x.npy")),
+             (str(tmp_path / "z.npz") + ":a", str(tmp_path / "z.npz"))]
+    for inp, out in cases:
+        p = run_cli(inp, "--output", out)
+        assert p.returncode == 1 and "is also an input" in p.stderr and "Traceback" not in p.stderr, (inp, out)
+    assert {p: (tmp_path / p).read_bytes() for p in before} == before
+    assert os.path.islink(tmp_path / "link.json")
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="no symbolic links on this OS")
+def test_the_output_keeps_its_mode_and_its_link(tmp_path):
+    """An existing output keeps its mode; a new one gets the umask's (not mkstemp's 0600); a link is
+    written through; an error names the user's path, not the temporary file."""
+    np.save(tmp_path / "x.npy", np.ones((4, 3)))
+    old = tmp_path / "old.json"
+    old.write_text("{}")
+    os.chmod(old, 0o644)
+    target = tmp_path / "target.json"
+    target.write_text("{}")
+    os.chmod(target, 0o640)
+    os.symlink(target, tmp_path / "link.json")
+    code = ("import os, sys; os.umask(0o027); from normfast.__main__ import main; "
+            "sys.exit(main(sys.argv[1:]))")
+    for out in ("old.json", "new.json", "link.json"):
+        p = subprocess.run([sys.executable, "-c", code, "stats", str(tmp_path / "x.npy"), "-o", str(tmp_path / out),
+                            "-q"], capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
+    assert os.stat(old).st_mode & 0o777 == 0o644
+    assert os.stat(tmp_path / "new.json").st_mode & 0o777 == 0o640
+    assert os.path.islink(tmp_path / "link.json") and os.stat(target).st_mode & 0o777 == 0o640
+    assert json.loads(target.read_text())["count"] == 12
+    missing = str(tmp_path / "no" / "such" / "dir" / "s.json")
+    p = run_cli(str(tmp_path / "x.npy"), "-o", missing)
+    assert p.returncode == 1 and missing in p.stderr and ".tmp" not in p.stderr, p.stderr
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]

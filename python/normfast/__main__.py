@@ -2,6 +2,7 @@
 import argparse
 import json
 import os
+import stat
 import sys
 import tempfile
 import time
@@ -131,16 +132,46 @@ def _stats_table(r):
 
 
 def _write_atomic(path, write):
-    """write(file) into a temporary file beside path, renamed over it only once it is complete."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    """write(file) into a temporary file beside path's target (a link is written through, not
+    replaced), renamed over it only once it is complete. The file keeps an existing file's mode; a new
+    one gets the umask's. An OSError is a DatasetError naming `path` as the user gave it."""
+    target = os.path.realpath(path)
+    try:
+        mode = stat.S_IMODE(os.stat(target).st_mode)
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    except OSError as e:
+        raise dataset.DatasetError(f"--output: {path}: {e.strerror or e}") from None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=f".{os.path.basename(target)}.", suffix=".tmp")
+    except OSError as e:
+        raise dataset.DatasetError(f"--output: {path}: {e.strerror or e}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
-        os.replace(tmp, path)
-    except BaseException:
+        os.chmod(tmp, mode)  # mkstemp makes it 0600
+        os.replace(tmp, target)
+    except BaseException as e:
         os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise dataset.DatasetError(f"--output: {path}: {e.strerror or e}") from None
         raise
+
+
+def _refuse_input_as_output(paths, output):
+    """An --output that is one of the inputs (the same file by any spelling or link) would replace the data
+    with the report: refused before anything is read."""
+    try:
+        out = os.stat(output)
+    except OSError:
+        return  # not there yet, so not an input
+    for item in paths:
+        for p in dataset._expand(item):
+            st = os.stat(dataset._split_member(p)[0])
+            if (st.st_dev, st.st_ino) == (out.st_dev, out.st_ino):
+                raise dataset.DatasetError(f"--output: {output} is also an input ({p}); choose another file")
 
 
 def cmd_stats(args):
@@ -149,6 +180,8 @@ def cmd_stats(args):
         raise dataset.DatasetError("--format npz: needs --output FILE")
     if args.output and os.path.isdir(args.output):
         raise dataset.DatasetError(f"--output: {args.output} is a folder")
+    if args.output:
+        _refuse_input_as_output(args.paths, args.output)
     progress = not args.quiet and sys.stderr.isatty()
     if progress:
         try:
