@@ -572,3 +572,40 @@ def test_the_output_keeps_its_mode_and_its_link(tmp_path):
     p = run_cli(str(tmp_path / "x.npy"), "-o", missing)
     assert p.returncode == 1 and missing in p.stderr and ".tmp" not in p.stderr, p.stderr
     assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+
+
+def test_sixteen_bit_images_are_scaled_by_their_depth_whatever_the_container(tmp_path):
+    """A 16-bit PGM (any maxval: Pillow stretches it to 65535) and a 16-bit PNG give the same [0, 1]
+    values, and a folder mixing them with 8-bit PNGs averages one scale."""
+    a = (np.arange(12).reshape(3, 4) * 5000).astype(np.uint16)
+    Image.fromarray(a).save(tmp_path / "g16.pgm")
+    Image.fromarray(a).save(tmp_path / "g16.png")
+    (tmp_path / "g10.pgm").write_bytes(b"P5\n2 1\n1023\n" + np.array([1023, 0], ">u2").tobytes())
+    Image.fromarray((a // 257).astype(np.uint8)).save(tmp_path / "g8.png")
+    for name in ("g16.pgm", "g16.png"):
+        np.testing.assert_allclose(normfast.dataset_stats([str(tmp_path / name)]).mean, [a.mean() / 65535])
+    np.testing.assert_allclose(normfast.dataset_stats([str(tmp_path / "g10.pgm")]).mean, [0.5])
+    r = normfast.dataset_stats([str(tmp_path)])
+    assert r.files == 4 and 0 <= r.min[0] and r.max[0] <= 1
+
+
+def test_big_endian_floats_and_objects_with_array(tmp_path):
+    """Big-endian float files and arrays are swapped and reduced (they were refused); anything with
+    __array__ that is not a path (a DataFrame) is one array, not a list of paths."""
+    x = np.arange(24.0).reshape(6, 4)
+    for dt in (">f4", ">f8", ">f2"):
+        np.save(tmp_path / "be.npy", x.astype(dt))
+        for inp in (str(tmp_path / "be.npy"), x.astype(dt)):
+            r = normfast.dataset_stats([inp], axis=1)
+            np.testing.assert_allclose(r.mean, x.mean(0), rtol=1e-3)
+            np.testing.assert_allclose(r.var, x.var(0), rtol=1e-3)
+
+    class Frame:  # what matters of a pandas DataFrame: iterable (column names) and __array__
+        def __iter__(self):
+            return iter(["a", "b"])
+
+        def __array__(self, dtype=None, copy=None):
+            return x
+
+    r = normfast.dataset_stats(Frame(), axis=1)
+    np.testing.assert_array_equal(r.mean, x.mean(0))

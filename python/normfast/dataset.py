@@ -109,6 +109,8 @@ def _compute_dtype(dtype, name):
     to 53 bits."""
     if dtype.kind in "biu":
         return np.dtype(np.float64)
+    if dtype.kind == "f" and not dtype.isnative:  # big-endian files and arrays: swapped block by block
+        dtype = dtype.newbyteorder("=")
     if _checks.dtype_code(dtype) is None:
         raise DatasetError(f"{name}: expected float, integer or bool data, got dtype {dtype}")
     return dtype
@@ -286,12 +288,20 @@ class _ImageSource(_Source):
         try:
             with Image.open(path) as im:  # the header only; decoding waits for the job
                 mode, (w, h) = self._mode(im), im.size
+                bits16 = mode == "I" and self._sixteen_bit(im)
         except (OSError, ValueError, Image.DecompressionBombError) as e:
             raise DatasetError(f"{path}: not a readable image ({e})") from None
         probe = np.asarray(Image.new(mode, (1, 1)))
         super().__init__(path, (h, w, 1 if probe.ndim == 2 else probe.shape[-1]), probe.dtype.newbyteorder("="))
         self.path, self.mode = path, mode
-        self.scale = _SCALES.get(self.dtype, 1.0) if scale else 1.0
+        # By the image's bit depth, whatever the container: 16-bit grey decodes as uint16 from PNG and as
+        # 32-bit "I" from PGM (Pillow stretches any PGM maxval to 65535).
+        self.scale = (1 / 65535 if bits16 else _SCALES.get(self.dtype, 1.0)) if scale else 1.0
+
+    @staticmethod
+    def _sixteen_bit(im):
+        """Whether a mode "I" image holds 16-bit samples (a 16-bit PGM, or a raw 16-bit tile)."""
+        return im.format == "PPM" or any(str(t.args).startswith("I;16") for t in im.tile)
 
     @staticmethod
     def _mode(im):
@@ -377,7 +387,7 @@ def _expand(item):
 
 
 def _sources(inputs, scale):
-    if isinstance(inputs, (str, os.PathLike, np.ndarray)):
+    if isinstance(inputs, (str, os.PathLike)) or hasattr(inputs, "__array__"):  # one input (a DataFrame too)
         inputs = [inputs]
     try:
         items = list(inputs)
@@ -448,7 +458,7 @@ def _progress_bar(total, files, enabled):
         from tqdm import tqdm
     except ImportError:
         raise ImportError("progress=True needs tqdm: pip install 'normfast[stats]'") from None
-    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr, dynamic_ncols=True,
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1000, file=sys.stderr, dynamic_ncols=True,
                 desc=f"{files} file(s)" if files != 1 else "1 file", leave=False)
 
 
