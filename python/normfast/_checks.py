@@ -20,6 +20,10 @@ def dtype_code(dt):
     return code
 
 
+# The engine's code for float64, the dtype of every wide path (integers, scales past float32).
+F64 = dtype_code(np.dtype(np.float64))
+
+
 def not_masked(a, name):
     if isinstance(a, np.ma.MaskedArray):  # its mask would be ignored, and the result look mask-aware
         raise TypeError(f"{name}: masked arrays are not supported (the mask would be ignored); pass "

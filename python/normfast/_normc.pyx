@@ -212,15 +212,6 @@ cdef bint _vector(object v, int typenum, Py_ssize_t n):
             and cnp.PyArray_ISCARRAY_RO(a) and cnp.PyArray_ISNOTSWAPPED(a))
 
 
-cdef bint _apart(cnp.ndarray y, object v):
-    """Whether the contiguous y's bytes and those of v (None or a contiguous vector) are apart."""
-    if v is None:
-        return True
-    cdef char *a = <char *>cnp.PyArray_DATA(y)
-    cdef char *b = <char *>cnp.PyArray_DATA(<cnp.ndarray>v)
-    return b >= a + cnp.PyArray_NBYTES(y) or a >= b + cnp.PyArray_NBYTES(<cnp.ndarray>v)
-
-
 cdef void _extent(cnp.ndarray a, char **lo, char **hi):
     """The bytes [lo, hi) that a's elements span (lo == hi for an empty array)."""
     cdef char *p = <char *>cnp.PyArray_DATA(a)
@@ -236,6 +227,19 @@ cdef void _extent(cnp.ndarray a, char **lo, char **hi):
         else:
             hi_off += step
     lo[0], hi[0] = p + lo_off, p + hi_off
+
+
+cdef bint _meet(cnp.ndarray a, object b):
+    """Whether the spans of a and b (None: nothing) meet."""
+    if b is None:
+        return False
+    cdef char *alo
+    cdef char *ahi
+    cdef char *blo
+    cdef char *bhi
+    _extent(a, &alo, &ahi)
+    _extent(<cnp.ndarray>b, &blo, &bhi)
+    return alo < bhi and blo < ahi
 
 
 def extents_meet(list arrays, Py_ssize_t n_written):
@@ -292,7 +296,7 @@ def rownorm_common(x, normalized_shape, weight, bias, eps, out, bint rms):
         lo, hi = <char *>cnp.PyArray_DATA(xa), <char *>cnp.PyArray_DATA(ya)
         if lo != hi and lo < hi + cnp.PyArray_NBYTES(ya) and hi < lo + cnp.PyArray_NBYTES(xa):
             return None  # a possible partial overlap: the full path tells it exactly
-        if not (_apart(ya, weight) and _apart(ya, bias)):
+        if _meet(ya, weight) or _meet(ya, bias):
             return None  # an error, reported by the full path
     cdef nf_plan plan
     _rows_plan(&plan, size // n, n)

@@ -13,7 +13,6 @@ __all__ = ["moments"]
 # Elements of integer or bool data converted to float64 at a time (8 MiB): bounded memory, and the
 # conversion and the reduction of a chunk share the cache.
 CHUNK = 1 << 20
-_F64 = _checks.dtype_code(np.dtype(np.float64))
 _ACCEPTED = "a float (float16, bfloat16, float32, float64), integer or bool array"
 
 
@@ -77,7 +76,7 @@ def moments_into(x, code, reduce, mean, var, ddof, shift=None):
     if code is not None:
         _normc.moments(x, code, reduce, mean, var, ddof, None, None, shift)
     elif x.size <= CHUNK:
-        _normc.moments(x.astype(np.float64), _F64, reduce, mean, var, ddof, None, None, shift)
+        _normc.moments(x.astype(np.float64), _checks.F64, reduce, mean, var, ddof, None, None, shift)
     else:
         k, m, m2 = _chunked(x, reduce, np.empty(CHUNK))
         n = x.size // mean.size
@@ -100,7 +99,7 @@ def _chunked(x, reduce, buf):
         xf = buf[:x.size].reshape(x.shape)
         np.copyto(xf, x)  # exact up to 2**53 in magnitude; bool as 0 and 1, as NumPy converts
         k, mean, var = np.empty(kshape), np.empty(kshape), np.empty(kshape)
-        _normc.moments(xf, _F64, reduce, mean, var, 0.0, None, None, k)
+        _normc.moments(xf, _checks.F64, reduce, mean, var, 0.0, None, None, k)
         return k, mean, var * (x.size // mean.size)
     a = int(np.argmax(x.shape))
     step = max(1, buf.size // (x.size // x.shape[a]))

@@ -86,9 +86,10 @@ def _channel_backward(x, dy, code, gx, keep, mean, rstd, weight, bias, activatio
     s = mean.astype(pdt)
     dm = s.astype(np.float64) - mean
     a64 = w * rstd
-    if not _fit(pdt, a64, b + dm * a64):
+    c1 = b + dm * a64
+    if not _fit(pdt, a64, c1):
         return _in_float64(x, dy, gx, keep, mean, rstd, weight, bias, activation, terms)
-    params = [s, np.broadcast_to(a64, shape).astype(pdt), np.broadcast_to(b + dm * a64, shape).astype(pdt)]
+    params = [s, np.broadcast_to(a64, shape).astype(pdt), np.broadcast_to(c1, shape).astype(pdt)]
     sum_g, sum_gd = np.empty(shape), np.empty(shape)
     _normc.grad_sums(x, dy, code, reduce, *params, activation, sum_g, sum_gd)
     sum_gmu = sum_gd + dm * sum_g  # sum of g * (x - mean)
@@ -111,11 +112,10 @@ def _channel_backward(x, dy, code, gx, keep, mean, rstd, weight, bias, activatio
     # rounding M goes back into R'. z keeps its value with s2 as its shift.
     P, R = (np.broadcast_to(v, shape) for v in (a64, R))
     M = np.divide(-R, P, out=np.zeros(shape), where=P != 0).astype(pdt)
-    c2 = b + (s2.astype(np.float64) - mean) * a64
-    if not _fit(pdt, c2, Q, R + P * M):
+    c2, R2 = b + (s2.astype(np.float64) - mean) * a64, R + P * M
+    if not _fit(pdt, c2, Q, R2):
         return _in_float64(x, dy, gx, keep, mean, rstd, weight, bias, activation, terms)
-    c2 = np.broadcast_to(c2, shape).astype(pdt)
-    params = [s2, params[1], c2, P.astype(pdt), M, Q.astype(pdt), (R + P * M).astype(pdt)]
+    params = [s2, params[1], np.broadcast_to(c2, shape).astype(pdt), P.astype(pdt), M, Q.astype(pdt), R2.astype(pdt)]
     _normc.grad_apply(x, dy, code, reduce, tuple(params), gx, activation)
     return sum_g, rstd * sum_gmu, gmu, gvar
 
@@ -141,7 +141,7 @@ def _in_float64(x, dy, gx, keep, mean, rstd, weight, bias, activation, terms):
     not fit float32."""
     g64 = np.empty(x.shape)
     wide = [None if p is None else p.astype(np.float64) for p in (weight, bias)]
-    sums = _channel_backward(x.astype(np.float64), dy.astype(np.float64), norms._F64, g64, keep, mean, rstd,
+    sums = _channel_backward(x.astype(np.float64), dy.astype(np.float64), _checks.F64, g64, keep, mean, rstd,
                              *wide, activation, terms, np.float64)
     gx[...] = g64
     return sums

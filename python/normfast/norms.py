@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from . import _checks, _normc
+from .functional import moments64 as _moments  # biased float64 (mean, var) over the axes not kept
 
 __all__ = ["batch_norm", "instance_norm", "group_norm", "switchable_norm", "layer_norm", "rms_norm"]
 
@@ -14,15 +15,6 @@ __all__ = ["batch_norm", "instance_norm", "group_norm", "switchable_norm", "laye
 def _layout(ndim, sizes):
     """Shape of x's rank with the given {axis: size} and 1 elsewhere."""
     return [sizes.get(i, 1) for i in range(ndim)]
-
-
-def _moments(x, code, keep):
-    """Biased mean and variance over every axis not in `keep`, in x's rank, as float64 whatever x's
-    dtype (the engine accumulates in double; rounding them to float32 would cost the apply pass)."""
-    shape = _layout(x.ndim, {i: x.shape[i] for i in keep})
-    mean, var = np.empty(shape), np.empty(shape)
-    _normc.moments(x, code, tuple(i not in keep for i in range(x.ndim)), mean, var, 0.0)
-    return mean, var
 
 
 def _apply_plan(ndim, keep, mean, var, eps, weight, bias, pdt):
@@ -40,15 +32,12 @@ def _apply_plan(ndim, keep, mean, var, eps, weight, bias, pdt):
     return tuple(i not in keep for i in range(ndim)), s, a, c
 
 
-_F64 = _checks.dtype_code(np.dtype(np.float64))
-
-
 def _run_plan(x, code, plan, out, activation):
     """The apply pass of a plan into out; a float64 plan for narrower x runs on x in float64, rounded
     once into out."""
     if plan[1].dtype == np.float64 and x.dtype != np.float64:
         y = np.empty(x.shape)
-        _normc.apply(x.astype(np.float64), _F64, *plan, y, activation)
+        _normc.apply(x.astype(np.float64), _checks.F64, *plan, y, activation)
         out[...] = y
     else:
         _normc.apply(x, code, *plan, out, activation)

@@ -168,21 +168,6 @@ static inline double nf_act64(double v, nf_act act)
     }
 }
 
-/* Chan et al.: fold a block (nb, mb, m2b) into a. */
-static inline void nf_chan(nf_acc *a, double nb, double mb, double m2b)
-{
-    if (a->n == 0) {
-        a->n = nb;
-        a->mean = mb;
-        a->m2 = m2b;
-        return;
-    }
-    double n = a->n + nb, d = mb - a->mean;
-    a->mean = isfinite(d) ? a->mean + d * (nb / n) : a->mean + mb; /* infinities add as in a sum */
-    a->m2 += m2b + d * d * (a->n / n * nb);
-    a->n = n;
-}
-
 /* Chan's fold of a block (nb elements, mean bm, M2 bq) into a column's (mean, m2) of na elements, with
  * wb = nb / (na + nb) and wab = na nb / (na + nb): na == 0 takes the block as it is; infinities add up as
  * in a plain sum. Branch-free, so that a loop over columns vectorises. */
@@ -191,6 +176,14 @@ static inline void nf_chan_col(double *mean, double *m2, double na, double wb, d
     const double d = bm - *mean;
     *mean = na == 0 ? bm : isfinite(d) ? *mean + d * wb : *mean + bm;
     *m2 = na == 0 ? bq : *m2 + bq + d * d * wab;
+}
+
+/* Chan et al.: fold a block (nb, mb, m2b) into a. */
+static inline void nf_chan(nf_acc *a, double nb, double mb, double m2b)
+{
+    const double n = a->n + nb;
+    nf_chan_col(&a->mean, &a->m2, a->n, nb / n, a->n / n * nb, mb, m2b);
+    a->n = n;
 }
 
 /* Walks the flat index of an nf_dims forward, keeping the element offsets in input and output. */
