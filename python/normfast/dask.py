@@ -202,14 +202,9 @@ def group_norm(x, num_groups, weight=None, bias=None, *, eps=1e-5, axis=1, activ
         split.append(c)
     x = _whole(x, split)
 
-    def block(b, loc):
-        g = (loc[1] - loc[0]) // (C // G)
-        # A block of one sample may hold one value per group where the whole array holds more (checked
-        # above): the sample twice over is valid, and its statistics are per sample, so the same.
-        twice = b.size == g
-        y = norms.group_norm(np.concatenate([b, b]) if twice else b, g, _slice(weight, loc), _slice(bias, loc),
-                             eps=eps, axis=c, activation=activation)
-        return y[:1] if twice else y
+    def block(b, loc):  # a block may hold one value per group where the whole array (checked) holds more
+        return norms._group_norm(b, (loc[1] - loc[0]) // (C // G), _slice(weight, loc), _slice(bias, loc), eps, c,
+                                 activation, None, False)
 
     return _per_channel(x, c, block)
 

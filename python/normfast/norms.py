@@ -217,8 +217,14 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
 def group_norm(x, num_groups, weight=None, bias=None, *, eps=1e-5, axis=1, activation=None, out=None):
     """Group normalization: statistics per sample over groups of num_groups consecutive channels and the
     other axes; weight and bias per channel (PyTorch semantics)."""
+    return _group_norm(x, num_groups, weight, bias, eps, axis, activation, out, True)
+
+
+def _group_norm(x, num_groups, weight, bias, eps, axis, activation, out, whole):
+    """group_norm; `whole`: x is the whole input, held to PyTorch's one-value-per-group rule (a block of
+    a Dask array is not: the rule is the whole array's)."""
     x, code, c, C, pdt, weight, bias, eps, activation = _channel_call(x, axis, weight, bias, eps, activation, True)
-    G = _groups(num_groups, C, x)
+    G = _groups(num_groups, C, x if whole else None)
     out = _checks.output(out, x)
     _checks.disjoint(_written(out, None, None, False), _read(x, weight, bias, None, None, False))
     if _fused_groups(x, code, c, G, weight, bias, eps, activation, out, False) is not None:
