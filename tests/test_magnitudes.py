@@ -500,3 +500,23 @@ def test_non_finite_semantics(isa, dtype, layout):
             assert np.array_equal(np.isnan(np.asarray(mean, np.float64)), np.isnan(ref_mean))
             assert np.array_equal(np.isinf(np.asarray(mean, np.float64)), np.isinf(ref_mean))
             assert np.all(np.isnan(np.asarray(var)[np.isnan(ref_mean) | np.isinf(ref_mean)]))
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_float64_range_past_its_largest_value_never_gives_a_wrong_finite_mean(isa, layout):
+    """Data whose range passes DBL_MAX (each statistic reduced as x minus one of its elements, which then
+    overflows): the mean is NumPy's of the data scaled down, or infinite, never a wrong finite value (means
+    too far apart to subtract were added, not averaged, when merged)."""
+    shape, axis, view = LAYOUTS[layout]
+    x = view(np.random.default_rng(11).uniform(-1, 1, shape) * 1.7e308)
+    mean, _ = normfast.moments(x, axis)
+    want = np.mean(np.asarray(x) / 2**20, axis) * 2**20
+    mean, want = np.atleast_1d(mean), np.atleast_1d(want)
+    finite = np.isfinite(mean)
+    np.testing.assert_allclose(mean[finite], want[finite], rtol=1e-10, atol=1e-10 * 1.7e308)
+    for seed, rows in ((1, (9, 11)), (2, (2, 4)), (3, (3, 40))):  # short rows, run as columns
+        with np.errstate(over="ignore"):
+            r = np.random.default_rng(seed).standard_normal(rows) * 1e308
+        m = normfast.moments(r, axis=1)[0]
+        ok = np.isfinite(m) & np.isfinite(r).all(axis=1)
+        np.testing.assert_allclose(m[ok], (np.mean(r / 2**20, axis=1) * 2**20)[ok], rtol=1e-10, atol=1e-10 * 1.7e308)

@@ -169,12 +169,14 @@ static inline double nf_act64(double v, nf_act act)
 }
 
 /* Chan's fold of a block (nb elements, mean bm, M2 bq) into a column's (mean, m2) of na elements, with
- * wb = nb / (na + nb) and wab = na nb / (na + nb): na == 0 takes the block as it is; infinities add up as
- * in a plain sum. Branch-free, so that a loop over columns vectorises. */
+ * wb = nb / (na + nb) and wab = na nb / (na + nb): na == 0 takes the block as it is. Where the means'
+ * difference is not finite the mean is their weighted sum, which overflows neither: infinities then add
+ * up as in a plain sum (+inf with -inf is NaN), and finite means too far apart to subtract average right.
+ * Branch-free, so that a loop over columns vectorises. */
 static inline void nf_chan_col(double *mean, double *m2, double na, double wb, double wab, double bm, double bq)
 {
     const double d = bm - *mean;
-    *mean = na == 0 ? bm : isfinite(d) ? *mean + d * wb : *mean + bm;
+    *mean = na == 0 ? bm : isfinite(d) ? *mean + d * wb : *mean * (1 - wb) + bm * wb;
     *m2 = na == 0 ? bq : *m2 + bq + d * d * wab;
 }
 
