@@ -138,8 +138,8 @@ def test_a_file_larger_than_a_block_is_read_in_blocks(tmp_path, monkeypatch):
     x = np.random.default_rng(1).standard_normal((64, 3, 32, 32)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
     seen = []
-    fold = normfast.dataset._fold
-    monkeypatch.setattr(normfast.dataset, "_fold", lambda acc, p: (seen.append(p.values.nbytes), fold(acc, p)))
+    reduce = normfast.dataset._Piece.reduce
+    monkeypatch.setattr(normfast.dataset._Piece, "reduce", lambda p, b: (seen.append(p.values.nbytes), reduce(p, b))[1])
     r = normfast.dataset_stats(str(tmp_path / "x.npy"), axis=1, block_bytes=1 << 16)
     rows = (1 << 16) // (3 * 32 * 32 * 4)  # whole (3, 32, 32) samples per block
     assert len(seen) == -(-64 // rows) and max(seen) <= 1 << 16 and sum(seen) == x.nbytes
@@ -196,12 +196,18 @@ def moments_and_range(x, red):
 
 @settings(max_examples=40, deadline=None)
 @given(shape=st.lists(st.integers(1, 40), min_size=1, max_size=4), data=st.data(),
-       dtype=st.sampled_from([np.float64, np.float32, np.float16, ml_dtypes.bfloat16]), nan=st.booleans(),
-       seed=st.integers(0, 2**32 - 1))
-def test_min_and_max_match_numpy(shape, data, dtype, nan, seed):
+       dtype=st.sampled_from([np.float64, np.float32, np.float16, ml_dtypes.bfloat16]),
+       special=st.sampled_from(["", "nan", "infs", "nan infs", "huge"]), seed=st.integers(0, 2**32 - 1))
+def test_min_and_max_match_numpy(shape, data, dtype, special, seed):
+    """The kernels skip NaN and look for one only where an item's moments are not finite: a NaN, +inf
+    with -inf (NaN moments, no NaN), or data whose squares overflow."""
     rng = np.random.default_rng(seed)
-    x = (rng.standard_normal(shape) * 100).astype(dtype)
-    if nan:
+    with np.errstate(over="ignore"):  # "huge" is inf in the narrow types
+        x = (rng.standard_normal(shape) * (1e300 if special == "huge" else 100)).astype(dtype)
+    if "infs" in special:
+        x.flat[rng.integers(x.size, size=2)] = np.inf
+        x.flat[rng.integers(x.size, size=2)] = -np.inf
+    if "nan" in special:
         x.flat[rng.integers(x.size)] = np.nan
     x = x[tuple(slice(None, None, data.draw(st.sampled_from([1, -1, 2]))) for _ in shape)]
     x = np.transpose(x, data.draw(st.permutations(range(x.ndim))))
@@ -258,12 +264,15 @@ def _images(folder):
 
 def test_a_folder_of_images_of_different_sizes_per_channel_scaled(tmp_path):
     arrays, _ = _images(tmp_path / "imgs")
-    r = normfast.dataset_stats(str(tmp_path / "imgs"))
+    with pytest.warns(UserWarning, match=r"skipped 1 file\(s\) that are not data: .*notes.txt"):
+        r = normfast.dataset_stats(str(tmp_path / "imgs"))
     check(r, arrays, (-1,), scale=1 / 255)
-    assert r.shape == (3,) and r.files == 4
-    raw = normfast.dataset_stats(str(tmp_path / "imgs"), scale=False)
+    assert r.shape == (3,) and r.files == 4 and r.skipped == (str(tmp_path / "imgs" / "notes.txt"),)
+    with pytest.warns(UserWarning, match="notes.txt"):
+        raw = normfast.dataset_stats(str(tmp_path / "imgs"), scale=False)
     check(raw, arrays, (-1,))
-    whole = normfast.dataset_stats(str(tmp_path / "imgs"), axis=())
+    with pytest.warns(UserWarning, match="notes.txt"):
+        whole = normfast.dataset_stats(str(tmp_path / "imgs"), axis=())
     check(whole, arrays, (), scale=1 / 255)
 
 
@@ -334,7 +343,7 @@ def _saved(tmp_path, name, arr):
 BAD = [
     (lambda t: str(t / "missing.npy"), {}, ValueError, "missing.npy: no such file or folder"),
     (lambda t: str(t / "*.nothing"), {}, ValueError, r"\*.nothing: no file matches"),
-    (lambda t: (t / "empty").mkdir() or str(t / "empty"), {}, ValueError, "a folder with no images"),
+    (lambda t: (t / "empty").mkdir() or str(t / "empty"), {}, ValueError, "a folder with no data files"),
     (_truncated_npy, {}, ValueError, r"t.npy: truncated: its header says 2400 bytes of data, the file holds 2350"),
     (lambda t: _written(t, "h.npy", b"\x93NUMPY garbage"), {}, ValueError,
      "h.npy: not a readable .npy array"),
@@ -349,7 +358,11 @@ BAD = [
     (_truncated_npz, {}, ValueError, "t.npz:x: truncated"),
     (_truncated_png, {}, ValueError, "t.png: not a readable image"),
     (lambda t: _written(t, "f.png", b"not a png"), {}, ValueError, "f.png: not a readable image"),
-    (_mixed_channels, {}, ValueError, r"grey.png: channels \(1,\), expected \(3,\) as in .*rgb.png"),
+    (_mixed_channels, {}, ValueError, r"grey.png: channels \(1,\) \(mode L\), expected \(3,\) as in .*rgb.png \(mode RGB\): "
+                                      r"pass mode='RGB' \(--mode RGB\) to convert every image to one mode"),
+    (_mixed_channels, {"mode": "XYZ"}, ValueError, "mode: expected a Pillow mode name such as 'RGB', 'L' or 'RGBA', "
+                                                   "got 'XYZ'"),
+    (_mixed_channels, {"mode": 3}, TypeError, "mode: expected None or a Pillow mode name"),
     (lambda t: _saved(t, "a.npy", np.ones((2, 3))), {"axis": 2}, ValueError, r"a.npy: axis: axis 2 is out of range"),
     (lambda t: _saved(t, "a.npy", np.ones((2, 3))), {"axis": "0"}, TypeError, "axis: expected None"),
     (lambda t: _saved(t, "a.npy", np.ones((2, 3))), {"ddof": "1"}, TypeError, "ddof: expected a real number"),
@@ -609,3 +622,167 @@ def test_big_endian_floats_and_objects_with_array(tmp_path):
 
     r = normfast.dataset_stats(Frame(), axis=1)
     np.testing.assert_array_equal(r.mean, x.mean(0))
+
+
+# Inputs that change under the reader, and many inputs: an error naming the file, never a signal, and a
+# bounded number of open descriptors. Each runs in a child process, so that a signal fails one test.
+
+_SHRINK = """
+import sys, numpy as np, normfast
+from normfast import dataset
+path, kind = sys.argv[1], sys.argv[2]
+x = np.arange(64 * 1024, dtype=np.float64).reshape(64, 1024)
+if kind == "npz":
+    np.savez(path, a=x)
+else:
+    np.save(path, x)
+reduce, done = dataset._Piece.reduce, []
+
+def shrink_after_first(piece, buffers):  # another process rewriting the file, between two blocks
+    if not done:
+        done.append(1)
+        if kind == "replace":
+            np.save(path + ".new.npy", x[:4])
+            import os; os.replace(path + ".new.npy", path)
+        else:
+            with open(path, "r+b") as f:
+                f.truncate(4096)
+    return reduce(piece, buffers)
+
+dataset._Piece.reduce = shrink_after_first
+try:
+    normfast.dataset_stats(path, block_bytes=8192, workers=1)
+except dataset.DatasetError as e:
+    print("DatasetError:", e)
+"""
+
+
+@pytest.mark.parametrize("kind, message", [("npy", "truncated"), ("npz", "unreadable|truncated"),
+                                           ("replace", "replaced by another file")])
+def test_a_file_that_shrinks_while_read_is_an_error_naming_it(tmp_path, kind, message):
+    """A .npy shortened (or replaced) between two blocks, as by another process rewriting it: a memory map
+    would kill Python with SIGBUS; a read is short, a DatasetError naming the file."""
+    path = str(tmp_path / ("x.npz" if kind == "npz" else "x.npy"))
+    p = subprocess.run([sys.executable, "-c", _SHRINK, path, kind], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr  # a signal gives a negative code
+    assert p.stdout.startswith(f"DatasetError: {path}") and any(m in p.stdout for m in message.split("|")), p.stdout
+
+
+_MANY = """
+import os, resource, sys, numpy as np, normfast
+folder, n, kind = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+for i in range(n):
+    (np.savez if kind == "npz" else np.save)(os.path.join(folder, f"{i:05}.{kind}"), np.full((2, 3), float(i)))
+resource.setrlimit(resource.RLIMIT_NOFILE, (128, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+r = normfast.dataset_stats(folder, axis=1, workers=4, progress=False)
+print(r.count, r.files, r.mean.tolist())
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="RLIMIT_NOFILE is POSIX")
+@pytest.mark.parametrize("kind", ["npy", "npz"])
+def test_many_more_files_than_descriptors(tmp_path, kind):
+    """3000 files under a limit of 128 descriptors (as 10,000 under the common 1024): a file is open only
+    while its blocks are read."""
+    n = 3000
+    p = subprocess.run([sys.executable, "-c", _MANY, str(tmp_path), str(n), kind], capture_output=True, text=True,
+                       timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    count, files, mean = p.stdout.split(" ", 2)
+    assert int(count) == 2 * n and int(files) == n
+    np.testing.assert_allclose(json.loads(mean), [(n - 1) / 2] * 3)
+
+
+def test_a_pool_threads_kernels_run_on_it_alone():
+    """The reading pool caps its threads' kernels at one thread each (cap_threads_here); the cap is the
+    calling thread's only."""
+    import threading
+
+    seen = []
+
+    def capped():
+        _normc.cap_threads_here(1)
+        seen.append(normfast.get_num_threads())
+        _normc.cap_threads_here(0)
+        seen.append(normfast.get_num_threads())
+
+    with use_threads(3):
+        t = threading.Thread(target=capped)
+        t.start()
+        t.join()
+        assert seen == [1, 3] and normfast.get_num_threads() == 3
+
+
+def test_a_folder_means_every_data_file_in_it(tmp_path):
+    """A folder of .npy and .npz shards (in subfolders too) is read whole; other files are skipped and
+    reported, by count and a few names, from the API (a UserWarning and .skipped) and the command (one
+    line on stderr, --quiet too)."""
+    rng = np.random.default_rng(8)
+    shards = [rng.standard_normal((n, 3)) for n in (5, 7, 2, 4)]
+    (tmp_path / "d" / "sub").mkdir(parents=True)
+    np.save(tmp_path / "d" / "a.npy", shards[0])
+    np.savez(tmp_path / "d" / "b.npz", x=shards[1], y=shards[2])
+    np.save(tmp_path / "d" / "sub" / "c.npy", shards[3])
+    for name in ("README.md", "labels.csv", ".hidden", "sub/notes.txt", "sub/x.json"):
+        (tmp_path / "d" / name).write_text("not data")
+    with pytest.warns(UserWarning, match=r"skipped 5 file\(s\) that are not data: .* and 2 more"):
+        r = normfast.dataset_stats(str(tmp_path / "d"), axis=1)
+    check(r, shards, (1,))
+    assert r.files == 4 and len(r.skipped) == 5 and json.loads(json.dumps(r.to_dict()))["skipped"] == list(r.skipped)
+    for quiet in ([], ["-q"]):
+        p = run_cli(str(tmp_path / "d"), "--axis", "1", "--format", "json", *quiet)
+        assert p.returncode == 0 and json.loads(p.stdout)["count"] == 18, p.stderr
+        assert "skipped 5 file(s) that are not data" in p.stderr and "Warning" not in p.stderr, p.stderr
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "a.txt").write_text("x")
+    with pytest.raises(normfast.dataset.DatasetError, match=r"a folder with no data files .*1 file\(s\) that are not "
+                                                            r"data: .*a.txt"):
+        normfast.dataset_stats(str(tmp_path / "e"))
+
+
+def _photo_folder(folder):
+    """A folder of one RGB photo and one each of grey, RGBA, CMYK, palette, bilevel and 16-bit grey."""
+    folder.mkdir()
+    rng = np.random.default_rng(9)
+    rgb = Image.fromarray(rng.integers(0, 256, (6, 5, 3), dtype=np.uint8))
+    images = {"rgb.png": rgb, "grey.png": rgb.convert("L"), "rgba.png": rgb.convert("RGBA"),
+              "cmyk.tif": rgb.convert("CMYK"), "pal.png": rgb.convert("P"), "bw.png": rgb.convert("1"),
+              "g16.png": Image.fromarray(rng.integers(0, 65536, (4, 7), dtype=np.uint16))}
+    for name, im in images.items():
+        im.save(folder / name)
+    return images
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "LA", "I", "F"])
+def test_mode_converts_every_image(tmp_path, mode):
+    """mode= (--mode) converts every image with Pillow; 16-bit grey is rounded to 8 bits for an 8-bit
+    mode (Pillow would clip it) and kept for a wide one; values are scaled by their bit depth."""
+    images = _photo_folder(tmp_path / "photos")
+    expected = []
+    for name in sorted(images):
+        im = Image.open(tmp_path / "photos" / name)
+        wide = mode in ("I", "F")
+        if name == "g16.png" and wide:
+            a = np.asarray(im) / 65535
+        elif name == "g16.png":
+            a = np.asarray(Image.fromarray(np.round(np.asarray(im) / 257).astype(np.uint8)).convert(mode)) / 255
+        else:
+            a = np.asarray(im.convert(mode)).astype(np.float64) / 255
+        expected.append(a.reshape(a.shape[:2] + (-1,)))
+    r = normfast.dataset_stats(str(tmp_path / "photos"), mode=mode)
+    check(r, expected, (-1,), dtype=np.float32 if mode == "F" else np.float64)  # mode F: float32 data
+    assert r.files == 7 and 0 <= np.min(r.min) and np.max(r.max) <= 1
+    p = run_cli(str(tmp_path / "photos"), "--mode", mode, "--format", "json", "-q")
+    assert p.returncode == 0, p.stderr
+    np.testing.assert_allclose(json.loads(p.stdout)["mean"], np.atleast_1d(r.mean))
+
+
+def test_modes_that_differ_name_the_option(tmp_path):
+    """Without mode, a grey image beside RGB ones stops the run, and the message names the option."""
+    _photo_folder(tmp_path / "photos")
+    with pytest.raises(normfast.dataset.DatasetError, match=r"pass mode='RGB' \(--mode RGB\)"):
+        normfast.dataset_stats(str(tmp_path / "photos"))
+    p = run_cli(str(tmp_path / "photos"))
+    assert p.returncode == 1 and "--mode RGB" in p.stderr and p.stderr.count("\n") == 1, p.stderr
+    p = run_cli(str(tmp_path / "photos"), "--mode", "nonsense")
+    assert p.returncode == 1 and "mode: expected a Pillow mode name" in p.stderr, p.stderr

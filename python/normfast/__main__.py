@@ -6,6 +6,7 @@ import stat
 import sys
 import tempfile
 import time
+import warnings
 
 import numpy as np
 
@@ -168,7 +169,7 @@ def _refuse_input_as_output(paths, output):
     except OSError:
         return  # not there yet, so not an input
     for item in paths:
-        for p in dataset._expand(item):
+        for p in dataset._expand(item)[0]:
             st = os.stat(dataset._split_member(p)[0])
             if (st.st_dev, st.st_ino) == (out.st_dev, out.st_ino):
                 raise dataset.DatasetError(f"--output: {output} is also an input ({p}); choose another file")
@@ -190,9 +191,13 @@ def cmd_stats(args):
             progress = False
             print("normfast stats: no progress bar without tqdm (pip install 'normfast[stats]')", file=sys.stderr)
     t = time.perf_counter()
-    r = dataset.dataset_stats(args.paths, axis=args.axis, ddof=args.ddof, scale=not args.scale_off,
-                              progress=progress, workers=args.workers)
+    with warnings.catch_warnings():  # skipped files are reported below, on one line
+        warnings.filterwarnings("ignore", "dataset_stats: skipped", UserWarning)
+        r = dataset.dataset_stats(args.paths, axis=args.axis, ddof=args.ddof, scale=not args.scale_off,
+                                  mode=args.mode, progress=progress, workers=args.workers)
     t = time.perf_counter() - t
+    if r.skipped:  # even with --quiet: data the user may have meant to include
+        print(f"normfast stats: skipped {dataset._few(list(r.skipped))}", file=sys.stderr)
     if not args.quiet:
         print(f"normfast stats: {r.files} input(s), {_size(r.nbytes)} in {t:.2f} s "
               f"({_size(r.nbytes / max(t, 1e-9))}/s)", file=sys.stderr)
@@ -223,8 +228,9 @@ def main(argv=None):
     bench.set_defaults(func=cmd_bench)
     stats = sub.add_parser("stats", help="count, mean, std, min and max of a data set (.npy, .npz, images)",
                            description="Statistics of all the inputs together, as one concatenated array: "
-                           ".npy files (memory-mapped, in blocks), .npz archives or members (file.npz:key), "
-                           "images or folders of images (Pillow), globs.")
+                           ".npy files and .npz archives or members (file.npz:key), read in blocks; images "
+                           "(Pillow); folders, for every .npy, .npz and image in them (other files are skipped "
+                           "and listed); globs.")
     stats.add_argument("paths", nargs="+", metavar="PATH")
     stats.add_argument("--axis", type=_kept_axes, default=None,
                        help="the axes kept (the rest are reduced): an int, ints separated by commas, or 'none'; "
@@ -235,8 +241,13 @@ def main(argv=None):
                        help="default: from --output's extension (.json, .npz), else table")
     stats.add_argument("--no-scale", dest="scale_off", action="store_true",
                        help="keep raw 8/16-bit image values (default: scaled to [0, 1])")
-    stats.add_argument("--workers", type=int, default=2, help="threads reading ahead (default 2)")
-    stats.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary on stderr")
+    stats.add_argument("--mode", metavar="MODE",
+                       help="convert every image to this Pillow mode (RGB, L, RGBA, ...), for folders mixing "
+                       "grey, palette or RGBA images with RGB ones")
+    stats.add_argument("--workers", type=int, default=None,
+                       help="threads reading and reducing blocks (default: normfast's thread count)")
+    stats.add_argument("--quiet", "-q", action="store_true",
+                       help="no progress bar or summary on stderr (skipped files are still listed)")
     stats.set_defaults(func=cmd_stats)
     args = parser.parse_args(argv)
     if args.command != "stats":

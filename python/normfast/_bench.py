@@ -436,7 +436,7 @@ def _stats_file(shape):
 
 def stats_peers(shape, kept):
     """Count, mean, var, min and max of a .npy file per kept axis, by implementation name; the floor
-    reads the file's bytes from the page cache into a reused buffer."""
+    reads the file's bytes from the page cache into a reused buffer (aligned as the reader's are)."""
     from . import dataset
 
     path = _stats_file(shape)
@@ -446,16 +446,10 @@ def stats_peers(shape, kept):
         x = np.load(path)
         return x.mean(axis=red), x.var(axis=red), x.min(axis=red), x.max(axis=red)
 
-    def reader(buf):
-        def read():
-            with open(path, "rb", buffering=0) as f:
-                while f.readinto(buf):
-                    pass
-        return read
-
-    # The floor is the fastest read: on the development VM the same read into one buffer or another of the
-    # same size took 11 or 50 ms, by where the buffer's pages landed, so the fastest of four buffers reads.
-    read = min((reader(np.empty(dataset.BLOCK_BYTES, np.uint8)) for _ in range(4)), key=lambda r: median_time(r, 3))
+    def read(buf=dataset.read_buffer(dataset.BLOCK_BYTES)):
+        with open(path, "rb", buffering=0) as f:
+            while f.readinto(buf):
+                pass
 
     fns = {"normfast": lambda: dataset.dataset_stats(path, axis=kept), "numpy": textbook}
     try:

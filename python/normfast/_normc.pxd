@@ -73,6 +73,7 @@ cdef extern from "normc.h" nogil:
     nf_status nf_seg_grad(nf_dtype dtype, const void *x, const void *dy, void *gx, const nf_seggrad *spec)
     void nf_set_num_threads(int n)
     int nf_get_num_threads()
+    void nf_cap_threads_here(int n)
     int nf_openmp_enabled()
     int nf_isa_compiled(nf_isa isa)
     int nf_isa_supported(nf_isa isa)

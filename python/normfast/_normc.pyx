@@ -540,6 +540,11 @@ def get_num_threads():
     return nf_get_num_threads()
 
 
+def cap_threads_here(int n):
+    """Caps the threads of kernels called from this thread at n (0: no cap)."""
+    nf_cap_threads_here(n)
+
+
 nf_get_num_threads()  # the first call records OpenMP's count at load, the reference for later limits
 
 

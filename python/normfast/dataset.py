@@ -1,14 +1,14 @@
-"""Statistics of whole data sets: count, mean, variance, min and max over `.npy` files (memory-mapped,
-read in blocks), `.npz` members (streamed), images (Pillow) and arrays, as if they were one array
+"""Statistics of whole data sets: count, mean, variance, min and max over `.npy` files and `.npz`
+members (read as streams of blocks), images (Pillow) and arrays, as if they were one array
 concatenated along the reduced axes.
 
 Every input is cut into blocks of whole rows of its C-order layout, so a block is a contiguous run of
 its bytes; a small thread pool reads (pages in, inflates, decodes) the next blocks while the caller's
 thread reduces the current one with the moments engine. Block statistics are folded per kept element
 with Chan's formula in float64, so the result does not depend on the block size beyond rounding."""
+import functools
 import glob
 import math
-import mmap
 import os
 import stat
 import sys
@@ -27,14 +27,13 @@ from .functional import fold
 __all__ = ["dataset_stats", "DatasetStats", "DatasetError"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm")
+DATA_EXTENSIONS = (".npy", ".npz") + IMAGE_EXTENSIONS  # what a folder is read for
 BLOCK_BYTES = 1 << 22  # a block stays in cache for the min/max pass that follows the moments pass
-_SEQUENTIAL = getattr(mmap, "MADV_SEQUENTIAL", None)  # not on Windows
 
 # Pillow modes read as they are, and the mode the others are converted to (palettes and colour spaces
 # to RGB, bilevel to grey); 16-bit grey ("I;16*") stays 16-bit.
 _KEPT_MODES = {"L", "LA", "RGB", "RGBA", "I", "F", "I;16", "I;16B", "I;16L"}
 _CONVERT = {"1": "L", "PA": "RGBA", "La": "LA", "RGBa": "RGBA", "RGBX": "RGB"}
-_SCALES = {np.dtype(np.uint8): 1 / 255, np.dtype(np.uint16): 1 / 65535}
 
 
 class DatasetError(ValueError):
@@ -44,12 +43,13 @@ class DatasetError(ValueError):
 class DatasetStats:
     """The statistics of a data set: `count` (samples behind each statistic), float64 `mean`, `var`,
     `std`, `min`, `max` of the kept axes' shape (NumPy scalars when every axis is reduced), `ddof`,
-    `files` (inputs read) and `nbytes` (bytes of data read)."""
+    `files` (inputs read), `nbytes` (bytes of data read) and `skipped` (the paths of files in folders that
+    are not data, not read)."""
 
     STATISTICS = ("mean", "var", "std", "min", "max")  # the arrays, in the order they are shown
 
-    def __init__(self, count, mean, m2, lo, hi, ddof, files, nbytes):
-        self.count, self.ddof, self.files, self.nbytes = count, ddof, files, nbytes
+    def __init__(self, count, mean, m2, lo, hi, ddof, files, nbytes, skipped=()):
+        self.count, self.ddof, self.files, self.nbytes, self.skipped = count, ddof, files, nbytes, skipped
         with np.errstate(divide="ignore", invalid="ignore"):
             var = m2 / max(count - ddof, 0) if count else np.full_like(mean, np.nan)
         self.mean, self.var, self.std = _out(mean), _out(var), _out(np.sqrt(var))
@@ -62,7 +62,7 @@ class DatasetStats:
     def to_dict(self):
         """Plain Python values (lists for arrays), ready for json.dumps."""
         d = {"count": self.count, "ddof": self.ddof, "shape": list(self.shape), "files": self.files,
-             "nbytes": self.nbytes}
+             "nbytes": self.nbytes, "skipped": list(self.skipped)}
         d.update({k: np.asarray(getattr(self, k)).tolist() for k in self.STATISTICS})
         return d
 
@@ -94,13 +94,33 @@ class _Acc:
 
 class _Piece:
     """One block ready to reduce: its values (a float dtype the engine reads), the block axes kept, the
-    slot of the accumulator it lands in, a scale applied to its statistics, and its source's bytes."""
+    slot of the accumulator it lands in, a scale applied to its statistics, its source's bytes, and
+    whether it is its source's last."""
 
     __slots__ = ("values", "keep", "index", "flip", "scale", "nbytes", "last")
 
     def __init__(self, values, keep, index, flip, scale, nbytes, last):
         self.values, self.keep, self.index, self.flip, self.scale, self.nbytes, self.last = \
             values, keep, index, flip, scale, nbytes, last
+
+    def reduce(self, buffers):
+        """The block's (index, count, shift, mean of x - shift, M2, min, max), scaled and in the user's
+        axis order, for _Acc.fold; its buffer goes back to buffers. The engine finds each work item's min
+        and max right after its moments, while it is in cache."""
+        v, keep = self.values, self.keep
+        shape = tuple(v.shape[a] for a in keep)
+        stats = np.empty((5,) + tuple(norms._layout(v.ndim, dict(zip(keep, shape)))))  # shift, mean, M2, min, max
+        _normc.moments(v, _checks.dtype_code(v.dtype), tuple(a not in keep for a in range(v.ndim)), stats[1],
+                       stats[2], 0.0, stats[3], stats[4], stats[0])
+        buffers.give(v)
+        n = v.size // max(math.prod(shape), 1)
+        stats = stats.reshape((5,) + shape)
+        if self.flip:  # the statistics of a Fortran-order input, in the user's axis order
+            stats = stats.transpose(0, *range(len(shape), 0, -1))
+        stats[2] *= n  # var -> M2
+        if self.scale != 1:
+            stats *= np.array([1, 1, self.scale, 1, 1])[(...,) + (None,) * len(shape)] * self.scale
+        return (self.index, n, *stats)
 
 
 def _compute_dtype(dtype, name):
@@ -145,24 +165,27 @@ class _Source:
         shape = tuple(self.shape[a] for a in kept)
         return shape[::-1] if self.reversed else shape
 
-    def jobs(self, block_bytes):
-        """Zero-argument callables, in order, each returning the next _Piece."""
+    def jobs(self, buffers):
+        """Zero-argument callables, in order, each returning the next _Piece (of at most buffers.size
+        bytes where a row fits)."""
+        block_bytes = buffers.size
         shape, kept, item = self.shape, self.kept, max(self.dtype.itemsize, self.fdtype.itemsize)
         if 0 in shape:
             return []
         if not shape:  # a 0-d array
-            return [lambda: self._piece((), 0, 1, 0, True)]
+            return [lambda: self._piece(buffers, (), 0, 1, 0, True)]
         # The outermost axis d whose rows (its trailing axes) fit a block; blocks are runs of them.
         d = next((d for d in range(len(shape)) if math.prod(shape[d + 1:]) * item <= block_bytes), len(shape) - 1)
         per = max(1, block_bytes // (math.prod(shape[d + 1:]) * item))
         starts = [(outer, i) for outer in np.ndindex(*shape[:d]) for i in range(0, shape[d], per)]
-        return [lambda o=o, i=i, j=j: self._piece(o, i, min(per, shape[d] - i), d, j == len(starts) - 1)
+        return [lambda o=o, i=i, j=j: self._piece(buffers, o, i, min(per, shape[d] - i), d, j == len(starts) - 1)
                 for j, (o, i) in enumerate(starts)]
 
-    def _piece(self, outer, i, k, d, last):
-        values = self.block(outer, i, k, d)
+    def _piece(self, buffers, outer, i, k, d, last):
+        values = self.block(buffers, outer, i, k, d)
         if values.dtype != self.fdtype:
-            values = values.astype(self.fdtype)
+            read, values = values, values.astype(self.fdtype)
+            buffers.give(read)
         kept = self.kept
         index = tuple(outer[a] for a in kept if a < d) + ((slice(i, i + k),) if d in kept else ()) \
             + (slice(None),) * sum(a > d for a in kept)
@@ -179,7 +202,7 @@ class _ArraySource(_Source):
         super().__init__(name, x.shape, x.dtype)
         self.x = x
 
-    def block(self, outer, i, k, d):
+    def block(self, buffers, outer, i, k, d):
         x = self.array()
         return x[outer][i:i + k] if d < x.ndim else x
 
@@ -188,7 +211,7 @@ class _ArraySource(_Source):
 
 
 def _npy_header(f, name):
-    """(shape, fortran_order, dtype) of the .npy stream f, left at the start of the data."""
+    """(shape, dtype, fortran_order) of the .npy stream f, left at the start of the data."""
     try:
         version = np.lib.format.read_magic(f)
         read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
@@ -201,74 +224,145 @@ def _npy_header(f, name):
         raise DatasetError(f"{name}: corrupt header: negative dimension in shape {shape}")
     if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
         raise DatasetError(f"{name}: expected float, integer or bool data, got dtype {dtype}")
-    return shape, fortran, dtype
+    return shape, dtype, fortran
 
 
-class _NpySource(_ArraySource):
-    """A .npy file, memory-mapped (by its first block) and marked as read in order (MADV_SEQUENTIAL), so
-    the OS reads a cold file ahead while earlier blocks are reduced. A block is a view: its job runs in
-    the reducing thread, as handing it to the pool costs more than it does (measured)."""
+def read_buffer(nbytes):
+    """An empty uint8 array of nbytes for a read() to fill, starting on a cache line: the kernel's copy
+    from the page cache into a buffer 16 bytes past a 32-byte boundary (where NumPy's large allocations
+    start) ran at a fifth of the speed on an AMD EPYC (52 vs 10 ms for 134 MB)."""
+    raw = np.empty(nbytes + 63, np.uint8)
+    start = -raw.ctypes.data % 64
+    return raw[start:start + nbytes]
+
+
+class _Buffers:
+    """The read buffers of one call, `size` bytes each, reused: a fresh 4 MB buffer page-faults on every
+    block, which made a read of a cached file twice as slow (measured). `take` gives an array of a block's
+    shape and dtype; `give` returns its memory once the block is reduced."""
+
+    def __init__(self, size):
+        self.size, self._free, self._mine = size, [], {}  # _mine: id of the allocation -> its buffer
+
+    def take(self, shape, dtype):
+        n = math.prod(shape) * dtype.itemsize
+        if n > self.size:  # one row larger than a block
+            return read_buffer(n).view(dtype).reshape(shape)
+        try:
+            buf = self._free.pop()
+        except IndexError:
+            buf = read_buffer(self.size)
+            self._mine[id(buf.base)] = buf
+        return buf[:n].view(dtype).reshape(shape)
+
+    def give(self, values):
+        buf = self._mine.get(id(values.base))
+        if buf is not None and buf.base is values.base:
+            self._free.append(buf)
+
+
+def _read_into(f, buf, name, total):
+    """Fills buf (an array) from the binary stream f; a short read (the input ended early, say shortened
+    while being read) or a read error raises DatasetError naming the input."""
+    view, got = memoryview(buf.reshape(-1).view(np.uint8)), 0
+    try:
+        while got < len(view):  # one read() returns at most about 2 GiB
+            n = f.readinto(view[got:])
+            if not n:
+                raise DatasetError(f"{name}: truncated: its header says {total} bytes of data, it ended before "
+                                   "them (shortened while being read?)")
+            got += n
+    except (OSError, zipfile.BadZipFile, zlib.error, EOFError) as e:  # bad CRC, corrupt deflate stream
+        raise DatasetError(f"{name}: unreadable ({e.strerror if isinstance(e, OSError) and e.strerror else e})") \
+            from None
+    return buf
+
+
+class _NpySource(_Source):
+    """A .npy file. Each block is read by a job of its own (open, seek, read, close): blocks are read in
+    parallel, only the blocks in flight hold a descriptor (10,000 files under `ulimit -n 1024`), and a file
+    that shrinks while it is read gives a short read, an error naming it (a memory-mapped file would raise
+    SIGBUS)."""
 
     def __init__(self, path):
         with open(path, "rb") as f:
-            shape, fortran, dtype = _npy_header(f, path)
+            shape, dtype, fortran = _npy_header(f, path)
             offset = f.tell()
-            size = os.fstat(f.fileno()).st_size
-        _Source.__init__(self, path, shape, dtype, fortran)
-        if size < offset + self.nbytes:
+            st = os.fstat(f.fileno())
+        super().__init__(path, shape, dtype, fortran)
+        if st.st_size < offset + self.nbytes:
             raise DatasetError(f"{path}: truncated: its header says {self.nbytes} bytes of data, the file holds "
-                               f"{max(size - offset, 0)}")
-        self.path, self.offset = path, offset
-        self.x, self._lock = None, threading.Lock()
+                               f"{max(st.st_size - offset, 0)}")
+        self.path, self.offset, self.file_id = path, offset, (st.st_dev, st.st_ino)
 
-    def array(self):
-        with self._lock:
-            if self.x is None:
-                with open(self.path, "rb") as f:
-                    mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-                if _SEQUENTIAL is not None:
-                    mapped.madvise(_SEQUENTIAL)
-                self.x = np.frombuffer(mapped, self.dtype, math.prod(self.shape), self.offset).reshape(self.shape)
-        return self.x
+    def block(self, buffers, outer, i, k, d):
+        shape = self.shape
+        first = 0  # the block's first element, in C order
+        for o, n in zip(outer, shape):
+            first = first * n + o
+        if d < len(shape):
+            first = (first * shape[d] + i) * math.prod(shape[d + 1:])
+        buf = buffers.take((k,) + shape[d + 1:] if d < len(shape) else (), self.dtype)
+        with open(self.path, "rb", buffering=0) as f:
+            st = os.fstat(f.fileno())
+            if (st.st_dev, st.st_ino) != self.file_id:
+                raise DatasetError(f"{self.path}: replaced by another file while being read")
+            f.seek(self.offset + first * self.dtype.itemsize)
+            return _read_into(f, buf, self.name, self.nbytes)
 
 
 class _NpzSource(_Source):
-    """A member of a .npz archive, inflated as a stream: each job reads the next block's bytes, in turn."""
+    """A member of a .npz archive, inflated as a stream: job t waits for job t - 1 to have read its bytes.
+    The stream opens at the first block and closes after the last (or at close()), so only the members
+    being read hold a descriptor."""
 
-    def __init__(self, path, archive, member):
+    def __init__(self, path, member):
+        self.path, self.member = path, member
         name = f"{path}:{member[:-4]}"
+        with self._open(name) as stream:
+            self.header = _npy_header(stream, name)
+        super().__init__(name, *self.header)
+        self._stream, self._failed, self._turn, self._cv = None, None, 0, threading.Condition()
+
+    def _open(self, name):
         try:
-            self.stream = archive.open(member)
+            with zipfile.ZipFile(self.path) as archive:  # the member's stream keeps the file open
+                return archive.open(self.member)
         except (OSError, zipfile.BadZipFile, zlib.error, EOFError) as e:  # a damaged local header
             raise DatasetError(f"{name}: unreadable ({e})") from None
-        shape, fortran, dtype = _npy_header(self.stream, name)
-        super().__init__(name, shape, dtype, fortran)
-        self._turn, self._cv = 0, threading.Condition()
 
-    def jobs(self, block_bytes):
-        # Jobs start in order on the pool; each waits for the one before it to have read its bytes.
-        return [lambda job=job, t=t: self._in_turn(t, job) for t, job in enumerate(super().jobs(block_bytes))]
+    def jobs(self, buffers):
+        jobs = super().jobs(buffers)
+        return [lambda job=job, t=t: self._in_turn(t, job, t == len(jobs) - 1) for t, job in enumerate(jobs)]
 
-    def _in_turn(self, t, job):
+    def _in_turn(self, t, job, last):
         with self._cv:
             self._cv.wait_for(lambda: self._turn == t)
             try:
+                if self._failed is not None:
+                    raise self._failed
+                if self._stream is None:
+                    self._stream = self._open(self.name)
+                    if _npy_header(self._stream, self.name) != self.header:
+                        raise DatasetError(f"{self.name}: changed while being read (its header differs)")
                 return job()
+            except Exception as e:  # the stream's place is lost: later blocks fail too
+                self._failed = e
+                raise
             finally:
+                if last or self._failed is not None:
+                    self.close()
                 self._turn += 1
                 self._cv.notify_all()
 
-    def block(self, outer, i, k, d):
-        shape = (k,) + self.shape[d + 1:] if d < len(self.shape) else ()
-        buf = np.empty(shape, self.dtype)
-        try:
-            got = self.stream.readinto(buf.reshape(-1).view(np.uint8)) if buf.size else 0
-        except (OSError, zipfile.BadZipFile, zlib.error, EOFError) as e:  # bad CRC, corrupt deflate stream
-            raise DatasetError(f"{self.name}: unreadable ({e})") from None
-        if got != buf.nbytes:
-            raise DatasetError(f"{self.name}: truncated: its header says {self.nbytes} bytes of data, the "
-                               "member holds fewer")
-        return buf
+    def close(self):
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
+
+    def block(self, buffers, outer, i, k, d):
+        buf = buffers.take((k,) + self.shape[d + 1:] if d < len(self.shape) else (), self.dtype)
+        return _read_into(self._stream, buf, self.name, self.nbytes)
 
 
 def _pillow():
@@ -280,23 +374,31 @@ def _pillow():
 
 
 class _ImageSource(_Source):
-    """An image as an (H, W, C) array (C = 1 for grey), decoded on a pool thread; 8- and 16-bit values
-    scaled to [0, 1] unless scale=False."""
+    """An image as an (H, W, C) array (C = 1 for grey), decoded on a pool thread, in Pillow mode `mode`
+    (None: its own, palettes and colour spaces as RGB or RGBA, bilevel as grey); values scaled to [0, 1]
+    by their bit depth unless scale=False."""
 
-    def __init__(self, path, scale):
+    def __init__(self, path, scale, mode):
         Image = _pillow()
         try:
             with Image.open(path) as im:  # the header only; decoding waits for the job
-                mode, (w, h) = self._mode(im), im.size
-                bits16 = mode == "I" and self._sixteen_bit(im)
+                self.source_mode, (w, h) = im.mode, im.size
+                self.mode = mode or self._mode(im)
+                bits = 16 if im.mode.startswith("I;16") or (im.mode == "I" and self._sixteen_bit(im)) else \
+                    None if im.mode in ("I", "F") else 8
         except (OSError, ValueError, Image.DecompressionBombError) as e:
             raise DatasetError(f"{path}: not a readable image ({e})") from None
-        probe = np.asarray(Image.new(mode, (1, 1)))
+        probe = np.asarray(Image.new(self.mode, (1, 1)))
         super().__init__(path, (h, w, 1 if probe.ndim == 2 else probe.shape[-1]), probe.dtype.newbyteorder("="))
-        self.path, self.mode = path, mode
-        # By the image's bit depth, whatever the container: 16-bit grey decodes as uint16 from PNG and as
-        # 32-bit "I" from PGM (Pillow stretches any PGM maxval to 65535).
-        self.scale = (1 / 65535 if bits16 else _SCALES.get(self.dtype, 1.0)) if scale else 1.0
+        self.path = path
+        # Pillow clips 16-bit grey converted to an 8-bit mode at 255: such images are taken to 8 bits first.
+        self.narrow = bits == 16 and probe.dtype.itemsize == 1
+        # By the values' bit depth, whatever the container (16-bit grey decodes as uint16 from PNG and as
+        # 32-bit "I" from PGM, Pillow stretching any PGM maxval to 65535) or the mode asked for: 8-bit
+        # modes hold 0..255 (bilevel, as bool, 0 and 1), wider ones the source's values.
+        depth = {8: 1 / 255, 16: 1 / 65535, None: 1.0}
+        self.scale = (1.0 if probe.dtype == bool else depth[8] if probe.dtype.itemsize == 1 else depth[bits]) \
+            if scale else 1.0
 
     @staticmethod
     def _sixteen_bit(im):
@@ -311,19 +413,35 @@ class _ImageSource(_Source):
             return "RGBA" if "transparency" in im.info else "RGB"
         return _CONVERT.get(im.mode, "RGB")
 
-    def jobs(self, block_bytes):
-        return [lambda: self._piece((), 0, self.shape[0], 0, True)]
+    def jobs(self, buffers):
+        return [lambda: self._piece(buffers, (), 0, self.shape[0], 0, True)]
 
-    def block(self, outer, i, k, d):
+    def block(self, buffers, outer, i, k, d):
         Image = _pillow()
         try:
             with Image.open(self.path) as im:
+                if self.narrow:  # round(v / 257): 65535 -> 255
+                    im = Image.fromarray(((np.asarray(im, np.uint32) * 255 + 32767) // 65535).astype(np.uint8))
                 a = np.asarray(im if im.mode == self.mode else im.convert(self.mode))
         except (OSError, ValueError, SyntaxError) as e:  # SyntaxError: Pillow's word for a broken file
             raise DatasetError(f"{self.path}: not a readable image ({e})") from None
         if a.shape[:2] != self.shape[:2]:
             raise DatasetError(f"{self.path}: decoded as shape {a.shape}, its header said {self.shape}")
         return a.reshape(self.shape)
+
+
+def check_mode(mode):
+    """mode (None or a Pillow mode name), checked: a ValueError or TypeError naming the argument."""
+    if mode is None:
+        return None
+    if not isinstance(mode, str):
+        raise TypeError(f"mode: expected None or a Pillow mode name such as 'RGB', 'L' or 'RGBA', got "
+                        f"{type(mode).__name__}")
+    try:
+        _pillow().new(mode, (1, 1))
+    except ValueError:
+        raise ValueError(f"mode: expected a Pillow mode name such as 'RGB', 'L' or 'RGBA', got {mode!r}") from None
+    return mode
 
 
 def _split_member(path):
@@ -336,17 +454,17 @@ def _split_member(path):
 
 def _open_npz(path, key):
     try:
-        archive = zipfile.ZipFile(path)
+        with zipfile.ZipFile(path) as archive:
+            members = [m for m in archive.namelist() if m.endswith(".npy")]
     except (OSError, zipfile.BadZipFile) as e:
         raise DatasetError(f"{path}: not a readable .npz archive ({e})") from None
-    members = [m for m in archive.namelist() if m.endswith(".npy")]
     if key is not None:
         if key + ".npy" not in members:
             raise DatasetError(f"{path}: no member {key!r} (it has {', '.join(m[:-4] for m in members) or 'none'})")
         members = [key + ".npy"]
     if not members:
         raise DatasetError(f"{path}: an .npz archive with no arrays")
-    return [_NpzSource(path, archive, m) for m in members]
+    return [_NpzSource(path, m) for m in members]
 
 
 def _regular(paths):
@@ -363,30 +481,41 @@ def _regular(paths):
 
 
 def _expand(item):
-    """The input paths an argument names: a file, a folder (its images, sorted, recursively) or a glob;
-    every one a regular file."""
+    """(paths, skipped) of an argument: a file; a folder, as its data files (.npy, .npz, images, sorted,
+    recursively), the others skipped; or a glob. Every path a regular file."""
     s = os.fspath(item)
     file, key = _split_member(s)
     if key is not None:
         _regular([file])
-        return [s]
+        return [s], []
     if os.path.isdir(s):
-        found = sorted(os.path.join(root, f) for root, _, files in os.walk(s) for f in files
-                       if f.lower().endswith(IMAGE_EXTENSIONS))
+        found, skipped = [], []
+        for root, _, files in os.walk(s):
+            for f in files:
+                (found if f.lower().endswith(DATA_EXTENSIONS) else skipped).append(os.path.join(root, f))
         if not found:
-            raise DatasetError(f"{s}: a folder with no images ({', '.join(IMAGE_EXTENSIONS)})")
-        return _regular(found)
+            raise DatasetError(f"{s}: a folder with no data files (.npy, .npz or images: "
+                               f"{', '.join(IMAGE_EXTENSIONS)})" + (f"; {_few(skipped)}" if skipped else ""))
+        return _regular(sorted(found)), sorted(skipped)
     if os.path.lexists(s):
-        return _regular([s])
+        return _regular([s]), []
     if glob.has_magic(s):
         found = sorted(p for p in glob.glob(s, recursive=True) if not os.path.isdir(p))
         if not found:
             raise DatasetError(f"{s}: no file matches")
-        return _regular(found)
+        return _regular(found), []
     raise DatasetError(f"{s}: no such file or folder")
 
 
-def _sources(inputs, scale):
+def _few(paths, shown=3):
+    """'N file(s) that are not data: a, b, c and M more'."""
+    more = f" and {len(paths) - shown} more" if len(paths) > shown else ""
+    return f"{len(paths)} file(s) that are not data: {', '.join(paths[:shown])}{more}"
+
+
+def _sources(inputs, scale, mode):
+    """(sources, skipped): the inputs' sources, each file once, and the files folders held that are not
+    data."""
     if isinstance(inputs, (str, os.PathLike)) or hasattr(inputs, "__array__"):  # one input (a DataFrame too)
         inputs = [inputs]
     try:
@@ -396,10 +525,12 @@ def _sources(inputs, scale):
                         f"{type(inputs).__name__}") from None
     if not items:
         raise DatasetError("paths_or_arrays: expected at least one input, got none")
-    out, seen = [], set()
+    out, seen, skipped = [], set(), []
     for n, item in enumerate(items):
         if isinstance(item, (str, os.PathLike)):
-            for p in _expand(item):
+            paths, skip = _expand(item)
+            skipped += skip
+            for p in paths:
                 file, key = _split_member(p)
                 st = os.stat(file)
                 # One file once (the same device and inode, whatever the links: a glob through a symlinked
@@ -407,14 +538,14 @@ def _sources(inputs, scale):
                 if (st.st_dev, st.st_ino, key) in seen:
                     continue
                 seen.add((st.st_dev, st.st_ino, key))
-                out += _open_path(p, scale)
+                out += _open_path(p, scale, mode)
         else:
             name = f"paths_or_arrays[{n}]"
             out.append(_ArraySource(_checks.array(item, name, "a path or an array"), name))
-    return out
+    return out, skipped
 
 
-def _open_path(p, scale):
+def _open_path(p, scale, mode):
     file, key = _split_member(p)
     low = file.lower()
     try:
@@ -423,7 +554,7 @@ def _open_path(p, scale):
         if low.endswith(".npz"):
             return _open_npz(file, key)
         if low.endswith(IMAGE_EXTENSIONS):
-            return [_ImageSource(p, scale)]
+            return [_ImageSource(p, scale, mode)]
     except OSError as e:
         raise DatasetError(f"{p}: cannot be read ({e.strerror or e})") from None
     raise DatasetError(f"{p}: unknown kind of file (expected .npy, .npz, .npz:key or an image: "
@@ -432,11 +563,14 @@ def _open_path(p, scale):
 
 def _prefetched(jobs, workers):
     """The results of (job, pooled) pairs in order: pooled jobs computed on `workers` threads up to
-    2 * workers ahead, the others called when their turn comes."""
+    2 * workers ahead, the others called when their turn comes. A pool thread's kernels run on it alone:
+    the pool is the parallelism (OpenMP teams on every pool thread would oversubscribe the cores, and
+    reading and reducing a block on one core finds it in that core's cache)."""
     def result(job):
         return job.result() if isinstance(job, Future) else job()
 
-    with ThreadPoolExecutor(workers, thread_name_prefix="normfast-read") as pool:
+    with ThreadPoolExecutor(workers, thread_name_prefix="normfast-read", initializer=_normc.cap_threads_here,
+                            initargs=(1,)) as pool:
         pending = deque()
         try:
             for job, pooled in jobs:
@@ -451,6 +585,11 @@ def _prefetched(jobs, workers):
                     f.cancel()
 
 
+def _reduced(job, buffers):
+    piece = job()
+    return piece.reduce(buffers), piece.nbytes, piece.last
+
+
 def _progress_bar(total, files, enabled):
     if not enabled:
         return None
@@ -462,16 +601,17 @@ def _progress_bar(total, files, enabled):
                 desc=f"{files} file(s)" if files != 1 else "1 file", leave=False)
 
 
-def dataset_stats(paths_or_arrays, axis=None, *, ddof=0, scale=True, progress=False, workers=2,
+def dataset_stats(paths_or_arrays, axis=None, *, ddof=0, scale=True, mode=None, progress=False, workers=None,
                   block_bytes=BLOCK_BYTES):
     """Count, mean, variance, std, min and max of a whole data set, as one concatenated array.
 
     Parameters
     ----------
     paths_or_arrays : a path, an array, or a list of them
-        ``.npy`` files (memory-mapped and read in blocks, never whole), ``.npz`` archives (every member)
-        or members (``"file.npz:key"``), images or folders of images (Pillow; read as (H, W, C)
-        arrays), globs (``"data/**/*.npy"``) and arrays of float, integer or bool data.
+        ``.npy`` files and ``.npz`` archives (every member) or members (``"file.npz:key"``), read in
+        blocks, never whole; images (Pillow; read as (H, W, C) arrays); folders, read for every data file
+        in them (.npy, .npz and images, recursively; other files are skipped, see Returns); globs
+        (``"data/**/*.npy"``); and arrays of float, integer or bool data (anything with ``__array__``).
     axis : None, () , int or tuple of ints
         The axes **kept** (as ``channel`` in the norms); every other axis is reduced, so inputs may differ
         in the sizes of reduced axes. None keeps the channel axis of images (the last) and reduces every
@@ -479,47 +619,68 @@ def dataset_stats(paths_or_arrays, axis=None, *, ddof=0, scale=True, progress=Fa
     ddof : int
         The variance divisor is count - ddof.
     scale : bool
-        Scale 8- and 16-bit images to [0, 1] (divide by 255 or 65535); arrays are never scaled.
+        Scale images to [0, 1] by their bit depth (8-bit values divided by 255, 16-bit by 65535); arrays
+        are never scaled.
+    mode : None or str
+        A Pillow mode ("RGB", "L", "RGBA", ...) every image is converted to, for folders that mix grey,
+        palette, CMYK or RGBA images with RGB ones. None: each image as it is (palettes and colour spaces
+        as RGB, bilevel as grey), which must then agree in channels. 16-bit grey images converted to an
+        8-bit mode are rounded to 8 bits (Pillow would clip them at 255).
     progress : bool
         A progress bar on stderr (tqdm, from the ``stats`` extra).
-    workers : int
-        Threads that read, inflate and decode ahead of the reduction.
+    workers : None or int
+        Threads that read, inflate, decode and reduce blocks (each reducing on its own thread); None: the
+        kernels' thread count, normfast.get_num_threads().
 
-    Returns a DatasetStats. Every input is checked (headers, dtypes, the kept shape) before any data is
-    read; a file that turns out unreadable or truncated later raises DatasetError naming it.
+    Returns a DatasetStats; its ``skipped`` lists the files folders held that are not data, also
+    reported by a UserWarning. Every input is checked (headers, dtypes, the kept shape) before any data is
+    read; a file that turns out unreadable or truncated later (shortened while being read, say) raises
+    DatasetError naming it.
     """
     ddof = _checks.real(ddof, "ddof")
     ddof = int(ddof) if ddof.is_integer() else ddof
     scale, progress = _checks.flag(scale, "scale"), _checks.flag(progress, "progress")
-    workers = _checks.positive_int(workers, "workers")
+    workers = _normc.get_num_threads() if workers is None else _checks.positive_int(workers, "workers")
     block_bytes = _checks.positive_int(block_bytes, "block_bytes")
+    mode = check_mode(mode)
     if axis is not None and not (isinstance(axis, tuple) and not axis):
         axis = tuple(_checks.integer(a, "axis", "None, () , an int or a tuple of ints", repr(axis))
                      for a in (axis if isinstance(axis, (tuple, list)) else (axis,)))
-    sources = _sources(paths_or_arrays, scale)
+    sources, skipped = _sources(paths_or_arrays, scale, mode)
     shape = first = None
     for s in sources:
         kept = s.resolve(axis, (-1,) if isinstance(s, _ImageSource) else ())
         if shape is None:
-            shape, first = kept, s.name
+            shape, first = kept, s
         elif kept != shape:
+            if isinstance(s, _ImageSource) and isinstance(first, _ImageSource) and mode is None:
+                wide = max((s, first), key=lambda i: i.shape[-1]).mode  # the one that loses nothing
+                raise DatasetError(f"{s.name}: channels {kept} (mode {s.source_mode}), expected {shape} as in "
+                                   f"{first.name} (mode {first.source_mode}): pass mode={wide!r} "
+                                   f"(--mode {wide}) to convert every image to one mode")
             what = "channels" if isinstance(s, _ImageSource) else "kept axes of shape"
-            raise DatasetError(f"{s.name}: {what} {kept}, expected {shape} as in {first} (axis={axis})")
+            raise DatasetError(f"{s.name}: {what} {kept}, expected {shape} as in {first.name} (axis={axis})")
+    if skipped:
+        warnings.warn(f"dataset_stats: skipped {_few(skipped)}", UserWarning, stacklevel=2)
     acc = _Acc(shape)
     nbytes = sum(s.nbytes for s in sources)
     bar = _progress_bar(nbytes, len(sources), progress)
-    jobs = ((job, s.pooled) for s in sources for job in s.jobs(block_bytes))
+    buffers = _Buffers(block_bytes)
+    jobs = ((functools.partial(_reduced, job, buffers), s.pooled) for s in sources for job in s.jobs(buffers))
     done = 0
     try:
-        for piece in _prefetched(jobs, workers):
-            _fold(acc, piece)
-            done += piece.last
+        for stats, size, last in _prefetched(jobs, workers):
+            acc.fold(*stats)
+            done += last
             if bar is not None:
-                bar.update(piece.nbytes)
+                bar.update(size)
                 bar.set_postfix_str(f"{done}/{len(sources)} files", refresh=False)
     finally:
         if bar is not None:
             bar.close()
+        for s in sources:  # an error left some open
+            if isinstance(s, _NpzSource):
+                s.close()
     counts = np.unique(acc.count)
     count = int(counts[0]) if counts.size else 0
     if count == 0:
@@ -527,22 +688,5 @@ def dataset_stats(paths_or_arrays, axis=None, *, ddof=0, scale=True, progress=Fa
         acc.mean[...] = acc.min[...] = acc.max[...] = np.nan
     elif count - ddof <= 0:
         warnings.warn("dataset_stats: degrees of freedom <= 0", RuntimeWarning, stacklevel=2)
-    return DatasetStats(count, acc.shift + acc.mean, acc.m2, acc.min, acc.max, ddof, len(sources), nbytes)
-
-
-def _fold(acc, piece):
-    """The block's moments, and its min and max (the engine reads each work item again while it is in
-    cache), folded into acc."""
-    v, keep = piece.values, piece.keep
-    layout = norms._layout(v.ndim, {a: v.shape[a] for a in keep})  # v's rank: no room for a fifth axis at 64
-    stats = np.empty(5 * math.prod(layout)).reshape(5, -1)  # one allocation
-    shift, mean, var, lo, hi = (a.reshape(layout) for a in stats)
-    _normc.moments(v, _checks.dtype_code(v.dtype), tuple(a not in keep for a in range(v.ndim)), mean, var, 0.0, lo, hi,
-                   shift)
-    n = v.size // max(mean.size, 1)
-    shape = tuple(v.shape[a] for a in keep)
-    shift, mean, var, lo, hi = (a.reshape(shape) for a in (shift, mean, var, lo, hi))
-    if piece.flip:  # the statistics of a Fortran-order input, in the user's axis order
-        shift, mean, var, lo, hi = shift.T, mean.T, var.T, lo.T, hi.T
-    s = piece.scale
-    acc.fold(piece.index, n, shift * s, mean * s, var * (n * s * s), lo * s, hi * s)
+    return DatasetStats(count, acc.shift + acc.mean, acc.m2, acc.min, acc.max, ddof, len(sources), nbytes,
+                        tuple(skipped))

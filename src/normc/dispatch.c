@@ -89,6 +89,11 @@ nf_isa nf_get_isa(void)
 static _Thread_local int nf_omp_at_set = 0;
 #endif
 
+/* The cap of nf_cap_threads_here in this thread (0: none). */
+static _Thread_local int nf_cap_here = 0;
+
+void nf_cap_threads_here(int n) { nf_cap_here = n > 0 ? n : 0; }
+
 /* The count is kept for every thread; in the calling thread it is also handed to OpenMP, so that a limit
  * set there afterwards (threadpool_limits) shows as a count below it, whatever OpenMP's count at load. */
 void nf_set_num_threads(int n)
@@ -116,7 +121,7 @@ __attribute__((constructor)) static void nf_register_fork_guard(void)
  * chose one. A limit set through OpenMP afterwards (threadpool_limits(1) calls omp_set_num_threads in
  * its thread) caps that choice too: it shows as OpenMP's count below the one set_num_threads left in
  * this thread or, in a thread that never called it, below OpenMP's count at load. */
-int nf_get_num_threads(void)
+static int nf_uncapped_threads(void)
 {
 #ifdef NF_FORK_GUARD
     if (nf_forked_child)
@@ -133,6 +138,12 @@ int nf_get_num_threads(void)
 #else
     return nf_threads > 0 ? nf_threads : 1;
 #endif
+}
+
+int nf_get_num_threads(void)
+{
+    const int n = nf_uncapped_threads();
+    return nf_cap_here > 0 && nf_cap_here < n ? nf_cap_here : n;
 }
 
 int nf_openmp_enabled(void)

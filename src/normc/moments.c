@@ -24,9 +24,10 @@ typedef void (*nf_rows_fn)(const nf_plan *, const void *, double, int64_t, int64
 typedef void (*nf_cols_fn)(const nf_plan *, const void *, int64_t, int64_t, int64_t, int64_t, int64_t, double *,
                            double *, double *, double *);
 typedef double (*nf_shift_fn)(const void *);
-typedef void (*nf_range_rows_fn)(const nf_plan *, const void *, int64_t, int64_t, int64_t, int64_t, double *,
+typedef void (*nf_range_rows_fn)(const nf_plan *, const void *, int64_t, int64_t, int64_t, int64_t, int, double *,
                                  double *);
-typedef void (*nf_range_cols_fn)(const nf_plan *, const void *, int64_t, int64_t, int64_t, double *, double *);
+typedef void (*nf_range_cols_fn)(const nf_plan *, const void *, int64_t, int64_t, int64_t, const double *,
+                                 const double *, double *, double *);
 
 static double nf_min_nan(double acc, double v) { return v < acc || v != v ? v : acc; }
 static double nf_max_nan(double acc, double v) { return v > acc || v != v ? v : acc; }
@@ -156,7 +157,8 @@ nf_status NF_FN(nf_moments)(const nf_plan *p, nf_dtype dt, const void *x, nf_dty
             const double K = shift(xb + oi.off * isz);
             rows(p, xb + oi.off * isz, K, it.ra, it.rb, it.ca, it.cb, &a);
             if (rpart) /* the same elements again, now in cache */
-                range_rows(p, xb + oi.off * isz, it.ra, it.rb, it.ca, it.cb, &rpart[2 * w], &rpart[2 * w + 1]);
+                range_rows(p, xb + oi.off * isz, it.ra, it.rb, it.ca, it.cb, isfinite(a.mean) && isfinite(a.m2),
+                           &rpart[2 * w], &rpart[2 * w + 1]);
             if (part)
                 part[w] = a;
             else
@@ -192,7 +194,7 @@ nf_status NF_FN(nf_moments)(const nf_plan *p, nf_dtype dt, const void *x, nf_dty
                  m2);
             if (rpart) { /* the same block again, now in cache */
                 double l[NF_KTILE], h[NF_KTILE];
-                range_cols(&q, xb + (oi.off + it.k0 * q.k_stride) * isz, it.ra, it.rb, it.nk, l, h);
+                range_cols(&q, xb + (oi.off + it.k0 * q.k_stride) * isz, it.ra, it.rb, it.nk, mu, m2, l, h);
                 for (int64_t k = 0; k < it.nk; k++) {
                     const int64_t c = (it.o * q.k + it.k0 + k) * n_chunks + it.ch;
                     rpart[2 * c] = l[k], rpart[2 * c + 1] = h[k];

@@ -139,6 +139,9 @@ nf_status nf_rownorm_grad(nf_dtype dtype, int64_t rows, int64_t n, const void *x
 /* Threads used by the kernels (>= 1). The default is OpenMP's, so OMP_NUM_THREADS is honoured. */
 void nf_set_num_threads(int n);
 int nf_get_num_threads(void);
+/* Caps the threads of kernels called from the calling thread at n (0: no cap), for callers that run
+ * kernels on threads of their own, one block each. */
+void nf_cap_threads_here(int n);
 int nf_openmp_enabled(void);
 
 /* ISA levels: compiled into this build, supported by this CPU, and the one in use. nf_set_isa picks the
