@@ -109,17 +109,16 @@ class _Piece:
         and max right after its moments, while it is in cache."""
         v, keep = self.values, self.keep
         shape = tuple(v.shape[a] for a in keep)
-        stats = np.empty((5,) + tuple(norms._layout(v.ndim, dict(zip(keep, shape)))))  # shift, mean, M2, min, max
-        _normc.moments(v, _checks.dtype_code(v.dtype), tuple(a not in keep for a in range(v.ndim)), stats[1],
-                       stats[2], 0.0, stats[3], stats[4], stats[0])
+        layout = norms._layout(v.ndim, dict(zip(keep, shape)))  # v's rank, so five arrays: one more axis
+        shift, mean, m2, lo, hi = (a.reshape(layout) for a in np.empty((5, math.prod(shape))))  # may pass 64
+        _normc.moments(v, _checks.dtype_code(v.dtype), tuple(a not in keep for a in range(v.ndim)), mean, m2, 0.0,
+                       lo, hi, shift)
         buffers.give(v)
         n = v.size // max(math.prod(shape), 1)
-        stats = stats.reshape((5,) + shape)
-        if self.flip:  # the statistics of a Fortran-order input, in the user's axis order
-            stats = stats.transpose(0, *range(len(shape), 0, -1))
-        stats[2] *= n  # var -> M2
-        if self.scale != 1:
-            stats *= np.array([1, 1, self.scale, 1, 1])[(...,) + (None,) * len(shape)] * self.scale
+        m2 *= n  # var -> M2
+        s = self.scale
+        stats = [a.reshape(shape).T if self.flip else a.reshape(shape) for a in  # flip: Fortran order
+                 ((shift, mean, m2, lo, hi) if s == 1 else (shift * s, mean * s, m2 * (s * s), lo * s, hi * s))]
         return (self.index, n, *stats)
 
 
