@@ -74,6 +74,8 @@ cdef extern from "normc.h" nogil:
     void nf_set_num_threads(int n)
     int nf_get_num_threads()
     void nf_cap_threads_here(int n)
+    void nf_merge(int64_t size, const double *na, double *shift, double *mean, double *m2, const double *nb,
+                  const double *shift_b, const double *mean_b, const double *m2_b)
     int nf_openmp_enabled()
     int nf_isa_compiled(nf_isa isa)
     int nf_isa_supported(nf_isa isa)

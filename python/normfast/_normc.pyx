@@ -532,6 +532,32 @@ def rownorm_grad(cnp.ndarray x not None, cnp.ndarray dy not None, int dtype_code
     _check(st)
 
 
+def merge(cnp.ndarray na not None, cnp.ndarray shift not None, cnp.ndarray mean not None, cnp.ndarray m2 not None,
+          cnp.ndarray nb not None, cnp.ndarray shift_b not None, cnp.ndarray mean_b not None,
+          cnp.ndarray m2_b not None):
+    """Chan's merge of part b into part a in place (nf_merge): eight C-contiguous float64 arrays of one
+    size, the counts na and nb too."""
+    cdef cnp.ndarray a
+    cdef int64_t size = cnp.PyArray_SIZE(na)
+    for a in (na, shift, mean, m2, nb, shift_b, mean_b, m2_b):
+        if not (cnp.PyArray_TYPE(a) == cnp.NPY_DOUBLE and cnp.PyArray_IS_C_CONTIGUOUS(a) and
+                cnp.PyArray_SIZE(a) == size):
+            raise ValueError("normfast: merge takes C-contiguous float64 arrays of one size")
+    for a in (shift, mean, m2):
+        if not cnp.PyArray_ISWRITEABLE(a):
+            raise ValueError("normfast: outputs must be writeable")
+    cdef const double *pna = <const double *>cnp.PyArray_DATA(na)
+    cdef double *ps = <double *>cnp.PyArray_DATA(shift)
+    cdef double *pm = <double *>cnp.PyArray_DATA(mean)
+    cdef double *pq = <double *>cnp.PyArray_DATA(m2)
+    cdef const double *pnb = <const double *>cnp.PyArray_DATA(nb)
+    cdef const double *psb = <const double *>cnp.PyArray_DATA(shift_b)
+    cdef const double *pmb = <const double *>cnp.PyArray_DATA(mean_b)
+    cdef const double *pqb = <const double *>cnp.PyArray_DATA(m2_b)
+    with nogil:
+        nf_merge(size, pna, ps, pm, pq, pnb, psb, pmb, pqb)
+
+
 def set_num_threads(int n):
     nf_set_num_threads(n)
 

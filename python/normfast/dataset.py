@@ -22,7 +22,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 
 from . import _checks, _normc, norms
-from .functional import fold
 
 __all__ = ["dataset_stats", "DatasetStats", "DatasetError"]
 
@@ -75,19 +74,22 @@ def _out(a):
 
 
 class _Acc:
-    """Per kept element: count, shift and the mean of x - shift, M2 (float64, folded with Chan's formula
-    in shifted frames), min and max."""
+    """Per kept element: count, shift and the mean of x - shift, M2 (float64, merged with Chan's formula
+    in shifted frames by the engine's nf_merge, as functional.fold does), min and max."""
 
     def __init__(self, shape):
-        self.count = np.zeros(shape, np.int64)
-        self.shift, self.mean, self.m2 = np.zeros(shape), np.zeros(shape), np.zeros(shape)
+        self.count, self.shift, self.mean, self.m2 = (np.zeros(shape) for _ in range(4))  # exact counts to 2**53
         self.min, self.max = np.full(shape, np.inf), np.full(shape, -np.inf)
 
     def fold(self, index, n, shift, mean, m2, lo, hi):
-        c = self.count[index]
-        self.shift[index], self.mean[index], self.m2[index] = fold(
-            c, self.shift[index], self.mean[index], self.m2[index], n, shift, mean, m2)
-        self.count[index] = c + n
+        """A block's statistics into the slots at index, in place (a Fortran-order input's slots, not
+        contiguous, through copies)."""
+        slots = (self.count, self.shift, self.mean, self.m2)
+        a = [np.asarray(v[index], order="C") for v in slots]
+        _normc.merge(*a, np.full(a[0].shape, float(n)), *(np.asarray(v, order="C") for v in (shift, mean, m2)))
+        a[0] += n
+        for v, part in zip(slots, a):
+            v[index] = part
         self.min[index] = np.minimum(self.min[index], lo)  # a NaN anywhere gives NaN, as numpy.min
         self.max[index] = np.maximum(self.max[index], hi)
 

@@ -34,20 +34,16 @@ def stats_dtype(x):
     return np.float64 if x.dtype.kind in "biu" else _checks.stats_dtype(x)
 
 
-def chan(count, mean, m2, n, mean_b, m2_b, outer=np.multiply):
-    """Chan et al.'s pairwise update: the mean and M2 (or co-moment, with outer=np.outer) of the union of
-    a part of `count` samples and one of `n` (n > 0; counts may be arrays, per statistic, and 0).
-
-    Where the means' difference is not finite (an infinity or NaN in the data, or means too far apart
-    to subtract) the mean is the counts-weighted sum of the means, as in a plain sum of the data: inf
-    with a finite part stays inf, +inf with -inf and NaN give NaN (the engine's rule, and NumPy's
-    mean of the concatenation); M2 is then NaN, as numpy.var of data with an infinity."""
+def _chan_outer(count, mean, m2, n, mean_b, m2_b):
+    """Chan et al.'s pairwise update of a mean vector and co-moment matrix: those of the union of a part of
+    `count` samples and one of `n` (n > 0). Where the means' difference is not finite the mean is the
+    counts-weighted sum of the means, as in nf_merge (which does the per-statistic update)."""
     total = count + n
     wb = n / total
     with np.errstate(invalid="ignore", over="ignore"):
         d = mean_b - mean
         new_mean = mean + d * wb
-        new_m2 = m2 + m2_b + outer(d, d) * (count * wb)
+        new_m2 = m2 + m2_b + np.outer(d, d) * (count * wb)
         bad = ~np.isfinite(d)
         if bad.any():
             new_mean = np.where(bad, mean * (count / total) + mean_b * wb, new_mean)
@@ -57,13 +53,20 @@ def chan(count, mean, m2, n, mean_b, m2_b, outer=np.multiply):
 
 def fold(count, shift, mean, m2, n, shift_b, mean_b, m2_b, outer=np.multiply):
     """Chan's update for parts kept in shifted frames, as the engine gives them (the mean being that of
-    x - shift, per statistic): (shift, mean, M2) of the union, in a's frame where a holds data, else b's.
-    b's mean moves into a's frame by the difference of the shifts, exact for nearby data (two of its
-    elements), so no mean of the data's magnitude enters a difference: merges keep the digits of a tiny
-    spread on a large mean, as the in-memory reduction does."""
+    x - shift, per statistic): (shift, mean, M2) of the union, new arrays, in a's frame where a holds
+    data, else b's. b's mean moves into a's frame by the difference of the shifts, exact for nearby data
+    (two of its elements), so no mean of the data's magnitude enters a difference: merges keep the digits
+    of a tiny spread on a large mean, as the in-memory reduction does. Counts may be arrays (per
+    statistic) and 0. Per statistic (outer=np.multiply) this is the engine's merge (nf_merge); with
+    outer=np.outer, M2 is a co-moment matrix."""
+    if outer is np.multiply:
+        parts = np.broadcast_arrays(count, shift, mean, m2, n, shift_b, mean_b, m2_b)
+        na, shift, mean, m2 = (np.array(a, np.float64, order="C") for a in parts[:4])  # new: merged in place
+        _normc.merge(na, shift, mean, m2, *(np.ascontiguousarray(a, np.float64) for a in parts[4:]))
+        return shift, mean, m2
     with np.errstate(over="ignore", invalid="ignore"):
         moved = (shift_b - shift) + mean_b
-    new_mean, new_m2 = chan(count, mean, m2, n, moved, m2_b, outer)
+    new_mean, new_m2 = _chan_outer(count, mean, m2, n, moved, m2_b)
     empty = np.asarray(count) == 0
     return np.where(empty, shift_b, shift), np.where(empty, mean_b, new_mean), np.where(empty, m2_b, new_m2)
 

@@ -136,6 +136,14 @@ typedef struct {
 nf_status nf_rownorm_grad(nf_dtype dtype, int64_t rows, int64_t n, const void *x, const void *dy, void *gx,
                           const nf_rowgrad *spec);
 
+/* Chan's merge of part b into part a, element by element, in place: na and nb are the parts' counts,
+ * mean the mean of x - shift (the engine's shifted frames, nf_moments' shift output) and m2 the sum of
+ * squared deviations. The result is in a's frame, or b's where a is empty (na 0). Where the means'
+ * difference is not finite (an infinity or NaN in the data, or means too far apart to subtract) the mean
+ * is the counts-weighted sum of the means, as a plain sum of the data gives, and m2 is then not finite. */
+void nf_merge(int64_t size, const double *na, double *shift, double *mean, double *m2, const double *nb,
+              const double *shift_b, const double *mean_b, const double *m2_b);
+
 /* Threads used by the kernels (>= 1). The default is OpenMP's, so OMP_NUM_THREADS is honoured. */
 void nf_set_num_threads(int n);
 int nf_get_num_threads(void);
