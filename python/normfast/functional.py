@@ -51,6 +51,17 @@ def _chan_outer(count, mean, m2, n, mean_b, m2_b):
     return new_mean, new_m2
 
 
+def _broadcast_shape(*shapes):
+    """NumPy's broadcast of the shapes, without np.broadcast's limit of 32 dimensions (NumPy allows 64)."""
+    out = []
+    for i in range(1, max(map(len, shapes)) + 1):
+        sizes = {s[-i] for s in shapes if len(s) >= i} - {1}
+        if len(sizes) > 1:
+            raise ValueError(f"shapes {shapes} do not broadcast")
+        out.append(sizes.pop() if sizes else 1)
+    return tuple(out[::-1])
+
+
 def fold(count, shift, mean, m2, n, shift_b, mean_b, m2_b, outer=np.multiply):
     """Chan's update for parts kept in shifted frames, as the engine gives them (the mean being that of
     x - shift, per statistic): (shift, mean, M2) of the union, new arrays, in a's frame where a holds
@@ -60,9 +71,10 @@ def fold(count, shift, mean, m2, n, shift_b, mean_b, m2_b, outer=np.multiply):
     statistic) and 0. Per statistic (outer=np.multiply) this is the engine's merge (nf_merge); with
     outer=np.outer, M2 is a co-moment matrix."""
     if outer is np.multiply:
-        parts = np.broadcast_arrays(count, shift, mean, m2, n, shift_b, mean_b, m2_b)
-        na, shift, mean, m2 = (np.array(a, np.float64, order="C") for a in parts[:4])  # new: merged in place
-        _normc.merge(na, shift, mean, m2, *(np.ascontiguousarray(a, np.float64) for a in parts[4:]))
+        parts = [np.asarray(a, np.float64) for a in (count, shift, mean, m2, n, shift_b, mean_b, m2_b)]
+        shape = _broadcast_shape(*(a.shape for a in parts))
+        na, shift, mean, m2 = (np.array(np.broadcast_to(a, shape), order="C") for a in parts[:4])  # merged in place
+        _normc.merge(na, shift, mean, m2, *(np.ascontiguousarray(np.broadcast_to(a, shape)) for a in parts[4:]))
         return shift, mean, m2
     with np.errstate(over="ignore", invalid="ignore"):
         moved = (shift_b - shift) + mean_b
