@@ -1,11 +1,13 @@
 """Statistics of whole data sets: count, mean, variance, min and max over `.npy` files and `.npz`
-members (read as streams of blocks), images (Pillow) and arrays, as if they were one array
+members (read in blocks, never memory-mapped), images (Pillow) and arrays, as if they were one array
 concatenated along the reduced axes.
 
 Every input is cut into blocks of whole rows of its C-order layout, so a block is a contiguous run of
-its bytes; a small thread pool reads (pages in, inflates, decodes) the next blocks while the caller's
-thread reduces the current one with the moments engine. Block statistics are folded per kept element
-with Chan's formula in float64, so the result does not depend on the block size beyond rounding."""
+its bytes. A thread pool reads (inflates, decodes) each block and reduces it with the moments engine on
+the same thread, while it is in that core's cache; the caller's thread merges the block statistics per
+kept element with Chan's formula in float64, in block order, so the result does not depend on the pool's
+size at all, nor on the block size beyond rounding. Array inputs, already in memory, are reduced by the
+caller's thread with the engine's own threads."""
 import functools
 import glob
 import math
@@ -27,7 +29,7 @@ __all__ = ["dataset_stats", "DatasetStats", "DatasetError"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm")
 DATA_EXTENSIONS = (".npy", ".npz") + IMAGE_EXTENSIONS  # what a folder is read for
-BLOCK_BYTES = 1 << 22  # a block stays in cache for the min/max pass that follows the moments pass
+BLOCK_BYTES = 1 << 22  # read and reduced while in cache (8 MB measured no faster, 1 MB slower)
 
 # Pillow modes read as they are, and the mode the others are converted to (palettes and colour spaces
 # to RGB, bilevel to grey); 16-bit grey ("I;16*") stays 16-bit.
@@ -143,7 +145,7 @@ class _Source:
     of rows i:i+k of axis d at the leading index `outer`, in order."""
 
     scale = 1.0
-    pooled = True  # jobs run on the pool (reading, inflating, decoding), not in the reducing thread
+    pooled = True  # jobs (read, inflate or decode, then reduce) run on the pool
 
     def __init__(self, name, shape, dtype, fortran=False):
         self.reversed = fortran
@@ -197,7 +199,7 @@ class _Source:
 
 
 class _ArraySource(_Source):
-    pooled = False  # blocks are views
+    pooled = False  # blocks are views, reduced by the caller's thread with the engine's threads
 
     def __init__(self, x, name):
         super().__init__(name, x.shape, x.dtype)
@@ -570,7 +572,7 @@ def _prefetched(jobs, workers):
     def result(job):
         return job.result() if isinstance(job, Future) else job()
 
-    with ThreadPoolExecutor(workers, thread_name_prefix="normfast-read", initializer=_normc.cap_threads_here,
+    with ThreadPoolExecutor(workers, thread_name_prefix="normfast-data", initializer=_normc.cap_threads_here,
                             initargs=(1,)) as pool:
         pending = deque()
         try:
