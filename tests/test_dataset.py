@@ -477,12 +477,21 @@ def _bad_local_header(raw):
 
 def _damaged_inputs(tmp_path):
     (tmp_path / "neg.npy").write_bytes(_npy_bytes((-1, 3)))
+    (tmp_path / "rank65.npy").write_bytes(_npy_bytes((1,) * 65))
+    cut = _npy_bytes((4, 3), "<f8").replace(b"'fortran_order': False, 'shape': (4, 3)}", b"'fortran_ord")
+    (tmp_path / "cut.npy").write_bytes(cut[:8] + (len(cut) - 10).to_bytes(2, "little") + cut[10:])  # a TokenError
+    brace = bytearray(_npy_bytes((4, 3), "<f8") + bytes(96))
+    brace[brace.index(b"}")] = ord(" ")
+    (tmp_path / "brace.npy").write_bytes(bytes(brace))
     with zipfile.ZipFile(tmp_path / "negmember.npz", "w") as z:
         z.writestr("a.npy", _npy_bytes((4, -2)))
     with zipfile.ZipFile(tmp_path / "noarrays.npz", "w") as z:
         z.writestr("readme.txt", "no arrays here")
     return {
         "negative dimension": (str(tmp_path / "neg.npy"), "corrupt header: negative dimension"),
+        "65 dimensions": (str(tmp_path / "rank65.npy"), "corrupt header: 65 dimensions"),
+        "header cut short": (str(tmp_path / "cut.npy"), "not a readable .npy array"),
+        "header without its closing brace": (str(tmp_path / "brace.npy"), "not a readable .npy array"),
         "negative dimension in a member": (str(tmp_path / "negmember.npz"), "corrupt header: negative dimension"),
         "no arrays": (str(tmp_path / "noarrays.npz"), "an .npz archive with no arrays"),
         "bad CRC": (_npz(tmp_path, "crc.npz", False, _flip(0.5)), "unreadable"),

@@ -221,10 +221,12 @@ def _npy_header(f, name):
         if version not in read:
             raise ValueError(f"unsupported .npy format version {version}")
         shape, fortran, dtype = read[version](f)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
-        raise DatasetError(f"{name}: not a readable .npy array ({e})") from None
+    except Exception as e:  # NumPy's parser of the user's bytes: any failure (a TokenError too) is damage
+        raise DatasetError(f"{name}: not a readable .npy array ({type(e).__name__}: {e})") from None
     if any(n < 0 for n in shape):
         raise DatasetError(f"{name}: corrupt header: negative dimension in shape {shape}")
+    if len(shape) > 64:
+        raise DatasetError(f"{name}: corrupt header: {len(shape)} dimensions, NumPy's most is 64")
     if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
         raise DatasetError(f"{name}: expected float, integer or bool data, got dtype {dtype}")
     return shape, dtype, fortran
