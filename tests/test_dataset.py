@@ -471,6 +471,20 @@ def _flip(at):
     return damage
 
 
+def _method(number):
+    """Damage: the first member's compression method (local and central headers) set to `number`."""
+    def damage(raw):
+        for signature, at in ((b"PK\x03\x04", 8), (b"PK\x01\x02", 10)):
+            i = raw.find(signature) + at
+            raw[i:i + 2] = number.to_bytes(2, "little")
+    return damage
+
+
+def _encrypted(raw):
+    for signature, at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):  # the general purpose flag's bit 0
+        raw[raw.find(signature) + at] |= 1
+
+
 def _bad_local_header(raw):
     raw[0:4] = b"XXXX"  # the first member's local header signature
 
@@ -497,6 +511,10 @@ def _damaged_inputs(tmp_path):
         "bad CRC": (_npz(tmp_path, "crc.npz", False, _flip(0.5)), "unreadable"),
         "damaged local header": (_npz(tmp_path, "local.npz", False, _bad_local_header), "unreadable"),
         "corrupt deflate stream": (_npz(tmp_path, "deflate.npz", True, _flip(0.3)), "unreadable"),
+        "encrypted member": (_npz(tmp_path, "encrypted.npz", False, _encrypted), "unreadable .*encrypted"),
+        "unknown compression method": (_npz(tmp_path, "method99.npz", False, _method(99)), "unreadable"),
+        "bzip2 method, stored data": (_npz(tmp_path, "bzip2.npz", False, _method(12)), "(unreadable|not a readable)"),
+        "LZMA method, stored data": (_npz(tmp_path, "lzma.npz", False, _method(14)), "(unreadable|not a readable)"),
     }
 
 
@@ -795,3 +813,40 @@ def test_modes_that_differ_name_the_option(tmp_path):
     assert p.returncode == 1 and "--mode RGB" in p.stderr and p.stderr.count("\n") == 1, p.stderr
     p = run_cli(str(tmp_path / "photos"), "--mode", "nonsense")
     assert p.returncode == 1 and "mode: expected a Pillow mode name" in p.stderr, p.stderr
+
+
+def test_an_archive_named_whole_and_by_member_is_read_once(tmp_path):
+    """An .npz given whole (or by its folder) and one of its members too: each member counts once."""
+    (tmp_path / "d").mkdir()
+    np.savez(tmp_path / "d" / "a.npz", x=np.arange(10.0), y=np.arange(100.0, 110.0))
+    both = np.concatenate([np.arange(10.0), np.arange(100.0, 110.0)])
+    for inputs in ([tmp_path / "d" / "a.npz", f"{tmp_path / 'd' / 'a.npz'}:x"],
+                   [f"{tmp_path / 'd' / 'a.npz'}:y", tmp_path / "d"]):
+        r = normfast.dataset_stats([str(p) for p in inputs])
+        assert r.count == 20 and r.files == 2 and r.mean == both.mean()
+
+
+def test_hidden_entries_are_skipped_and_unreadable_folders_named(tmp_path, monkeypatch):
+    """A folder's hidden files and folders (.DS_Store, macOS's ._photo.png, .git/) are skipped and listed;
+    a subfolder that cannot be listed is an error naming it, not a silent gap."""
+    (tmp_path / "d" / ".git").mkdir(parents=True)
+    (tmp_path / "d" / "sub").mkdir()
+    np.save(tmp_path / "d" / "a.npy", np.arange(4.0))
+    np.save(tmp_path / "d" / ".git" / "x.npy", np.arange(1000.0))
+    (tmp_path / "d" / "._photo.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (tmp_path / "d" / ".DS_Store").write_bytes(b"\x00")
+    np.save(tmp_path / "d" / "sub" / "b.npy", np.arange(4.0, 8.0))
+    with pytest.warns(UserWarning, match="skipped 3 file"):
+        r = normfast.dataset_stats(str(tmp_path / "d"))
+    assert r.count == 8 and r.mean == 3.5
+    assert sorted(os.path.basename(p.rstrip(os.sep)) for p in r.skipped) == [".DS_Store", "._photo.png", ".git"]
+    scandir = os.scandir
+
+    def locked(path):  # as a folder without read permission lists for a user who is not root
+        if os.fspath(path).endswith("sub"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", locked)
+    with pytest.raises(normfast.dataset.DatasetError, match=r"sub: cannot be read \(Permission denied\)"):
+        normfast.dataset_stats(str(tmp_path / "d"))

@@ -37,6 +37,16 @@ _KEPT_MODES = {"L", "LA", "RGB", "RGBA", "I", "F", "I;16", "I;16B", "I;16L"}
 _CONVERT = {"1": "L", "PA": "RGBA", "La": "LA", "RGBa": "RGBA", "RGBX": "RGB"}
 
 
+try:
+    from lzma import LZMAError
+except ImportError:  # a Python without lzma, whose zipfile cannot read such members either
+    LZMAError = zlib.error
+
+# What reading a damaged or unsupported archive raises: a bad CRC, a damaged header or deflate, bzip2 or
+# LZMA stream, an encrypted member (RuntimeError) or an unknown compression method (NotImplementedError).
+_ARCHIVE_ERRORS = (OSError, EOFError, zipfile.BadZipFile, zlib.error, LZMAError, RuntimeError, NotImplementedError)
+
+
 class DatasetError(ValueError):
     """Input that cannot be read as data; the message names the file (or argument) and what is wrong."""
 
@@ -277,7 +287,7 @@ def _read_into(f, buf, name, total):
                 raise DatasetError(f"{name}: truncated: its header says {total} bytes of data, it ended before "
                                    "them (shortened while being read?)")
             got += n
-    except (OSError, zipfile.BadZipFile, zlib.error, EOFError) as e:  # bad CRC, corrupt deflate stream
+    except _ARCHIVE_ERRORS as e:
         raise DatasetError(f"{name}: unreadable ({e.strerror if isinstance(e, OSError) and e.strerror else e})") \
             from None
     return buf
@@ -333,7 +343,7 @@ class _NpzSource(_Source):
         try:
             with zipfile.ZipFile(self.path) as archive:  # the member's stream keeps the file open
                 return archive.open(self.member)
-        except (OSError, zipfile.BadZipFile, zlib.error, EOFError) as e:  # a damaged local header
+        except _ARCHIVE_ERRORS as e:
             raise DatasetError(f"{name}: unreadable ({e})") from None
 
     def jobs(self, buffers):
@@ -457,11 +467,12 @@ def _split_member(path):
     return path, None
 
 
-def _open_npz(path, key):
+def _npz_members(path, key):
+    """The .npy members of the archive at path that `key` names (None: all of them)."""
     try:
         with zipfile.ZipFile(path) as archive:
             members = [m for m in archive.namelist() if m.endswith(".npy")]
-    except (OSError, zipfile.BadZipFile) as e:
+    except _ARCHIVE_ERRORS as e:
         raise DatasetError(f"{path}: not a readable .npz archive ({e})") from None
     if key is not None:
         if key + ".npy" not in members:
@@ -469,7 +480,7 @@ def _open_npz(path, key):
         members = [key + ".npy"]
     if not members:
         raise DatasetError(f"{path}: an .npz archive with no arrays")
-    return [_NpzSource(path, m) for m in members]
+    return members
 
 
 def _regular(paths):
@@ -487,7 +498,7 @@ def _regular(paths):
 
 def _expand(item):
     """(paths, skipped) of an argument: a file; a folder, as its data files (.npy, .npz, images, sorted,
-    recursively), the others skipped; or a glob. Every path a regular file."""
+    recursively), the others and hidden entries skipped; or a glob. Every path a regular file."""
     s = os.fspath(item)
     file, key = _split_member(s)
     if key is not None:
@@ -495,9 +506,13 @@ def _expand(item):
         return [s], []
     if os.path.isdir(s):
         found, skipped = [], []
-        for root, _, files in os.walk(s):
+        for root, dirs, files in os.walk(s, onerror=_unreadable_folder):
+            # Hidden entries are not data (.DS_Store, macOS's ._photo.png, .git/): skipped, and listed.
+            skipped += [os.path.join(root, d) + os.sep for d in dirs if d.startswith(".")]
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
             for f in files:
-                (found if f.lower().endswith(DATA_EXTENSIONS) else skipped).append(os.path.join(root, f))
+                data = f.lower().endswith(DATA_EXTENSIONS) and not f.startswith(".")
+                (found if data else skipped).append(os.path.join(root, f))
         if not found:
             raise DatasetError(f"{s}: a folder with no data files (.npy, .npz or images: "
                                f"{', '.join(IMAGE_EXTENSIONS)})" + (f"; {_few(skipped)}" if skipped else ""))
@@ -510,6 +525,11 @@ def _expand(item):
             raise DatasetError(f"{s}: no file matches")
         return _regular(found), []
     raise DatasetError(f"{s}: no such file or folder")
+
+
+def _unreadable_folder(e):
+    """os.walk's error handler: a folder it cannot list is an error naming it, not a silent gap."""
+    raise DatasetError(f"{e.filename}: cannot be read ({e.strerror or e})")
 
 
 def _few(paths, shown=3):
@@ -536,34 +556,39 @@ def _sources(inputs, scale, mode):
             paths, skip = _expand(item)
             skipped += skip
             for p in paths:
-                file, key = _split_member(p)
-                st = os.stat(file)
-                # One file once (the same device and inode, whatever the links: a glob through a symlinked
-                # folder loop names it many times); .npz members count by member.
-                if (st.st_dev, st.st_ino, key) in seen:
-                    continue
-                seen.add((st.st_dev, st.st_ino, key))
-                out += _open_path(p, scale, mode)
+                st = os.stat(_split_member(p)[0])
+
+                def fresh(member, at=(st.st_dev, st.st_ino)):
+                    # One file once (the same device and inode, whatever the links: a glob through a
+                    # symlinked folder loop names it many times); .npz members once each, named alone or
+                    # with their archive.
+                    if (at, member) in seen:
+                        return False
+                    seen.add((at, member))
+                    return True
+
+                out += _open_path(p, scale, mode, fresh)
         else:
             name = f"paths_or_arrays[{n}]"
             out.append(_ArraySource(_checks.array(item, name, "a path or an array"), name))
     return out, skipped
 
 
-def _open_path(p, scale, mode):
+def _open_path(p, scale, mode, fresh):
+    """The sources of path p that fresh(member) accepts (member: an .npz member's name, None for a file)."""
     file, key = _split_member(p)
     low = file.lower()
     try:
-        if low.endswith(".npy"):
-            return [_NpySource(p)]
         if low.endswith(".npz"):
-            return _open_npz(file, key)
-        if low.endswith(IMAGE_EXTENSIONS):
-            return [_ImageSource(p, scale, mode)]
+            return [_NpzSource(file, m) for m in _npz_members(file, key) if fresh(m)]
+        if not low.endswith(DATA_EXTENSIONS):
+            raise DatasetError(f"{p}: unknown kind of file (expected .npy, .npz, .npz:key or an image: "
+                               f"{', '.join(IMAGE_EXTENSIONS)})")
+        if not fresh(None):
+            return []
+        return [_NpySource(p)] if low.endswith(".npy") else [_ImageSource(p, scale, mode)]
     except OSError as e:
         raise DatasetError(f"{p}: cannot be read ({e.strerror or e})") from None
-    raise DatasetError(f"{p}: unknown kind of file (expected .npy, .npz, .npz:key or an image: "
-                       f"{', '.join(IMAGE_EXTENSIONS)})")
 
 
 def _prefetched(jobs, workers):
