@@ -659,24 +659,36 @@ import sys, numpy as np, normfast
 from normfast import dataset
 path, kind = sys.argv[1], sys.argv[2]
 x = np.arange(64 * 1024, dtype=np.float64).reshape(64, 1024)
-if kind == "npz":
-    np.savez(path, a=x)
+import os, time
+if kind.startswith("npz"):
+    np.savez(path, a=x, b=x)
 else:
     np.save(path, x)
 reduce, done = dataset._Piece.reduce, []
 
-def shrink_after_first(piece, buffers):  # another process rewriting the file, between two blocks
-    if not done:
-        done.append(1)
-        if kind == "replace":
-            np.save(path + ".new.npy", x[:4])
-            import os; os.replace(path + ".new.npy", path)
-        else:
-            with open(path, "r+b") as f:
-                f.truncate(4096)
+def change_after_first(piece, buffers):  # another process changing the file, between two blocks
+    if done:
+        return reduce(piece, buffers)
+    done.append(1)
+    time.sleep(0.01)  # a later time of last write, on file systems with a coarse clock too
+    if kind == "replace":
+        np.save(path + ".new.npy", x[:4])
+        os.replace(path + ".new.npy", path)
+    elif kind == "rewrite":  # in place, the same size: only the time of the write tells
+        with open(path, "r+b") as f:
+            np.save(f, x + 1)
+    elif kind == "npz replaced, member gone":
+        np.savez(path + ".new.npz", c=x)
+        os.replace(path + ".new.npz", path)
+    elif kind == "npz replaced, member kept":
+        np.savez(path + ".new.npz", a=x + 1, b=x)
+        os.replace(path + ".new.npz", path)
+    else:
+        with open(path, "r+b") as f:
+            f.truncate(4096)
     return reduce(piece, buffers)
 
-dataset._Piece.reduce = shrink_after_first
+dataset._Piece.reduce = change_after_first
 try:
     normfast.dataset_stats(path, block_bytes=8192, workers=1)
 except dataset.DatasetError as e:
@@ -684,12 +696,15 @@ except dataset.DatasetError as e:
 """
 
 
-@pytest.mark.parametrize("kind, message", [("npy", "truncated"), ("npz", "unreadable|truncated"),
-                                           ("replace", "replaced by another file")])
-def test_a_file_that_shrinks_while_read_is_an_error_naming_it(tmp_path, kind, message):
-    """A .npy shortened (or replaced) between two blocks, as by another process rewriting it: a memory map
-    would kill Python with SIGBUS; a read is short, a DatasetError naming the file."""
-    path = str(tmp_path / ("x.npz" if kind == "npz" else "x.npy"))
+@pytest.mark.parametrize("kind, message", [
+    ("npy", "truncated|changed while being read"), ("npz", "unreadable|truncated|changed while being read"),
+    ("replace", "changed while being read"), ("rewrite", "changed while being read"),
+    ("npz replaced, member gone", "changed while being read"), ("npz replaced, member kept", "changed while being read")])
+def test_a_file_that_changes_while_read_is_an_error_naming_it(tmp_path, kind, message):
+    """A file shortened, replaced or rewritten between two blocks, as by another process: a memory map
+    would kill Python with SIGBUS or mix two versions of the data; a read is short, or finds another
+    version of the file (device, inode, size, time of last write): a DatasetError naming it."""
+    path = str(tmp_path / ("x.npz" if kind.startswith("npz") else "x.npy"))
     p = subprocess.run([sys.executable, "-c", _SHRINK, path, kind], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr  # a signal gives a negative code
     assert p.stdout.startswith(f"DatasetError: {path}") and any(m in p.stdout for m in message.split("|")), p.stdout
@@ -850,3 +865,97 @@ def test_hidden_entries_are_skipped_and_unreadable_folders_named(tmp_path, monke
     monkeypatch.setattr(os, "scandir", locked)
     with pytest.raises(normfast.dataset.DatasetError, match=r"sub: cannot be read \(Permission denied\)"):
         normfast.dataset_stats(str(tmp_path / "d"))
+
+
+def test_paths_as_bytes_and_names_with_colons(tmp_path):
+    """A bytes path is a path (it was iterated as numbers); a file whose own name holds ':' is that file,
+    the member syntax applying only where no file is so named."""
+    (tmp_path / "d").mkdir()
+    np.save(tmp_path / "d" / "x.npy", np.arange(6.0))
+    r = normfast.dataset_stats(os.fsencode(tmp_path / "d" / "x.npy"))
+    assert r.count == 6 and r.files == 1 and r.mean == 2.5
+    assert normfast.dataset_stats([os.fsencode(tmp_path / "d")]).count == 6
+    np.savez(tmp_path / "d" / "b.npz", q=np.arange(3.0))
+    os.rename(tmp_path / "d" / "b.npz", tmp_path / "d" / "b.npz:real.npz")  # an archive named so
+    r = normfast.dataset_stats(str(tmp_path / "d"))
+    assert r.count == 9 and r.files == 2
+    np.savez(tmp_path / "real.npz", x=np.arange(100.0, 110.0))
+    assert normfast.dataset_stats(f"{tmp_path / 'real.npz'}:x").count == 10
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="no symbolic links on this OS")
+def test_linked_folders_are_followed_once(tmp_path):
+    """A folder's linked subfolders are read as its own (they were left out silently), and a link back up
+    the tree is read once, not forever."""
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "d").mkdir()
+    np.save(tmp_path / "d" / "a.npy", np.zeros(10))
+    np.save(tmp_path / "elsewhere" / "b.npy", np.ones(30))
+    os.symlink(tmp_path / "elsewhere", tmp_path / "d" / "linked")
+    os.symlink(tmp_path / "d", tmp_path / "d" / "loop")
+    r = normfast.dataset_stats(str(tmp_path / "d"))
+    assert r.count == 40 and r.files == 2 and r.mean == 0.75
+
+
+def test_the_output_may_be_a_device_or_a_fifo_and_a_read_only_file_is_refused(tmp_path, monkeypatch):
+    """Anything but a regular file (/dev/null, /dev/stdout, a FIFO) is written in place: renaming over it
+    made /dev/null a regular file when run as root. An existing output we may not write is refused."""
+    import threading
+
+    np.save(tmp_path / "x.npy", np.arange(4.0))
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(tmp_path / "out.fifo")
+        got = []
+        # daemon: where the FIFO were replaced, the reader would wait forever for a writer
+        reader = threading.Thread(target=lambda: got.append(open(tmp_path / "out.fifo").read()), daemon=True)
+        reader.start()
+        assert cli.main(["stats", str(tmp_path / "x.npy"), "-o", str(tmp_path / "out.fifo"), "--format", "json",
+                         "-q"]) == 0
+        reader.join(30)
+        assert stat_kind(tmp_path / "out.fifo") == "fifo" and got and json.loads(got[0])["count"] == 4
+    try:  # a character device like /dev/null, made here (root only) so that a failure harms nothing
+        os.mknod(tmp_path / "null", 0o666 | __import__("stat").S_IFCHR, os.makedev(1, 3))
+    except (OSError, AttributeError):
+        pass
+    else:
+        assert cli.main(["stats", str(tmp_path / "x.npy"), "-o", str(tmp_path / "null"), "-q"]) == 0
+        assert stat_kind(tmp_path / "null") == "char device"
+    (tmp_path / "ro.json").write_text("{}")
+    os.chmod(tmp_path / "ro.json", 0o444)
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda p, m, **k: False if str(p).endswith("ro.json") else access(p, m, **k))
+    assert cli.main(["stats", str(tmp_path / "x.npy"), "-o", str(tmp_path / "ro.json"), "-q"]) == 1
+    assert (tmp_path / "ro.json").read_text() == "{}"
+
+
+def stat_kind(path):
+    import stat as st
+
+    mode = os.stat(path).st_mode
+    return "fifo" if st.S_ISFIFO(mode) else "char device" if st.S_ISCHR(mode) else "regular" if st.S_ISREG(mode) \
+        else "other"
+
+
+def test_the_command_writes_strict_json_and_warnings_as_one_line(tmp_path):
+    """NaN and infinities are null in --format json (NaN and Infinity are not JSON); the engine's and
+    Pillow's warnings are one line each, not Python's two with a source line."""
+    np.save(tmp_path / "empty.npy", np.zeros((0, 3)))
+    np.save(tmp_path / "inf.npy", np.array([[1.0, np.inf, 3.0]]))
+    p = run_cli(str(tmp_path / "empty.npy"), "--axis", "1", "--format", "json", "-q")
+    assert p.returncode == 0 and json.loads(p.stdout)["mean"] == [None] * 3
+    assert p.stderr == "normfast stats: warning: no data\n", p.stderr
+    p = run_cli(str(tmp_path / "inf.npy"), "--axis", "1", "--format", "json", "-q")
+    assert p.returncode == 0 and json.loads(p.stdout)["mean"] == [1.0, None, 3.0], p.stdout
+
+
+def test_image_modes_pillow_cannot_convert_and_frames(tmp_path):
+    """A mode Pillow cannot convert an image to is named before anything is read; an image of several
+    frames is read for its first, with a warning naming it."""
+    Image.fromarray(np.zeros((3, 4), np.uint8)).save(tmp_path / "g.png")
+    with pytest.raises(normfast.dataset.DatasetError, match=r"g.png: Pillow cannot convert its mode L to mode='RGBa'"):
+        normfast.dataset_stats(str(tmp_path / "g.png"), mode="RGBa")
+    frames = [Image.fromarray(np.full((5, 5), v, np.uint8)) for v in (0, 255)]
+    frames[0].save(tmp_path / "pages.tif", save_all=True, append_images=frames[1:])
+    with pytest.warns(UserWarning, match="pages.tif: 2 frames; only the first is read"):
+        r = normfast.dataset_stats(str(tmp_path / "pages.tif"))
+    assert r.count == 25 and r.mean == 0

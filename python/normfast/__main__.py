@@ -1,6 +1,7 @@
 """`python -m normfast info | bench | stats`."""
 import argparse
 import json
+import math
 import os
 import stat
 import sys
@@ -135,10 +136,19 @@ def _stats_table(r):
 def _write_atomic(path, write):
     """write(file) into a temporary file beside path's target (a link is written through, not
     replaced), renamed over it only once it is complete. The file keeps an existing file's mode; a new
-    one gets the umask's. An OSError is a DatasetError naming `path` as the user gave it."""
+    one gets the umask's; an existing file we may not write is refused, as cp refuses it. Anything but a
+    regular file (/dev/null, /dev/stdout, a FIFO) is written in place: renaming over it would replace a
+    device with a file. An OSError is a DatasetError naming `path` as the user gave it."""
     target = os.path.realpath(path)
     try:
-        mode = stat.S_IMODE(os.stat(target).st_mode)
+        st = os.stat(target)
+        if not stat.S_ISREG(st.st_mode):
+            with open(target, "wb") as f:
+                write(f)
+            return
+        if not os.access(target, os.W_OK):
+            raise PermissionError(13, "Permission denied (the file is read-only)")
+        mode = stat.S_IMODE(st.st_mode)
     except FileNotFoundError:
         umask = os.umask(0)
         os.umask(umask)
@@ -175,6 +185,14 @@ def _refuse_input_as_output(paths, output):
                 raise dataset.DatasetError(f"--output: {output} is also an input ({p}); choose another file")
 
 
+def _finite_or_none(v):
+    if isinstance(v, dict):
+        return {k: _finite_or_none(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_finite_or_none(x) for x in v]
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
 def cmd_stats(args):
     fmt = args.format or next((f for f in ("json", "npz") if (args.output or "").lower().endswith("." + f)), "table")
     if fmt == "npz" and not args.output:
@@ -191,13 +209,13 @@ def cmd_stats(args):
             progress = False
             print("normfast stats: no progress bar without tqdm (pip install 'normfast[stats]')", file=sys.stderr)
     t = time.perf_counter()
-    with warnings.catch_warnings():  # skipped files are reported below, on one line
-        warnings.filterwarnings("ignore", "dataset_stats: skipped", UserWarning)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         r = dataset.dataset_stats(args.paths, axis=args.axis, ddof=args.ddof, scale=not args.scale_off,
                                   mode=args.mode, progress=progress, workers=args.workers)
     t = time.perf_counter() - t
-    if r.skipped:  # even with --quiet: data the user may have meant to include
-        print(f"normfast stats: skipped {dataset._few(list(r.skipped))}", file=sys.stderr)
+    for w in caught:  # skipped files, no data, huge images: one line each, even with --quiet
+        print(f"normfast stats: warning: {str(w.message).removeprefix('dataset_stats: ')}", file=sys.stderr)
     if not args.quiet:
         print(f"normfast stats: {r.files} input(s), {_size(r.nbytes)} in {t:.2f} s "
               f"({_size(r.nbytes / max(t, 1e-9))}/s)", file=sys.stderr)
@@ -205,8 +223,8 @@ def cmd_stats(args):
         arrays = {k: np.asarray(getattr(r, k)) for k in r.STATISTICS}
         _write_atomic(args.output, lambda f: np.savez(f, count=r.count, ddof=r.ddof, **arrays))
         return 0
-    if fmt == "json":
-        text = json.dumps(r.to_dict(), indent=2) + "\n"
+    if fmt == "json":  # strict JSON: NaN and infinities (no data, ddof >= count, inf in the data) as null
+        text = json.dumps(_finite_or_none(r.to_dict()), indent=2, allow_nan=False) + "\n"
     else:
         head, cols, rows = _stats_table(r)
         text = head + "\n" + "\n".join(_table_lines(cols, rows)) + "\n"

@@ -293,22 +293,35 @@ def _read_into(f, buf, name, total):
     return buf
 
 
+def _version(f):
+    """What identifies the file f holds open as the one first read: device, inode, size and time of the
+    last write. A file replaced, shortened or rewritten in place (np.save again) changes it."""
+    st = os.fstat(f.fileno())
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _same_version(f, version, name):
+    if _version(f) != version:
+        raise DatasetError(f"{name}: changed while being read (replaced or written to by another process)")
+
+
 class _NpySource(_Source):
-    """A .npy file. Each block is read by a job of its own (open, seek, read, close): blocks are read in
-    parallel, only the blocks in flight hold a descriptor (10,000 files under `ulimit -n 1024`), and a file
-    that shrinks while it is read gives a short read, an error naming it (a memory-mapped file would raise
-    SIGBUS)."""
+    """A .npy file. Each block is read by a job of its own (open, check, seek, read, close): blocks are
+    read in parallel, only the blocks in flight hold a descriptor (10,000 files under `ulimit -n 1024`),
+    and a file that changes while it is read is an error naming it: shortened, a short read (a
+    memory-mapped file would raise SIGBUS); replaced or rewritten, a new version (_version)."""
 
     def __init__(self, path):
         with open(path, "rb") as f:
             shape, dtype, fortran = _npy_header(f, path)
             offset = f.tell()
-            st = os.fstat(f.fileno())
+            self.version = _version(f)
         super().__init__(path, shape, dtype, fortran)
-        if st.st_size < offset + self.nbytes:
+        size = self.version[2]
+        if size < offset + self.nbytes:
             raise DatasetError(f"{path}: truncated: its header says {self.nbytes} bytes of data, the file holds "
-                               f"{max(st.st_size - offset, 0)}")
-        self.path, self.offset, self.file_id = path, offset, (st.st_dev, st.st_ino)
+                               f"{max(size - offset, 0)}")
+        self.path, self.offset = path, offset
 
     def block(self, buffers, outer, i, k, d):
         shape = self.shape
@@ -319,9 +332,7 @@ class _NpySource(_Source):
             first = (first * shape[d] + i) * math.prod(shape[d + 1:])
         buf = buffers.take((k,) + shape[d + 1:] if d < len(shape) else (), self.dtype)
         with open(self.path, "rb", buffering=0) as f:
-            st = os.fstat(f.fileno())
-            if (st.st_dev, st.st_ino) != self.file_id:
-                raise DatasetError(f"{self.path}: replaced by another file while being read")
+            _same_version(f, self.version, self.name)
             f.seek(self.offset + first * self.dtype.itemsize)
             return _read_into(f, buf, self.name, self.nbytes)
 
@@ -329,20 +340,26 @@ class _NpySource(_Source):
 class _NpzSource(_Source):
     """A member of a .npz archive, inflated as a stream: job t waits for job t - 1 to have read its bytes.
     The stream opens at the first block and closes after the last (or at close()), so only the members
-    being read hold a descriptor."""
+    being read hold a descriptor; the archive must be the version whose header was read (_version)."""
 
     def __init__(self, path, member):
-        self.path, self.member = path, member
+        self.path, self.member, self._file, self._stream = path, member, None, None
         name = f"{path}:{member[:-4]}"
-        with self._open(name) as stream:
-            self.header = _npy_header(stream, name)
+        try:
+            self._open(name)
+            self.header, self.version = _npy_header(self._stream, name), _version(self._file)
+        finally:
+            self.close()
         super().__init__(name, *self.header)
-        self._stream, self._failed, self._turn, self._cv = None, None, 0, threading.Condition()
+        self._failed, self._turn, self._cv = None, 0, threading.Condition()
 
     def _open(self, name):
+        """Opens the archive and the member's stream (self._file, self._stream)."""
         try:
-            with zipfile.ZipFile(self.path) as archive:  # the member's stream keeps the file open
-                return archive.open(self.member)
+            self._file = open(self.path, "rb")
+            self._stream = zipfile.ZipFile(self._file).open(self.member)
+        except KeyError:  # the member is gone: the archive was replaced
+            raise DatasetError(f"{name}: changed while being read (the member is gone)") from None
         except _ARCHIVE_ERRORS as e:
             raise DatasetError(f"{name}: unreadable ({e})") from None
 
@@ -357,9 +374,9 @@ class _NpzSource(_Source):
                 if self._failed is not None:
                     raise self._failed
                 if self._stream is None:
-                    self._stream = self._open(self.name)
-                    if _npy_header(self._stream, self.name) != self.header:
-                        raise DatasetError(f"{self.name}: changed while being read (its header differs)")
+                    self._open(self.name)
+                    _same_version(self._file, self.version, self.name)
+                    _npy_header(self._stream, self.name)  # to the data
                 return job()
             except Exception as e:  # the stream's place is lost: later blocks fail too
                 self._failed = e
@@ -371,9 +388,10 @@ class _NpzSource(_Source):
                 self._cv.notify_all()
 
     def close(self):
-        if self._stream is not None:
-            self._stream.close()
-            self._stream = None
+        for f in (self._stream, self._file):
+            if f is not None:
+                f.close()
+        self._stream = self._file = None
 
     def block(self, buffers, outer, i, k, d):
         buf = buffers.take((k,) + self.shape[d + 1:] if d < len(self.shape) else (), self.dtype)
@@ -401,8 +419,16 @@ class _ImageSource(_Source):
                 self.mode = mode or self._mode(im)
                 bits = 16 if im.mode.startswith("I;16") or (im.mode == "I" and self._sixteen_bit(im)) else \
                     None if im.mode in ("I", "F") else 8
+                frames = getattr(im, "n_frames", 1)
         except (OSError, ValueError, Image.DecompressionBombError) as e:
             raise DatasetError(f"{path}: not a readable image ({e})") from None
+        if frames > 1:
+            warnings.warn(f"{path}: {frames} frames; only the first is read", UserWarning, stacklevel=2)
+        try:  # before any data is read, and naming the option rather than the image
+            Image.new("L" if bits == 16 and mode else self.source_mode, (1, 1)).convert(self.mode)
+        except ValueError:
+            raise DatasetError(f"{path}: Pillow cannot convert its mode {self.source_mode} to mode={self.mode!r}") \
+                from None
         probe = np.asarray(Image.new(self.mode, (1, 1)))
         super().__init__(path, (h, w, 1 if probe.ndim == 2 else probe.shape[-1]), probe.dtype.newbyteorder("="))
         self.path = path
@@ -462,7 +488,7 @@ def check_mode(mode):
 def _split_member(path):
     """'file.npz:key' as ('file.npz', 'key'); anything else as (path, None)."""
     head, sep, key = path.rpartition(":")
-    if sep and head.lower().endswith(".npz") and key:
+    if sep and head.lower().endswith(".npz") and key and not os.path.lexists(path):  # a file so named wins
         return head, key
     return path, None
 
@@ -492,21 +518,27 @@ def _regular(paths):
         except OSError as e:
             raise DatasetError(f"{p}: cannot be read ({e.strerror or e})") from None
         if not stat.S_ISREG(mode):
-            raise DatasetError(f"{p}: not a regular file (a FIFO, socket or device); name the files to read")
+            raise DatasetError(f"{p}: not a regular file (a FIFO, socket or device), which could block or never end")
     return paths
 
 
 def _expand(item):
     """(paths, skipped) of an argument: a file; a folder, as its data files (.npy, .npz, images, sorted,
-    recursively), the others and hidden entries skipped; or a glob. Every path a regular file."""
+    recursively through linked folders too), the others and hidden entries skipped; or a glob. Every path
+    a regular file."""
     s = os.fspath(item)
     file, key = _split_member(s)
     if key is not None:
         _regular([file])
         return [s], []
     if os.path.isdir(s):
-        found, skipped = [], []
-        for root, dirs, files in os.walk(s, onerror=_unreadable_folder):
+        found, skipped, walked = [], [], set()
+        for root, dirs, files in os.walk(s, onerror=_unreadable_folder, followlinks=True):
+            st = os.stat(root)  # linked folders are followed, each folder once (a link loop ends here)
+            if (st.st_dev, st.st_ino) in walked:
+                dirs[:] = files[:] = []
+                continue
+            walked.add((st.st_dev, st.st_ino))
             # Hidden entries are not data (.DS_Store, macOS's ._photo.png, .git/): skipped, and listed.
             skipped += [os.path.join(root, d) + os.sep for d in dirs if d.startswith(".")]
             dirs[:] = [d for d in dirs if not d.startswith(".")]
@@ -541,7 +573,7 @@ def _few(paths, shown=3):
 def _sources(inputs, scale, mode):
     """(sources, skipped): the inputs' sources, each file once, and the files folders held that are not
     data."""
-    if isinstance(inputs, (str, os.PathLike)) or hasattr(inputs, "__array__"):  # one input (a DataFrame too)
+    if isinstance(inputs, (str, bytes, os.PathLike)) or hasattr(inputs, "__array__"):  # one input (a DataFrame too)
         inputs = [inputs]
     try:
         items = list(inputs)
@@ -552,8 +584,8 @@ def _sources(inputs, scale, mode):
         raise DatasetError("paths_or_arrays: expected at least one input, got none")
     out, seen, skipped = [], set(), []
     for n, item in enumerate(items):
-        if isinstance(item, (str, os.PathLike)):
-            paths, skip = _expand(item)
+        if isinstance(item, (str, bytes, os.PathLike)):
+            paths, skip = _expand(os.fsdecode(item))
             skipped += skip
             for p in paths:
                 st = os.stat(_split_member(p)[0])
@@ -688,7 +720,7 @@ def dataset_stats(paths_or_arrays, axis=None, *, ddof=0, scale=True, mode=None, 
                 raise DatasetError(f"{s.name}: channels {kept} (mode {s.source_mode}), expected {shape} as in "
                                    f"{first.name} (mode {first.source_mode}): pass mode={wide!r} "
                                    f"(--mode {wide}) to convert every image to one mode")
-            what = "channels" if isinstance(s, _ImageSource) else "kept axes of shape"
+            what = "channels" if isinstance(s, _ImageSource) and axis is None else "kept axes of shape"
             raise DatasetError(f"{s.name}: {what} {kept}, expected {shape} as in {first.name} (axis={axis})")
     if skipped:
         warnings.warn(f"dataset_stats: skipped {_few(skipped)}", UserWarning, stacklevel=2)
