@@ -358,8 +358,8 @@ BAD = [
     (_truncated_npz, {}, ValueError, "t.npz:x: truncated"),
     (_truncated_png, {}, ValueError, "t.png: not a readable image"),
     (lambda t: _written(t, "f.png", b"not a png"), {}, ValueError, "f.png: not a readable image"),
-    (_mixed_channels, {}, ValueError, r"grey.png: channels \(1,\) \(mode L\), expected \(3,\) as in .*rgb.png \(mode RGB\): "
-                                      r"pass mode='RGB' \(--mode RGB\) to convert every image to one mode"),
+    (_mixed_channels, {}, ValueError, r"grey.png: channels \(1,\) \(mode L\), expected \(3,\) as in .*rgb.png "
+                                      r"\(mode RGB\): pass mode='RGB' \(--mode RGB\) to convert every image"),
     (_mixed_channels, {"mode": "XYZ"}, ValueError, "mode: expected a Pillow mode name such as 'RGB', 'L' or 'RGBA', "
                                                    "got 'XYZ'"),
     (_mixed_channels, {"mode": 3}, TypeError, "mode: expected None or a Pillow mode name"),
@@ -699,7 +699,8 @@ except dataset.DatasetError as e:
 @pytest.mark.parametrize("kind, message", [
     ("npy", "truncated|changed while being read"), ("npz", "unreadable|truncated|changed while being read"),
     ("replace", "changed while being read"), ("rewrite", "changed while being read"),
-    ("npz replaced, member gone", "changed while being read"), ("npz replaced, member kept", "changed while being read")])
+    ("npz replaced, member gone", "changed while being read"),
+    ("npz replaced, member kept", "changed while being read")])
 def test_a_file_that_changes_while_read_is_an_error_naming_it(tmp_path, kind, message):
     """A file shortened, replaced or rewritten between two blocks, as by another process: a memory map
     would kill Python with SIGBUS or mix two versions of the data; a read is short, or finds another

@@ -5,7 +5,7 @@ from importlib.metadata import PackageNotFoundError as _NotFound
 from importlib.metadata import version as _version
 
 from . import _checks, _normc, layers
-from .dataset import DatasetStats, dataset_stats
+from .dataset import DatasetError, DatasetStats, dataset_stats
 from .functional import moments
 from .grads import (batch_norm_backward, group_norm_backward, instance_norm_backward, layer_norm_backward,
                     rms_norm_backward, switchable_norm_backward)
@@ -22,8 +22,8 @@ except _NotFound:  # running from a source tree without installing
 __all__ = ["moments", "batch_norm", "instance_norm", "group_norm", "layer_norm", "rms_norm", "switchable_norm",
            "batch_norm_backward", "instance_norm_backward", "group_norm_backward", "layer_norm_backward",
            "rms_norm_backward", "switchable_norm_backward", "RunningMoments", "RunningCovariance",
-           "precise_batch_norm_stats", "dataset_stats", "DatasetStats", "Whitening", "fold_batch_norm", "weight_norm",
-           "weight_norm_params", "cosine_linear",
+           "precise_batch_norm_stats", "dataset_stats", "DatasetStats", "DatasetError", "Whitening",
+           "fold_batch_norm", "weight_norm", "weight_norm_params", "cosine_linear",
            "layers", "set_num_threads", "get_num_threads", "max_threads", "show_config"]
 
 
