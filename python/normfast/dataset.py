@@ -194,6 +194,10 @@ class _Source:
         return [lambda o=o, i=i, j=j: self._piece(buffers, o, i, min(per, shape[d] - i), d, j == len(starts) - 1)
                 for j, (o, i) in enumerate(starts)]
 
+    def _block_shape(self, k, d):
+        """The shape of k rows of axis d (a 0-d input's one element where d is past its axes)."""
+        return (k,) + self.shape[d + 1:] if d < len(self.shape) else ()
+
     def _piece(self, buffers, outer, i, k, d, last):
         values = self.block(buffers, outer, i, k, d)
         if values.dtype != self.fdtype:
@@ -330,7 +334,7 @@ class _NpySource(_Source):
             first = first * n + o
         if d < len(shape):
             first = (first * shape[d] + i) * math.prod(shape[d + 1:])
-        buf = buffers.take((k,) + shape[d + 1:] if d < len(shape) else (), self.dtype)
+        buf = buffers.take(self._block_shape(k, d), self.dtype)
         with open(self.path, "rb", buffering=0) as f:
             _same_version(f, self.version, self.name)
             f.seek(self.offset + first * self.dtype.itemsize)
@@ -394,8 +398,7 @@ class _NpzSource(_Source):
         self._stream = self._file = None
 
     def block(self, buffers, outer, i, k, d):
-        buf = buffers.take((k,) + self.shape[d + 1:] if d < len(self.shape) else (), self.dtype)
-        return _read_into(self._stream, buf, self.name, self.nbytes)
+        return _read_into(self._stream, buffers.take(self._block_shape(k, d), self.dtype), self.name, self.nbytes)
 
 
 def _pillow():
@@ -424,12 +427,11 @@ class _ImageSource(_Source):
             raise DatasetError(f"{path}: not a readable image ({e})") from None
         if frames > 1:
             warnings.warn(f"{path}: {frames} frames; only the first is read", UserWarning, stacklevel=2)
-        try:  # before any data is read, and naming the option rather than the image
-            Image.new("L" if bits == 16 and mode else self.source_mode, (1, 1)).convert(self.mode)
+        try:  # the target mode's channels and dtype, and whether Pillow converts to it, before any read
+            probe = np.asarray(Image.new("L" if bits == 16 and mode else self.source_mode, (1, 1)).convert(self.mode))
         except ValueError:
             raise DatasetError(f"{path}: Pillow cannot convert its mode {self.source_mode} to mode={self.mode!r}") \
                 from None
-        probe = np.asarray(Image.new(self.mode, (1, 1)))
         super().__init__(path, (h, w, 1 if probe.ndim == 2 else probe.shape[-1]), probe.dtype.newbyteorder("="))
         self.path = path
         # Pillow clips 16-bit grey converted to an 8-bit mode at 255: such images are taken to 8 bits first.
@@ -471,7 +473,7 @@ class _ImageSource(_Source):
         return a.reshape(self.shape)
 
 
-def check_mode(mode):
+def _check_mode(mode):
     """mode (None or a Pillow mode name), checked: a ValueError or TypeError naming the argument."""
     if mode is None:
         return None
@@ -704,7 +706,7 @@ def dataset_stats(paths_or_arrays, axis=None, *, ddof=0, scale=True, mode=None, 
     scale, progress = _checks.flag(scale, "scale"), _checks.flag(progress, "progress")
     workers = _normc.get_num_threads() if workers is None else _checks.positive_int(workers, "workers")
     block_bytes = _checks.positive_int(block_bytes, "block_bytes")
-    mode = check_mode(mode)
+    mode = _check_mode(mode)
     if axis is not None and not (isinstance(axis, tuple) and not axis):
         axis = tuple(_checks.integer(a, "axis", "None, () , an int or a tuple of ints", repr(axis))
                      for a in (axis if isinstance(axis, (tuple, list)) else (axis,)))

@@ -78,9 +78,7 @@ def fold(count, shift, mean, m2, n, shift_b, mean_b, m2_b, outer=np.multiply):
         return shift, mean, m2
     with np.errstate(over="ignore", invalid="ignore"):
         moved = (shift_b - shift) + mean_b
-    new_mean, new_m2 = _chan_outer(count, mean, m2, n, moved, m2_b)
-    empty = np.asarray(count) == 0
-    return np.where(empty, shift_b, shift), np.where(empty, mean_b, new_mean), np.where(empty, m2_b, new_m2)
+    return (shift, *_chan_outer(count, mean, m2, n, moved, m2_b))  # count > 0: _Mergeable takes a first part
 
 
 def moments_into(x, code, reduce, mean, var, ddof, shift=None):
