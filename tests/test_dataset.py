@@ -3,6 +3,7 @@ over random shapes, kept axes, dtypes, layouts, containers and block sizes; imag
 min/max kernel per ISA; bad input."""
 import json
 import os
+import struct
 import subprocess
 import sys
 import warnings
@@ -677,6 +678,8 @@ def change_after_first(piece, buffers):  # another process changing the file, be
     elif kind == "rewrite":  # in place, the same size: only the time of the write tells
         with open(path, "r+b") as f:
             np.save(f, x + 1)
+    elif kind == "remove":
+        os.remove(path)
     elif kind == "npz replaced, member gone":
         np.savez(path + ".new.npz", c=x)
         os.replace(path + ".new.npz", path)
@@ -699,6 +702,7 @@ except dataset.DatasetError as e:
 @pytest.mark.parametrize("kind, message", [
     ("npy", "truncated|changed while being read"), ("npz", "unreadable|truncated|changed while being read"),
     ("replace", "changed while being read"), ("rewrite", "changed while being read"),
+    ("remove", "changed while being read"),
     ("npz replaced, member gone", "changed while being read"),
     ("npz replaced, member kept", "changed while being read")])
 def test_a_file_that_changes_while_read_is_an_error_naming_it(tmp_path, kind, message):
@@ -960,3 +964,60 @@ def test_image_modes_pillow_cannot_convert_and_frames(tmp_path):
     with pytest.warns(UserWarning, match="pages.tif: 2 frames; only the first is read"):
         r = normfast.dataset_stats(str(tmp_path / "pages.tif"))
     assert r.count == 25 and r.mean == 0
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/stdout"), reason="no /dev/stdout on this OS")
+def test_output_to_our_own_stdout_appends_and_reaches_a_pipe(tmp_path):
+    """-o /dev/stdout writes through the stream: a log stdout is appended to keeps its lines (renaming
+    over the file it leads to replaced them), and a pipe gets the output (the renamed path did not exist)."""
+    np.save(tmp_path / "x.npy", np.arange(3.0))
+    log = tmp_path / "app.log"
+    log.write_text("EARLIER LOG LINE\n")
+    with open(log, "a") as out:
+        p = subprocess.run([sys.executable, "-m", "normfast", "stats", str(tmp_path / "x.npy"), "-o", "/dev/stdout",
+                            "--format", "json", "-q"], stdout=out, stderr=subprocess.PIPE, text=True)
+    assert p.returncode == 0, p.stderr
+    text = log.read_text()
+    assert text.startswith("EARLIER LOG LINE\n") and json.loads(text.split("\n", 1)[1])["count"] == 3
+    p = run_cli(str(tmp_path / "x.npy"), "-o", "/dev/stdout", "--format", "json", "-q")
+    assert p.returncode == 0 and json.loads(p.stdout)["count"] == 3, p.stderr
+
+
+@pytest.mark.parametrize("when", ["header", "decode"])
+@pytest.mark.parametrize("error", [IndexError, TypeError, SyntaxError, struct.error])
+def test_whatever_pillow_raises_on_a_damaged_image_is_an_error_naming_it(tmp_path, monkeypatch, when, error):
+    """Damaged GIF and TIFF files made Pillow raise IndexError, TypeError or SyntaxError (found by a
+    user's fuzzing): any failure of its parsers is a DatasetError naming the file, before or after the
+    header."""
+    Image.fromarray(np.zeros((4, 5), np.uint8)).save(tmp_path / "a.png")
+    real, calls = Image.open, []
+
+    def damaged(*args, **kwargs):
+        calls.append(1)
+        if (when == "header") == (len(calls) == 1):
+            raise error("damaged")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", damaged)
+    with pytest.raises(normfast.dataset.DatasetError, match=rf"a.png: not a readable image \({error.__name__}"):
+        normfast.dataset_stats(str(tmp_path / "a.png"))
+
+
+def test_an_image_replaced_between_its_header_and_its_pixels_is_an_error(tmp_path, monkeypatch):
+    """An 8-bit image replaced by a 16-bit one of the same size after its header was read decoded the new
+    pixels as 8-bit (a silent 1.0): images are checked as .npy files are."""
+    import time
+
+    path = tmp_path / "a.png"
+    Image.fromarray(np.full((4, 5), 100, np.uint8)).save(path)
+    block = normfast.dataset._ImageSource.block
+
+    def replaced(self, *args):
+        time.sleep(0.01)
+        Image.fromarray(np.full((4, 5), 60000, np.uint16)).save(tmp_path / "b.png")
+        os.replace(tmp_path / "b.png", path)
+        return block(self, *args)
+
+    monkeypatch.setattr(normfast.dataset._ImageSource, "block", replaced)
+    with pytest.raises(normfast.dataset.DatasetError, match="a.png: changed while being read"):
+        normfast.dataset_stats(str(path))

@@ -133,17 +133,23 @@ def _stats_table(r):
     return head, cols, rows
 
 
+# Links to this process's open streams (/dev/stdout, /dev/fd/1, /proc/self/fd/1): written through, in
+# place, whatever they lead to (a pipe, or the file a shell appends stdout to).
+_STREAM_LINKS = ("/dev/stdout", "/dev/stderr", "/dev/fd/", "/proc/")
+
+
 def _write_atomic(path, write):
     """write(file) into a temporary file beside path's target (a link is written through, not
     replaced), renamed over it only once it is complete. The file keeps an existing file's mode; a new
     one gets the umask's; an existing file we may not write is refused, as cp refuses it. Anything but a
-    regular file (/dev/null, /dev/stdout, a FIFO) is written in place: renaming over it would replace a
-    device with a file. An OSError is a DatasetError naming `path` as the user gave it."""
+    regular file (/dev/null, a FIFO) and the links to our own streams (/dev/stdout) are written in place:
+    renaming over them would replace a device, or the log stdout is appended to. An OSError is a
+    DatasetError naming `path` as the user gave it."""
     target = os.path.realpath(path)
     try:
-        st = os.stat(target)
-        if not stat.S_ISREG(st.st_mode):
-            with open(target, "wb") as f:
+        st = None if os.path.abspath(path).startswith(_STREAM_LINKS) else os.stat(target)
+        if st is None or not stat.S_ISREG(st.st_mode):
+            with open(path, "ab") as f:  # appending: a log that stdout is appended to keeps its lines
                 write(f)
             return
         if not os.access(target, os.W_OK):

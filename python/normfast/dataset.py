@@ -335,7 +335,11 @@ class _NpySource(_Source):
         if d < len(shape):
             first = (first * shape[d] + i) * math.prod(shape[d + 1:])
         buf = buffers.take(self._block_shape(k, d), self.dtype)
-        with open(self.path, "rb", buffering=0) as f:
+        try:
+            f = open(self.path, "rb", buffering=0)
+        except OSError as e:  # removed (or its permissions changed) since its header was read
+            raise DatasetError(f"{self.name}: changed while being read ({e.strerror or e})") from None
+        with f:
             _same_version(f, self.version, self.name)
             f.seek(self.offset + first * self.dtype.itemsize)
             return _read_into(f, buf, self.name, self.nbytes)
@@ -417,14 +421,17 @@ class _ImageSource(_Source):
     def __init__(self, path, scale, mode):
         Image = _pillow()
         try:
-            with Image.open(path) as im:  # the header only; decoding waits for the job
+            with open(path, "rb") as f, Image.open(f) as im:  # the header only; decoding waits for the job
+                self.version = _version(f)
                 self.source_mode, (w, h) = im.mode, im.size
                 self.mode = mode or self._mode(im)
                 bits = 16 if im.mode.startswith("I;16") or (im.mode == "I" and self._sixteen_bit(im)) else \
                     None if im.mode in ("I", "F") else 8
                 frames = getattr(im, "n_frames", 1)
-        except (OSError, ValueError, Image.DecompressionBombError) as e:
-            raise DatasetError(f"{path}: not a readable image ({e})") from None
+        except MemoryError:
+            raise
+        except Exception as e:  # Pillow's parsers of the user's bytes: any failure (IndexError too) is damage
+            raise DatasetError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
         if frames > 1:
             warnings.warn(f"{path}: {frames} frames; only the first is read", UserWarning, stacklevel=2)
         try:  # the target mode's channels and dtype, and whether Pillow converts to it, before any read
@@ -462,12 +469,15 @@ class _ImageSource(_Source):
     def block(self, buffers, outer, i, k, d):
         Image = _pillow()
         try:
-            with Image.open(self.path) as im:
+            with open(self.path, "rb") as f, Image.open(f) as im:
+                _same_version(f, self.version, self.path)
                 if self.narrow:  # round(v / 257): 65535 -> 255
                     im = Image.fromarray(((np.asarray(im, np.uint32) * 255 + 32767) // 65535).astype(np.uint8))
                 a = np.asarray(im if im.mode == self.mode else im.convert(self.mode))
-        except (OSError, ValueError, SyntaxError) as e:  # SyntaxError: Pillow's word for a broken file
-            raise DatasetError(f"{self.path}: not a readable image ({e})") from None
+        except (MemoryError, DatasetError):
+            raise
+        except Exception as e:  # as in __init__ (SyntaxError is Pillow's word for a broken file)
+            raise DatasetError(f"{self.path}: not a readable image ({type(e).__name__}: {e})") from None
         if a.shape[:2] != self.shape[:2]:
             raise DatasetError(f"{self.path}: decoded as shape {a.shape}, its header said {self.shape}")
         return a.reshape(self.shape)
