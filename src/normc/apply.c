@@ -8,14 +8,12 @@
 #define NF_TEMPLATE "apply_tmpl.h"
 #include "each_dtype.h"
 
-typedef void (*nf_row_fn)(const void *, int64_t, void *, int64_t, const void *const *, int64_t, int64_t,
-                          int, int64_t, int64_t, int64_t);
-static const nf_row_fn rows_of[] = {row_f32, row_f64, row_f16, row_bf16}; /* by nf_dtype */
+NF_BY_DTYPE(row);
 
 /* One contiguous segment of n elements with one (s, a, c): the fused row norms' output step. */
 void NF_FN(nf_apply_seg)(nf_dtype dt, const void *x, void *y, const void *const *p, int64_t n, int act)
 {
-    rows_of[dt](x, 1, y, 1, p, 0, n, act, 1, 0, 0);
+    row_of[dt](x, 1, y, 1, p, 0, n, act, 1, 0, 0);
 }
 
 /* Walks the plan's elements as runs of rows along its innermost axis, in chunks whose bounds depend only
@@ -62,7 +60,7 @@ void NF_FN(nf_walk)(const nf_plan *p, int64_t isz, const void *x, const void *x2
 }
 
 typedef struct {
-    nf_row_fn row;
+    __typeof__(row_of[0]) row;
     const char *prm[3];
     int64_t psz;
     nf_act act;
@@ -82,7 +80,7 @@ nf_status NF_FN(nf_apply)(const nf_plan *p, nf_dtype dt, const void *x, void *y,
     const int64_t isz = nf_itemsize(dt);
     if (!isz)
         return NF_EINVAL;
-    const nf_apply_ctx ctx = {rows_of[dt], {shift, scale, bias}, dt == NF_F64 ? 8 : 4, act};
+    const nf_apply_ctx ctx = {row_of[dt], {shift, scale, bias}, dt == NF_F64 ? 8 : 4, act};
     NF_FN(nf_walk)(p, isz, x, NULL, y, nf_apply_run, &ctx, nthreads);
     return NF_OK;
 }

@@ -9,32 +9,35 @@
 #define NF_FORK_GUARD 1
 #endif
 
+/* The kernel table: one row of kernel copies per ISA level (internal.h's list), a level not compiled into
+ * this build left NULL. */
 typedef struct {
-    nf_moments_fn moments;
-    nf_apply_fn apply;
-    nf_rownorm_fn_t rownorm;
-    nf_grad_sums_fn grad_sums;
-    nf_grad_apply_fn grad_apply;
-    nf_rownorm_grad_fn rownorm_grad;
-    nf_seg_grad_fn seg_grad;
+#define NF_FIELD(name, params, args) nf_status(*name) NF_WITH_THREADS params;
+    NF_KERNEL_LIST(NF_FIELD)
+#undef NF_FIELD
 } nf_kernels;
 
-#define NF_KERNELS_OF(sfx)                                                                                 \
-    {nf_moments_##sfx, nf_apply_##sfx, nf_rownorm_##sfx, nf_grad_sums_##sfx, nf_grad_apply_##sfx,            \
-     nf_rownorm_grad_##sfx, nf_seg_grad_##sfx}
+#define NF_ENTRY(name, params, args) NF_CAT(nf_##name, NF_ROW_ISA),
 static const nf_kernels nf_table[NF_ISA_COUNT] = {
-    NF_KERNELS_OF(baseline),
+#define NF_ROW_ISA baseline
+    {NF_KERNEL_LIST(NF_ENTRY)},
+#undef NF_ROW_ISA
 #ifdef NF_HAVE_AVX2
-    NF_KERNELS_OF(avx2),
+#define NF_ROW_ISA avx2
+    {NF_KERNEL_LIST(NF_ENTRY)},
+#undef NF_ROW_ISA
 #else
-    {NULL, NULL, NULL, NULL, NULL, NULL, NULL},
+    {0},
 #endif
 #ifdef NF_HAVE_AVX512
-    NF_KERNELS_OF(avx512),
+#define NF_ROW_ISA avx512
+    {NF_KERNEL_LIST(NF_ENTRY)},
+#undef NF_ROW_ISA
 #else
-    {NULL, NULL, NULL, NULL, NULL, NULL, NULL},
+    {0},
 #endif
 };
+#undef NF_ENTRY
 
 static const char *const nf_isa_names[NF_ISA_COUNT] = {"baseline", "avx2", "avx512"};
 
@@ -155,44 +158,8 @@ int nf_openmp_enabled(void)
 #endif
 }
 
-nf_status nf_moments(const nf_plan *plan, nf_dtype dtype, const void *x, nf_dtype out_dtype, void *mean,
-                     void *var, double ddof, double *lo, double *hi, double *shift)
-{
-    return nf_table[nf_get_isa()].moments(plan, dtype, x, out_dtype, mean, var, ddof, lo, hi, shift,
-                                          nf_get_num_threads());
-}
-
-nf_status nf_apply(const nf_plan *plan, nf_dtype dtype, const void *x, void *y, const void *shift,
-                   const void *scale, const void *bias, nf_act act)
-{
-    return nf_table[nf_get_isa()].apply(plan, dtype, x, y, shift, scale, bias, act, nf_get_num_threads());
-}
-
-nf_status nf_rownorm(const nf_plan *plan, nf_dtype dtype, const void *x, void *y, const nf_rowspec *spec)
-{
-    return nf_table[nf_get_isa()].rownorm(plan, dtype, x, y, spec, nf_get_num_threads());
-}
-
-nf_status nf_grad_sums(const nf_plan *plan, nf_dtype dtype, const void *x, const void *dy, const void *shift,
-                       const void *scale, const void *bias, nf_act act, double *sum_g, double *sum_gd)
-{
-    return nf_table[nf_get_isa()].grad_sums(plan, dtype, x, dy, shift, scale, bias, act, sum_g, sum_gd,
-                                            nf_get_num_threads());
-}
-
-nf_status nf_grad_apply(const nf_plan *plan, nf_dtype dtype, const void *x, const void *dy, void *gx,
-                        const void *const *params, nf_act act)
-{
-    return nf_table[nf_get_isa()].grad_apply(plan, dtype, x, dy, gx, params, act, nf_get_num_threads());
-}
-
-nf_status nf_rownorm_grad(nf_dtype dtype, int64_t rows, int64_t n, const void *x, const void *dy, void *gx,
-                          const nf_rowgrad *spec)
-{
-    return nf_table[nf_get_isa()].rownorm_grad(dtype, rows, n, x, dy, gx, spec, nf_get_num_threads());
-}
-
-nf_status nf_seg_grad(nf_dtype dtype, const void *x, const void *dy, void *gx, const nf_seggrad *spec)
-{
-    return nf_table[nf_get_isa()].seg_grad(dtype, x, dy, gx, spec, nf_get_num_threads());
-}
+/* The public entry points: the copy of the ISA level in use, with the thread count. */
+#define NF_WITH_NUM_THREADS(...) (__VA_ARGS__, nf_get_num_threads())
+#define NF_PUBLIC(name, params, args)                                                                      \
+    nf_status nf_##name params { return nf_table[nf_get_isa()].name NF_WITH_NUM_THREADS args; }
+NF_KERNEL_LIST(NF_PUBLIC)

@@ -16,13 +16,52 @@
 #define NF_CAT(a, b) NF_CAT2(a, b)
 #define NF_FN(name) NF_CAT(name, NF_ISA_SUFFIX)
 
-typedef nf_status (*nf_moments_fn)(const nf_plan *, nf_dtype, const void *, nf_dtype, void *, void *,
-                                   double, double *, double *, double *, int nthreads);
-typedef nf_status (*nf_apply_fn)(const nf_plan *, nf_dtype, const void *, void *, const void *,
-                                 const void *, const void *, nf_act, int nthreads);
+/* The kernel list: each dispatched entry point of normc.h as (name, parameters, arguments). Every ISA
+ * level compiles its own copy, nf_<name>_<isa>, taking the public parameters and then the thread count;
+ * the copies' declarations, the dispatch table's fields and rows (dispatch.c) and the public entry points
+ * that pick a row expand from this list. Adding a kernel: its declaration in normc.h, a line here, its
+ * definition NF_FN(nf_<name>) in a kernel source. */
+#define NF_KERNEL_LIST(X)                                                                                  \
+    X(moments,                                                                                             \
+      (const nf_plan *plan, nf_dtype dtype, const void *x, nf_dtype out_dtype, void *mean, void *var,        \
+       double ddof, double *lo, double *hi, double *shift),                                                \
+      (plan, dtype, x, out_dtype, mean, var, ddof, lo, hi, shift))                                         \
+    X(apply,                                                                                               \
+      (const nf_plan *plan, nf_dtype dtype, const void *x, void *y, const void *shift, const void *scale,    \
+       const void *bias, nf_act act),                                                                      \
+      (plan, dtype, x, y, shift, scale, bias, act))                                                        \
+    X(rownorm, (const nf_plan *plan, nf_dtype dtype, const void *x, void *y, const nf_rowspec *spec),       \
+      (plan, dtype, x, y, spec))                                                                           \
+    X(grad_sums,                                                                                           \
+      (const nf_plan *plan, nf_dtype dtype, const void *x, const void *dy, const void *shift,               \
+       const void *scale, const void *bias, nf_act act, double *sum_g, double *sum_gd),                    \
+      (plan, dtype, x, dy, shift, scale, bias, act, sum_g, sum_gd))                                        \
+    X(grad_apply,                                                                                          \
+      (const nf_plan *plan, nf_dtype dtype, const void *x, const void *dy, void *gx,                        \
+       const void *const *params, nf_act act),                                                             \
+      (plan, dtype, x, dy, gx, params, act))                                                               \
+    X(rownorm_grad,                                                                                        \
+      (nf_dtype dtype, int64_t rows, int64_t n, const void *x, const void *dy, void *gx,                    \
+       const nf_rowgrad *spec),                                                                            \
+      (dtype, rows, n, x, dy, gx, spec))                                                                   \
+    X(seg_grad, (nf_dtype dtype, const void *x, const void *dy, void *gx, const nf_seggrad *spec),          \
+      (dtype, x, dy, gx, spec))
 
-typedef nf_status (*nf_rownorm_fn_t)(const nf_plan *, nf_dtype, const void *, void *, const nf_rowspec *,
-                                     int nthreads);
+/* A parameter list with the per-ISA copies' trailing thread count. */
+#define NF_WITH_THREADS(...) (__VA_ARGS__, int nthreads)
+#define NF_DECLARE_COPY(name, params, args) nf_status NF_CAT(nf_##name, NF_COPY_ISA) NF_WITH_THREADS params;
+#define NF_COPY_ISA baseline
+NF_KERNEL_LIST(NF_DECLARE_COPY)
+#undef NF_COPY_ISA
+#define NF_COPY_ISA avx2
+NF_KERNEL_LIST(NF_DECLARE_COPY)
+#undef NF_COPY_ISA
+#define NF_COPY_ISA avx512
+NF_KERNEL_LIST(NF_DECLARE_COPY)
+#undef NF_COPY_ISA
+
+/* A table of a template's four instantiations (each_dtype.h), indexed by nf_dtype: f_of[dt]. */
+#define NF_BY_DTYPE(f) static const __typeof__(&f##_f32) f##_of[] = {f##_f32, f##_f64, f##_f16, f##_bf16}
 
 /* One run of nr rows along the plan's innermost axis, as nf_walk hands it out: x, x2 (a second input laid
  * out like x, or NULL) and y at the run's first row; poff, the element offset of its statistics (laid out
@@ -37,31 +76,9 @@ typedef void (*nf_run_fn)(const void *ctx, const nf_run *run);
 void NF_FN(nf_walk)(const nf_plan *p, int64_t isz, const void *x, const void *x2, void *y, nf_run_fn op,
                     const void *ctx, int nthreads);
 
-typedef nf_status (*nf_grad_sums_fn)(const nf_plan *, nf_dtype, const void *, const void *, const void *,
-                                     const void *, const void *, nf_act, double *, double *, int);
-typedef nf_status (*nf_grad_apply_fn)(const nf_plan *, nf_dtype, const void *, const void *, void *,
-                                      const void *const *, nf_act, int);
-typedef nf_status (*nf_seg_grad_fn)(nf_dtype, const void *, const void *, void *, const nf_seggrad *, int);
-typedef nf_status (*nf_rownorm_grad_fn)(nf_dtype, int64_t, int64_t, const void *, const void *, void *,
-                                        const nf_rowgrad *, int);
-
-#define NF_DECLARE_ISA(sfx)                                                                                \
-    nf_status nf_rownorm_##sfx(const nf_plan *, nf_dtype, const void *, void *, const nf_rowspec *, int); \
-    void nf_apply_seg_##sfx(nf_dtype, const void *, void *, const void *const *, int64_t, int);          \
-    nf_status nf_moments_##sfx(const nf_plan *, nf_dtype, const void *, nf_dtype, void *, void *, double, \
-                               double *, double *, double *, int);                                       \
-    nf_status nf_apply_##sfx(const nf_plan *, nf_dtype, const void *, void *, const void *, const void *, \
-                             const void *, nf_act, int);                                                 \
-    nf_status nf_grad_sums_##sfx(const nf_plan *, nf_dtype, const void *, const void *, const void *,        \
-                                 const void *, const void *, nf_act, double *, double *, int);               \
-    nf_status nf_grad_apply_##sfx(const nf_plan *, nf_dtype, const void *, const void *, void *,             \
-                                  const void *const *, nf_act, int);                                         \
-    nf_status nf_rownorm_grad_##sfx(nf_dtype, int64_t, int64_t, const void *, const void *, void *,          \
-                                    const nf_rowgrad *, int);                                                \
-    nf_status nf_seg_grad_##sfx(nf_dtype, const void *, const void *, void *, const nf_seggrad *, int);
-NF_DECLARE_ISA(baseline)
-NF_DECLARE_ISA(avx2)
-NF_DECLARE_ISA(avx512)
+/* Within one ISA copy: a contiguous run of n elements with one (s, a, c) (apply.c), the row norms' output
+ * step. */
+void NF_FN(nf_apply_seg)(nf_dtype dt, const void *x, void *y, const void *const *p, int64_t n, int act);
 
 /* Bytes per element of a storage dtype (0 for an unknown code). Kernel tables are indexed by nf_dtype. */
 static inline int64_t nf_itemsize(nf_dtype dt)

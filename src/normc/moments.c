@@ -1,7 +1,6 @@
 /* Welford/Chan moments over the canonical [O, R1, K, R2] view, for every reduction-axis pattern (with,
- * on request, the min and max of each work item while it is still in cache), and the fused row norms
- * (layer / RMS) that reuse its block kernels. Compiled once per ISA level (NF_FN
- * names each copy).
+ * on request, the min and max of each work item while it is still in cache). Compiled once per ISA level
+ * (NF_FN names each copy).
  *
  * Determinism: the reduction of each statistic is cut into chunks whose bounds depend only on the shape;
  * chunk partials are merged in chunk order. Threads only decide who computes which chunk, so results are
@@ -16,18 +15,12 @@
 #define NF_SHORT_ROW 16   /* contiguous rows up to this long run in column mode when they can */
 
 #define NF_TEMPLATE "moments_tmpl.h"
-#define NF_TEMPLATE2 "rownorm_tmpl.h"
 #include "each_dtype.h"
-
-typedef void (*nf_rows_fn)(const nf_plan *, const void *, double, int64_t, int64_t, int64_t, int64_t,
-                           nf_acc *);
-typedef void (*nf_cols_fn)(const nf_plan *, const void *, int64_t, int64_t, int64_t, int64_t, int64_t, double *,
-                           double *, double *, double *);
-typedef double (*nf_shift_fn)(const void *);
-typedef void (*nf_range_rows_fn)(const nf_plan *, const void *, int64_t, int64_t, int64_t, int64_t, int, double *,
-                                 double *);
-typedef void (*nf_range_cols_fn)(const nf_plan *, const void *, int64_t, int64_t, int64_t, const double *,
-                                 const double *, double *, double *);
+NF_BY_DTYPE(rows);
+NF_BY_DTYPE(cols);
+NF_BY_DTYPE(shift);
+NF_BY_DTYPE(range_rows);
+NF_BY_DTYPE(range_cols);
 
 static double nf_min_nan(double acc, double v) { return v < acc || v != v ? v : acc; }
 static double nf_max_nan(double acc, double v) { return v > acc || v != v ? v : acc; }
@@ -47,11 +40,11 @@ static void nf_finish_range(const nf_plan *p, const double *rpart, int64_t per, 
 }
 
 /* The shift of statistic i = o * K + k (block_tmpl.h): its first element, x at (o, r1 = 0, k, r2 = 0). */
-static double nf_shift_at(const nf_plan *p, nf_shift_fn shift, const char *xb, int64_t isz, int64_t i)
+static double nf_shift_at(const nf_plan *p, nf_dtype dt, const char *xb, int64_t isz, int64_t i)
 {
     nf_iter it;
     nf_iter_init(&it, &p->o, i / p->k);
-    return shift(xb + (it.off + (i % p->k) * p->k_stride) * isz);
+    return shift_of[dt](xb + (it.off + (i % p->k) * p->k_stride) * isz);
 }
 
 /* Where a statistic goes: mean and var (odt) at an element offset, and where shift is not NULL (float64,
@@ -81,183 +74,162 @@ static inline void nf_store(const nf_out *o, int64_t at, const nf_acc *a, double
         ((float *)o->var)[at] = (float)v;
     }
 }
+/* One moments call as its steps share it: the data (xb at the plan's first element), where results go,
+ * the threads, and the partials a mode leaves for nf_finish: `part` (per statistic, `group` sub-statistics
+ * x `n_chunks` chunks; NULL where each work item was a whole statistic, stored directly) and `rpart`
+ * ((min, max) laid out as part, when lo and hi are asked for). */
+typedef struct {
+    const nf_plan *p;
+    nf_dtype dt;
+    const char *xb;
+    int64_t isz, n_out;
+    nf_out out;
+    double *lo, *hi;
+    int nt;
+    nf_acc *part;
+    double *rpart;
+    int64_t group, n_chunks;
+} nf_mjob;
+
+/* The partials of n_part (sub-)statistics x chunks: part where `need` (several per statistic), rpart
+ * where lo is asked for. */
+static nf_status nf_alloc_parts(nf_mjob *j, int64_t n_part, int need)
+{
+    if ((need && !(j->part = malloc((size_t)n_part * sizeof *j->part))) ||
+        (j->lo && !(j->rpart = malloc((size_t)n_part * 2 * sizeof *j->rpart)))) {
+        free(j->part);
+        j->part = NULL;
+        return NF_ENOMEM;
+    }
+    return NF_OK;
+}
+
+/* Row mode: chunk = (rows of R1) x (a stretch of R2). */
+static nf_status nf_moments_rows(nf_mjob *j)
+{
+    const nf_plan *p = j->p;
+    const nf_rows rw = nf_row_work(p->r1.size, p->r2);
+    j->n_chunks = rw.n_chunks;
+    const int64_t items = j->n_out * rw.n_chunks, isz = j->isz;
+    if (nf_alloc_parts(j, items, rw.n_chunks > 1) != NF_OK)
+        return NF_ENOMEM;
+    const __typeof__(rows_of[0]) rows = rows_of[j->dt];
+    const __typeof__(range_rows_of[0]) range_rows = range_rows_of[j->dt];
+    const __typeof__(shift_of[0]) shift = shift_of[j->dt];
+#pragma omp parallel for schedule(static) num_threads(j->nt) if (j->nt > 1 && items > 1)
+    for (int64_t w = 0; w < items; w++) {
+        const nf_row_item it = nf_row_at(&rw, w);
+        nf_iter oi;
+        nf_iter_init(&oi, &p->o, it.o);
+        nf_acc a = {0, 0, 0};
+        const char *xo = j->xb + oi.off * isz;
+        const double K = shift(xo);
+        rows(p, xo, K, it.ra, it.rb, it.ca, it.cb, &a);
+        if (j->rpart) /* the same elements again, now in cache */
+            range_rows(p, xo, it.ra, it.rb, it.ca, it.cb, isfinite(a.mean) && isfinite(a.m2), &j->rpart[2 * w],
+                       &j->rpart[2 * w + 1]);
+        if (j->part)
+            j->part[w] = a;
+        else
+            nf_store(&j->out, p->out_offset + oi.ooff, &a, K);
+    }
+    return NF_OK;
+}
+
+/* Column mode: chunk = (rows of R1) x (a tile of at most NF_KTILE columns of K). Short contiguous rows
+ * whose statistics sit side by side (group norm channels-last: R2 = C/G) run here too, as K' = (innermost
+ * O axis) * R2 columns; each statistic is then the merge of R2 adjacent columns. */
+static nf_status nf_moments_cols(nf_mjob *j)
+{
+    const nf_plan *p = j->p;
+    nf_plan q = *p;
+    const int64_t last = p->o.ndim - 1, isz = j->isz;
+    if (p->k == 1)
+        q.o.ndim--, q.o.size /= p->o.shape[last], q.k = p->o.shape[last] * p->r2, q.k_stride = 1, q.r2 = 1;
+    j->group = p->k == 1 ? p->r2 : 1;
+    const int64_t group = j->group;
+    const nf_cols cw = nf_col_work(q.k, p->r1.size);
+    const int64_t n_chunks = j->n_chunks = cw.n_chunks, items = q.o.size * n_chunks * cw.n_tiles;
+    if (nf_alloc_parts(j, j->n_out * group * n_chunks, n_chunks > 1 || group > 1) != NF_OK)
+        return NF_ENOMEM;
+    const __typeof__(cols_of[0]) cols = cols_of[j->dt];
+    const __typeof__(range_cols_of[0]) range_cols = range_cols_of[j->dt];
+#pragma omp parallel for schedule(static) num_threads(j->nt) if (j->nt > 1 && items > 1)
+    for (int64_t w = 0; w < items; w++) {
+        const nf_col_item it = nf_col_at(&cw, w);
+        double n = 0, mu[NF_KTILE], m2[NF_KTILE], K[NF_KTILE];
+        nf_iter oi;
+        nf_iter_init(&oi, &q.o, it.o);
+        const char *xo = j->xb + (oi.off + it.k0 * q.k_stride) * isz;
+        cols(&q, xo, group, it.k0 % group, it.ra, it.rb, it.nk, K, &n, mu, m2);
+        if (j->rpart) { /* the same block again, now in cache */
+            double l[NF_KTILE], h[NF_KTILE];
+            range_cols(&q, xo, it.ra, it.rb, it.nk, mu, m2, l, h);
+            for (int64_t k = 0; k < it.nk; k++) {
+                const int64_t c = (it.o * q.k + it.k0 + k) * n_chunks + it.ch;
+                j->rpart[2 * c] = l[k], j->rpart[2 * c + 1] = h[k];
+            }
+        }
+        for (int64_t k = 0; k < it.nk; k++) {
+            const nf_acc a = {n, mu[k], m2[k]};
+            const int64_t i = it.o * q.k + it.k0 + k;
+            if (j->part)
+                j->part[i * n_chunks + it.ch] = a;
+            else
+                nf_store(&j->out, q.out_offset + oi.ooff + (it.k0 + k) * q.k_ostride, &a, K[k]);
+        }
+    }
+    return NF_OK;
+}
 
 /* Merge each statistic's partials (`group` sub-statistics x `n_chunks` chunks, in that fixed order, all
- * in the statistic's shifted frame) and store it. */
-static void nf_finish(const nf_plan *p, nf_shift_fn shift, const char *xb, int64_t isz, const nf_out *out,
-                      const nf_acc *part, int64_t group, int64_t n_chunks, int nt)
+ * in the statistic's shifted frame), store it, and free the partials. */
+static void nf_finish(nf_mjob *j)
 {
-    const int64_t n_out = p->o.size * p->k, per = group * n_chunks;
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1 && n_out * per >= 4096)
-    for (int64_t i = 0; i < n_out; i++) {
-        nf_acc a = {0, 0, 0};
-        for (int64_t c = 0; c < per; c++) {
-            const nf_acc *b = &part[i * per + c];
-            nf_chan(&a, b->n, b->mean, b->m2);
+    const nf_plan *p = j->p;
+    const int64_t n_out = j->n_out, per = j->group * j->n_chunks;
+    if (j->part) {
+#pragma omp parallel for schedule(static) num_threads(j->nt) if (j->nt > 1 && n_out * per >= 4096)
+        for (int64_t i = 0; i < n_out; i++) {
+            nf_acc a = {0, 0, 0};
+            for (int64_t c = 0; c < per; c++) {
+                const nf_acc *b = &j->part[i * per + c];
+                nf_chan(&a, b->n, b->mean, b->m2);
+            }
+            nf_store(&j->out, nf_out_at(p, i), &a, nf_shift_at(p, j->dt, j->xb, j->isz, i));
         }
-        nf_store(out, nf_out_at(p, i), &a, nf_shift_at(p, shift, xb, isz, i));
+        free(j->part);
+    }
+    if (j->rpart) {
+        nf_finish_range(p, j->rpart, per, j->lo, j->hi);
+        free(j->rpart);
     }
 }
 
 nf_status NF_FN(nf_moments)(const nf_plan *p, nf_dtype dt, const void *x, nf_dtype odt, void *mean,
                             void *var, double ddof, double *lo, double *hi, double *shifts, int nthreads)
 {
-    static const nf_rows_fn rows_of[] = {rows_f32, rows_f64, rows_f16, rows_bf16}; /* by nf_dtype */
-    static const nf_cols_fn cols_of[] = {cols_f32, cols_f64, cols_f16, cols_bf16};
-    static const nf_shift_fn shift_of[] = {shift_f32, shift_f64, shift_f16, shift_bf16};
-    static const nf_range_rows_fn range_rows_of[] = {range_rows_f32, range_rows_f64, range_rows_f16,
-                                                     range_rows_bf16};
-    static const nf_range_cols_fn range_cols_of[] = {range_cols_f32, range_cols_f64, range_cols_f16,
-                                                     range_cols_bf16};
     const int64_t isz = nf_itemsize(dt);
     if (!isz || (odt != NF_F32 && odt != NF_F64))
         return NF_EINVAL;
-    const nf_rows_fn rows = rows_of[dt];
-    const nf_cols_fn cols = cols_of[dt];
-    const nf_shift_fn shift = shift_of[dt];
-    const nf_out out = {odt, mean, var, shifts, ddof};
     const int64_t n_out = p->o.size * p->k;
+    nf_mjob j = {p, dt, (const char *)x + p->x_offset * isz, isz, n_out, {odt, mean, var, shifts, ddof}, lo, hi,
+                 n_out * p->count >= NF_PARALLEL_MIN ? nthreads : 1, NULL, NULL, 1, 1};
     if (n_out == 0)
         return NF_OK;
     if (p->count == 0) {
         const nf_acc empty = {0, 0, 0};
         for (int64_t i = 0; i < n_out; i++) {
-            nf_store(&out, nf_out_at(p, i), &empty, 0);
+            nf_store(&j.out, nf_out_at(p, i), &empty, 0);
             if (lo)
                 lo[nf_out_at(p, i)] = hi[nf_out_at(p, i)] = NAN;
         }
         return NF_OK;
     }
-    const char *xb = (const char *)x + p->x_offset * isz;
-    const int nt = (int64_t)n_out * p->count >= NF_PARALLEL_MIN ? nthreads : 1;
-    const int64_t R1 = p->r1.size;
-    int64_t n_chunks, items, group = 1;
-    nf_acc *part = NULL;
-    double *rpart = NULL; /* (min, max) per statistic and chunk, laid out as part, when asked for */
     const int short_rows = p->k == 1 && p->r2 > 1 && p->r2 <= NF_SHORT_ROW && p->r2_stride == 1 &&
                            p->o.ndim > 0 && p->o.stride[p->o.ndim - 1] == p->r2;
-
-    if (p->k == 1 && !short_rows) {
-        /* Row mode: chunk = (rows of R1) x (a stretch of R2). */
-        const nf_rows rw = nf_row_work(R1, p->r2);
-        n_chunks = rw.n_chunks;
-        items = n_out * n_chunks;
-        if ((n_chunks > 1 && !(part = malloc((size_t)items * sizeof *part))) ||
-            (lo && !(rpart = malloc((size_t)items * 2 * sizeof *rpart)))) {
-            free(part);
-            return NF_ENOMEM;
-        }
-        const nf_range_rows_fn range_rows = range_rows_of[dt];
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1 && items > 1)
-        for (int64_t w = 0; w < items; w++) {
-            const nf_row_item it = nf_row_at(&rw, w);
-            nf_iter oi;
-            nf_iter_init(&oi, &p->o, it.o);
-            nf_acc a = {0, 0, 0};
-            const double K = shift(xb + oi.off * isz);
-            rows(p, xb + oi.off * isz, K, it.ra, it.rb, it.ca, it.cb, &a);
-            if (rpart) /* the same elements again, now in cache */
-                range_rows(p, xb + oi.off * isz, it.ra, it.rb, it.ca, it.cb, isfinite(a.mean) && isfinite(a.m2),
-                           &rpart[2 * w], &rpart[2 * w + 1]);
-            if (part)
-                part[w] = a;
-            else
-                nf_store(&out, p->out_offset + oi.ooff, &a, K);
-        }
-    } else {
-        /* Column mode: chunk = (rows of R1) x (a tile of at most NF_KTILE columns of K). Short
-         * contiguous rows whose statistics sit side by side (group norm channels-last: R2 = C/G) run
-         * here too, as K' = (innermost O axis) * R2 columns; each statistic is then the merge of R2
-         * adjacent columns. */
-        nf_plan q = *p;
-        const int64_t last = p->o.ndim - 1;
-        if (p->k == 1)
-            q.o.ndim--, q.o.size /= p->o.shape[last], q.k = p->o.shape[last] * p->r2, q.k_stride = 1, q.r2 = 1;
-        group = p->k == 1 ? p->r2 : 1;
-        const nf_cols cw = nf_col_work(q.k, R1);
-        n_chunks = cw.n_chunks;
-        items = q.o.size * n_chunks * cw.n_tiles;
-        const int64_t n_part = n_out * group * n_chunks;
-        if (((n_chunks > 1 || group > 1) && !(part = malloc((size_t)n_part * sizeof *part))) ||
-            (lo && !(rpart = malloc((size_t)n_part * 2 * sizeof *rpart)))) {
-            free(part);
-            return NF_ENOMEM;
-        }
-        const nf_range_cols_fn range_cols = range_cols_of[dt];
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1 && items > 1)
-        for (int64_t w = 0; w < items; w++) {
-            const nf_col_item it = nf_col_at(&cw, w);
-            double n = 0, mu[NF_KTILE], m2[NF_KTILE], K[NF_KTILE];
-            nf_iter oi;
-            nf_iter_init(&oi, &q.o, it.o);
-            cols(&q, xb + (oi.off + it.k0 * q.k_stride) * isz, group, it.k0 % group, it.ra, it.rb, it.nk, K, &n, mu,
-                 m2);
-            if (rpart) { /* the same block again, now in cache */
-                double l[NF_KTILE], h[NF_KTILE];
-                range_cols(&q, xb + (oi.off + it.k0 * q.k_stride) * isz, it.ra, it.rb, it.nk, mu, m2, l, h);
-                for (int64_t k = 0; k < it.nk; k++) {
-                    const int64_t c = (it.o * q.k + it.k0 + k) * n_chunks + it.ch;
-                    rpart[2 * c] = l[k], rpart[2 * c + 1] = h[k];
-                }
-            }
-            for (int64_t k = 0; k < it.nk; k++) {
-                const nf_acc a = {n, mu[k], m2[k]};
-                const int64_t i = it.o * q.k + it.k0 + k;
-                if (part)
-                    part[i * n_chunks + it.ch] = a;
-                else
-                    nf_store(&out, q.out_offset + oi.ooff + (it.k0 + k) * q.k_ostride, &a, K[k]);
-            }
-        }
-    }
-    if (part) {
-        nf_finish(p, shift, xb, isz, &out, part, group, n_chunks, nt);
-        free(part);
-    }
-    if (rpart) {
-        nf_finish_range(p, rpart, group * n_chunks, lo, hi);
-        free(rpart);
-    }
-    return NF_OK;
-}
-
-typedef void (*nf_rownorm_fn)(const void *, void *, int64_t, const nf_rowspec *, int64_t);
-
-/* Rows [r0, r1) of the plan, in order. */
-static void nf_rownorm_range(nf_rownorm_fn row, const nf_plan *p, const char *xb, char *yb, int64_t isz,
-                             const nf_rowspec *sp, int64_t r0, int64_t r1)
-{
-    nf_iter oi;
-    nf_iter_init(&oi, &p->o, r0);
-    for (int64_t r = r0; r < r1; r++, nf_iter_next(&oi, &p->o))
-        row(xb + oi.off * isz, yb + oi.yoff * isz, p->r2, sp, r);
-}
-
-nf_status NF_FN(nf_rownorm)(const nf_plan *p, nf_dtype dt, const void *x, void *y, const nf_rowspec *sp,
-                            int nthreads)
-{
-    static const nf_rownorm_fn rows_of[] = {rownorm_f32, rownorm_f64, rownorm_f16, rownorm_bf16};
-    const int64_t isz = nf_itemsize(dt);
-    if (!isz)
-        return NF_EINVAL;
-    const nf_rownorm_fn row = rows_of[dt];
-    if (p->k != 1 || p->r1.size != 1 || p->r2 < 2 || p->r2_stride != 1 || p->r2_ystride != 1)
-        return NF_EINVAL; /* rows must be contiguous in x and y */
-    const int64_t rows = p->o.size, n = p->r2;
-    if (sp->seg < 1 || n % sp->seg || sp->period < 1 || (sp->seg == 1 && sp->act != NF_ACT_NONE) ||
-        (!sp->mean != !sp->var) || (unsigned)sp->kind > NF_ROW_L2 || (sp->mean && sp->kind == NF_ROW_L2))
-        return NF_EINVAL;
-    if (sp->max_threads > 0 && sp->max_threads < nthreads)
-        nthreads = sp->max_threads;
-    const int nt = rows * n >= NF_PARALLEL_MIN && rows > 1 ? nthreads : 1;
-    const char *xb = (const char *)x + p->x_offset * isz;
-    char *yb = (char *)y + p->y_offset * isz;
-    if (nt == 1) { /* small calls skip the OpenMP region: it costs more than the rows */
-        nf_rownorm_range(row, p, xb, yb, isz, sp, 0, rows);
-        return NF_OK;
-    }
-#pragma omp parallel for schedule(static) num_threads(nt)
-    for (int t = 0; t < nt; t++)
-        nf_rownorm_range(row, p, xb, yb, isz, sp, rows * t / nt, rows * (t + 1) / nt);
-    return NF_OK;
+    const nf_status st = p->k == 1 && !short_rows ? nf_moments_rows(&j) : nf_moments_cols(&j);
+    if (st == NF_OK)
+        nf_finish(&j);
+    return st;
 }

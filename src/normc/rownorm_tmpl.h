@@ -1,8 +1,10 @@
-/* Fused row norms for one storage type, instantiated by moments.c after moments_tmpl.h through
- * each_dtype.h (which lists the parameters); where NF_VSTORE is not defined, rows store scalar. */
+/* Fused row norms for one storage type, instantiated by rownorm.c through each_dtype.h (which lists the
+ * parameters); where NF_VSTORE is not defined, rows store scalar. */
 
 #define NF_NAME2(a, b) a##_##b
 #define NF_NAME(a, b) NF_NAME2(a, b)
+
+#include "block_tmpl.h"
 
 /* Sum of squares of n <= NF_BLOCK contiguous elements, each scaled by up: 1 (a constant once inlined) or
  * NF_TINY_UP. No cancellation: no shift needed. */
