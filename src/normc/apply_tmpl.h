@@ -1,5 +1,5 @@
 /* Apply-pass rows for one storage type, instantiated by apply.c through each_dtype.h (which lists the
- * parameters); where NF_VSTORE is not defined, rows run scalar. */
+ * parameters); where NF_HAS_VSTORE is 0, rows run scalar. */
 
 #define NF_NAME2(a, b) a##_##b
 #define NF_NAME(a, b) NF_NAME2(a, b)
@@ -23,7 +23,7 @@ static NF_INLINE void NF_NAME(row_body, NF_TAG)(const NF_T *x, int64_t xs, NF_T 
 {
     for (int64_t r = 0; r < nr; r++, x += xr, y += yr) {
         int64_t j = 0;
-#ifdef NF_VSTORE
+#if NF_HAS_VSTORE
         if (xs == 1 && ys == 1 && act <= NF_ACT_RELU && (ps == 0 || ps == 1)) {
             const NF_V z = {0};
             const NF_V s0 = z + s[0], a0 = z + a[0], c0 = z + c[0]; /* one group along the row (ps == 0) */

@@ -1,13 +1,19 @@
 /* Backward kernels for one storage type, instantiated by backward.c through each_dtype.h (which lists
- * the parameters; NF_VSTORE, where defined, turns on the vector paths). Notation: z = (x - s) * a + c is
- * the forward's pre-activation, s the mean rounded to NF_A; g = dy * act'(z). dy is laid out like x. */
+ * the parameters). Notation: z = (x - s) * a + c is the forward's pre-activation, s the mean rounded to
+ * NF_A; g = dy * act'(z). dy is laid out like x. */
 
 #define NF_NAME2(a, b) a##_##b
 #define NF_NAME(a, b) NF_NAME2(a, b)
 
+/* The store-free vector sums (red_seg, red_cols, rowgrad's first pass) need only NF_VLOAD, which every
+ * type has, but are on only where stores are too: the half types sum scalar here, as they did when one
+ * macro meant both. Turning them on for the half types changes their summation order, so it is a change
+ * of results, left to the work on half-type speed. */
+#define NF_VEC_SUMS NF_HAS_VSTORE
+
 #include "block_tmpl.h"
 
-#ifdef NF_VSTORE
+#if NF_VEC_SUMS || NF_HAS_VSTORE
 static NF_INLINE NF_V NF_NAME(vat, NF_TAG)(const NF_A *p)
 {
     NF_V v;
@@ -54,7 +60,7 @@ static NF_INLINE void NF_NAME(red_seg, NF_TAG)(const NF_T *x, const NF_T *dy, in
         const int64_t e = n - b < NF_BLOCK ? n : b + NF_BLOCK;
         NF_A tg = 0, td = 0;
         int64_t j = b;
-#ifdef NF_VSTORE
+#if NF_VEC_SUMS
         if (xs == 1 && act <= NF_ACT_RELU) {
             const NF_V z = {0}, sv = z + s, av = z + a, cv = z + c;
             NF_V g0 = z, g1 = z, d0 = z, d1 = z;
@@ -108,7 +114,7 @@ static NF_INLINE void NF_NAME(red_cols_body, NF_TAG)(const nf_plan *p, const NF_
                                                      const NF_A *c, double *sg, double *sd, int act)
 {
     const int64_t ks = p->k_stride;
-#ifdef NF_VSTORE
+#if NF_VEC_SUMS
     const int64_t nv = ks == 1 && act <= NF_ACT_RELU ? nk - nk % NF_W : 0; /* columns handled by vectors */
 #endif
     NF_A tg[NF_KTILE], td[NF_KTILE];
@@ -121,7 +127,7 @@ static NF_INLINE void NF_NAME(red_cols_body, NF_TAG)(const nf_plan *p, const NF_
         for (int64_t r = r0; r < r1; r++, nf_iter_next(&it, &p->r1)) {
             const NF_T *xr = x + it.off, *dr = dy + it.off;
             int64_t k = 0;
-#ifdef NF_VSTORE
+#if NF_VEC_SUMS
             for (; k < nv; k += NF_W) {
                 const NF_V u = NF_VLOAD(xr + k) - NF_NAME(vat, NF_TAG)(s + k);
                 NF_V e = NF_VLOAD(dr + k);
@@ -171,7 +177,7 @@ static NF_INLINE void NF_NAME(gx_body, NF_TAG)(const NF_T *x, const NF_T *dy, in
     const NF_A *s = q[0], *a = q[1], *c = q[2], *P = q[3], *M = q[4], *Q = q[5], *R = q[6];
     for (int64_t r = 0; r < nr; r++, x += xr, dy += xr, y += yr) {
         int64_t j = 0;
-#ifdef NF_VSTORE
+#if NF_HAS_VSTORE
         if (xs == 1 && ys == 1 && act <= NF_ACT_RELU && (ps == 0 || ps == 1)) {
             const NF_V z = {0};
             NF_V sv = z + s[0], av = z + a[0], cv = z + c[0], Pv = z + P[0], Mv = z + M[0], Qv = z + Q[0];
@@ -302,7 +308,7 @@ static NF_INLINE void NF_NAME(rowgrad_body, NF_TAG)(const NF_T *x, const NF_T *d
             const int64_t e = n - b < NF_BLOCK ? n : b + NF_BLOCK;
             NF_A tg = 0, td = 0;
             int64_t j = b;
-#ifdef NF_VSTORE
+#if NF_VEC_SUMS
             const NF_V z = {0}, sv = z + s;
             NF_V g0 = z, d0 = z;
             for (; j + NF_W <= e; j += NF_W) {
@@ -343,7 +349,7 @@ static NF_INLINE void NF_NAME(rowgrad_body, NF_TAG)(const NF_T *x, const NF_T *d
         const NF_A R = (NF_A)(rs * ((double)M - k1) - rs * (rs * k2) * dm);
         const NF_A rf = (NF_A)rs, cc = (NF_A)(dm * rs); /* xhat = (x - s) * rf + cc */
         int64_t j = 0;
-#ifdef NF_VSTORE
+#if NF_HAS_VSTORE
         const NF_V z = {0}, sv = z + s, Pv = z + P, Mv = z + M, Qv = z + Q, Rv = z + R, rv = z + rf, cv = z + cc;
         for (; j + NF_W <= n; j += NF_W) {
             const NF_V d = NF_VLOAD(dr + j), u = NF_VLOAD(xr + j) - sv;
