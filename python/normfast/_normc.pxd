@@ -2,7 +2,8 @@
 from libc.stdint cimport int64_t
 
 cdef extern from "normc.h" nogil:
-    int NF_MAXDIM
+    enum: NF_MAXDIM
+    enum: NF_MAX_SLOTS
     ctypedef enum nf_dtype:
         NF_F32
         NF_F64
@@ -71,6 +72,19 @@ cdef extern from "normc.h" nogil:
         double *sum_g
         double *sum_gxhat
     nf_status nf_seg_grad(nf_dtype dtype, const void *x, const void *dy, void *gx, const nf_seggrad *spec)
+    ctypedef struct nf_coefspec:
+        int64_t n, period
+        const double *mean
+        const double *var
+        double eps
+        const void *weight
+        const void *bias
+        nf_dtype dtype
+        void *shift
+        void *scale
+        void *offset
+    nf_status nf_coefficients(const nf_coefspec *spec, int *fits)
+    void nf_centrings(int64_t n, const double *s, const double *mean, const double *a, double *out)
     void nf_set_num_threads(int n)
     int nf_get_num_threads()
     void nf_cap_threads_here(int n)

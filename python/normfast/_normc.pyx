@@ -3,13 +3,13 @@
 calls normc. Every argument is checked in functional.py; this layer only refuses what C cannot take."""
 cimport numpy as cnp
 import numpy as np
-from libc.float cimport FLT_MAX
-from libc.math cimport fabs, isfinite, sqrt
+
 from libc.stdint cimport int64_t
 
 cnp.import_array()
 
 ISA_NAMES = tuple(nf_isa_name(<nf_isa>i).decode() for i in range(NF_ISA_COUNT))
+MAX_SLOTS = NF_MAX_SLOTS
 DTYPE_CODES = {"float32": NF_F32, "float64": NF_F64, "float16": NF_F16, "bfloat16": NF_BF16}
 
 
@@ -42,11 +42,11 @@ cdef int _plan(nf_plan *plan, cnp.ndarray x, tuple reduce, object stats, object 
     on the reduced axes (statistics, or the parameters of the apply pass). y: None, or an output of x's
     shape and item size. Strides must be multiples of the item sizes (functional.py makes sure)."""
     cdef int nd = cnp.PyArray_NDIM(x), i
-    cdef int64_t shape[64]
-    cdef int64_t strides[64]
-    cdef int64_t ostrides[64]
-    cdef int64_t ystrides[64]
-    cdef unsigned char red[64]
+    cdef int64_t shape[NF_MAXDIM]
+    cdef int64_t strides[NF_MAXDIM]
+    cdef int64_t ostrides[NF_MAXDIM]
+    cdef int64_t ystrides[NF_MAXDIM]
+    cdef unsigned char red[NF_MAXDIM]
     cdef cnp.ndarray sa = stats if stats is not None else x
     cdef Py_ssize_t isz = cnp.PyArray_ITEMSIZE(x), osz = cnp.PyArray_ITEMSIZE(sa)
     cdef cnp.ndarray ya = None
@@ -242,14 +242,18 @@ cdef bint _meet(cnp.ndarray a, object b):
     return alo < bhi and blo < ahi
 
 
+cdef enum:
+    MEET_MAX = 64  # arrays extents_meet compares in one call (more than any public call passes)
+
+
 def extents_meet(list arrays, Py_ssize_t n_written):
     """The pairs (i, j), i < n_written and i < j, of the ndarrays in `arrays` whose spans of memory meet:
     the only pairs that can share an element (numpy.may_share_memory's test, for all pairs in one call)."""
     cdef Py_ssize_t n = len(arrays), i, j
-    if n > 64:
-        raise ValueError("normfast: extents_meet takes at most 64 arrays")
-    cdef char *lo[64]
-    cdef char *hi[64]
+    if n > MEET_MAX:
+        raise ValueError(f"normfast: extents_meet takes at most {MEET_MAX} arrays")
+    cdef char *lo[MEET_MAX]
+    cdef char *hi[MEET_MAX]
     for i in range(n):
         _extent(<cnp.ndarray?>arrays[i], &lo[i], &hi[i])
     pairs = []
@@ -335,14 +339,13 @@ def segnorm(cnp.ndarray x not None, int dtype_code, cnp.ndarray y not None, Py_s
 
 def coefficients(cnp.ndarray mean not None, cnp.ndarray var not None, double eps, weight, bias,
                  cnp.ndarray shift not None, cnp.ndarray scale not None, cnp.ndarray offset not None):
-    """The apply pass's (s, a, c) from statistics: a = weight / sqrt(var + eps), s = mean rounded to the
-    parameters' dtype, c = bias + (s - mean) * a, which puts that rounding back. mean and var: contiguous
+    """The apply pass's (s, a, c) from statistics (nf_coefficients): a = weight / sqrt(var + eps), s = mean
+    rounded to the parameters' dtype, c = bias + (s - mean) * a, which puts that rounding back. mean and var: contiguous
     float64 of M values; weight and bias: None or contiguous vectors of P values in the outputs' dtype,
     statistic i taking entry i % P; shift, scale, offset: contiguous outputs of M values, all float32 or
     all float64. Returns whether every float32 coefficient kept its value's range (False: a scale or
     offset past float32's, as subnormal data with a tiny eps gives; the caller then applies in float64)."""
-    cdef Py_ssize_t m = cnp.PyArray_SIZE(mean), p = 1, i
-    cdef bint fits = True
+    cdef Py_ssize_t m = cnp.PyArray_SIZE(mean), p = 1
     cdef bint f64 = cnp.PyArray_TYPE(shift) == cnp.NPY_FLOAT64
     cdef int typenum = cnp.NPY_FLOAT64 if f64 else cnp.NPY_FLOAT32
     cdef cnp.ndarray arr
@@ -361,32 +364,27 @@ def coefficients(cnp.ndarray mean not None, cnp.ndarray var not None, double eps
                     and m % cnp.PyArray_SIZE(arr) == 0):
                 raise ValueError("normfast: weight and bias must be contiguous vectors dividing the statistics")
             p = cnp.PyArray_SIZE(arr)
-    cdef const double *pm = <const double *>cnp.PyArray_DATA(mean)
-    cdef const double *pv = <const double *>cnp.PyArray_DATA(var)
-    cdef const char *pw = <const char *>_data_or_null(weight)
-    cdef const char *pb = <const char *>_data_or_null(bias)
-    cdef char *ps = <char *>cnp.PyArray_DATA(shift)
-    cdef char *pa = <char *>cnp.PyArray_DATA(scale)
-    cdef char *pc = <char *>cnp.PyArray_DATA(offset)
-    cdef double a, sh, w, b, cc
-    for i in range(m):
-        w = 1.0 if pw == NULL else ((<const double *>pw)[i % p] if f64 else (<const float *>pw)[i % p])
-        b = 0.0 if pb == NULL else ((<const double *>pb)[i % p] if f64 else (<const float *>pb)[i % p])
-        a = w / sqrt(pv[i] + eps)
-        if f64:
-            (<double *>ps)[i] = pm[i]
-            (<double *>pa)[i] = a
-            (<double *>pc)[i] = b
-        else:
-            sh = <float>pm[i]
-            (<float *>ps)[i] = <float>sh
-            cc = b + (sh - pm[i]) * a
-            (<float *>pa)[i] = <float>a
-            (<float *>pc)[i] = <float>cc
-            # past float's range where the double is finite (NaN statistics pass: NaN either way)
-            if (fabs(a) > FLT_MAX and isfinite(a)) or (fabs(cc) > FLT_MAX and isfinite(cc)):
-                fits = False
-    return fits
+    cdef nf_coefspec spec
+    cdef int fits = 1
+    spec.n, spec.period, spec.eps, spec.dtype = m, p, eps, NF_F64 if f64 else NF_F32
+    spec.mean = <const double *>cnp.PyArray_DATA(mean)
+    spec.var = <const double *>cnp.PyArray_DATA(var)
+    spec.weight, spec.bias = _data_or_null(weight), _data_or_null(bias)
+    spec.shift, spec.scale, spec.offset = cnp.PyArray_DATA(shift), cnp.PyArray_DATA(scale), cnp.PyArray_DATA(offset)
+    _check(nf_coefficients(&spec, &fits))
+    return bool(fits)
+
+
+def centrings(s, mean, a):
+    """(s - mean) * a elementwise in float64 (nf_centrings), the three of one shape: what centring an apply
+    pass on s rather than on the mean adds to its offset."""
+    s, mean, a = (np.ascontiguousarray(v, dtype=np.float64) for v in (s, mean, a))
+    if not s.shape == mean.shape == a.shape:
+        raise ValueError("normfast: centrings takes arrays of one shape")
+    cdef cnp.ndarray out = np.empty(s.shape)
+    nf_centrings(cnp.PyArray_SIZE(out), <const double *>cnp.PyArray_DATA(s), <const double *>cnp.PyArray_DATA(mean),
+                 <const double *>cnp.PyArray_DATA(a), <double *>cnp.PyArray_DATA(out))
+    return out
 
 
 cdef int _stats_like(cnp.ndarray ref, tuple arrays, int typenum, bint writeable, str what) except -1:
@@ -460,7 +458,7 @@ def seg_grad(cnp.ndarray x not None, cnp.ndarray dy not None, int dtype_code, cn
     float64, rows * nslot."""
     _stats_like(x, (x, dy), cnp.PyArray_TYPE(x), False, "x and grad_out")
     _stats_like(x, (gx,), cnp.PyArray_TYPE(x), True, "grad_x")
-    if rows < 0 or nseg < 1 or length < 1 or nslot < 1 or nslot > 256 or period < 1 or row_stride < 0 or \
+    if rows < 0 or nseg < 1 or length < 1 or nslot < 1 or nslot > NF_MAX_SLOTS or period < 1 or row_stride < 0 or \
             seg_stride < 0 or (rows > 0 and (rows - 1) * row_stride + (nseg - 1) * seg_stride + length > cnp.PyArray_SIZE(x)):
         raise ValueError("normfast: seg_grad's groups do not fit in x")
     cdef object pdt = np.float64 if dtype_code == NF_F64 else np.float32

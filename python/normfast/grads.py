@@ -81,12 +81,12 @@ def _channel_backward(x, dy, code, gx, keep, mean, rstd, weight, bias, activatio
     reduce = tuple(i not in keep for i in range(x.ndim))
     w = 1.0 if weight is None else weight.astype(np.float64).reshape(norms._layout(x.ndim, {c: x.shape[c]}))
     b = 0.0 if bias is None else bias.astype(np.float64).reshape(norms._layout(x.ndim, {c: x.shape[c]}))
-    # The forward's apply parameters, z = (x - s) * a + cc: s is the mean rounded to pdt and cc puts that
-    # rounding back, so x - mean = (x - s) + (s - mean) exactly enough in float64.
+    # The forward's apply parameters, z = (x - s) * a + c1, by the engine's centring rule: s is the mean
+    # rounded to pdt and c1 puts that rounding back (x - mean = (x - s) + dm).
     s = mean.astype(pdt)
     dm = s.astype(np.float64) - mean
     a64 = w * rstd
-    c1 = b + dm * a64
+    c1 = b + _normc.centrings(s, mean, np.broadcast_to(a64, shape))
     if not _fit(pdt, a64, c1):
         return _in_float64(x, dy, gx, keep, mean, rstd, weight, bias, activation, terms)
     params = [s, np.broadcast_to(a64, shape).astype(pdt), np.broadcast_to(c1, shape).astype(pdt)]
@@ -112,7 +112,7 @@ def _channel_backward(x, dy, code, gx, keep, mean, rstd, weight, bias, activatio
     # rounding M goes back into R'. z keeps its value with s2 as its shift.
     P, R = (np.broadcast_to(v, shape) for v in (a64, R))
     M = np.divide(-R, P, out=np.zeros(shape), where=P != 0).astype(pdt)
-    c2, R2 = b + (s2.astype(np.float64) - mean) * a64, R + P * M
+    c2, R2 = b + _normc.centrings(s2, mean, P), R + P * M
     if not _fit(pdt, c2, Q, R2):
         return _in_float64(x, dy, gx, keep, mean, rstd, weight, bias, activation, terms)
     params = [s2, params[1], np.broadcast_to(c2, shape).astype(pdt), P.astype(pdt), M, Q.astype(pdt), R2.astype(pdt)]
@@ -168,7 +168,7 @@ def _segments(x, c, kind, groups):
     else:
         cg = C // groups
         geometry = (N * groups, cg * L, cg, L, L, cg, groups)
-    ok = L >= _SEG_MIN_LEN and geometry[0] >= _SEG_MIN_GROUPS and geometry[5] <= 256
+    ok = L >= _SEG_MIN_LEN and geometry[0] >= _SEG_MIN_GROUPS and geometry[5] <= _normc.MAX_SLOTS
     return geometry if ok else None
 
 

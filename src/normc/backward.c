@@ -155,7 +155,7 @@ nf_status NF_FN(nf_seg_grad)(nf_dtype dt, const void *x, const void *dy, void *g
                              int nthreads)
 {
     if (!nf_itemsize(dt) || sp->rows < 0 || sp->nseg < 1 || sp->len < 1 || sp->nslot < 1 ||
-        sp->nslot > NF_KTILE || sp->period < 1 || (!sp->mean != !sp->rstd))
+        sp->nslot > NF_MAX_SLOTS || sp->period < 1 || (!sp->mean != !sp->rstd))
         return NF_EINVAL;
     const __typeof__(seggrad_row_of[0]) row = seggrad_row_of[dt];
     const int nt = sp->rows * sp->nseg * sp->len >= NF_PARALLEL_MIN ? nthreads : 1;

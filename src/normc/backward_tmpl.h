@@ -251,7 +251,7 @@ static void NF_NAME(seggrad_row, NF_TAG)(const void *xv, const void *dyv, void *
         w[k] = sp->weight ? (double)((const NF_A *)sp->weight)[first + k] : 1;
         const double b = sp->bias ? (double)((const NF_A *)sp->bias)[first + k] : 0;
         a[k] = (NF_A)(w[k] * rs);
-        c[k] = (NF_A)(b + dm * w[k] * rs);
+        c[k] = (NF_A)(b + nf_centring(s, mu, w[k] * rs));
         sg[k] = sd[k] = 0;
     }
     for (int64_t j = 0; j < sp->nseg; j++) {
@@ -347,7 +347,7 @@ static NF_INLINE void NF_NAME(rowgrad_body, NF_TAG)(const NF_T *x, const NF_T *d
         }
         const NF_A P = (NF_A)rs, M = (NF_A)k1, Q = (NF_A)(-rs * (rs * k2));
         const NF_A R = (NF_A)(rs * ((double)M - k1) - rs * (rs * k2) * dm);
-        const NF_A rf = (NF_A)rs, cc = (NF_A)(dm * rs); /* xhat = (x - s) * rf + cc */
+        const NF_A rf = (NF_A)rs, cc = (NF_A)nf_centring(s, mu, rs); /* xhat = (x - s) * rf + cc */
         int64_t j = 0;
 #if NF_HAS_VSTORE
         const NF_V z = {0}, sv = z + s, Pv = z + P, Mv = z + M, Qv = z + Q, Rv = z + R, rv = z + rf, cv = z + cc;

@@ -95,6 +95,7 @@ static inline int64_t nf_itemsize(nf_dtype dt)
 
 #define NF_BLOCK 2048 /* elements reduced in NF_A while in L1 before the block's sums go to double */
 #define NF_KTILE 256  /* columns per column-mode work item */
+_Static_assert(NF_MAX_SLOTS <= NF_KTILE, "seg_grad keeps a slot's sums in NF_KTILE-long arrays");
 #define NF_RB 64      /* rows per column-mode block (moments: reread from L2 by its second pass) */
 
 /* Float sums of squares (block_tmpl.h): under NF_TINY_SQ per element, squares below float's normal range
@@ -167,6 +168,16 @@ static inline nf_col_item nf_col_at(const nf_cols *c, int64_t w)
     it.nk = c->K - it.k0 < c->ktile ? c->K - it.k0 : c->ktile;
     return it;
 }
+
+/* The centring rule of every apply pass. y = (x - mean) a + b is computed as y = (x - s) a + c, with s the
+ * mean rounded to the compute type (float for float32 and the half types) and
+ *     c = b + (s - mean) a,
+ * because (x - mean) = (x - s) + (s - mean): x - s is exact for data near the mean (Sterbenz), where a
+ * float64 mean could not be subtracted in float at all, and the rounding s - mean, exact in double, goes
+ * into the offset. nf_centring gives (s - mean) a; c adds b to it (coef.c; 0 in the row kernels, which add
+ * their bias after the weight). Python calls it through the binding (centrings), so every copy of the rule
+ * rounds alike. */
+static inline double nf_centring(double s, double mean, double a) { return (s - mean) * a; }
 
 typedef struct {
     double n, mean, m2;

@@ -107,8 +107,8 @@ static NF_COLD void NF_NAME(rownorm_wide, NF_TAG)(const NF_T *x, NF_T *y, int64_
 }
 
 /* One contiguous row r of n elements: statistics while it streams in, then the output while it is still
- * in cache, y = (x - s) * a + cc scaled and shifted by the parameters, s being the mean rounded to NF_A
- * and cc = (s - mean) * a putting its rounding back (RMS and L2: s = cc = 0). */
+ * in cache, y = (x - s) * a + cc scaled and shifted by the parameters, s and cc by internal.h's centring
+ * rule (RMS and L2: s = cc = 0). */
 static void NF_NAME(rownorm, NF_TAG)(const void *xv, void *yv, int64_t n, const nf_rowspec *sp, int64_t r)
 {
     const NF_T *x = (const NF_T *)xv;
@@ -144,7 +144,7 @@ static void NF_NAME(rownorm, NF_TAG)(const void *xv, void *yv, int64_t n, const 
         NF_NAME(rownorm_wide, NF_TAG)(x, y, n, mean, a64, sp, r);
         return;
     }
-    const NF_A s = (NF_A)mean, a = (NF_A)a64, cc = (NF_A)(((double)s - mean) * a64);
+    const NF_A s = (NF_A)mean, a = (NF_A)a64, cc = (NF_A)nf_centring(s, mean, a64);
     if (sp->seg > 1) { /* one weight and bias per segment: fold them into the segment's a and c */
         const int64_t nseg = n / sp->seg, base = (r % sp->period) * nseg;
         for (int64_t j = 0; j < nseg; j++) {

@@ -117,8 +117,9 @@ nf_status nf_grad_apply(const nf_plan *plan, nf_dtype dtype, const void *x, cons
  * keeps in contiguous segments), each group whole while its data is in cache: row r's segment j is the
  * `len` contiguous elements at r * row_stride + j * seg_stride (x, dy and gx alike), scaled by the
  * channel parameters at (r % period) * nslot + j % nslot. */
+#define NF_MAX_SLOTS 256 /* channel slots of one nf_seg_grad group */
 typedef struct {
-    int64_t rows, row_stride, nseg, seg_stride, len, nslot, period; /* nslot <= 256 */
+    int64_t rows, row_stride, nseg, seg_stride, len, nslot, period; /* nslot <= NF_MAX_SLOTS */
     const void *weight, *bias;  /* NULL or per channel, double for NF_F64 and float otherwise */
     const double *mean, *rstd;  /* per row, or NULL: computed here with eps */
     double eps;
@@ -135,6 +136,25 @@ typedef struct {
 } nf_rowgrad;
 nf_status nf_rownorm_grad(nf_dtype dtype, int64_t rows, int64_t n, const void *x, const void *dy, void *gx,
                           const nf_rowgrad *spec);
+
+/* The apply pass's coefficients (nf_apply's shift, scale and bias) from float64 statistics. For statistic
+ * i < n, with w and b entry i % period of weight and bias (1 and 0 where NULL): a = w / sqrt(var + eps),
+ * s = mean rounded to dtype and c = b + (s - mean) a, which puts that rounding back (nf_centrings). */
+typedef struct {
+    int64_t n, period;
+    const double *mean, *var; /* n values each */
+    double eps;
+    const void *weight, *bias; /* NULL or period values of dtype */
+    nf_dtype dtype;            /* NF_F32 or NF_F64: the outputs' and parameters' type */
+    void *shift, *scale, *offset; /* n values of dtype each */
+} nf_coefspec;
+/* *fits: 0 where a float32 scale or offset left float32's range while finite in float64 (subnormal data
+ * under a tiny eps); the caller then applies in float64. */
+nf_status nf_coefficients(const nf_coefspec *spec, int *fits);
+
+/* The centring rule elementwise: out = (s - mean) * a, the term that centring on s rather than on the mean
+ * adds to an apply pass's offset (y = (x - s) a + b + out equals (x - mean) a + b). All float64. */
+void nf_centrings(int64_t n, const double *s, const double *mean, const double *a, double *out);
 
 /* Chan's merge of part b into part a, element by element, in place: na and nb are the parts' counts,
  * mean the mean of x - shift (the engine's shifted frames, nf_moments' shift output) and m2 the sum of

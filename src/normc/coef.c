@@ -1,0 +1,47 @@
+/* The apply pass's coefficients from float64 statistics: the one home of the centring rule's use outside
+ * the kernels (internal.h's nf_centring). ISA-independent; built without FMA contraction, as backward.c
+ * is, so that b + (s - mean) a rounds the same in every build. */
+#include "internal.h"
+
+#include <float.h>
+
+/* Entry i of a float64 or float parameter vector, or `none` where it is NULL. */
+static double nf_param(const void *v, nf_dtype dt, int64_t i, double none)
+{
+    return !v ? none : dt == NF_F64 ? ((const double *)v)[i] : (double)((const float *)v)[i];
+}
+
+/* Whether a float64 value that is finite would be finite as a float (NaN passes: NaN either way). */
+static int nf_fits_float(double v) { return !(fabs(v) > FLT_MAX && isfinite(v)); }
+
+nf_status nf_coefficients(const nf_coefspec *sp, int *fits)
+{
+    if ((sp->dtype != NF_F32 && sp->dtype != NF_F64) || sp->n < 0 || sp->period < 1)
+        return NF_EINVAL;
+    int ok = 1;
+    for (int64_t i = 0; i < sp->n; i++) {
+        const double w = nf_param(sp->weight, sp->dtype, i % sp->period, 1);
+        const double b = nf_param(sp->bias, sp->dtype, i % sp->period, 0);
+        const double a = w / sqrt(sp->var[i] + sp->eps);
+        if (sp->dtype == NF_F64) {
+            ((double *)sp->shift)[i] = sp->mean[i];
+            ((double *)sp->scale)[i] = a;
+            ((double *)sp->offset)[i] = b; /* s = mean: no rounding to put back */
+            continue;
+        }
+        const float s = (float)sp->mean[i];
+        const double c = b + nf_centring(s, sp->mean[i], a);
+        ((float *)sp->shift)[i] = s;
+        ((float *)sp->scale)[i] = (float)a;
+        ((float *)sp->offset)[i] = (float)c;
+        ok &= nf_fits_float(a) && nf_fits_float(c);
+    }
+    *fits = ok;
+    return NF_OK;
+}
+
+void nf_centrings(int64_t n, const double *s, const double *mean, const double *a, double *out)
+{
+    for (int64_t i = 0; i < n; i++)
+        out[i] = nf_centring(s[i], mean[i], a[i]);
+}
