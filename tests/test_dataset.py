@@ -20,7 +20,7 @@ import normfast
 from normfast import __main__ as cli
 from normfast import _checks, _normc, reference
 
-from conftest import ISAS, use_isa, use_threads
+from helpers import ISAS, use_isa, use_threads
 
 SETTINGS = settings(max_examples=60, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])

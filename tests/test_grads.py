@@ -11,8 +11,7 @@ from hypothesis import strategies as st
 
 import normfast
 
-from conftest import ISAS, use_isa, use_threads
-from test_norms import ACTS, norm_inputs
+from helpers import ACTS, ISAS, norm_inputs, use_isa, use_threads
 
 SETTINGS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

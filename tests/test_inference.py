@@ -11,7 +11,7 @@ from torch import nn
 import normfast
 from normfast import reference
 
-from conftest import ISAS, use_isa
+from helpers import ISAS, use_isa
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 DTYPES = [np.float32, np.float64, np.float16, ml_dtypes.bfloat16]

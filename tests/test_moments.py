@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 import normfast
 from normfast import reference
 
-from conftest import ISAS, tolerance, use_isa, use_threads
+from helpers import ISAS, tolerance, use_isa, use_threads
 
 DTYPES = [np.float32, np.float64, np.float16, ml_dtypes.bfloat16]
 

@@ -1,5 +1,4 @@
 """batch_norm, instance_norm and group_norm against the float64 reference and against PyTorch."""
-import ml_dtypes
 import numpy as np
 import pytest
 import torch
@@ -10,21 +9,7 @@ from hypothesis import strategies as st
 import normfast
 from normfast import norms, reference
 
-from conftest import ISAS, use_isa
-
-DTYPES = [np.float32, np.float64, np.float16, ml_dtypes.bfloat16]
-ACTS = [None, "relu", "sigmoid", "silu"]
-
-# Output tolerance relative to the output's scale: the computation is float32 (float64 for float64),
-# then rounded to the output dtype.
-Y_TOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 2e-5, np.dtype(np.float16): 2e-3,
-         np.dtype(ml_dtypes.bfloat16): 1.6e-2}
-
-
-def assert_close_y(y, ref, dtype):
-    assert y.dtype == np.dtype(dtype) and y.shape == ref.shape
-    tol = Y_TOL[np.dtype(dtype)]
-    np.testing.assert_allclose(np.asarray(y, np.float64), ref, rtol=tol, atol=tol * max(1.0, np.abs(ref).max(initial=0)))
+from helpers import ACTS, DTYPES, ISAS, assert_close_y, norm_inputs, use_isa
 
 
 def assert_close_running(got, want):
@@ -32,26 +17,6 @@ def assert_close_running(got, want):
     for g, w in zip(got, want):
         rtol = 1e-12 if g.dtype == np.float64 else 2e-6
         np.testing.assert_allclose(g, w, rtol=rtol, atol=rtol)
-
-
-@st.composite
-def norm_inputs(draw, min_spatial=1):
-    """(x, axis, C): a strided view of rank 2-5 whose channel axis is 1 or last."""
-    ndim = draw(st.integers(2, 5))
-    n = draw(st.integers(1, 4))
-    c = draw(st.sampled_from([1, 2, 3, 4, 6, 8]))
-    spatial = draw(st.lists(st.integers(1, 7), min_size=ndim - 2, max_size=ndim - 2))
-    if np.prod(spatial) < min_spatial:
-        spatial = spatial[:-1] + [min_spatial] if spatial else spatial
-    last = draw(st.booleans())
-    shape = [n] + ([] if last else [c]) + spatial + ([c] if last else [])
-    steps = draw(st.lists(st.sampled_from([1, 1, 2, -1]), min_size=ndim, max_size=ndim))
-    dtype = draw(st.sampled_from(DTYPES))
-    offset = draw(st.sampled_from([0.0, 5.0, -300.0]))
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    base = (rng.standard_normal([s * abs(k) for s, k in zip(shape, steps)]) * 2 + offset).astype(dtype)
-    x = base[tuple(slice(None, None, k) for k in steps)]
-    return x, (ndim - 1 if last else 1) - (ndim if last and draw(st.booleans()) else 0), c
 
 
 def params(c, affine, seed=0):

@@ -10,8 +10,7 @@ from hypothesis import strategies as st
 import normfast
 from normfast import _normc, norms, reference
 
-from conftest import ISAS, use_isa
-from test_norms import assert_close_y
+from helpers import ISAS, assert_close_y, use_isa
 
 DTYPES = [np.float32, np.float64, np.float16, ml_dtypes.bfloat16]
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 import normfast
 from normfast import reference
 
-from conftest import ISAS, use_isa
+from helpers import ISAS, use_isa
 
 SETTINGS = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -1,0 +1,80 @@
+"""What the test files share: the ISA levels and the context managers that switch them and the thread
+count, the tolerances and input strategies of the norm tests, and the one check of a bad argument."""
+import contextlib
+
+import ml_dtypes
+import numpy as np
+from hypothesis import strategies as st
+
+import normfast
+from normfast import _normc
+
+# --- ISA levels and threads ------------------------------------------------------------------------
+
+# Every ISA level this CPU can run, up to the NORMFAST_ISA cap (the level in use at import): each
+# cross-check runs under all of them.
+_CAP = _normc.ISA_NAMES.index(_normc.get_isa())
+ISAS = tuple(i for i in _normc.isa_supported() if _normc.ISA_NAMES.index(i) <= _CAP)
+
+
+@contextlib.contextmanager
+def use_isa(name):
+    before = _normc.get_isa()
+    assert _normc.set_isa(name) == name
+    try:
+        yield
+    finally:
+        _normc.set_isa(before)
+
+
+@contextlib.contextmanager
+def use_threads(n):
+    before = normfast.get_num_threads()
+    normfast.set_num_threads(n)
+    try:
+        yield
+    finally:
+        normfast.set_num_threads(before)
+
+
+def tolerance(dtype):
+    """Relative error allowed against the float64 reference, per input dtype. Half types are computed in
+    float32 from their exact values, so they get float32's tolerance."""
+    return 1e-12 if np.dtype(dtype) == np.float64 else 2e-5
+
+
+# --- the norms' inputs and tolerances --------------------------------------------------------------
+
+DTYPES = [np.float32, np.float64, np.float16, ml_dtypes.bfloat16]
+ACTS = [None, "relu", "sigmoid", "silu"]
+
+# Output tolerance relative to the output's scale: the computation is float32 (float64 for float64),
+# then rounded to the output dtype.
+Y_TOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 2e-5, np.dtype(np.float16): 2e-3,
+         np.dtype(ml_dtypes.bfloat16): 1.6e-2}
+
+
+def assert_close_y(y, ref, dtype):
+    assert y.dtype == np.dtype(dtype) and y.shape == ref.shape
+    tol = Y_TOL[np.dtype(dtype)]
+    np.testing.assert_allclose(np.asarray(y, np.float64), ref, rtol=tol, atol=tol * max(1.0, np.abs(ref).max(initial=0)))
+
+
+@st.composite
+def norm_inputs(draw, min_spatial=1):
+    """(x, axis, C): a strided view of rank 2-5 whose channel axis is 1 or last."""
+    ndim = draw(st.integers(2, 5))
+    n = draw(st.integers(1, 4))
+    c = draw(st.sampled_from([1, 2, 3, 4, 6, 8]))
+    spatial = draw(st.lists(st.integers(1, 7), min_size=ndim - 2, max_size=ndim - 2))
+    if np.prod(spatial) < min_spatial:
+        spatial = spatial[:-1] + [min_spatial] if spatial else spatial
+    last = draw(st.booleans())
+    shape = [n] + ([] if last else [c]) + spatial + ([c] if last else [])
+    steps = draw(st.lists(st.sampled_from([1, 1, 2, -1]), min_size=ndim, max_size=ndim))
+    dtype = draw(st.sampled_from(DTYPES))
+    offset = draw(st.sampled_from([0.0, 5.0, -300.0]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    base = (rng.standard_normal([s * abs(k) for s, k in zip(shape, steps)]) * 2 + offset).astype(dtype)
+    x = base[tuple(slice(None, None, k) for k in steps)]
+    return x, (ndim - 1 if last else 1) - (ndim if last and draw(st.booleans()) else 0), c
