@@ -1,13 +1,17 @@
 """What the test files share: the ISA levels and the context managers that switch them and the thread
 count, the tolerances and input strategies of the norm tests, and the one check of a bad argument."""
 import contextlib
+import pickle
 
 import ml_dtypes
 import numpy as np
+import pytest
 from hypothesis import strategies as st
 
 import normfast
 from normfast import _normc
+
+from api_calls import calls
 
 # --- ISA levels and threads ------------------------------------------------------------------------
 
@@ -78,3 +82,60 @@ def norm_inputs(draw, min_spatial=1):
     base = (rng.standard_normal([s * abs(k) for s, k in zip(shape, steps)]) * 2 + offset).astype(dtype)
     x = base[tuple(slice(None, None, k) for k in steps)]
     return x, (ndim - 1 if last else 1) - (ndim if last and draw(st.booleans()) else 0), c
+
+
+# --- the one check of a bad argument ---------------------------------------------------------------
+
+# Objects whose whole state an error must leave as it was (compared pickled).
+STATEFUL = (normfast.RunningMoments, normfast.RunningCovariance, normfast.Whitening)
+
+
+def arrays(kwargs):
+    """Everything of a call's arguments that an error must leave unchanged: copies of every array
+    argument, the state of the layer given as `layer`, and the pickled state of an accumulator or
+    estimator argument."""
+    snap = {k: v.copy() for k, v in kwargs.items() if isinstance(v, np.ndarray)}
+    if "layer" in kwargs:
+        snap.update({"layer." + k: v for k, v in kwargs["layer"].state_dict().items()})
+    snap.update({k + " (pickled)": np.frombuffer(pickle.dumps(v), np.uint8)
+                 for k, v in kwargs.items() if isinstance(v, STATEFUL)})
+    return snap
+
+
+def read_only(a):
+    a = a.copy()
+    a.setflags(write=False)
+    return a
+
+
+def unchanged(before, kwargs):
+    now = arrays(kwargs)
+    return now.keys() == before.keys() and all(
+        now[k].dtype == v.dtype and np.array_equal(now[k], v, equal_nan=v.dtype.kind in "fc")
+        for k, v in before.items())
+
+
+def bad_call(call, change):
+    """The (function, keyword arguments) of a bad-argument case. `call` names a call of api_calls.calls()
+    (fresh valid arguments), whose arguments in `change` are replaced (a callable value is applied to the
+    fresh arguments); or `call` is the function itself and `change` all its keyword arguments."""
+    if not isinstance(call, str):
+        return call, dict(change)
+    fn, kw = calls()[call]
+    kw.update({k: v(kw) if callable(v) else v for k, v in change.items()})
+    return fn, kw
+
+
+def case_ids(cases):
+    """Test ids for a table of (call, change, ...) cases: the call, the arguments changed, the index."""
+    return [f"{getattr(c[0], '__name__', c[0])}-{'-'.join(c[1])}-{i}" for i, c in enumerate(cases)]
+
+
+def assert_refused(fn, kwargs, exc, match):
+    """The check of every bad argument: fn(**kwargs) raises exc (a type or a tuple of them) with a
+    message matching `match` (which names the argument), and leaves every array argument, output, layer
+    state and accumulator as it was: nothing half-written."""
+    before = arrays(kwargs)
+    with pytest.raises(exc, match=match):
+        fn(**kwargs)
+    assert unchanged(before, kwargs)
