@@ -1,12 +1,12 @@
 """What the test files share: the ISA levels and the context managers that switch them and the thread
-count, the tolerances and input strategies of the norm tests, and the one check of a bad argument."""
+count, the tolerances and input strategy of the norm tests, and the one check of a bad argument
+(assert_refused), which every bad-argument table runs its cases through."""
 import contextlib
 import pickle
 
 import ml_dtypes
 import numpy as np
 import pytest
-from hypothesis import strategies as st
 
 import normfast
 from normfast import _normc
@@ -64,24 +64,31 @@ def assert_close_y(y, ref, dtype):
     np.testing.assert_allclose(np.asarray(y, np.float64), ref, rtol=tol, atol=tol * max(1.0, np.abs(ref).max(initial=0)))
 
 
-@st.composite
-def norm_inputs(draw, min_spatial=1):
-    """(x, axis, C): a strided view of rank 2-5 whose channel axis is 1 or last."""
-    ndim = draw(st.integers(2, 5))
-    n = draw(st.integers(1, 4))
-    c = draw(st.sampled_from([1, 2, 3, 4, 6, 8]))
-    spatial = draw(st.lists(st.integers(1, 7), min_size=ndim - 2, max_size=ndim - 2))
-    if np.prod(spatial) < min_spatial:
-        spatial = spatial[:-1] + [min_spatial] if spatial else spatial
-    last = draw(st.booleans())
-    shape = [n] + ([] if last else [c]) + spatial + ([c] if last else [])
-    steps = draw(st.lists(st.sampled_from([1, 1, 2, -1]), min_size=ndim, max_size=ndim))
-    dtype = draw(st.sampled_from(DTYPES))
-    offset = draw(st.sampled_from([0.0, 5.0, -300.0]))
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    base = (rng.standard_normal([s * abs(k) for s, k in zip(shape, steps)]) * 2 + offset).astype(dtype)
-    x = base[tuple(slice(None, None, k) for k in steps)]
-    return x, (ndim - 1 if last else 1) - (ndim if last and draw(st.booleans()) else 0), c
+def norm_inputs(min_spatial=1):
+    """A strategy of (x, axis, C): a strided view of rank 2-5 whose channel axis is 1 or last. (Hypothesis
+    is imported here: conftest imports this module, and a file run without Hypothesis, as the sdist check
+    runs test_bad_input.py, must still be collected.)"""
+    from hypothesis import strategies as st
+
+    @st.composite
+    def inputs(draw):
+        ndim = draw(st.integers(2, 5))
+        n = draw(st.integers(1, 4))
+        c = draw(st.sampled_from([1, 2, 3, 4, 6, 8]))
+        spatial = draw(st.lists(st.integers(1, 7), min_size=ndim - 2, max_size=ndim - 2))
+        if np.prod(spatial) < min_spatial:
+            spatial = spatial[:-1] + [min_spatial] if spatial else spatial
+        last = draw(st.booleans())
+        shape = [n] + ([] if last else [c]) + spatial + ([c] if last else [])
+        steps = draw(st.lists(st.sampled_from([1, 1, 2, -1]), min_size=ndim, max_size=ndim))
+        dtype = draw(st.sampled_from(DTYPES))
+        offset = draw(st.sampled_from([0.0, 5.0, -300.0]))
+        rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+        base = (rng.standard_normal([s * abs(k) for s, k in zip(shape, steps)]) * 2 + offset).astype(dtype)
+        x = base[tuple(slice(None, None, k) for k in steps)]
+        return x, (ndim - 1 if last else 1) - (ndim if last and draw(st.booleans()) else 0), c
+
+    return inputs()
 
 
 # --- the one check of a bad argument ---------------------------------------------------------------

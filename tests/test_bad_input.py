@@ -1,4 +1,7 @@
-"""Bad input and edge cases for every public function, table-driven over the calls of api_calls.
+"""Bad input and edge cases across every public function, table-driven over the calls of api_calls: each
+kind of bad value (data, out, huge numbers, tensors, rank 64, zero-size axes) for every call. The bad
+arguments of one area are in that area's file (test_norms.py, test_layer_norm.py, test_grads.py, ...);
+all go through helpers.assert_refused.
 
 Each bad argument must raise the documented TypeError or ValueError (AxisError is both a ValueError and
 an IndexError) naming the argument, and leave every array argument, output and layer state as it was.
