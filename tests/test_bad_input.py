@@ -1,4 +1,7 @@
-"""Bad input and edge cases for every public function, table-driven over the calls of api_calls.
+"""Bad input and edge cases across every public function, table-driven over the calls of api_calls: each
+kind of bad value (data, out, huge numbers, tensors, rank 64, zero-size axes) for every call. The bad
+arguments of one area are in that area's file (test_norms.py, test_layer_norm.py, test_grads.py, ...);
+all go through helpers.assert_refused.
 
 Each bad argument must raise the documented TypeError or ValueError (AxisError is both a ValueError and
 an IndexError) naming the argument, and leave every array argument, output and layer state as it was.
@@ -15,7 +18,8 @@ import ml_dtypes
 import normfast
 from normfast import reference
 
-from api_calls import DATA, GRADIENTS, TAKES_INTEGERS, arrays, calls, outcome, unchanged
+from api_calls import DATA, GRADIENTS, TAKES_INTEGERS, calls, outcome
+from helpers import arrays, assert_refused, read_only, unchanged
 
 NAMES = list(calls())
 
@@ -45,12 +49,6 @@ def overlapping(x):
     return xs, buf[1:].reshape(x.shape)
 
 
-def read_only(a):
-    a = a.copy()
-    a.setflags(write=False)
-    return a
-
-
 def misaligned(a):
     """A copy of a whose data starts one byte off alignment."""
     buf = np.zeros(a.nbytes + 1, np.uint8)
@@ -78,165 +76,12 @@ def test_bad_data(call, label, make, exc, match):
     fn, kw = calls()[call]
     name = data_name(call)
     kw[name] = make(kw, name)
-    before = arrays(kw)
     if label in ("int", "bool") and call in TAKES_INTEGERS:  # counted as float64, as NumPy does
         want = calls()[call]
         kw2 = dict(want[1], **{name: kw[name].astype(np.float64)})
         assert_same(fn(**kw), fn(**kw2))
         return
-    with pytest.raises(exc, match=f"{data_label(call)}: {match}"):
-        fn(**kw)
-    assert unchanged(before, kw)
-
-
-# Bad arguments, per call: (call, {argument: value or make(kw)}, exception, message).
-RM32, RV32 = np.zeros(4, np.float32), np.ones(4, np.float32)
-BAD = [
-    # ranks and shapes
-    *[(c, {"x": lambda kw: kw["x"][0, 0, 0]}, ValueError, "x: expected an array of rank >= 2")
-      for c in ("batch_norm", "instance_norm", "group_norm", "switchable_norm", "BatchNorm", "GroupNorm",
-                "InstanceNorm", "SwitchableNorm", "batch_norm_backward", "instance_norm_backward",
-                "group_norm_backward", "switchable_norm_backward")],
-    *[(c, {"x": lambda kw: kw["x"][:, 0]}, ValueError, "x: expected 4 channels")
-      for c in ("BatchNorm", "BatchNorm_eval", "InstanceNorm", "GroupNorm", "SwitchableNorm")],
-    ("layer_norm", {"x": lambda kw: kw["x"][..., 0]}, ValueError, "normalized_shape: expected the trailing"),
-    ("LayerNorm", {"out": None, "x": lambda kw: kw["x"][..., :1]}, ValueError,
-     "normalized_shape: expected the trailing"),
-    ("rms_norm", {"normalized_shape": (5, 3)}, ValueError, "normalized_shape: expected the trailing"),
-    ("rms_norm", {"normalized_shape": ()}, ValueError, "normalized_shape: expected at least one dimension"),
-    ("layer_norm", {"normalized_shape": "2"}, TypeError, "normalized_shape: expected an int"),
-    ("layer_norm", {"normalized_shape": 2.0}, TypeError, "normalized_shape: expected an int"),
-    ("weight_norm", {"v": lambda kw: kw["v"][0, 0, 0, 0]}, ValueError, "v: expected an array of rank >= 1"),
-    ("weight_norm_params", {"w": np.float32(1)}, ValueError, "w: expected an array of rank >= 1"),
-    ("cosine_linear", {"x": np.float32(1)}, ValueError, "x: expected an array of rank >= 1"),
-    ("fold_batch_norm", {"weight": np.float32(1)}, ValueError, "weight: expected an array of rank >= 1"),
-    ("precise_batch_norm_stats", {"x": lambda kw: kw["x"][0, 0, 0]}, ValueError, "rank >= 2"),
-    # parameters: shape, dtype, kind
-    ("batch_norm", {"weight": lambda kw: kw["weight"][:3]}, ValueError, r"weight: expected shape \(4,\)"),
-    ("batch_norm", {"bias": lambda kw: kw["bias"].reshape(4, 1)}, ValueError, r"bias: expected shape \(4,\)"),
-    ("instance_norm", {"weight": np.arange(4)}, TypeError, "weight: expected a float array"),
-    ("group_norm", {"bias": ["a"] * 4}, TypeError, "bias: expected a float array"),
-    ("layer_norm", {"weight": lambda kw: kw["weight"][:1]}, ValueError, r"weight: expected shape \(2,\)"),
-    ("layer_norm_residual", {"bias": np.ones(2, np.float32)}, ValueError, r"bias: expected shape \(5, 2\)"),
-    ("rms_norm", {"weight": np.ones(2, complex)}, TypeError, "weight: expected a float array"),
-    ("switchable_norm", {"mean_weight": np.ones(2)}, ValueError, r"mean_weight: expected shape \(3,\)"),
-    ("switchable_norm", {"var_weight": [0.0, np.inf, 1.0]}, ValueError, "var_weight: expected finite"),
-    ("switchable_norm", {"var_weight": None}, TypeError, "var_weight: expected an array of 3"),
-    ("weight_norm", {"g": np.ones(3, np.float32)}, ValueError, r"g: expected shape \(4,\)"),
-    ("weight_norm", {"g": np.ones(4, int)}, TypeError, "g: expected a float"),
-    ("fold_batch_norm", {"running_var": np.ones(2)}, ValueError, r"running_var: expected shape \(3,\)"),
-    ("fold_batch_norm", {"gamma": np.ones(3, int)}, TypeError, "gamma: expected a float"),
-    ("fold_batch_norm", {"running_mean": np.zeros((3, 1))}, ValueError, "running_mean: expected a vector"),
-    ("cosine_linear", {"weight": np.ones((3, 4), np.float32)}, ValueError, r"weight: expected shape \(out, 2\)"),
-    ("cosine_linear", {"weight": np.ones((3, 2), int)}, TypeError, "weight: expected a float"),
-    # residuals
-    ("layer_norm_residual", {"residual": lambda kw: kw["x"][:1]}, ValueError, "residual: expected shape"),
-    ("rms_norm_residual", {"residual": lambda kw: kw["x"].astype(int)}, TypeError, "residual: expected a float"),
-    ("layer_norm_residual", {"residual_out": lambda kw: read_only(kw["residual_out"])}, ValueError,
-     "residual_out: the array is read-only"),
-    ("rms_norm", {"residual_out": lambda kw: np.empty_like(kw["x"])}, ValueError, "residual_out: only meaningful"),
-    # scalars out of range or of the wrong type
-    *[(c, {"eps": e}, ValueError, "eps: expected") for c in ("batch_norm", "instance_norm", "group_norm",
-      "switchable_norm", "layer_norm", "rms_norm", "fold_batch_norm", "cosine_linear") for e in (0, -1e-5, np.nan,
-                                                                                                   np.inf)],
-    *[(c, {"eps": "1e-5"}, TypeError, "eps: expected a real") for c in ("batch_norm", "layer_norm", "rms_norm")],
-    ("layer_norm", {"eps": None}, TypeError, "eps: expected a real"),
-    *[(c, {"momentum": m}, ValueError, r"momentum: expected a number in \[0, 1\]")
-      for c in ("batch_norm", "instance_norm", "switchable_norm") for m in (1.5, -0.1)],
-    *[(c, {"momentum": np.nan}, ValueError, "momentum: expected a finite number")
-      for c in ("batch_norm", "instance_norm", "switchable_norm")],
-    ("instance_norm", {"momentum": None}, TypeError, "momentum: expected a real"),
-    ("batch_norm", {"momentum": None}, ValueError, "num_batches_tracked: required"),
-    ("batch_norm", {"momentum": None, "num_batches_tracked": np.array(1.0)}, TypeError, "num_batches_tracked"),
-    ("batch_norm", {"momentum": None, "num_batches_tracked": 3}, TypeError, "num_batches_tracked"),
-    ("batch_norm", {"momentum": None, "num_batches_tracked": lambda kw: read_only(np.array(3))}, TypeError,
-     "num_batches_tracked: expected a writeable"),
-    *[("group_norm", {"num_groups": g}, ValueError, "num_groups: expected a positive divisor of the 4")
-      for g in (0, -2, 3, 8)],
-    *[("group_norm", {"num_groups": g}, TypeError, "num_groups: expected an int") for g in (2.0, "2", None)],
-    *[(c, {"axis": 4}, np.exceptions.AxisError, "axis: axis 4 is out of range")
-      for c in ("moments", "batch_norm", "instance_norm", "group_norm", "switchable_norm", "weight_norm",
-                "weight_norm_params", "fold_batch_norm", "RunningMoments", "precise_batch_norm_stats")],
-    *[(c, {"axis": 1.0}, TypeError, "axis: expected") for c in ("moments", "batch_norm", "weight_norm",
-                                                                 "fold_batch_norm",
-                                                                 "RunningMoments", "precise_batch_norm_stats")],
-    ("moments", {"axis": (1, -3)}, ValueError, "axis: axis 1 is repeated"),
-    ("moments", {"ddof": "1"}, TypeError, "ddof: expected a real"),
-    ("moments", {"keepdims": 1}, TypeError, "keepdims: expected True or False"),
-    *[(c, {"axis": 0}, ValueError, "axis: the channel axis cannot be axis 0")
-      for c in ("instance_norm", "group_norm", "switchable_norm")],
-    *[(c, {"activation": a}, ValueError, "activation: expected None") for c in ("batch_norm", "instance_norm",
-      "group_norm", "switchable_norm") for a in ("tanh", "RELU", 1)],
-    ("batch_norm", {"training": "yes"}, TypeError, "training: expected True or False"),
-    ("batch_norm", {"unbiased": 1}, TypeError, "unbiased: expected True or False"),
-    ("instance_norm", {"use_input_stats": None}, TypeError, "use_input_stats: expected True or False"),
-    ("switchable_norm", {"using_bn": "no"}, TypeError, "using_bn: expected True or False"),
-    ("precise_batch_norm_stats", {"unbiased": 1}, TypeError, "unbiased: expected True or False"),
-    # running statistics
-    *[(c, {"running_mean": lambda kw: read_only(kw["running_mean"])}, ValueError,
-       "running_mean: the array is read-only") for c in ("batch_norm", "instance_norm", "switchable_norm")],
-    *[(c, {"running_var": lambda kw: kw["running_var"].astype(np.float64)}, TypeError,
-       "running_var: expected dtype float32") for c in ("batch_norm", "instance_norm", "switchable_norm")],
-    *[(c, {"running_mean": np.zeros(5, np.float32)}, ValueError, r"running_mean: expected shape \(4,\)")
-      for c in ("batch_norm", "batch_norm_eval", "instance_norm", "switchable_norm")],
-    *[(c, {"running_var": [1.0] * 4}, TypeError, "running_var: expected a numpy array updated in place")
-      for c in ("batch_norm", "instance_norm", "switchable_norm")],
-    ("batch_norm", {"running_mean": None}, ValueError, "running_mean, running_var: give both or neither"),
-    ("batch_norm_eval", {"running_mean": None, "running_var": None}, ValueError, "required when training=False"),
-    ("batch_norm_eval", {"running_var": np.ones(4, int)}, TypeError, "running_var: expected a float array"),
-    ("switchable_norm", {"using_bn": False, "mean_weight": [0.0, 1.0], "var_weight": [0.0, 1.0]}, ValueError,
-     "running_mean, running_var: only used with using_bn=True"),
-    # statistics that cannot exist
-    ("batch_norm", {"out": None, "x": lambda kw: kw["x"][:1, :, :1, :1]}, ValueError,
-     "x: expected more than 1 value per channel"),
-    ("instance_norm", {"out": None, "x": lambda kw: kw["x"][:, :, :1, :1]}, ValueError,
-     "x: expected more than 1 spatial"),
-    ("switchable_norm", {"out": None, "x": lambda kw: kw["x"][:1, :, :1, :1]}, ValueError,
-     "x: expected more than 1 value"),
-    ("BatchNorm", {"out": None, "x": lambda kw: kw["x"][:1, :, :1, :1]}, ValueError, "x: expected more than 1 value"),
-    ("BatchNorm", {"out": None, "x": lambda kw: kw["x"].astype(np.float64)}, TypeError,
-     "x: dtype float64 computes statistics"),
-    ("precise_batch_norm_stats", {"x": lambda kw: kw["x"][:0]}, ValueError, "batches: expected more than 1 value"),
-    ("RunningMoments", {"more": lambda kw: kw["x"][:, :2]}, ValueError, "x: expected the kept axes to have shape"),
-    ("RunningMoments", {"more": lambda kw: kw["x"][0]}, ValueError, "x: expected an array of rank 4"),
-    ("RunningMoments", {"more": np.ones(3, complex)}, TypeError, "x: expected a float"),
-    ("RunningMoments_merge", {"other_axis": (0, 1)}, ValueError, "other: expected an accumulator over axis"),
-    ("RunningMoments_merge", {"other_axis": None}, ValueError, "other: expected an accumulator over axis"),
-    # backward: the upstream gradient and the saved statistics
-    *[(c, {"grad_out": lambda kw: kw["grad_out"][:1]}, ValueError, r"grad_out: expected the shape of x \(3, 4, 5, 2\)")
-      for c in sorted(GRADIENTS)],
-    *[(c, {"grad_out": lambda kw: kw["grad_out"].astype(np.float64)}, TypeError,
-       r"grad_out: expected the dtype of x \(float32\), got float64") for c in sorted(GRADIENTS)],
-    ("batch_norm_backward", {"grad_out": "a"}, TypeError, "grad_out: expected a float"),
-    ("layer_norm_backward", {"grad_out": None}, TypeError, "grad_out: expected a float"),
-    ("batch_norm_backward_saved", {"mean": lambda kw: kw["mean"][:2]}, ValueError, r"mean: expected shape \(4,\)"),
-    ("batch_norm_backward_saved", {"rstd": np.ones((1, 4))}, ValueError, r"rstd: expected shape \(4,\)"),
-    ("batch_norm_backward_saved", {"rstd": None}, ValueError, "mean, rstd: give both or neither"),
-    ("batch_norm_backward", {"training": False, "running_mean": None, "running_var": None}, ValueError,
-     "running_mean, running_var: required when training=False"),
-    ("layer_norm_backward", {"mean": lambda kw: kw["mean"][..., :1]}, ValueError, r"mean: expected shape \(3, 4, 5\)"),
-    ("layer_norm_backward", {"rstd": np.ones(3, complex)}, TypeError, "rstd: expected a float array"),
-    ("layer_norm_backward", {"mean": None}, ValueError, "mean, rstd: give both or neither"),
-    ("rms_norm_backward", {"rstd": np.ones(3)}, ValueError, r"rstd: expected shape \(3, 4, 5\)"),
-    ("group_norm_backward", {"num_groups": 3}, ValueError, "num_groups: expected a positive divisor"),
-    ("switchable_norm_backward", {"mean_weight": lambda kw: kw["mean_weight"][:2]}, ValueError,
-     r"mean_weight: expected shape \(3,\)"),
-    ("BatchNorm_backward", {"layer": lambda kw: normfast.layers.BatchNorm(4)}, ValueError,
-     "backward: this BatchNorm has no training-mode call"),
-    ("LayerNorm_backward", {"layer": lambda kw: normfast.layers.LayerNorm(2).eval()}, ValueError,
-     "backward: this LayerNorm has no training-mode call"),
-]
-
-
-@pytest.mark.parametrize("call, change, exc, match", BAD,
-                         ids=[f"{b[0]}-{'-'.join(b[1])}-{i}" for i, b in enumerate(BAD)])
-def test_bad_argument(call, change, exc, match):
-    fn, kw = calls()[call]
-    kw.update({k: v(kw) if callable(v) else v for k, v in change.items()})
-    before = arrays(kw)
-    with pytest.raises(exc, match=match):
-        fn(**kw)
-    assert unchanged(before, kw)
+    assert_refused(fn, kw, exc, f"{data_label(call)}: {match}")
 
 
 WITH_OUT = [c for c in NAMES if "out" in calls()[c][1]]
@@ -257,10 +102,7 @@ BAD_OUT = [
 def test_bad_out(call, label, make, exc, match):
     fn, kw = calls()[call]
     kw["out"] = make(kw)
-    before = arrays(kw)
-    with pytest.raises(exc, match=match):
-        fn(**kw)
-    assert unchanged(before, kw)
+    assert_refused(fn, kw, exc, match)
 
 
 @pytest.mark.parametrize("call", WITH_OUT)
@@ -269,10 +111,7 @@ def test_out_overlapping_x_by_one_element(call):
     kw["x"], kw["out"] = overlapping(kw["x"])
     if "residual" in kw:
         kw["residual"] = kw["residual"].copy()
-    before = arrays(kw)
-    with pytest.raises(ValueError, match="out: overlaps x"):
-        fn(**kw)
-    assert unchanged(before, kw)
+    assert_refused(fn, kw, ValueError, "out: overlaps x")
 
 
 # --- valid but awkward input: the same result as plain native copies --------------------------------
@@ -345,11 +184,7 @@ def test_awkward_layouts_give_the_plain_result(call, make):
     for name, fn, kw, plain_kw in awkward(make)(call):
         if name.startswith("running") and call in UPDATED and make in (byteswapped, broadcast):
             # Updated in place, so they must be native and writeable (any strides): the documented errors.
-            before = arrays(kw)
-            match = f"{name}: (expected dtype|the array is read-only)"
-            with pytest.raises((TypeError, ValueError), match=match):
-                fn(**kw)
-            assert unchanged(before, kw)
+            assert_refused(fn, kw, (TypeError, ValueError), f"{name}: (expected dtype|the array is read-only)")
             continue
         assert_same(outcome(fn, kw), outcome(fn, plain_kw))
 
@@ -523,12 +358,9 @@ def test_tensors_that_require_grad_are_named_type_errors(call):
             continue
         fn, kw = calls()[call]
         kw[name] = torch.from_numpy(value.copy()).requires_grad_()
-        before = arrays(kw)
         # Running statistics updated in place must be numpy arrays: that message instead.
         why = "expected a numpy array updated in place" if name.startswith("running") and call in UPDATED else ".*detach"
-        with pytest.raises(TypeError, match=rf"{data_label(call) if name == data_name(call) else name}: {why}"):
-            fn(**kw)
-        assert unchanged(before, kw)
+        assert_refused(fn, kw, TypeError, rf"{data_label(call) if name == data_name(call) else name}: {why}")
 
 
 def test_load_state_dict_tensor_requiring_grad():
@@ -584,37 +416,6 @@ def test_cosine_linear_of_no_features_is_zero_as_torch():
     np.testing.assert_array_equal(normfast.cosine_linear(x, w), want.numpy())
 
 
-# --- the batch counter ----------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("counter, exc, match", [
-    (np.array(-1), ValueError, r"num_batches_tracked: expected a count in \[0, 2\*\*63 - 1\), got -1"),
-    (np.array(np.iinfo(np.int64).max), ValueError, "num_batches_tracked: expected a count"),
-    (np.array(3, np.int8), TypeError, "num_batches_tracked: expected dtype int64"),
-    (np.array(3, np.int32), TypeError, "num_batches_tracked: expected dtype int64"),
-    (np.array(3, np.uint64), TypeError, "num_batches_tracked: expected dtype int64"),
-    (np.ma.masked_array(np.array(3)), TypeError, "num_batches_tracked: masked arrays"),
-])
-@pytest.mark.parametrize("momentum", [None, 0.1])
-def test_bad_counter(counter, exc, match, momentum):
-    fn, kw = calls()["batch_norm"]
-    kw.update(num_batches_tracked=counter, momentum=momentum)
-    before = arrays(kw)
-    with pytest.raises(exc, match=match):
-        fn(**kw)
-    assert unchanged(before, kw)
-
-
-@pytest.mark.parametrize("value", [-1, np.array(-5, np.int8), np.array(2**63, np.uint64), 1.5])
-def test_layer_refuses_bad_counter(value):
-    bn = normfast.layers.BatchNorm(3)
-    bn(np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32))
-    before = bn.state_dict()
-    with pytest.raises((TypeError, ValueError), match=r"state_dict\['num_batches_tracked'\]"):
-        bn.load_state_dict({"num_batches_tracked": value}, strict=False)
-    assert all(np.array_equal(v, bn.state_dict()[k]) for k, v in before.items())
-
-
 # --- dtypes and byte order of the arguments -------------------------------------------------------
 
 
@@ -637,10 +438,7 @@ def test_byte_swapped_out_says_why(call):
     if "residual" in kw:
         kw["residual"] = kw["residual"].copy()
     kw["out"] = kw["x"]
-    before = arrays(kw)
-    with pytest.raises(ValueError, match="out: expected a native byte order array"):
-        fn(**kw)
-    assert unchanged(before, kw)
+    assert_refused(fn, kw, ValueError, "out: expected a native byte order array")
 
 
 def test_zero_d_real_arrays_are_numbers():
@@ -657,17 +455,6 @@ def test_zero_d_real_arrays_are_numbers():
         normfast.layer_norm(x, 8, eps=np.array(1e-3 + 0j))
 
 
-def test_dataset_stats_names_bad_arrays_and_axes():
-    x = np.arange(6.0).reshape(2, 3)
-    with pytest.raises(TypeError, match=r"paths_or_arrays\[0\]: .*masked"):
-        normfast.dataset_stats([np.ma.masked_array(x, mask=x > 4)])
-    for axis in (np.nan, np.array([0.1, 0.2]), 1.5):
-        with pytest.raises(TypeError, match="axis: expected None"):
-            normfast.dataset_stats([x], axis=axis)
-    s = normfast.dataset_stats([np.arange(4.0).reshape((1,) * 62 + (2, 2))], axis=63)  # rank 64
-    np.testing.assert_array_equal(s.mean, [1.0, 2.0])
-
-
 def test_tensors_that_require_grad_in_dataset_stats_and_whitening():
     torch = pytest.importorskip("torch")
     t = torch.ones((5, 3), dtype=torch.float64, requires_grad=True)
@@ -680,10 +467,3 @@ def test_tensors_that_require_grad_in_dataset_stats_and_whitening():
     w.fit(np.random.default_rng(0).standard_normal((20, 3)))
     with pytest.raises(TypeError, match="X: .*detach"):
         w.transform(t)
-
-
-def test_running_covariance_too_many_features_is_named():
-    with pytest.raises(ValueError, match="n_features: "):
-        normfast.RunningCovariance(10**400)
-    with pytest.raises(ValueError, match="n_features: "):
-        normfast.RunningCovariance(2**40)

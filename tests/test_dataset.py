@@ -20,7 +20,7 @@ import normfast
 from normfast import __main__ as cli
 from normfast import _checks, _normc, reference
 
-from conftest import ISAS, use_isa, use_threads
+from helpers import ISAS, assert_refused, use_isa, use_threads
 
 SETTINGS = settings(max_examples=60, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -376,8 +376,18 @@ BAD = [
 
 @pytest.mark.parametrize("make, kwargs, exc, message", BAD)
 def test_bad_input_is_named(tmp_path, make, kwargs, exc, message):
-    with pytest.raises(exc, match=message):
-        normfast.dataset_stats(make(tmp_path), **kwargs)
+    assert_refused(normfast.dataset_stats, {"paths_or_arrays": make(tmp_path), **kwargs}, exc, message)
+
+
+def test_dataset_stats_names_bad_arrays_and_axes():
+    x = np.arange(6.0).reshape(2, 3)
+    with pytest.raises(TypeError, match=r"paths_or_arrays\[0\]: .*masked"):
+        normfast.dataset_stats([np.ma.masked_array(x, mask=x > 4)])
+    for axis in (np.nan, np.array([0.1, 0.2]), 1.5):
+        with pytest.raises(TypeError, match="axis: expected None"):
+            normfast.dataset_stats([x], axis=axis)
+    s = normfast.dataset_stats([np.arange(4.0).reshape((1,) * 62 + (2, 2))], axis=63)  # rank 64
+    np.testing.assert_array_equal(s.mean, [1.0, 2.0])
 
 
 # The command.

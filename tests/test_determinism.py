@@ -9,7 +9,7 @@ from threadpoolctl import threadpool_limits
 
 import normfast
 from api_calls import calls, outcome
-from conftest import use_threads
+from helpers import use_threads
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
 

@@ -8,7 +8,8 @@ import numpy as np
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from api_calls import arrays, calls, unchanged
+from api_calls import calls
+from helpers import arrays, unchanged
 
 NAMES = list(calls())
 DTYPES = [np.float16, ml_dtypes.bfloat16, np.float32, np.float64, np.int32, np.bool_, np.complex64]

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 import normfast
 
-from conftest import ISAS, use_isa, use_threads
-from test_norms import ACTS, norm_inputs
+from api_calls import GRADIENTS
+from helpers import ACTS, ISAS, assert_refused, bad_call, case_ids, norm_inputs, use_isa, use_threads
 
 SETTINGS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -446,3 +446,40 @@ def test_layer_backward_needs_a_training_call():
     np.testing.assert_array_equal(layer.train().backward(np.ones_like(x)), saved)
     with pytest.raises(ValueError, match=r"grad_out: expected the shape of x \(4, 3, 2\)"):
         layer.backward(np.ones((4, 3)))
+
+
+# --- bad arguments ---------------------------------------------------------------------------------
+
+# (call of api_calls.calls(), {argument: value or make(kw)}, exception, message).
+BAD = [
+    *[(c, {"x": lambda kw: kw["x"][0, 0, 0]}, ValueError, "x: expected an array of rank >= 2")
+      for c in ("batch_norm_backward", "instance_norm_backward", "group_norm_backward", "switchable_norm_backward")],
+    # the upstream gradient and the saved statistics
+    *[(c, {"grad_out": lambda kw: kw["grad_out"][:1]}, ValueError, r"grad_out: expected the shape of x \(3, 4, 5, 2\)")
+      for c in sorted(GRADIENTS)],
+    *[(c, {"grad_out": lambda kw: kw["grad_out"].astype(np.float64)}, TypeError,
+       r"grad_out: expected the dtype of x \(float32\), got float64") for c in sorted(GRADIENTS)],
+    ("batch_norm_backward", {"grad_out": "a"}, TypeError, "grad_out: expected a float"),
+    ("layer_norm_backward", {"grad_out": None}, TypeError, "grad_out: expected a float"),
+    ("batch_norm_backward_saved", {"mean": lambda kw: kw["mean"][:2]}, ValueError, r"mean: expected shape \(4,\)"),
+    ("batch_norm_backward_saved", {"rstd": np.ones((1, 4))}, ValueError, r"rstd: expected shape \(4,\)"),
+    ("batch_norm_backward_saved", {"rstd": None}, ValueError, "mean, rstd: give both or neither"),
+    ("batch_norm_backward", {"training": False, "running_mean": None, "running_var": None}, ValueError,
+     "running_mean, running_var: required when training=False"),
+    ("layer_norm_backward", {"mean": lambda kw: kw["mean"][..., :1]}, ValueError, r"mean: expected shape \(3, 4, 5\)"),
+    ("layer_norm_backward", {"rstd": np.ones(3, complex)}, TypeError, "rstd: expected a float array"),
+    ("layer_norm_backward", {"mean": None}, ValueError, "mean, rstd: give both or neither"),
+    ("rms_norm_backward", {"rstd": np.ones(3)}, ValueError, r"rstd: expected shape \(3, 4, 5\)"),
+    ("group_norm_backward", {"num_groups": 3}, ValueError, "num_groups: expected a positive divisor"),
+    ("switchable_norm_backward", {"mean_weight": lambda kw: kw["mean_weight"][:2]}, ValueError,
+     r"mean_weight: expected shape \(3,\)"),
+    ("BatchNorm_backward", {"layer": lambda kw: normfast.layers.BatchNorm(4)}, ValueError,
+     "backward: this BatchNorm has no training-mode call"),
+    ("LayerNorm_backward", {"layer": lambda kw: normfast.layers.LayerNorm(2).eval()}, ValueError,
+     "backward: this LayerNorm has no training-mode call"),
+]
+
+
+@pytest.mark.parametrize("call, change, exc, match", BAD, ids=case_ids(BAD))
+def test_bad_argument(call, change, exc, match):
+    assert_refused(*bad_call(call, change), exc, match)

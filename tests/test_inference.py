@@ -11,7 +11,7 @@ from torch import nn
 import normfast
 from normfast import reference
 
-from conftest import ISAS, use_isa
+from helpers import ISAS, assert_refused, bad_call, case_ids, use_isa
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 DTYPES = [np.float32, np.float64, np.float16, ml_dtypes.bfloat16]
@@ -53,23 +53,6 @@ def test_folded_conv_transpose_uses_axis_1():
     with torch.no_grad():
         np.testing.assert_allclose(F.conv_transpose2d(x, torch.from_numpy(w), torch.from_numpy(b), stride=2).numpy(),
                                    model(x).numpy(), rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize("args, kwargs, error, match", [
-    ((np.ones((4, 3)), None, np.zeros(5), np.ones(5)), {}, ValueError, "weight: expected 5 output channels"),
-    ((np.ones((4, 3)), None, np.zeros(4), np.ones(4)), {"axis": 1}, ValueError, "weight: expected 4"),
-    ((np.ones((4, 3)), None, np.zeros(4), np.ones(3)), {}, ValueError, r"running_var: expected shape \(4,\)"),
-    ((np.ones((4, 3)), np.ones(3), np.zeros(4), np.ones(4)), {}, ValueError, r"bias: expected shape \(4,\)"),
-    ((np.ones((4, 3)), None, np.zeros(4), np.ones(4), np.ones(2)), {}, ValueError, "gamma"),
-    ((np.ones((4, 3)), None, np.zeros((4, 1)), np.ones(4)), {}, ValueError, "running_mean: expected a vector"),
-    ((np.ones((4, 3)), None, np.zeros(4), np.ones(4)), {"eps": 0}, ValueError, "eps"),
-    ((np.ones((4, 3)), None, np.zeros(4), np.ones(4)), {"axis": None}, TypeError, "axis: expected an int"),
-    ((np.ones((4, 3)), None, np.zeros(4), np.ones(4)), {"axis": 2}, np.exceptions.AxisError, "axis"),
-    ((np.ones((4, 3), int), None, np.zeros(4), np.ones(4)), {}, TypeError, "weight: expected a float"),
-])
-def test_fold_bad_input(args, kwargs, error, match):
-    with pytest.raises(error, match=match):
-        normfast.fold_batch_norm(*args, **kwargs)
 
 
 @pytest.mark.parametrize("make, dim, axis", [
@@ -143,20 +126,6 @@ def test_weight_norm_of_a_zero_slice_is_nan_as_in_torch():
     np.testing.assert_allclose(w[1], [1.2, 1.6], rtol=1e-6)
 
 
-@pytest.mark.parametrize("call, error, match", [
-    (lambda: normfast.weight_norm(np.ones((3, 2)), np.ones(2)), ValueError, r"g: expected shape \(3,\) or \(3, 1\)"),
-    (lambda: normfast.weight_norm(np.ones((3, 2)), np.ones((1, 2)), axis=0), ValueError, "g: expected"),
-    (lambda: normfast.weight_norm(np.ones((3, 2)), np.ones(3), axis=None), ValueError, r"g: expected shape \(1,\) or \(\)"),
-    (lambda: normfast.weight_norm(np.ones((3, 2)), np.ones(3), axis=2), np.exceptions.AxisError, "axis"),
-    (lambda: normfast.weight_norm(np.ones(()), np.ones(())), ValueError, "v: expected an array of rank >= 1"),
-    (lambda: normfast.weight_norm(np.ones(3, int), np.ones(3)), TypeError, "v: expected a float"),
-    (lambda: normfast.weight_norm_params(np.ones(3), axis="0"), TypeError, "axis"),
-])
-def test_weight_norm_bad_input(call, error, match):
-    with pytest.raises(error, match=match):
-        call()
-
-
 @st.composite
 def cosine_inputs(draw):
     lead = draw(st.lists(st.integers(0, 5), max_size=2))
@@ -199,13 +168,46 @@ def test_cosine_linear_matches_torch():
     np.testing.assert_allclose(normfast.cosine_linear(x, w), want, rtol=0, atol=2e-6)
 
 
-@pytest.mark.parametrize("call, error, match", [
-    (lambda: normfast.cosine_linear(np.ones((2, 3)), np.ones((4, 2))), ValueError, r"weight: expected shape \(out, 3\)"),
-    (lambda: normfast.cosine_linear(np.ones((2, 3)), np.ones(3)), ValueError, "weight: expected shape"),
-    (lambda: normfast.cosine_linear(np.ones(()), np.ones((1, 1))), ValueError, "x: expected an array of rank >= 1"),
-    (lambda: normfast.cosine_linear(np.ones((2, 3)), np.ones((4, 3)), eps=-1), ValueError, "eps"),
-    (lambda: normfast.cosine_linear("abc", np.ones((4, 3))), TypeError, "x: expected a float"),
-])
-def test_cosine_linear_bad_input(call, error, match):
-    with pytest.raises(error, match=match):
-        call()
+# --- bad arguments ---------------------------------------------------------------------------------
+
+FOLD = dict(weight=np.ones((4, 3)), bias=None, running_mean=np.zeros(4), running_var=np.ones(4))
+
+# (call, {argument: value or make(kw)}, exception, message): a call of api_calls.calls() by name with the
+# arguments given replaced, or the function itself with these keyword arguments.
+BAD = [
+    # ranks and shapes
+    ("weight_norm", {"v": lambda kw: kw["v"][0, 0, 0, 0]}, ValueError, "v: expected an array of rank >= 1"),
+    ("weight_norm_params", {"w": np.float32(1)}, ValueError, "w: expected an array of rank >= 1"),
+    ("cosine_linear", {"x": np.float32(1)}, ValueError, "x: expected an array of rank >= 1"),
+    ("fold_batch_norm", {"weight": np.float32(1)}, ValueError, "weight: expected an array of rank >= 1"),
+    # parameters: shape, dtype, kind
+    ("weight_norm", {"g": np.ones(3, np.float32)}, ValueError, r"g: expected shape \(4,\) or \(1, 4, 1, 1\)"),
+    (normfast.weight_norm, {"v": np.ones((3, 2)), "g": np.ones((1, 2)), "axis": 0}, ValueError, "g: expected"),
+    (normfast.weight_norm, {"v": np.ones((3, 2)), "g": np.ones(3), "axis": None}, ValueError,
+     r"g: expected shape \(1,\) or \(\)"),
+    ("weight_norm", {"g": np.ones(4, int)}, TypeError, "g: expected a float"),
+    (normfast.fold_batch_norm, {**FOLD, "running_mean": np.zeros(5), "running_var": np.ones(5)}, ValueError,
+     "weight: expected 5 output channels"),
+    (normfast.fold_batch_norm, {**FOLD, "axis": 1}, ValueError, "weight: expected 4"),
+    ("fold_batch_norm", {"running_var": np.ones(2)}, ValueError, r"running_var: expected shape \(3,\)"),
+    (normfast.fold_batch_norm, {**FOLD, "bias": np.ones(3)}, ValueError, r"bias: expected shape \(4,\)"),
+    (normfast.fold_batch_norm, {**FOLD, "gamma": np.ones(2)}, ValueError, "gamma"),
+    ("fold_batch_norm", {"gamma": np.ones(3, int)}, TypeError, "gamma: expected a float"),
+    ("fold_batch_norm", {"running_mean": np.zeros((3, 1))}, ValueError, "running_mean: expected a vector"),
+    ("cosine_linear", {"weight": np.ones((3, 4), np.float32)}, ValueError, r"weight: expected shape \(out, 2\)"),
+    (normfast.cosine_linear, {"x": np.ones((2, 3)), "weight": np.ones(3)}, ValueError, "weight: expected shape"),
+    ("cosine_linear", {"weight": np.ones((3, 2), int)}, TypeError, "weight: expected a float"),
+    # scalars out of range or of the wrong type
+    *[(c, {"eps": e}, ValueError, "eps: expected") for c in ("fold_batch_norm", "cosine_linear")
+      for e in (0, -1e-5, np.nan, np.inf)],
+    *[(c, {"axis": 4}, np.exceptions.AxisError, "axis: axis 4 is out of range")
+      for c in ("weight_norm", "weight_norm_params", "fold_batch_norm")],
+    *[(c, {"axis": 1.0}, TypeError, "axis: expected") for c in ("weight_norm", "fold_batch_norm")],
+    (normfast.fold_batch_norm, {**FOLD, "axis": None}, TypeError, "axis: expected an int"),
+    (normfast.weight_norm_params, {"w": np.ones(3), "axis": "0"}, TypeError, "axis"),
+]
+
+
+@pytest.mark.parametrize("call, change, exc, match", BAD, ids=case_ids(BAD))
+def test_bad_argument(call, change, exc, match):
+    assert_refused(*bad_call(call, change), exc, match)

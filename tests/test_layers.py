@@ -12,6 +12,8 @@ from torch import nn
 import normfast
 from normfast import layers, reference
 
+from helpers import assert_refused, bad_call, case_ids
+
 torch.set_num_threads(2)
 
 # (name, the PyTorch module, the normfast layer for a dtype, input shape)
@@ -280,19 +282,12 @@ def test_repr_names_the_arguments():
     assert "momentum=None" in repr(layers.BatchNorm(3, momentum=None))
 
 
-def snapshot(layer):
-    return {k: v.copy() for k, v in layer.state_dict().items()}
-
-
-def assert_unchanged(layer, before):
-    after = layer.state_dict()
-    assert after.keys() == before.keys()
-    for k in before:
-        np.testing.assert_array_equal(after[k], before[k], err_msg=k)
-
-
 GOOD = {"weight": np.ones(4), "bias": np.zeros(4), "running_mean": np.zeros(4), "running_var": np.ones(4),
         "num_batches_tracked": np.array(2)}
+
+
+def _load(layer, state):
+    return layer.load_state_dict(state)
 
 
 @pytest.mark.parametrize("state, error, match", [
@@ -308,28 +303,44 @@ GOOD = {"weight": np.ones(4), "bias": np.zeros(4), "running_mean": np.zeros(4), 
 ])
 def test_bad_state_dict_changes_nothing(state, error, match):
     bn, _ = eval_bn()
-    before = snapshot(bn)
-    with pytest.raises(error, match=match):
-        bn.load_state_dict(state)
-    assert_unchanged(bn, before)
+    assert_refused(_load, {"layer": bn, "state": state}, error, match)
 
 
-@pytest.mark.parametrize("call, error, match", [
-    (lambda bn: bn(np.ones((2, 5, 3), np.float32)), ValueError, "x: expected 4 channels along axis 1"),
-    (lambda bn: bn(np.ones((2, 4, 3), np.float64)), TypeError, "x: dtype float64 computes statistics in float64"),
-    (lambda bn: bn(np.ones((2, 4, 3), np.float32), out=np.ones((2, 4, 3))), ValueError, "out: expected shape"),
-    (lambda bn: bn(np.ones((1, 4), np.float32)), ValueError, "x: expected more than 1 value per channel"),
-    (lambda bn: setattr(bn, "weight", np.ones(3)), ValueError, r"weight: expected shape \(4,\)"),
-    (lambda bn: setattr(bn, "num_batches_tracked", 1.5), TypeError, "num_batches_tracked: expected an integer"),
-    (lambda bn: bn.train("yes"), TypeError, "mode"),
-])
-def test_bad_calls_change_nothing(call, error, match):
-    bn, _ = eval_bn()
-    bn.train()
-    before = snapshot(bn)
-    with pytest.raises(error, match=match):
-        call(bn)
-    assert_unchanged(bn, before)
+@pytest.mark.parametrize("value", [-1, np.array(-5, np.int8), np.array(2**63, np.uint64), 1.5])
+def test_layer_refuses_bad_counter(value):
+    bn = normfast.layers.BatchNorm(3)
+    bn(np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32))
+    assert_refused(lambda layer: layer.load_state_dict({"num_batches_tracked": value}, strict=False), {"layer": bn},
+                   (TypeError, ValueError), r"state_dict\['num_batches_tracked'\]")
+
+
+# (call, {argument: value or make(kw)}, exception, message): a layer call of api_calls.calls() by name with
+# the arguments given replaced, or a function of the layer, called on eval_bn()'s layer in training mode.
+BAD = [
+    *[(c, {"x": lambda kw: kw["x"][0, 0, 0]}, ValueError, "x: expected an array of rank >= 2")
+      for c in ("BatchNorm", "GroupNorm", "InstanceNorm", "SwitchableNorm")],
+    ("BatchNorm", {"x": lambda kw: kw["x"][:, 0]}, ValueError, "x: expected 4 channels along axis 1"),
+    *[(c, {"x": lambda kw: kw["x"][:, 0]}, ValueError, "x: expected 4 channels")
+      for c in ("BatchNorm_eval", "InstanceNorm", "GroupNorm", "SwitchableNorm")],
+    ("LayerNorm", {"out": None, "x": lambda kw: kw["x"][..., :1]}, ValueError,
+     "normalized_shape: expected the trailing"),
+    ("BatchNorm", {"out": None, "x": lambda kw: kw["x"][:1, :, :1, :1]}, ValueError,
+     "x: expected more than 1 value per channel"),
+    ("BatchNorm", {"out": None, "x": lambda kw: kw["x"].astype(np.float64)}, TypeError,
+     "x: dtype float64 computes statistics in float64"),
+    (lambda layer: setattr(layer, "weight", np.ones(3)), {}, ValueError, r"weight: expected shape \(4,\)"),
+    (lambda layer: setattr(layer, "num_batches_tracked", 1.5), {}, TypeError,
+     "num_batches_tracked: expected an integer"),
+    (lambda layer: layer.train("yes"), {}, TypeError, "mode"),
+]
+
+
+@pytest.mark.parametrize("call, change, exc, match", BAD, ids=case_ids(BAD))
+def test_bad_argument(call, change, exc, match):
+    if not isinstance(call, str):
+        bn, _ = eval_bn()
+        change = {"layer": bn.train(), **change}
+    assert_refused(*bad_call(call, change), exc, match)
 
 
 @pytest.mark.parametrize("make, error, match", [
@@ -343,5 +354,4 @@ def test_bad_calls_change_nothing(call, error, match):
      "has no weight"),
 ])
 def test_bad_construction(make, error, match):
-    with pytest.raises(error, match=match):
-        make()
+    assert_refused(make, {}, error, match)

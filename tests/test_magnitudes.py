@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import normfast
 
-from conftest import use_threads
+from helpers import use_threads
 
 HALF_RANGE = [np.float32, ml_dtypes.bfloat16]  # float32's exponent range, accumulated in float
 FLOAT_DTYPES = [np.float16, ml_dtypes.bfloat16, np.float32, np.float64]

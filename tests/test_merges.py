@@ -17,7 +17,7 @@ import normfast
 import normfast.dask as nd
 from normfast import _normc, functional
 
-from conftest import ISAS, use_isa, use_threads
+from helpers import ISAS, use_isa, use_threads
 
 SETTINGS = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FLOATS = [np.float64, np.float32, np.float16, ml_dtypes.bfloat16]

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 import normfast
 from normfast import reference
 
-from conftest import ISAS, tolerance, use_isa, use_threads
+from helpers import ISAS, assert_refused, bad_call, case_ids, tolerance, use_isa, use_threads
 
 DTYPES = [np.float32, np.float64, np.float16, ml_dtypes.bfloat16]
 
@@ -176,27 +176,29 @@ def test_edge_values():
     np.testing.assert_allclose(normfast.moments(raw), (4.0, 60.0 / 9), rtol=1e-7)
 
 
-@pytest.mark.parametrize(
-    "x,kwargs,exc,match",
-    [
-        (np.ones(3, complex), {}, TypeError, "x: expected a float .*, integer or bool array, got dtype complex128"),
-        (np.array([1, 2, 3], "datetime64[s]"), {}, TypeError, "x: expected a float .* got dtype datetime64"),
-        (np.array([1, 2, 3], "timedelta64[s]"), {}, TypeError, "got dtype timedelta64"),
-        (np.ones(3, np.longdouble), {}, TypeError, "x: expected a float .* got dtype float128"),
-        (np.array([1.0, "a"], object), {}, TypeError, "got dtype object"),
-        (["a", "b"], {}, TypeError, "x: expected"),
-        (np.ones((2, 3)), {"axis": 2}, ValueError, "axis: axis 2 is out of range"),
-        (np.ones((2, 3)), {"axis": -3}, ValueError, "out of range"),
-        (np.ones((2, 3)), {"axis": (0, -2)}, ValueError, "axis: axis 0 is repeated"),
-        (np.ones((2, 3)), {"axis": 1.0}, TypeError, "axis: expected None, an int"),
-        (np.ones((2, 3)), {"ddof": "1"}, TypeError, "ddof: expected a real number"),
-        (np.ones((2, 3)), {"ddof": np.nan}, ValueError, "ddof: expected a finite"),
-        (np.ones((2, 3)), {"keepdims": "yes"}, TypeError, "keepdims: expected True or False"),
-    ],
-)
-def test_bad_input(x, kwargs, exc, match):
-    with pytest.raises(exc, match=match):
-        normfast.moments(x, **kwargs)
+# (call, {argument: value}, exception, message): a call of api_calls.calls() by name with the arguments
+# given replaced, or moments with these keyword arguments.
+BAD = [
+    (normfast.moments, {"x": np.ones(3, complex)}, TypeError,
+     "x: expected a float .*, integer or bool array, got dtype complex128"),
+    (normfast.moments, {"x": np.array([1, 2, 3], "datetime64[s]")}, TypeError, "x: expected a float .* got dtype datetime64"),
+    (normfast.moments, {"x": np.array([1, 2, 3], "timedelta64[s]")}, TypeError, "got dtype timedelta64"),
+    (normfast.moments, {"x": np.ones(3, np.longdouble)}, TypeError, "x: expected a float .* got dtype float128"),
+    (normfast.moments, {"x": np.array([1.0, "a"], object)}, TypeError, "got dtype object"),
+    ("moments", {"axis": 4}, np.exceptions.AxisError, "axis: axis 4 is out of range"),
+    (normfast.moments, {"x": np.ones((2, 3)), "axis": -3}, ValueError, "out of range"),
+    ("moments", {"axis": (1, -3)}, ValueError, "axis: axis 1 is repeated"),
+    ("moments", {"axis": 1.0}, TypeError, "axis: expected None, an int"),
+    ("moments", {"ddof": "1"}, TypeError, "ddof: expected a real number"),
+    (normfast.moments, {"x": np.ones((2, 3)), "ddof": np.nan}, ValueError, "ddof: expected a finite"),
+    ("moments", {"keepdims": 1}, TypeError, "keepdims: expected True or False"),
+    (normfast.moments, {"x": np.ones((2, 3)), "keepdims": "yes"}, TypeError, "keepdims: expected True or False"),
+]
+
+
+@pytest.mark.parametrize("call, change, exc, match", BAD, ids=case_ids(BAD))
+def test_bad_argument(call, change, exc, match):
+    assert_refused(*bad_call(call, change), exc, match)
 
 
 def test_from_python_threads():

@@ -1,5 +1,5 @@
-"""batch_norm, instance_norm and group_norm against the float64 reference and against PyTorch."""
-import ml_dtypes
+"""batch_norm, instance_norm and group_norm against the float64 reference and against PyTorch; their bad
+arguments."""
 import numpy as np
 import pytest
 import torch
@@ -10,21 +10,8 @@ from hypothesis import strategies as st
 import normfast
 from normfast import norms, reference
 
-from conftest import ISAS, use_isa
-
-DTYPES = [np.float32, np.float64, np.float16, ml_dtypes.bfloat16]
-ACTS = [None, "relu", "sigmoid", "silu"]
-
-# Output tolerance relative to the output's scale: the computation is float32 (float64 for float64),
-# then rounded to the output dtype.
-Y_TOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 2e-5, np.dtype(np.float16): 2e-3,
-         np.dtype(ml_dtypes.bfloat16): 1.6e-2}
-
-
-def assert_close_y(y, ref, dtype):
-    assert y.dtype == np.dtype(dtype) and y.shape == ref.shape
-    tol = Y_TOL[np.dtype(dtype)]
-    np.testing.assert_allclose(np.asarray(y, np.float64), ref, rtol=tol, atol=tol * max(1.0, np.abs(ref).max(initial=0)))
+from helpers import (ACTS, DTYPES, ISAS, assert_close_y, assert_refused, bad_call, case_ids, norm_inputs, read_only,
+                     use_isa)
 
 
 def assert_close_running(got, want):
@@ -32,26 +19,6 @@ def assert_close_running(got, want):
     for g, w in zip(got, want):
         rtol = 1e-12 if g.dtype == np.float64 else 2e-6
         np.testing.assert_allclose(g, w, rtol=rtol, atol=rtol)
-
-
-@st.composite
-def norm_inputs(draw, min_spatial=1):
-    """(x, axis, C): a strided view of rank 2-5 whose channel axis is 1 or last."""
-    ndim = draw(st.integers(2, 5))
-    n = draw(st.integers(1, 4))
-    c = draw(st.sampled_from([1, 2, 3, 4, 6, 8]))
-    spatial = draw(st.lists(st.integers(1, 7), min_size=ndim - 2, max_size=ndim - 2))
-    if np.prod(spatial) < min_spatial:
-        spatial = spatial[:-1] + [min_spatial] if spatial else spatial
-    last = draw(st.booleans())
-    shape = [n] + ([] if last else [c]) + spatial + ([c] if last else [])
-    steps = draw(st.lists(st.sampled_from([1, 1, 2, -1]), min_size=ndim, max_size=ndim))
-    dtype = draw(st.sampled_from(DTYPES))
-    offset = draw(st.sampled_from([0.0, 5.0, -300.0]))
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    base = (rng.standard_normal([s * abs(k) for s, k in zip(shape, steps)]) * 2 + offset).astype(dtype)
-    x = base[tuple(slice(None, None, k) for k in steps)]
-    return x, (ndim - 1 if last else 1) - (ndim if last and draw(st.booleans()) else 0), c
 
 
 def params(c, affine, seed=0):
@@ -297,63 +264,106 @@ def test_nan_stays_in_its_group():
     assert np.isnan(y[:, 2]).all() and np.isnan(y).sum() == 12
 
 
+# --- bad arguments ---------------------------------------------------------------------------------
+
 X = np.ones((2, 4, 3), np.float32)
 RM, RV = np.zeros(4, np.float32), np.ones(4, np.float32)
 SN = {"weight": None, "bias": None, "mean_weight": [0.0, 0.0, 0.0], "var_weight": [0.0, 0.0, 0.0], "training": True}
 
+NORMS = ("batch_norm", "instance_norm", "group_norm", "switchable_norm")
+UPDATED = ("batch_norm", "instance_norm", "switchable_norm")  # they update their running statistics
+# Out-of-range eps whose case names the bound in full.
+EPS_BOUND = {("batch_norm", 0): "eps: expected a number > 0", ("instance_norm", -1e-5): "eps: expected a number > 0"}
 
-@pytest.mark.parametrize(
-    "fn,kwargs,exc,match",
-    [
-        (normfast.batch_norm, {"weight": np.ones(3)}, ValueError, r"weight: expected shape \(4,\)"),
-        (normfast.batch_norm, {"bias": np.ones((4, 1))}, ValueError, "bias: expected shape"),
-        (normfast.batch_norm, {"running_mean": np.zeros(5, np.float32), "running_var": RV, "training": True},
-         ValueError, "running_mean: expected shape"),
-        (normfast.batch_norm, {"running_mean": RM.astype(np.float64), "running_var": RV, "training": True},
-         TypeError, "running_mean: expected dtype float32"),
-        (normfast.batch_norm, {"running_mean": np.zeros(8, np.float32)[::2][::-1], "running_var": RV[:3],
-                               "training": True}, ValueError, r"running_var: expected shape \(4,\)"),
-        (normfast.batch_norm, {"running_mean": RM, "running_var": np.ones(4, np.float32).setflags(write=False)
-                               or None, "training": True}, ValueError, "give both or neither"),
-        (normfast.batch_norm, {}, ValueError, "required when training=False"),
-        (normfast.batch_norm, {"training": True, "eps": 0}, ValueError, "eps: expected a number > 0"),
-        (normfast.batch_norm, {"training": True, "momentum": 1.5}, ValueError, r"momentum: expected a number in \[0, 1\]"),
-        (normfast.batch_norm, {"training": True, "activation": "tanh"}, ValueError, "activation: expected"),
-        (normfast.batch_norm, {"training": True, "out": np.empty((2, 4, 3))}, ValueError, "out: expected shape"),
-        (normfast.batch_norm, {"training": True, "axis": 3}, ValueError, "axis: axis 3 is out of range"),
-        (normfast.batch_norm, {"training": True, "running_mean": RM, "running_var": RV, "momentum": None},
-         ValueError, "num_batches_tracked: required"),
-        (normfast.group_norm, {"num_groups": 3}, ValueError, "num_groups: expected a positive divisor of the 4"),
-        (normfast.group_norm, {"num_groups": 2, "axis": 0}, ValueError, "axis: the channel axis cannot be axis 0"),
-        (normfast.instance_norm, {"eps": -1.0}, ValueError, "eps: expected a number > 0"),
-        (normfast.switchable_norm, {**SN, "mean_weight": [0.0, 1.0]}, ValueError, r"mean_weight: expected shape \(3,\)"),
-        (normfast.switchable_norm, {**SN, "var_weight": [0.0, np.nan, 1.0]}, ValueError, "var_weight: expected finite"),
-        (normfast.switchable_norm, {**SN, "var_weight": None}, TypeError, "var_weight: expected an array of 3"),
-        (normfast.switchable_norm, {**SN, "using_bn": False, "mean_weight": [0.0, 1.0], "var_weight": [0.0, 1.0],
-                                    "running_mean": RM, "running_var": RV}, ValueError, "only used with using_bn=True"),
-        (normfast.switchable_norm, {**SN, "training": False}, ValueError, "required when training=False"),
-        (normfast.switchable_norm, {**SN, "running_mean": RM, "running_var": RV, "momentum": -0.1}, ValueError,
-         "momentum: expected"),
-        (normfast.switchable_norm, {**SN, "running_mean": RM, "running_var": RV.astype(np.float16)}, TypeError,
-         "running_var: expected dtype float32"),
-    ],
-)
-def test_bad_input_writes_nothing(fn, kwargs, exc, match):
-    x = X.copy()
-    out = np.full_like(x, 7.0)
-    kw = dict(kwargs)
-    args = (x, kw.pop("num_groups")) if fn is normfast.group_norm else (x,)
-    if "out" not in kw:
-        kw["out"] = out
-    before = {}
-    for name in ("running_mean", "running_var"):  # their values before the call
-        if isinstance(kw.get(name), np.ndarray):
-            before[name] = kw[name].copy()
-    with pytest.raises(exc, match=match):
-        fn(*args, **kw)
-    assert (out == 7.0).all() and (x == 1.0).all()
-    for name, value in before.items():
-        np.testing.assert_array_equal(kw[name], value)
+# (call, {argument: value or make(kw)}, exception, message): a call of api_calls.calls() by name with the
+# arguments given replaced, or a norm function with these keyword arguments on X (out of 7s unless given).
+BAD = [
+    # ranks and shapes
+    *[(c, {"x": lambda kw: kw["x"][0, 0, 0]}, ValueError, "x: expected an array of rank >= 2") for c in NORMS],
+    # parameters: shape, dtype, kind
+    ("batch_norm", {"weight": lambda kw: kw["weight"][:3]}, ValueError, r"weight: expected shape \(4,\)"),
+    ("batch_norm", {"bias": lambda kw: kw["bias"].reshape(4, 1)}, ValueError, r"bias: expected shape \(4,\)"),
+    ("instance_norm", {"weight": np.arange(4)}, TypeError, "weight: expected a float array"),
+    ("group_norm", {"bias": ["a"] * 4}, TypeError, "bias: expected a float array"),
+    ("switchable_norm", {"mean_weight": np.ones(2)}, ValueError, r"mean_weight: expected shape \(3,\)"),
+    ("switchable_norm", {"var_weight": [0.0, np.inf, 1.0]}, ValueError, "var_weight: expected finite"),
+    (normfast.switchable_norm, {**SN, "var_weight": [0.0, np.nan, 1.0]}, ValueError, "var_weight: expected finite"),
+    ("switchable_norm", {"var_weight": None}, TypeError, "var_weight: expected an array of 3"),
+    # scalars out of range or of the wrong type
+    *[(c, {"eps": e}, ValueError, EPS_BOUND.get((c, e), "eps: expected")) for c in NORMS
+      for e in (0, -1e-5, np.nan, np.inf)],
+    ("batch_norm", {"eps": "1e-5"}, TypeError, "eps: expected a real"),
+    *[(c, {"momentum": m}, ValueError, r"momentum: expected a number in \[0, 1\]") for c in UPDATED for m in (1.5, -0.1)],
+    *[(c, {"momentum": np.nan}, ValueError, "momentum: expected a finite number") for c in UPDATED],
+    ("instance_norm", {"momentum": None}, TypeError, "momentum: expected a real"),
+    ("batch_norm", {"momentum": None}, ValueError, "num_batches_tracked: required"),
+    ("batch_norm", {"momentum": None, "num_batches_tracked": np.array(1.0)}, TypeError, "num_batches_tracked"),
+    ("batch_norm", {"momentum": None, "num_batches_tracked": 3}, TypeError, "num_batches_tracked"),
+    ("batch_norm", {"momentum": None, "num_batches_tracked": lambda kw: read_only(np.array(3))}, TypeError,
+     "num_batches_tracked: expected a writeable"),
+    *[("group_norm", {"num_groups": g}, ValueError, "num_groups: expected a positive divisor of the 4")
+      for g in (0, -2, 3, 8)],
+    *[("group_norm", {"num_groups": g}, TypeError, "num_groups: expected an int") for g in (2.0, "2", None)],
+    *[(c, {"axis": 4}, np.exceptions.AxisError, "axis: axis 4 is out of range") for c in NORMS],
+    ("batch_norm", {"axis": 1.0}, TypeError, "axis: expected"),
+    *[(c, {"axis": 0}, ValueError, "axis: the channel axis cannot be axis 0")
+      for c in ("instance_norm", "group_norm", "switchable_norm")],
+    *[(c, {"activation": a}, ValueError, "activation: expected None") for c in NORMS for a in ("tanh", "RELU", 1)],
+    ("batch_norm", {"training": "yes"}, TypeError, "training: expected True or False"),
+    ("batch_norm", {"unbiased": 1}, TypeError, "unbiased: expected True or False"),
+    ("instance_norm", {"use_input_stats": None}, TypeError, "use_input_stats: expected True or False"),
+    ("switchable_norm", {"using_bn": "no"}, TypeError, "using_bn: expected True or False"),
+    # running statistics
+    *[(c, {"running_mean": lambda kw: read_only(kw["running_mean"])}, ValueError,
+       "running_mean: the array is read-only") for c in UPDATED],
+    *[(c, {"running_var": lambda kw: kw["running_var"].astype(np.float64)}, TypeError,
+       "running_var: expected dtype float32") for c in UPDATED],
+    (normfast.batch_norm, {"running_mean": RM.astype(np.float64), "running_var": RV, "training": True},
+     TypeError, "running_mean: expected dtype float32"),
+    (normfast.switchable_norm, {**SN, "running_mean": RM, "running_var": RV.astype(np.float16)}, TypeError,
+     "running_var: expected dtype float32"),
+    *[(c, {"running_mean": np.zeros(5, np.float32)}, ValueError, r"running_mean: expected shape \(4,\)")
+      for c in ("batch_norm", "batch_norm_eval", "instance_norm", "switchable_norm")],
+    (normfast.batch_norm, {"running_mean": np.zeros(8, np.float32)[::2][::-1], "running_var": RV[:3],
+                           "training": True}, ValueError, r"running_var: expected shape \(4,\)"),
+    *[(c, {"running_var": [1.0] * 4}, TypeError, "running_var: expected a numpy array updated in place")
+      for c in UPDATED],
+    ("batch_norm", {"running_mean": None}, ValueError, "running_mean, running_var: give both or neither"),
+    (normfast.batch_norm, {"running_mean": RM, "running_var": np.ones(4, np.float32).setflags(write=False)
+                           or None, "training": True}, ValueError, "give both or neither"),
+    ("batch_norm_eval", {"running_mean": None, "running_var": None}, ValueError, "required when training=False"),
+    (normfast.switchable_norm, {**SN, "training": False}, ValueError, "required when training=False"),
+    ("batch_norm_eval", {"running_var": np.ones(4, int)}, TypeError, "running_var: expected a float array"),
+    ("switchable_norm", {"using_bn": False, "mean_weight": [0.0, 1.0], "var_weight": [0.0, 1.0]}, ValueError,
+     "running_mean, running_var: only used with using_bn=True"),
+    # statistics that cannot exist
+    ("batch_norm", {"out": None, "x": lambda kw: kw["x"][:1, :, :1, :1]}, ValueError,
+     "x: expected more than 1 value per channel"),
+    ("instance_norm", {"out": None, "x": lambda kw: kw["x"][:, :, :1, :1]}, ValueError,
+     "x: expected more than 1 spatial"),
+    ("switchable_norm", {"out": None, "x": lambda kw: kw["x"][:1, :, :1, :1]}, ValueError,
+     "x: expected more than 1 value"),
+]
+
+
+@pytest.mark.parametrize("call, change, exc, match", BAD, ids=case_ids(BAD))
+def test_bad_argument(call, change, exc, match):
+    if not isinstance(call, str):
+        change = {"x": X.copy(), "out": np.full_like(X, 7.0), **change}
+    assert_refused(*bad_call(call, change), exc, match)
+
+
+@pytest.mark.parametrize("counter, exc, match", [
+    (np.array(-1), ValueError, r"num_batches_tracked: expected a count in \[0, 2\*\*63 - 1\), got -1"),
+    (np.array(np.iinfo(np.int64).max), ValueError, "num_batches_tracked: expected a count"),
+    (np.array(3, np.int8), TypeError, "num_batches_tracked: expected dtype int64"),
+    (np.array(3, np.int32), TypeError, "num_batches_tracked: expected dtype int64"),
+    (np.array(3, np.uint64), TypeError, "num_batches_tracked: expected dtype int64"),
+    (np.ma.masked_array(np.array(3)), TypeError, "num_batches_tracked: masked arrays"),
+])
+@pytest.mark.parametrize("momentum", [None, 0.1])
+def test_bad_counter(counter, exc, match, momentum):
+    assert_refused(*bad_call("batch_norm", {"num_batches_tracked": counter, "momentum": momentum}), exc, match)
 
 
 def test_read_only_running_stats_are_refused_in_training():

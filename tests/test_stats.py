@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 import normfast
 from normfast import reference
 
-from conftest import ISAS, use_isa
+from helpers import ISAS, assert_refused, bad_call, case_ids, use_isa
 
 SETTINGS = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -157,10 +157,6 @@ def test_empty_and_degenerate():
         assert np.isnan(shaped.mean).all() and shaped.mean.shape == (3,)
 
 
-def state(acc):
-    return pickle.dumps((acc.count, acc._mean, acc._m2, acc._shape, acc._ndim))
-
-
 @pytest.mark.parametrize("call, error, match", [
     (lambda a: a.update(np.ones((2, 4))), ValueError, "x: expected the kept axes to have shape"),
     (lambda a: a.update(np.ones((2, 3, 1))), ValueError, "x: expected an array of rank 2"),
@@ -175,10 +171,7 @@ def state(acc):
 ])
 def test_bad_input_changes_nothing(call, error, match):
     acc = normfast.RunningMoments(axis=-2).update(np.arange(6.0).reshape(2, 3))
-    before = state(acc)
-    with pytest.raises(error, match=match):
-        call(acc)
-    assert state(acc) == before
+    assert_refused(call, {"a": acc}, error, match)
 
 
 def test_bad_axis():
@@ -234,16 +227,31 @@ def test_precise_stats_match_torch_batch_norm_statistics():
     np.testing.assert_allclose(var, bn.running_var.numpy(), rtol=1e-5)
 
 
-@pytest.mark.parametrize("batches, kwargs, error, match", [
-    ([], {}, ValueError, "batches: expected at least one batch"),
-    (5, {}, TypeError, "batches: expected an iterable"),
-    ([np.ones((2, 3)), np.ones((2, 4))], {}, ValueError, r"batches\[1\]: expected the kept axes"),
-    ([np.ones((2, 3)), np.ones((2, 3, 1))], {}, ValueError, r"batches\[1\]: expected an array of rank 2"),
-    ([np.ones(3)], {}, ValueError, "rank >= 2"),
-    ([np.ones((2, 3))], {"axis": 2}, np.exceptions.AxisError, "axis"),
-    ([np.ones((2, 3))], {"unbiased": 1}, TypeError, "unbiased"),
-    ([np.ones((1, 3))], {}, ValueError, "more than 1 value"),
-])
-def test_precise_stats_bad_input(batches, kwargs, error, match):
-    with pytest.raises(error, match=match):
-        normfast.precise_batch_norm_stats(batches, **kwargs)
+# (call, {argument: value or make(kw)}, exception, message): a call of api_calls.calls() by name with the
+# arguments given replaced, or precise_batch_norm_stats with these keyword arguments.
+PRECISE = normfast.precise_batch_norm_stats
+BAD = [
+    (PRECISE, {"batches": []}, ValueError, "batches: expected at least one batch"),
+    (PRECISE, {"batches": 5}, TypeError, "batches: expected an iterable"),
+    (PRECISE, {"batches": [np.ones((2, 3)), np.ones((2, 4))]}, ValueError, r"batches\[1\]: expected the kept axes"),
+    (PRECISE, {"batches": [np.ones((2, 3)), np.ones((2, 3, 1))]}, ValueError,
+     r"batches\[1\]: expected an array of rank 2"),
+    (PRECISE, {"batches": [np.ones(3)]}, ValueError, "rank >= 2"),
+    ("precise_batch_norm_stats", {"x": lambda kw: kw["x"][0, 0, 0]}, ValueError, "rank >= 2"),
+    *[(c, {"axis": 4}, np.exceptions.AxisError, "axis: axis 4 is out of range")
+      for c in ("RunningMoments", "precise_batch_norm_stats")],
+    *[(c, {"axis": 1.0}, TypeError, "axis: expected") for c in ("RunningMoments", "precise_batch_norm_stats")],
+    ("precise_batch_norm_stats", {"unbiased": 1}, TypeError, "unbiased: expected True or False"),
+    (PRECISE, {"batches": [np.ones((1, 3))]}, ValueError, "more than 1 value"),
+    ("precise_batch_norm_stats", {"x": lambda kw: kw["x"][:0]}, ValueError, "batches: expected more than 1 value"),
+    ("RunningMoments", {"more": lambda kw: kw["x"][:, :2]}, ValueError, "x: expected the kept axes to have shape"),
+    ("RunningMoments", {"more": lambda kw: kw["x"][0]}, ValueError, "x: expected an array of rank 4"),
+    ("RunningMoments", {"more": np.ones(3, complex)}, TypeError, "x: expected a float"),
+    ("RunningMoments_merge", {"other_axis": (0, 1)}, ValueError, "other: expected an accumulator over axis"),
+    ("RunningMoments_merge", {"other_axis": None}, ValueError, "other: expected an accumulator over axis"),
+]
+
+
+@pytest.mark.parametrize("call, change, exc, match", BAD, ids=case_ids(BAD))
+def test_bad_argument(call, change, exc, match):
+    assert_refused(*bad_call(call, change), exc, match)

@@ -7,6 +7,8 @@ from sklearn.decomposition import PCA
 
 import normfast
 
+from helpers import assert_refused
+
 METHODS = ["zca", "pca", "cholesky"]
 
 
@@ -100,8 +102,7 @@ def test_dtypes_out_and_pickling():
     (lambda: normfast.Whitening("cholesky", eps=0), lambda w, x: w.fit(np.ones((5, 3))), ValueError, "singular"),
 ])
 def test_bad_input(make, call, exc, match):
-    with pytest.raises(exc, match=match):
-        call(make(), data(n=50))
+    assert_refused(call, {"w": make(), "x": data(n=50)}, exc, match)
 
 
 def test_errors_after_fit_change_nothing():

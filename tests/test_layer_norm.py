@@ -1,4 +1,4 @@
-"""layer_norm and rms_norm against the float64 reference and against PyTorch."""
+"""layer_norm and rms_norm against the float64 reference and against PyTorch; their bad arguments."""
 import ml_dtypes
 import numpy as np
 import pytest
@@ -10,8 +10,7 @@ from hypothesis import strategies as st
 import normfast
 from normfast import _normc, norms, reference
 
-from conftest import ISAS, use_isa
-from test_norms import assert_close_y
+from helpers import ISAS, assert_close_y, assert_refused, bad_call, case_ids, read_only, use_isa
 
 DTYPES = [np.float32, np.float64, np.float16, ml_dtypes.bfloat16]
 
@@ -85,26 +84,41 @@ def test_rms_norm_default_eps_is_machine_epsilon():
     np.testing.assert_allclose(y[0, 0], want, rtol=1e-5)
 
 
-@pytest.mark.parametrize(
-    "kwargs,exc,match",
-    [
-        ({"normalized_shape": (5,)}, ValueError, r"normalized_shape: expected the trailing dimensions"),
-        ({"normalized_shape": (4,), "weight": np.ones(3)}, ValueError, r"weight: expected shape \(4,\)"),
-        ({"normalized_shape": 4, "eps": 0.0}, ValueError, "eps: expected a number > 0"),
-        ({"normalized_shape": 4, "residual": np.ones((2, 5))}, ValueError, "residual: expected shape"),
-        ({"normalized_shape": 4, "residual_out": np.empty((2, 3, 4), np.float32)}, ValueError,
-         "residual_out: only meaningful with residual"),
-        ({"normalized_shape": 4, "out": np.empty((2, 3, 4))}, ValueError, "out: expected shape"),
-        ({"normalized_shape": "4"}, TypeError, "normalized_shape: expected an int or a tuple"),
-    ],
-)
-def test_bad_input_writes_nothing(kwargs, exc, match):
-    x = np.ones((2, 3, 4), np.float32)
-    out = np.full_like(x, 7.0)
-    kw = {"out": out, **kwargs}
-    with pytest.raises(exc, match=match):
-        normfast.layer_norm(x, **kw)
-    assert (out == 7.0).all()
+# (call, {argument: value or make(kw)}, exception, message): a call of api_calls.calls() by name with the
+# arguments given replaced, or layer_norm with these keyword arguments on (2, 3, 4) ones (out of 7s).
+BAD = [
+    ("layer_norm", {"x": lambda kw: kw["x"][..., 0]}, ValueError, "normalized_shape: expected the trailing"),
+    (normfast.layer_norm, {"normalized_shape": (5,)}, ValueError, r"normalized_shape: expected the trailing dimensions"),
+    ("rms_norm", {"normalized_shape": (5, 3)}, ValueError, "normalized_shape: expected the trailing"),
+    ("rms_norm", {"normalized_shape": ()}, ValueError, "normalized_shape: expected at least one dimension"),
+    ("layer_norm", {"normalized_shape": "2"}, TypeError, "normalized_shape: expected an int or a tuple"),
+    ("layer_norm", {"normalized_shape": 2.0}, TypeError, "normalized_shape: expected an int"),
+    # parameters: shape, dtype, kind
+    ("layer_norm", {"weight": lambda kw: kw["weight"][:1]}, ValueError, r"weight: expected shape \(2,\)"),
+    ("layer_norm_residual", {"bias": np.ones(2, np.float32)}, ValueError, r"bias: expected shape \(5, 2\)"),
+    ("rms_norm", {"weight": np.ones(2, complex)}, TypeError, "weight: expected a float array"),
+    # residuals
+    ("layer_norm_residual", {"residual": lambda kw: kw["x"][:1]}, ValueError, "residual: expected shape"),
+    ("rms_norm_residual", {"residual": lambda kw: kw["x"].astype(int)}, TypeError, "residual: expected a float"),
+    ("layer_norm_residual", {"residual_out": lambda kw: read_only(kw["residual_out"])}, ValueError,
+     "residual_out: the array is read-only"),
+    ("rms_norm", {"residual_out": lambda kw: np.empty_like(kw["x"])}, ValueError, "residual_out: only meaningful"),
+    (normfast.layer_norm, {"normalized_shape": 4, "residual_out": np.empty((2, 3, 4), np.float32)}, ValueError,
+     "residual_out: only meaningful with residual"),
+    # eps out of range or of the wrong type
+    *[(c, {"eps": e}, ValueError, "eps: expected a number > 0" if (c, e) == ("layer_norm", 0) else "eps: expected")
+      for c in ("layer_norm", "rms_norm") for e in (0, -1e-5, np.nan, np.inf)],
+    *[(c, {"eps": "1e-5"}, TypeError, "eps: expected a real") for c in ("layer_norm", "rms_norm")],
+    ("layer_norm", {"eps": None}, TypeError, "eps: expected a real"),
+]
+
+
+@pytest.mark.parametrize("call, change, exc, match", BAD, ids=case_ids(BAD))
+def test_bad_argument(call, change, exc, match):
+    if not isinstance(call, str):
+        x = np.ones((2, 3, 4), np.float32)
+        change = {"x": x, "out": np.full_like(x, 7.0), **change}
+    assert_refused(*bad_call(call, change), exc, match)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
