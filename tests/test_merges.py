@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 import normfast
 import normfast.dask as nd
-from normfast import _normc, functional
+from normfast import _normc, reductions
 
 from helpers import ISAS, use_isa, use_threads
 
@@ -47,12 +47,12 @@ def assert_close(got, want, rtol, scale=1.0):
 @contextlib.contextmanager
 def chunk(n):
     """Integer data converted n elements at a time (small n exercises every chunking path on small data)."""
-    before = functional.CHUNK
-    functional.CHUNK = n
+    before = reductions.CHUNK
+    reductions.CHUNK = n
     try:
         yield
     finally:
-        functional.CHUNK = before
+        reductions.CHUNK = before
 
 
 @contextlib.contextmanager
@@ -207,7 +207,7 @@ def test_failed_update_changes_nothing(monkeypatch, dtype, small_chunk, at, axis
     rng = np.random.default_rng(0)
     first = (rng.standard_normal((2, 3, 4)) * 50).astype(dtype)
     second = (rng.standard_normal((3, 3 if axis == 1 else 5, 2)) * 50).astype(dtype)
-    with chunk(small_chunk or functional.CHUNK):
+    with chunk(small_chunk or reductions.CHUNK):
         for held in ([], [second]):  # a fresh accumulator, and one with data
             acc = normfast.RunningMoments(axis=axis)
             for p in held:
@@ -376,7 +376,7 @@ def test_dataset_stats_takes_bool_data():
 def test_a_large_uint8_batch_is_never_converted_whole():
     """(500, 3, 224, 224) uint8 is 75 MB, 602 MB in float64: the extra memory stays near one chunk."""
     x = np.random.default_rng(3).integers(0, 256, (500, 3, 224, 224), dtype=np.uint8)
-    bound = 3 * functional.CHUNK * 8
+    bound = 3 * reductions.CHUNK * 8
     for call in (lambda: normfast.moments(x, axis=(0, 2, 3)), lambda: normfast.moments(x[:, :, ::-1].T),
                  lambda: normfast.RunningMoments(axis=(0, 2, 3)).update(x).var(),
                  lambda: normfast.moments(x, (0, 1))):

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import normfast
-from normfast import norms, reference
+from normfast import _core, norms, reference
 
 from helpers import (ACTS, DTYPES, ISAS, assert_close_y, assert_refused, bad_call, case_ids, norm_inputs, read_only,
                      use_isa)
@@ -388,8 +388,8 @@ def test_fused_instance_and_group_norm(isa, dtype, act):
     w, b = params(16, True)
     pdt = np.float64 if x.dtype == np.float64 else np.float32
     probe = np.empty_like(x)
-    assert norms._fused_groups(x, normfast._checks.dtype_code(x.dtype), 1, 4, None, None, 1e-5, None, probe,
-                               False) is not None  # the fused path is taken
+    call = _core.channel_call(x, 1, None, None, 1e-5, None, per_sample=True)
+    assert norms._fused_groups(call, 4, probe, False) is not None  # the fused path is taken
     strided = np.empty((4, 16, 40, 82), x.dtype)[..., ::2]
     strided[...] = x
     for groups in (4, 16):

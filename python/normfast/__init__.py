@@ -6,7 +6,7 @@ from importlib.metadata import version as _version
 
 from . import _checks, _normc, layers
 from .dataset import DatasetError, DatasetStats, dataset_stats
-from .functional import moments
+from .reductions import moments
 from .grads import (batch_norm_backward, group_norm_backward, instance_norm_backward, layer_norm_backward,
                     rms_norm_backward, switchable_norm_backward)
 from .inference import cosine_linear, fold_batch_norm, weight_norm, weight_norm_params

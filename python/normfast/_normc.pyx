@@ -1,6 +1,6 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
 """Thin binding over the C engine: reads pointers, shapes and strides off NumPy arrays, releases the GIL,
-calls normc. Every argument is checked in functional.py; this layer only refuses what C cannot take."""
+calls normc. Every argument is checked in the Python layer; this one only refuses what C cannot take."""
 cimport numpy as cnp
 import numpy as np
 
@@ -40,7 +40,7 @@ cdef int _same_layout(cnp.ndarray a, cnp.ndarray b, str what) except -1:
 cdef int _plan(nf_plan *plan, cnp.ndarray x, tuple reduce, object stats, object y) except -1:
     """Plan x's reduction over the axes marked in reduce. stats: None, or an array of x's rank with size 1
     on the reduced axes (statistics, or the parameters of the apply pass). y: None, or an output of x's
-    shape and item size. Strides must be multiples of the item sizes (functional.py makes sure)."""
+    shape and item size. Strides must be multiples of the item sizes (the Python layer makes sure)."""
     cdef int nd = cnp.PyArray_NDIM(x), i
     cdef int64_t shape[NF_MAXDIM]
     cdef int64_t strides[NF_MAXDIM]

@@ -10,8 +10,8 @@ import dask
 import dask.array as da
 import numpy as np
 
-from . import _checks, norms
-from .functional import data, fold, moments64, stats_dtype
+from . import _checks, _core, norms
+from .reductions import data, fold, moments64, stats_dtype
 from .stats import RunningCovariance
 
 __all__ = ["moments", "batch_norm", "instance_norm", "group_norm", "layer_norm", "rms_norm",
@@ -19,7 +19,7 @@ __all__ = ["moments", "batch_norm", "instance_norm", "group_norm", "layer_norm",
 
 # The partial statistics of a block: count, mean and M2 of every kept element (float64).
 # A block's record per kept element: count, shift, mean of x - shift (merged in shifted frames,
-# functional.fold; the aggregate's mean is the whole one, shift 0) and M2.
+# reductions.fold; the aggregate's mean is the whole one, shift 0) and M2.
 _PARTIAL = np.dtype([("n", np.float64), ("shift", np.float64), ("mean", np.float64), ("m2", np.float64)])
 
 
@@ -137,27 +137,27 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, *
     then a blockwise apply. Training with running arrays computes the statistics right away to update
     them in place (as the in-memory function does); the result stays lazy."""
     x = _array(x)
-    c, C, pdt, weight, bias, eps, activation = norms._channel_args(x, axis, weight, bias, eps, activation, False)
+    call = _core.channel_args(x, axis, weight, bias, eps, activation, False)
     training, unbiased = _checks.flag(training, "training"), _checks.flag(unbiased, "unbiased")
     momentum = _checks.fraction(momentum, "momentum")
-    rm, rv, update = norms._running_pair(running_mean, running_var, C, pdt, training, "training", x.size == 0)
-    count = x.size // max(C, 1)
+    rm, rv, update = _core.running_pair(call, running_mean, running_var, training, "training", x.size == 0)
+    count = x.size // max(call.C, 1)
     if training:
         if count <= 1 and x.size:
             raise ValueError(f"x: expected more than 1 value per channel when training, got {count}")
-        p = _partials(x, tuple(i for i in range(x.ndim) if i != c))
+        p = _partials(x, tuple(i for i in range(x.ndim) if i != call.c))
         mean, var = p["mean"], p["m2"] / count
         if update:
             mean, var = dask.compute(mean, var)
-            norms._update_running(rm, rv, mean, var * (count / (count - 1) if unbiased else 1.0), momentum)
+            _core.update_running(rm, rv, mean, var * (count / (count - 1) if unbiased else 1.0), momentum)
     else:
         mean, var = rm, rv
 
     def block(b, loc, m, v):
-        return norms.batch_norm(b, m, v, _slice(weight, loc), _slice(bias, loc), eps=eps, axis=c,
-                                activation=activation)
+        return norms.batch_norm(b, m, v, _slice(call.weight, loc), _slice(call.bias, loc), eps=call.eps, axis=call.c,
+                                activation=call.activation)
 
-    return _per_channel(x, c, block, mean, var)
+    return _per_channel(x, call.c, block, mean, var)
 
 
 def _whole(x, axes):
@@ -172,47 +172,48 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
     """normfast.instance_norm over a dask array, blockwise (the spatial axes in one chunk). Running
     statistics are read (use_input_stats=False), never updated here."""
     x = _array(x)
-    c, C, pdt, weight, bias, eps, activation = norms._channel_args(x, axis, weight, bias, eps, activation, True)
+    call = _core.channel_args(x, axis, weight, bias, eps, activation, True)
     use_input_stats = _checks.flag(use_input_stats, "use_input_stats")
     if use_input_stats and (running_mean is not None or running_var is not None):
         raise ValueError("running_mean, running_var: normfast.dask.instance_norm does not update them; give "
                          "them with use_input_stats=False, or none")
-    rm, rv, _ = norms._running_pair(running_mean, running_var, C, pdt, use_input_stats, "use_input_stats", True,
+    rm, rv, _ = _core.running_pair(call, running_mean, running_var, use_input_stats, "use_input_stats", True,
                                     written=False)
-    count = x.size // max(x.shape[0] * C, 1)
+    count = x.size // max(x.shape[0] * call.C, 1)
     if use_input_stats and count <= 1 and x.size:
         raise ValueError(f"x: expected more than 1 spatial element when use_input_stats=True, got {count}")
-    x = _whole(x, [i for i in range(x.ndim) if i not in (0, c)])
+    x = _whole(x, [i for i in range(x.ndim) if i not in (0, call.c)])
 
     def block(b, loc, m=None, v=None):
-        return norms.instance_norm(b, m, v, _slice(weight, loc), _slice(bias, loc),
-                                   use_input_stats=use_input_stats, eps=eps, axis=c, activation=activation)
+        return norms.instance_norm(b, m, v, _slice(call.weight, loc), _slice(call.bias, loc),
+                                   use_input_stats=use_input_stats, eps=call.eps, axis=call.c,
+                                   activation=call.activation)
 
-    return _per_channel(x, c, block, *(() if use_input_stats else (rm, rv)))
+    return _per_channel(x, call.c, block, *(() if use_input_stats else (rm, rv)))
 
 
 def group_norm(x, num_groups, weight=None, bias=None, *, eps=1e-5, axis=1, activation=None):
     """normfast.group_norm over a dask array, blockwise: the spatial axes in one chunk, the channel axis
     rechunked only where a chunk boundary falls inside a group."""
     x = _array(x)
-    c, C, _, weight, bias, eps, activation = norms._channel_args(x, axis, weight, bias, eps, activation, True)
-    G = norms._groups(num_groups, C, x)  # the whole array's one-value-per-group rule, not each block's
-    split = [i for i in range(x.ndim) if i not in (0, c)]
-    if any(n % (C // G) for n in x.chunks[c]):
-        split.append(c)
+    call = _core.channel_args(x, axis, weight, bias, eps, activation, True)
+    G = _core.groups(num_groups, call.C, x)  # the whole array's one-value-per-group rule, not each block's
+    split = [i for i in range(x.ndim) if i not in (0, call.c)]
+    if any(n % (call.C // G) for n in x.chunks[call.c]):
+        split.append(call.c)
     x = _whole(x, split)
 
     def block(b, loc):  # a block may hold one value per group where the whole array (checked) holds more
-        return norms._group_norm(b, (loc[1] - loc[0]) // (C // G), _slice(weight, loc), _slice(bias, loc), eps, c,
-                                 activation, None, False)
+        return norms._group_norm(b, (loc[1] - loc[0]) // (call.C // G), _slice(call.weight, loc),
+                                 _slice(call.bias, loc), call.eps, call.c, call.activation, None, False)
 
-    return _per_channel(x, c, block)
+    return _per_channel(x, call.c, block)
 
 
 def _row_call(x, normalized_shape, fn, *params):
     """fn on each block, the normalized trailing axes in one chunk; params (weight, bias) checked now."""
     x = _array(x)
-    nshape = norms._normalized_shape(x, normalized_shape)
+    nshape = _core.normalized_dims(x, normalized_shape)
     for name, v in zip(("weight", "bias"), params):
         _checks.param(v, nshape, name)
     x = _whole(x, range(x.ndim - len(nshape), x.ndim))

@@ -23,7 +23,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
-from . import _checks, _normc, norms
+from . import _checks, _core, _normc
 
 __all__ = ["dataset_stats", "DatasetStats", "DatasetError"]
 
@@ -87,7 +87,7 @@ def _out(a):
 
 class _Acc:
     """Per kept element: count, shift and the mean of x - shift, M2 (float64, merged with Chan's formula
-    in shifted frames by the engine's nf_merge, as functional.fold does), min and max."""
+    in shifted frames by the engine's nf_merge, as reductions.fold does), min and max."""
 
     def __init__(self, shape):
         self.count, self.shift, self.mean, self.m2 = (np.zeros(shape) for _ in range(4))  # exact counts to 2**53
@@ -123,7 +123,7 @@ class _Piece:
         and max right after its moments, while it is in cache."""
         v, keep = self.values, self.keep
         shape = tuple(v.shape[a] for a in keep)
-        layout = norms._layout(v.ndim, dict(zip(keep, shape)))  # v's rank, so five arrays: one more axis
+        layout = _core.layout(v.ndim, dict(zip(keep, shape)))  # v's rank, so five arrays: one more axis
         shift, mean, m2, lo, hi = (a.reshape(layout) for a in np.empty((5, math.prod(shape))))  # may pass 64
         _normc.moments(v, _checks.dtype_code(v.dtype), tuple(a not in keep for a in range(v.ndim)), mean, m2, 0.0,
                        lo, hi, shift)

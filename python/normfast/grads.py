@@ -11,10 +11,11 @@ of one or more "terms" (one for batch, instance and group norm, three blended on
 each a mean and variance over some pooling of F groups; a term's gradient flows back into x through
 both. Layer and RMS norm run a fused row kernel instead."""
 import math
+from typing import NamedTuple
 
 import numpy as np
 
-from . import _checks, _normc, norms
+from . import _checks, _core, _normc
 
 __all__ = ["batch_norm_backward", "instance_norm_backward", "group_norm_backward", "switchable_norm_backward",
            "layer_norm_backward", "rms_norm_backward"]
@@ -79,8 +80,8 @@ def _channel_backward(x, dy, code, gx, keep, mean, rstd, weight, bias, activatio
     c = keep[-1]
     shape = mean.shape
     reduce = tuple(i not in keep for i in range(x.ndim))
-    w = 1.0 if weight is None else weight.astype(np.float64).reshape(norms._layout(x.ndim, {c: x.shape[c]}))
-    b = 0.0 if bias is None else bias.astype(np.float64).reshape(norms._layout(x.ndim, {c: x.shape[c]}))
+    w = 1.0 if weight is None else weight.astype(np.float64).reshape(_core.layout(x.ndim, {c: x.shape[c]}))
+    b = 0.0 if bias is None else bias.astype(np.float64).reshape(_core.layout(x.ndim, {c: x.shape[c]}))
     # The forward's apply parameters, z = (x - s) * a + c1, by the engine's centring rule: s is the mean
     # rounded to pdt and c1 puts that rounding back (x - mean = (x - s) + dm).
     s = mean.astype(pdt)
@@ -154,28 +155,40 @@ _SEG_MIN_LEN = 64    # shorter segments: the two-pass kernels' column walk is be
 _SEG_MIN_GROUPS = 8  # fewer groups than this would leave threads idle
 
 
+class _Segments(NamedTuple):
+    """nf_seggrad's geometry: `rows` groups, each `nseg` segments of `len` contiguous elements, row r's
+    segment j at r * row_stride + j * seg_stride, scaled by channel (r % period) * nslot + j % nslot."""
+
+    rows: int
+    row_stride: int
+    nseg: int
+    seg_stride: int
+    len: int
+    nslot: int
+    period: int
+
+
 def _segments(x, c, kind, groups):
-    """(rows, row_stride, nseg, seg_stride, len, nslot, period) of nf_seggrad for batch ("batch"), instance
-    or group norm of x, or None where the layout does not suit."""
+    """The _Segments of batch ("batch"), instance or group norm of x, or None where the layout does not
+    suit."""
     if c != 1 or x.ndim < 3 or not x.flags.c_contiguous:
         return None
     N, C = x.shape[:2]
     L = x.size // (N * C) if x.size else 0
     if kind == "batch":
-        geometry = (C, L, N, C * L, L, 1, C)
+        geometry = _Segments(C, L, N, C * L, L, 1, C)
     elif kind == "instance":
-        geometry = (N * C, L, 1, L, L, 1, C)
+        geometry = _Segments(N * C, L, 1, L, L, 1, C)
     else:
         cg = C // groups
-        geometry = (N * groups, cg * L, cg, L, L, cg, groups)
-    ok = L >= _SEG_MIN_LEN and geometry[0] >= _SEG_MIN_GROUPS and geometry[5] <= _normc.MAX_SLOTS
+        geometry = _Segments(N * groups, cg * L, cg, L, L, cg, groups)
+    ok = L >= _SEG_MIN_LEN and geometry.rows >= _SEG_MIN_GROUPS and geometry.nslot <= _normc.MAX_SLOTS
     return geometry if ok else None
 
 
 def _seg_backward(x, dy, code, gx, geometry, weight, bias, eps, activation, pdt, mean=None, rstd=None):
     """nf_seg_grad: grad_x into gx; returns (grad_weight, grad_bias) as _param_grads does."""
-    rows, nslot = geometry[0], geometry[5]
-    sums = np.empty(rows * nslot), np.empty(rows * nslot)
+    sums = np.empty(geometry.rows * geometry.nslot), np.empty(geometry.rows * geometry.nslot)
     _normc.seg_grad(x, dy, code, gx, *geometry, weight, bias, mean, rstd, eps, activation, *sums)
     C = x.shape[1]
     return _param_grads(*(a.reshape(-1, C) for a in sums), 1, weight, bias, pdt)
@@ -202,20 +215,21 @@ def _training_count(x, count, what):
         raise ValueError(f"x: expected more than 1 {what}, got {count}")
 
 
-def _one_statistic(x, dy, code, gx, c, kind, groups, batch_stats, statistics, count, pool, weight, bias, eps,
-                   activation, pdt, saved=(None, None)):
-    """The backward of batch ("batch"), instance or group norm: a single statistic per group, taken from
-    the batch (batch_stats) or constant. statistics() gives (keep axes, mean, rstd) for the two-pass path;
-    `saved` are the per-group (mean, rstd), flat, where the caller has them."""
+def _one_statistic(call, x, dy, code, gx, kind, groups, batch_stats, statistics, count, pool, saved=(None, None)):
+    """The backward of batch ("batch"), instance or group norm for a ChannelCall, x and dy laid out alike
+    (code x's dtype code, gx the output): a single statistic per group, taken from the batch (batch_stats)
+    or constant. statistics() gives (keep axes, mean, rstd) for the two-pass path; `saved` are the
+    per-group (mean, rstd), flat, where the caller has them."""
+    c, weight, bias, pdt = call.c, call.weight, call.bias, call.pdt
     if x.size == 0:
         return _empty_grads(x, gx, x.shape[c], weight, bias, pdt)
     geometry = _segments(x, c, kind, groups) if batch_stats else None
     if geometry is not None:
-        return (gx, *_seg_backward(x, dy, code, gx, geometry, weight, bias, eps, activation, pdt, *saved))
+        return (gx, *_seg_backward(x, dy, code, gx, geometry, weight, bias, call.eps, call.activation, pdt, *saved))
     keep, mean, rstd = statistics()
     terms = [_Term(1.0, 1.0, mean, count, pool)] if batch_stats else []
-    sum_g, sum_gxhat, _, _ = _channel_backward(x, dy, code, gx, keep, mean, rstd, weight, bias, activation, terms,
-                                               pdt)
+    sum_g, sum_gxhat, _, _ = _channel_backward(x, dy, code, gx, keep, mean, rstd, weight, bias, call.activation,
+                                               terms, pdt)
     return (gx, *_param_grads(sum_g, sum_gxhat, c, weight, bias, pdt))
 
 
@@ -227,29 +241,29 @@ def batch_norm_backward(grad_out, x, running_mean=None, running_var=None, weight
     training=True differentiates through the batch statistics, training=False treats the running ones
     as constants. mean and rstd (the (C,) statistics batch_norm(..., return_stats=True) returns) skip
     recomputing them. The running statistics are read (training=False) but never changed."""
-    x, code, c, C, pdt, weight, bias, eps, activation = norms._channel_call(x, axis, weight, bias, eps, activation,
+    call = _core.channel_call(x, axis, weight, bias, eps, activation,
                                                                            False)
+    x, code, c = call.x, call.code, call.c
     x, dy, code, gx = _pair(grad_out, x)
     training = _checks.flag(training, "training")
     if (mean is None) != (rstd is None):
         raise ValueError("mean, rstd: give both or neither")
     # Eval mode normalizes with the running statistics, or with the given mean and rstd.
-    rm, rv, _ = norms._running_pair(running_mean, running_var, C, pdt, training or mean is not None, "training",
+    rm, rv, _ = _core.running_pair(call, running_mean, running_var, training or mean is not None, "training",
                                     True, written=False)
-    saved = (None, None) if mean is None else tuple(_stat(v, (C,), n) for v, n in ((mean, "mean"), (rstd, "rstd")))
+    saved = (None, None) if mean is None else tuple(_stat(v, (call.C,), n) for v, n in ((mean, "mean"), (rstd, "rstd")))
     count = math.prod(n for i, n in enumerate(x.shape) if i != c)
     if training:
         _training_count(x, count, "value per channel when training")
 
     def statistics():
-        layout = norms._layout(x.ndim, {c: C})
+        layout = _core.layout(x.ndim, {c: call.C})
         if mean is not None:
             return (c,), saved[0].reshape(layout), saved[1].reshape(layout)
-        m, v = norms._moments(x, code, (c,)) if training else norms._running_stats(rm, rv, x, c)
-        return (c,), m, 1 / np.sqrt(v + eps)
+        m, v = _core.moments64(x, code, (c,)) if training else _core.running_stats(rm, rv, x, c)
+        return (c,), m, 1 / np.sqrt(v + call.eps)
 
-    return _one_statistic(x, dy, code, gx, c, "batch", 1, training, statistics, count, _identity, weight, bias, eps,
-                          activation, pdt, saved)
+    return _one_statistic(call, x, dy, code, gx, "batch", 1, training, statistics, count, _identity, saved)
 
 
 def instance_norm_backward(grad_out, x, running_mean=None, running_var=None, weight=None, bias=None, *,
@@ -257,11 +271,12 @@ def instance_norm_backward(grad_out, x, running_mean=None, running_var=None, wei
     """Gradients of instance_norm(x, ...) given grad_out: (grad_x, grad_weight, grad_bias), the last two
     None where weight or bias is None. use_input_stats=False treats the running statistics as constants;
     they are never changed."""
-    x, code, c, C, pdt, weight, bias, eps, activation = norms._channel_call(x, axis, weight, bias, eps, activation,
+    call = _core.channel_call(x, axis, weight, bias, eps, activation,
                                                                            True)
+    x, code, c = call.x, call.code, call.c
     x, dy, code, gx = _pair(grad_out, x)
     use_input_stats = _checks.flag(use_input_stats, "use_input_stats")
-    rm, rv, _ = norms._running_pair(running_mean, running_var, C, pdt, use_input_stats, "use_input_stats", True,
+    rm, rv, _ = _core.running_pair(call, running_mean, running_var, use_input_stats, "use_input_stats", True,
                                     written=False)
     count = math.prod(n for i, n in enumerate(x.shape) if i not in (0, c))
     if use_input_stats:
@@ -269,33 +284,32 @@ def instance_norm_backward(grad_out, x, running_mean=None, running_var=None, wei
 
     def statistics():
         keep = (0, c) if use_input_stats else (c,)
-        m, v = norms._moments(x, code, keep) if use_input_stats else norms._running_stats(rm, rv, x, c)
-        return keep, m, 1 / np.sqrt(v + eps)
+        m, v = _core.moments64(x, code, keep) if use_input_stats else _core.running_stats(rm, rv, x, c)
+        return keep, m, 1 / np.sqrt(v + call.eps)
 
-    return _one_statistic(x, dy, code, gx, c, "instance", 1, use_input_stats, statistics, count, _identity, weight,
-                          bias, eps, activation, pdt)
+    return _one_statistic(call, x, dy, code, gx, "instance", 1, use_input_stats, statistics, count, _identity)
 
 
 def group_norm_backward(grad_out, x, num_groups, weight=None, bias=None, *, eps=1e-5, axis=1, activation=None):
     """Gradients of group_norm(x, num_groups, ...) given grad_out: (grad_x, grad_weight, grad_bias), the
     last two None where weight or bias is None."""
-    x, code, c, C, pdt, weight, bias, eps, activation = norms._channel_call(x, axis, weight, bias, eps, activation,
+    call = _core.channel_call(x, axis, weight, bias, eps, activation,
                                                                            True)
+    x, code, c = call.x, call.code, call.c
     x, dy, code, gx = _pair(grad_out, x)
-    G = norms._groups(num_groups, C, x)
-    cg = C // G
+    G = _core.groups(num_groups, call.C, x)
+    cg = call.C // G
 
     def pool(a):  # sum over each group's channels, broadcast back to them (a: 1 but on axes 0 and c)
         split = a.reshape(a.shape[0], G, cg)
         return np.repeat(split.sum(axis=2), cg, axis=1).reshape(a.shape)
 
     def statistics():
-        m, v = norms._group_moments(x, code, c, G)
-        return (0, c), m, 1 / np.sqrt(v + eps)
+        m, v = _core.group_moments(x, code, c, G)
+        return (0, c), m, 1 / np.sqrt(v + call.eps)
 
     count = x.size // (x.shape[0] * G) if x.size else 0
-    return _one_statistic(x, dy, code, gx, c, "group", G, True, statistics, count, pool, weight, bias, eps, activation,
-                          pdt)
+    return _one_statistic(call, x, dy, code, gx, "group", G, True, statistics, count, pool)
 
 
 def _softmax_backward(p, g):
@@ -308,43 +322,44 @@ def switchable_norm_backward(grad_out, x, weight, bias, mean_weight, var_weight,
     """Gradients of switchable_norm(x, ...) given grad_out: (grad_x, grad_weight, grad_bias,
     grad_mean_weight, grad_var_weight), the last two with respect to the logits. With using_bn and
     training=False the batch statistics are the running ones, constants here; they are never changed."""
-    x, code, c, C, pdt, weight, bias, eps, activation = norms._channel_call(x, axis, weight, bias, eps, activation,
+    call = _core.channel_call(x, axis, weight, bias, eps, activation,
                                                                            True)
+    x, code, c = call.x, call.code, call.c
     x, dy, code, gx = _pair(grad_out, x)
     training = _checks.flag(training, "training")
     using_bn = _checks.flag(using_bn, "using_bn")
     k = 3 if using_bn else 2
-    wm = norms._softmax(mean_weight, k, "mean_weight")
-    wv = norms._softmax(var_weight, k, "var_weight")
+    wm = _core.softmax(mean_weight, k, "mean_weight")
+    wv = _core.softmax(var_weight, k, "var_weight")
     if using_bn:
-        rm, rv, _ = norms._running_pair(running_mean, running_var, C, pdt, training, "training", True, written=False)
+        rm, rv, _ = _core.running_pair(call, running_mean, running_var, training, "training", True, written=False)
     elif running_mean is not None or running_var is not None:
         raise ValueError("running_mean, running_var: only used with using_bn=True")
     count = math.prod(n for i, n in enumerate(x.shape) if i != c)
     if using_bn and training:
         _training_count(x, count, "value per channel when training")
     if x.size == 0:
-        gw, gb = (np.zeros(C, pdt) if v is not None else None for v in (weight, bias))
-        return gx, gw, gb, np.zeros(k, pdt), np.zeros(k, pdt)
+        gw, gb = (np.zeros(call.C, call.pdt) if v is not None else None for v in (call.weight, call.bias))
+        return gx, gw, gb, np.zeros(k, call.pdt), np.zeros(k, call.pdt)
     N = x.shape[0]
-    mean_in, var_in = norms._moments(x, code, (0, c))
+    mean_in, var_in = _core.moments64(x, code, (0, c))
     stats = [(mean_in, var_in, count // N, _identity),
-             (*norms._chan_merge(mean_in, var_in, c), count // N * C, lambda a: a.sum(axis=c, keepdims=True))]
+             (*_core.chan_merge(mean_in, var_in, c), count // N * call.C, lambda a: a.sum(axis=c, keepdims=True))]
     if using_bn:
         if training:
-            stats.append((*norms._chan_merge(mean_in, var_in, 0), count, lambda a: a.sum(axis=0, keepdims=True)))
+            stats.append((*_core.chan_merge(mean_in, var_in, 0), count, lambda a: a.sum(axis=0, keepdims=True)))
         else:
-            stats.append((*norms._running_stats(rm, rv, x, c), count, None))
-    mean = norms._blend(wm, [m for m, _, _, _ in stats])
+            stats.append((*_core.running_stats(rm, rv, x, c), count, None))
+    mean = _core.blend(wm, [m for m, _, _, _ in stats])
     var = sum(wv[i] * v for i, (_, v, _, _) in enumerate(stats))
     terms = [_Term(wm[i], wv[i], m, n, pool) for i, (m, _, n, pool) in enumerate(stats)]
-    sum_g, sum_gxhat, gmu, gvar = _channel_backward(x, dy, code, gx, (0, c), mean, 1 / np.sqrt(var + eps), weight,
-                                                    bias, activation, terms, pdt)
+    sum_g, sum_gxhat, gmu, gvar = _channel_backward(x, dy, code, gx, (0, c), mean, 1 / np.sqrt(var + call.eps),
+                                                    call.weight, call.bias, call.activation, terms, call.pdt)
     # d loss / d blend weight i: the statistic i seen from every (sample, channel) group.
     g_wm = np.array([np.sum(gmu * m) for m, _, _, _ in stats])
     g_wv = np.array([np.sum(gvar * v) for _, v, _, _ in stats])
-    return (gx, *_param_grads(sum_g, sum_gxhat, c, weight, bias, pdt),
-            _softmax_backward(wm, g_wm).astype(pdt), _softmax_backward(wv, g_wv).astype(pdt))
+    return (gx, *_param_grads(sum_g, sum_gxhat, c, call.weight, call.bias, call.pdt),
+            _softmax_backward(wm, g_wm).astype(call.pdt), _softmax_backward(wv, g_wv).astype(call.pdt))
 
 
 def _row_stats(x, code, lead, mean, rstd, eps, rms):
@@ -355,7 +370,7 @@ def _row_stats(x, code, lead, mean, rstd, eps, rms):
     if rstd is not None:
         rstd = _stat(rstd, lead, "rstd").reshape(-1)
         return (None if rms else _stat(mean, lead, "mean").reshape(-1)), rstd
-    mean, var = norms._moments(x, code, tuple(range(len(lead))))
+    mean, var = _core.moments64(x, code, tuple(range(len(lead))))
     mean, var = mean.reshape(-1), var.reshape(-1)
     if rms:  # the mean square; var and mean^2 are both >= 0, so nothing cancels
         return None, 1 / np.sqrt(var + mean * mean + eps)
@@ -364,9 +379,9 @@ def _row_stats(x, code, lead, mean, rstd, eps, rms):
 
 def _row_backward(grad_out, x, normalized_shape, weight, bias, eps, mean, rstd, rms):
     x, dy, code, gx = _pair(grad_out, x, "C")  # the row kernel walks C-contiguous rows
-    nshape = norms._normalized_shape(x, normalized_shape)
+    nshape = _core.normalized_dims(x, normalized_shape)
     pdt = _checks.stats_dtype(x)
-    eps = _checks.positive(norms._machine_eps(x) if eps is None and rms else eps, "eps")
+    eps = _checks.positive(_core.machine_eps(x) if eps is None and rms else eps, "eps")
     params = [None if v is None else _checks.param(v, nshape, name, pdt).reshape(-1)
               for name, v in (("weight", weight), ("bias", bias))]
     lead = x.shape[:x.ndim - len(nshape)]

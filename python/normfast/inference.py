@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from . import _checks, _normc, norms
+from . import _checks, _core, _normc
 
 __all__ = ["fold_batch_norm", "weight_norm", "weight_norm_params", "cosine_linear"]
 
@@ -88,7 +88,7 @@ def weight_norm_params(w, *, axis=0):
     w, code = _checks.float_array(w, "w")
     c = _weight_axis(w, axis, "w")
     keep = () if c is None else (c,)
-    mean, var = norms._moments(w, code, keep)
+    mean, var = _core.moments64(w, code, keep)
     n = w.size // max(mean.size, 1)
     g = np.sqrt(n * (var + mean * mean)) if n else np.zeros_like(mean)  # the norm of nothing is 0
     g = g.astype(w.dtype)

@@ -1,4 +1,4 @@
-"""Stateful normalization layers over the functional API: parameters and running statistics as NumPy
+"""Stateful normalization layers over the function API (norms.py, grads.py): parameters and running statistics as NumPy
 arrays, training and evaluation modes, and state dicts with PyTorch's key names, so a trained PyTorch
 module's `state_dict()` loads as it is. A training-mode call remembers what `backward` needs; backward
 returns the gradient with respect to x and adds the parameters' gradients to `grads`.
@@ -8,7 +8,7 @@ Parameters and buffers read as read-only arrays; they change only by assignment 
 scale and shift between calls and recompute them only after a change."""
 import numpy as np
 
-from . import _checks, _normc, grads, norms
+from . import _checks, _core, grads, norms
 
 __all__ = ["BatchNorm", "InstanceNorm", "GroupNorm", "LayerNorm", "RMSNorm", "SwitchableNorm"]
 
@@ -260,10 +260,10 @@ class BatchNorm(_ChannelNorm):
         if plan is None:
             st = self._state
             params = [None if st.get(k) is None else st[k].astype(pdt) for k in ("weight", "bias")]
-            stats = norms._running_stats(st["running_mean"], st["running_var"], x, c)
-            plan = self._cache[key] = norms._apply_plan(x.ndim, (c,), *stats, _checks.positive(self.eps, "eps"),
+            stats = _core.running_stats(st["running_mean"], st["running_var"], x, c)
+            plan = self._cache[key] = _core.apply_plan(x.ndim, (c,), *stats, _checks.positive(self.eps, "eps"),
                                                         *params, pdt)
-        return norms._run_plan(x, code, plan, out, activation)
+        return _core.run_plan(x, code, plan, out, activation)
 
 
 class InstanceNorm(_ChannelNorm):

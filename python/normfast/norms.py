@@ -1,112 +1,15 @@
-"""The normalization family, forward. Batch, instance and group norm reduce with the moments engine,
-turn the statistics into a shift, scale and bias per group (float64, on small arrays) and write
-y = act((x - s) * a + c) with the apply pass; layer and RMS norm run the fused row kernel. Everything is
-checked before anything is written; running statistics are updated last."""
+"""The normalization family, forward (the backward is grads.py, the machinery both share _core.py).
+Batch, instance and group norm reduce with the moments engine, turn the float64 statistics into a shift,
+scale and offset per group in the statistics dtype (nf_coefficients) and write y = act((x - s) * a + c)
+with the apply pass; layer and RMS norm run the fused row kernel. Everything is checked before anything
+is written; running statistics are updated last."""
 import math
 
 import numpy as np
 
-from . import _checks, _normc
-from .functional import moments64 as _moments  # biased float64 (mean, var) over the axes not kept
+from . import _checks, _core, _normc
 
 __all__ = ["batch_norm", "instance_norm", "group_norm", "switchable_norm", "layer_norm", "rms_norm"]
-
-
-def _layout(ndim, sizes):
-    """Shape of x's rank with the given {axis: size} and 1 elsewhere."""
-    return [sizes.get(i, 1) for i in range(ndim)]
-
-
-def _apply_plan(ndim, keep, mean, var, eps, weight, bias, pdt):
-    """The apply pass's arguments after x and before out: (reduce flags, s, a, c) with y = (x - s) * a + c
-    equal to (x - mean) / sqrt(var + eps) * weight + bias. mean and var: contiguous float64 laid out over
-    the `keep` axes of rank-ndim data (size 1 elsewhere), the channel axis the last kept one; weight and
-    bias: None or (C,) vectors of dtype pdt. s is the mean rounded to the compute precision pdt and that
-    rounding is folded into c in float64, so a large mean costs no accuracy. Where a coefficient does not
-    fit float32 (a scale past its range: subnormal data with a tiny eps), the plan is float64's, which
-    _run_plan applies to x in float64."""
-    s, a, c = np.empty(mean.shape, pdt), np.empty(mean.shape, pdt), np.empty(mean.shape, pdt)
-    if not _normc.coefficients(mean, var, eps, weight, bias, s, a, c):
-        wide = [None if p is None else p.astype(np.float64) for p in (weight, bias)]
-        return _apply_plan(ndim, keep, mean, var, eps, *wide, np.float64)
-    return tuple(i not in keep for i in range(ndim)), s, a, c
-
-
-def _run_plan(x, code, plan, out, activation):
-    """The apply pass of a plan into out; a float64 plan for narrower x runs on x in float64, rounded
-    once into out."""
-    if plan[1].dtype == np.float64 and x.dtype != np.float64:
-        y = np.empty(x.shape)
-        _normc.apply(x.astype(np.float64), _checks.F64, *plan, y, activation)
-        out[...] = y
-    else:
-        _normc.apply(x, code, *plan, out, activation)
-    return out
-
-
-def _apply(x, code, keep, mean, var, eps, weight, bias, activation, out, pdt):
-    """y = act((x - mean) / sqrt(var + eps) * weight + bias) into out (see _apply_plan)."""
-    return _run_plan(x, code, _apply_plan(x.ndim, keep, mean, var, eps, weight, bias, pdt), out, activation)
-
-
-def _running_pair(running_mean, running_var, C, pdt, batch_stats, mode, empty, written=True):
-    """The checked running arrays (or None, None) and whether to update them: `batch_stats` says whether
-    this call normalizes with the batch, `mode` names that switch for the error message; an `empty` batch
-    has no statistics and updates nothing (as in PyTorch); a call that is never `written` (a backward)
-    only reads them."""
-    writable = written and batch_stats and (running_mean is not None or running_var is not None)
-    rm = _checks.running(running_mean, C, pdt, "running_mean", writable)
-    rv = _checks.running(running_var, C, pdt, "running_var", writable)
-    if (rm is None) != (rv is None):
-        raise ValueError("running_mean, running_var: give both or neither")
-    if not batch_stats and rm is None:
-        raise ValueError(f"running_mean, running_var: required when {mode}=False")
-    return rm, rv, writable and not empty
-
-
-def _running_stats(rm, rv, x, c):
-    """Running statistics as float64 arrays shaped along channel axis c of x (inference)."""
-    shape = _layout(x.ndim, {c: x.shape[c]})
-    return rm.astype(np.float64).reshape(shape), rv.astype(np.float64).reshape(shape)
-
-
-def _update_running(rm, rv, mean, var, f):
-    """PyTorch's running update in place, r = (1 - f) * r + f * batch, from the batch's (C,) mean and
-    unbiased variance; the last step of a call, after everything that can fail."""
-    rm[...] = (1 - f) * rm + f * mean
-    rv[...] = (1 - f) * rv + f * var
-
-
-def _written(out, rm, rv, update, nbt=None):
-    """The arrays a channel norm writes, for _checks.disjoint: out, and the running statistics (and the
-    batch counter) where they are updated, else read."""
-    running = (("running_mean", rm), ("running_var", rv), ("num_batches_tracked", nbt))
-    return (("out", out), *running) if update else (("out", out),)
-
-
-def _read(x, weight, bias, rm, rv, update):
-    """The arrays a channel norm only reads (the running statistics unless it updates them)."""
-    return (("x", x), ("weight", weight), ("bias", bias), *(() if update else (("running_mean", rm),
-                                                                               ("running_var", rv))))
-
-
-def _channel_call(x, axis, weight, bias, eps, activation, per_sample):
-    """The checks every channel norm starts with: x, its channel axis (never the batch axis when
-    statistics are per sample), eps, the activation and the (C,) weight and bias in the statistics
-    dtype. Returns (x, code, c, C, pdt, weight, bias, eps, activation)."""
-    x, code = _checks.float_array(x, "x")
-    return (x, code, *_channel_args(x, axis, weight, bias, eps, activation, per_sample))
-
-
-def _channel_args(x, axis, weight, bias, eps, activation, per_sample):
-    """_channel_call's checks of everything but x's data, for anything with x's shape, ndim and dtype (a
-    dask array too): (c, C, pdt, weight, bias, eps, activation)."""
-    c = _instance_axes(x, axis) if per_sample else _checks.channel_axis(axis, x.ndim)
-    C, pdt = x.shape[c], _checks.stats_dtype(x)
-    eps = _checks.positive(eps, "eps")
-    activation = _checks.activation(activation)
-    return (c, C, pdt, _checks.param(weight, (C,), "weight", pdt), _checks.param(bias, (C,), "bias", pdt), eps,
-            activation)
 
 
 def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, *, training=False,
@@ -122,31 +25,32 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, *
     Returns `out` (a new array like x unless given; x itself is allowed), or with return_stats=True
     (out, mean, rstd): the (C,) float64 mean and 1 / sqrt(var + eps) that normalized x, for
     batch_norm_backward."""
-    x, code, c, C, pdt, weight, bias, eps, activation = _channel_call(x, axis, weight, bias, eps, activation, False)
+    call = _core.channel_call(x, axis, weight, bias, eps, activation, False)
+    x, code, c = call.x, call.code, call.c
     training = _checks.flag(training, "training")
     unbiased = _checks.flag(unbiased, "unbiased")
     momentum = _checks.fraction(momentum, "momentum", allow_none=True)
     return_stats = _checks.flag(return_stats, "return_stats")
-    rm, rv, update = _running_pair(running_mean, running_var, C, pdt, training, "training", x.size == 0)
+    rm, rv, update = _core.running_pair(call, running_mean, running_var, training, "training", x.size == 0)
     nbt = _checks.counter(num_batches_tracked, "num_batches_tracked")
     if training and rm is not None and momentum is None and nbt is None:
         raise ValueError("num_batches_tracked: required for momentum=None (the cumulative average)")
     out = _checks.output(out, x)
-    _checks.disjoint(_written(out, rm, rv, update, nbt), _read(x, weight, bias, rm, rv, update))
+    _checks.disjoint(_core.written_arrays(out, rm, rv, update, nbt), _core.read_arrays(call, rm, rv, update))
     count = math.prod(n for i, n in enumerate(x.shape) if i != c)
     if training:
         if count <= 1 and x.size:
             raise ValueError(f"x: expected more than 1 value per channel when training, got {count}")
-        mean, var = _moments(x, code, (c,))
+        mean, var = _core.moments64(x, code, (c,))
     else:
-        mean, var = _running_stats(rm, rv, x, c)
-    _apply(x, code, (c,), mean, var, eps, weight, bias, activation, out, pdt)
+        mean, var = _core.running_stats(rm, rv, x, c)
+    _core.apply(call, (c,), mean, var, out)
     if update:
         f = momentum if momentum is not None else 1.0 / (int(nbt.flat[0]) + 1)
-        _update_running(rm, rv, mean.ravel(), var.ravel() * (count / (count - 1) if unbiased else 1.0), f)
+        _core.update_running(rm, rv, mean.ravel(), var.ravel() * (count / (count - 1) if unbiased else 1.0), f)
         if nbt is not None:
             nbt += 1
-    return (out, mean.ravel(), 1 / np.sqrt(var.ravel() + eps)) if return_stats else out
+    return (out, mean.ravel(), 1 / np.sqrt(var.ravel() + call.eps)) if return_stats else out
 
 
 # Rows (sample, group) below which the fused kernel, one thread per row, would leave threads idle. A
@@ -156,12 +60,13 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, *
 _FUSED_MIN_ROWS = 8
 
 
-def _fused_groups(x, code, c, groups, weight, bias, eps, activation, out, stats):
+def _fused_groups(call, groups, out, stats):
     """Instance or group norm in one visit of each (sample, group) while it is in cache, when x is
     C-contiguous with channels first: each group is then one contiguous row, made of one segment per
     channel. Returns None (nothing done) for other layouts, or where rows would be too few to share among
     threads or too long to stay in cache; else (mean, var), the per-row float64 statistics when `stats`,
     otherwise (None, None). An `out` of another layout gets the same bytes through a contiguous buffer."""
+    x, c = call.x, call.c
     rows = x.shape[0] * groups
     length = x.size // rows if rows else 0
     seg = length * groups // x.shape[c] if length else 0
@@ -169,17 +74,10 @@ def _fused_groups(x, code, c, groups, weight, bias, eps, activation, out, stats)
         return None
     mean, var = (np.empty(rows), np.empty(rows)) if stats else (None, None)
     y = out if out.flags.c_contiguous else np.empty_like(x)
-    _normc.segnorm(x, code, y, rows, seg, groups, weight, bias, eps, activation, mean, var)
+    _normc.segnorm(x, call.code, y, rows, seg, groups, call.weight, call.bias, call.eps, call.activation, mean, var)
     if y is not out:
         out[...] = y
     return mean, var
-
-
-def _instance_axes(x, axis):
-    c = _checks.channel_axis(axis, x.ndim)
-    if c == 0:
-        raise ValueError("axis: the channel axis cannot be axis 0, the batch axis")
-    return c
 
 
 def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None, *, use_input_stats=True,
@@ -188,29 +86,30 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
 
     With use_input_stats and running arrays, they are updated in place with the batch average of the
     instance means and unbiased variances; use_input_stats=False normalizes with them instead."""
-    x, code, c, C, pdt, weight, bias, eps, activation = _channel_call(x, axis, weight, bias, eps, activation, True)
+    call = _core.channel_call(x, axis, weight, bias, eps, activation, True)
+    x, code, c = call.x, call.code, call.c
     use_input_stats = _checks.flag(use_input_stats, "use_input_stats")
     momentum = _checks.fraction(momentum, "momentum")
-    rm, rv, update = _running_pair(running_mean, running_var, C, pdt, use_input_stats, "use_input_stats",
+    rm, rv, update = _core.running_pair(call, running_mean, running_var, use_input_stats, "use_input_stats",
                                    x.size == 0)
     out = _checks.output(out, x)
-    _checks.disjoint(_written(out, rm, rv, update), _read(x, weight, bias, rm, rv, update))
+    _checks.disjoint(_core.written_arrays(out, rm, rv, update), _core.read_arrays(call, rm, rv, update))
     count = math.prod(n for i, n in enumerate(x.shape) if i not in (0, c))
     if use_input_stats:
         if count <= 1 and x.size:
             raise ValueError(f"x: expected more than 1 spatial element when use_input_stats=True, got {count}")
-        fused = _fused_groups(x, code, c, C, weight, bias, eps, activation, out, update)
+        fused = _fused_groups(call, call.C, out, update)
         if fused is None:
-            mean, var = _moments(x, code, (0, c))
-            _apply(x, code, (0, c), mean, var, eps, weight, bias, activation, out, pdt)
+            mean, var = _core.moments64(x, code, (0, c))
+            _core.apply(call, (0, c), mean, var, out)
         else:
             mean, var = fused
     else:
-        _apply(x, code, (c,), *_running_stats(rm, rv, x, c), eps, weight, bias, activation, out, pdt)
+        _core.apply(call, (c,), *_core.running_stats(rm, rv, x, c), out)
     if update:  # the batch average of the instance means and unbiased variances
         # Both kinds of statistics are in (sample, channel) order: per row, or laid out like x.
-        mean, var = mean.reshape(x.shape[0], C), var.reshape(x.shape[0], C)
-        _update_running(rm, rv, mean.mean(axis=0), var.mean(axis=0) * (count / (count - 1)), momentum)
+        mean, var = mean.reshape(x.shape[0], call.C), var.reshape(x.shape[0], call.C)
+        _core.update_running(rm, rv, mean.mean(axis=0), var.mean(axis=0) * (count / (count - 1)), momentum)
     return out
 
 
@@ -223,69 +122,14 @@ def group_norm(x, num_groups, weight=None, bias=None, *, eps=1e-5, axis=1, activ
 def _group_norm(x, num_groups, weight, bias, eps, axis, activation, out, whole):
     """group_norm; `whole`: x is the whole input, held to PyTorch's one-value-per-group rule (a block of
     a Dask array is not: the rule is the whole array's)."""
-    x, code, c, C, pdt, weight, bias, eps, activation = _channel_call(x, axis, weight, bias, eps, activation, True)
-    G = _groups(num_groups, C, x if whole else None)
+    call = _core.channel_call(x, axis, weight, bias, eps, activation, True)
+    x, code, c = call.x, call.code, call.c
+    G = _core.groups(num_groups, call.C, x if whole else None)
     out = _checks.output(out, x)
-    _checks.disjoint(_written(out, None, None, False), _read(x, weight, bias, None, None, False))
-    if _fused_groups(x, code, c, G, weight, bias, eps, activation, out, False) is not None:
+    _checks.disjoint(_core.written_arrays(out, None, None, False), _core.read_arrays(call, None, None, False))
+    if _fused_groups(call, G, out, False) is not None:
         return out
-    return _apply(x, code, (0, c), *_group_moments(x, code, c, G), eps, weight, bias, activation, out, pdt)
-
-
-def _groups(num_groups, C, x=None):
-    """num_groups checked against the C channels and, where given, the data x: like PyTorch, group norm
-    refuses x with a single value per group (batch size x channels per group x spatial size of 1), whose
-    result would be the bias alone."""
-    G = _checks.integer(num_groups, "num_groups")
-    if G < 1 or C % G:
-        raise ValueError(f"num_groups: expected a positive divisor of the {C} channels, got {G}")
-    if x is not None and x.size == G:
-        raise ValueError(f"x: expected more than 1 value per group, got shape {x.shape} with {G} groups")
-    return G
-
-
-def _group_moments(x, code, c, G):
-    """Group norm's (mean, var), float64, laid out per sample and channel (each group's repeated over its
-    channels)."""
-    # Axes of size 1 (but the batch and channel axes) dropped first, so that the split below stays within
-    # NumPy's 64 dimensions; then the channel axis split into (G, C/G). Both are views of x.
-    drop = tuple(i for i in range(x.ndim) if x.shape[i] == 1 and i not in (0, c))
-    cs = c - sum(i < c for i in drop)
-    xs = x.squeeze(drop)
-    cg = x.shape[c] // G
-    xs = xs.reshape(xs.shape[:cs] + (G, cg) + xs.shape[cs + 1:])
-    mean, var = _moments(xs, code, (0, cs))
-    # Per group -> per channel: repeat along the group axis; then x's rank (the other axes are all 1).
-    shape = _layout(x.ndim, {0: x.shape[0], c: x.shape[c]})
-    return np.repeat(mean, cg, axis=cs).reshape(shape), np.repeat(var, cg, axis=cs).reshape(shape)
-
-
-def _softmax(logits, n, name):
-    """Softmax of a checked vector of n importance logits, in float64."""
-    w = _checks.param(logits, (n,), name)
-    if w is None:
-        raise TypeError(f"{name}: expected an array of {n} logits, got None")
-    if not np.isfinite(w).all():
-        raise ValueError(f"{name}: expected finite logits, got {w}")
-    e = np.exp(w - w.max())
-    return e / e.sum()
-
-
-def _chan_merge(mean, var, axis):
-    """Exact moments of the union of equal-count groups laid along `axis` (Chan's formula for equal
-    counts): mean of the means, and mean of the variances plus the spread of the means about it. The
-    means are averaged shifted by the first, so equal means give that mean exactly and no spread."""
-    first = mean.take([0], axis=axis) if mean.shape[axis] else 0.0
-    m = first + (mean - first).mean(axis=axis, keepdims=True)
-    d = mean - m
-    return m, var.mean(axis=axis, keepdims=True) + (d * d).mean(axis=axis, keepdims=True)
-
-
-def _blend(weights, means):
-    """sum(w_i * mean_i) for softmax weights (summing to 1), as means[0] + sum(w_i * (mean_i - means[0])):
-    equal means give exactly that mean, where the weights' rounding would leave a few ulps that
-    1 / sqrt(var + eps) of constant data magnifies."""
-    return means[0] + sum(w * (m - means[0]) for w, m in zip(weights[1:], means[1:]))
+    return _core.apply(call, (0, c), *_core.group_moments(x, code, c, G), out)
 
 
 def switchable_norm(x, weight, bias, mean_weight, var_weight, running_mean=None, running_var=None, *,
@@ -298,53 +142,54 @@ def switchable_norm(x, weight, bias, mean_weight, var_weight, running_mean=None,
     (or (2,) without batch statistics). With using_bn, training=True updates running_mean/running_var
     (when given) with the batch mean and unbiased batch variance, as batch_norm does; training=False
     takes the batch statistics from them."""
-    x, code, c, C, pdt, weight, bias, eps, activation = _channel_call(x, axis, weight, bias, eps, activation, True)
+    call = _core.channel_call(x, axis, weight, bias, eps, activation, True)
+    x, code, c = call.x, call.code, call.c
     training = _checks.flag(training, "training")
     using_bn = _checks.flag(using_bn, "using_bn")
     momentum = _checks.fraction(momentum, "momentum")
     k = 3 if using_bn else 2
-    wm = _softmax(mean_weight, k, "mean_weight")
-    wv = _softmax(var_weight, k, "var_weight")
+    wm = _core.softmax(mean_weight, k, "mean_weight")
+    wv = _core.softmax(var_weight, k, "var_weight")
     if using_bn:
-        rm, rv, update = _running_pair(running_mean, running_var, C, pdt, training, "training", x.size == 0)
+        rm, rv, update = _core.running_pair(call, running_mean, running_var, training, "training", x.size == 0)
     elif running_mean is not None or running_var is not None:
         raise ValueError("running_mean, running_var: only used with using_bn=True")
     else:
         rm = rv = None
         update = False
     out = _checks.output(out, x)
-    _checks.disjoint(_written(out, rm, rv, update), _read(x, weight, bias, rm, rv, update))
+    _checks.disjoint(_core.written_arrays(out, rm, rv, update), _core.read_arrays(call, rm, rv, update))
     count = math.prod(n for i, n in enumerate(x.shape) if i != c)
     if using_bn and training and count <= 1 and x.size:
         raise ValueError(f"x: expected more than 1 value per channel when training, got {count}")
     if x.size == 0:
         return out
-    mean_in, var_in = _moments(x, code, (0, c))
-    mean_ln, var_ln = _chan_merge(mean_in, var_in, c)
+    mean_in, var_in = _core.moments64(x, code, (0, c))
+    mean_ln, var_ln = _core.chan_merge(mean_in, var_in, c)
     means, var = [mean_in, mean_ln], wv[0] * var_in + wv[1] * var_ln
     if using_bn:
         if training:
-            mean_bn, var_bn = _chan_merge(mean_in, var_in, 0)
+            mean_bn, var_bn = _core.chan_merge(mean_in, var_in, 0)
         else:
-            mean_bn, var_bn = _running_stats(rm, rv, x, c)
+            mean_bn, var_bn = _core.running_stats(rm, rv, x, c)
         means.append(mean_bn)
         var = var + wv[2] * var_bn
-    mean = _blend(wm, means)
-    _apply(x, code, (0, c), mean, var, eps, weight, bias, activation, out, pdt)
+    mean = _core.blend(wm, means)
+    _core.apply(call, (0, c), mean, var, out)
     if update:
-        _update_running(rm, rv, mean_bn.ravel(), var_bn.ravel() * (count / (count - 1)), momentum)
+        _core.update_running(rm, rv, mean_bn.ravel(), var_bn.ravel() * (count / (count - 1)), momentum)
     return out
 
 
 def _row_norm(x, normalized_shape, weight, bias, eps, residual, residual_out, out, rms, stats=False):
-    """Layer or RMS norm (the checked, general path; RMS norm's eps None is _machine_eps). With `stats`,
+    """Layer or RMS norm (the checked, general path; RMS norm's eps None is _core.machine_eps). With `stats`,
     returns (out, mean, rstd): the rows' float64 mean and 1 / sqrt(var + eps) over the leading shape (RMS
     norm: mean 0 and var the mean square)."""
     x, code = _checks.float_array(x, "x")
-    nshape = _normalized_shape(x, normalized_shape)
+    nshape = _core.normalized_dims(x, normalized_shape)
     k = len(nshape)
     pdt = _checks.stats_dtype(x)
-    eps = _checks.positive(_machine_eps(x) if eps is None and rms else eps, "eps")
+    eps = _checks.positive(_core.machine_eps(x) if eps is None and rms else eps, "eps")
     length = math.prod(nshape)
     # The kernel takes both as flat rows of the statistics dtype, or None.
     params = [None if v is None else _checks.param(v, nshape, name, pdt).reshape(-1)
@@ -410,22 +255,6 @@ def _rows(x, code, k, length, params, eps, out, mean, var, rms):
     out[...] = yc
 
 
-def _normalized_shape(x, normalized_shape):
-    """normalized_shape as a tuple, checked to be x's trailing dimensions."""
-    if type(normalized_shape) is int:
-        nshape = (normalized_shape,)
-    else:
-        items = normalized_shape if isinstance(normalized_shape, (tuple, list)) else (normalized_shape,)
-        nshape = tuple(_checks.integer(n, "normalized_shape", "an int or a tuple of ints", repr(normalized_shape))
-                       for n in items)
-    k = len(nshape)
-    if k == 0:  # as PyTorch: at least one normalized dimension
-        raise ValueError("normalized_shape: expected at least one dimension, got ()")
-    if k > x.ndim or x.shape[x.ndim - k:] != nshape:
-        raise ValueError(f"normalized_shape: expected the trailing dimensions of x {x.shape}, got {nshape}")
-    return nshape
-
-
 def _merge_trailing(a, k, length):
     """a's last k axes as one axis of stride 1 (a view), or None when they are not one contiguous run."""
     step = a.itemsize
@@ -453,23 +282,6 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, *, eps=1e-5, residua
     return _row_norm(x, normalized_shape, weight, bias, eps, residual, residual_out, out, False, True)
 
 
-_MACHINE_EPS = {}
-
-
-def _machine_eps(x):
-    """RMS norm's default eps, as PyTorch's: the machine epsilon of the dtype x is computed in (float32
-    for the half types, float64 for float64). None when x has no float dtype (the checks then say what
-    is wrong, or x is converted to one first)."""
-    dt = getattr(x, "dtype", None)
-    if isinstance(dt, np.dtype) and not dt.isnative:
-        dt = dt.newbyteorder("=")
-    if dt not in _MACHINE_EPS:
-        if not isinstance(dt, np.dtype) or _checks.dtype_code(dt) is None:
-            return None
-        _MACHINE_EPS[dt] = float(np.finfo(_checks.stats_dtype(np.empty(0, dt))).eps)
-    return _MACHINE_EPS[dt]
-
-
 def rms_norm(x, normalized_shape, weight=None, *, eps=None, residual=None, residual_out=None, out=None,
              return_stats=False):
     """RMS normalization, x / sqrt(mean(x^2) + eps) * weight, over the trailing dimensions; eps=None is
@@ -477,7 +289,7 @@ def rms_norm(x, normalized_shape, weight=None, *, eps=None, residual=None, resid
     float64 1 / sqrt(mean(x^2) + eps) over the leading shape (RMS norm has no mean), for
     rms_norm_backward."""
     if residual is None and residual_out is None and return_stats is False:
-        y = _normc.rownorm_common(x, normalized_shape, weight, None, _machine_eps(x) if eps is None else eps, out,
+        y = _normc.rownorm_common(x, normalized_shape, weight, None, _core.machine_eps(x) if eps is None else eps, out,
                                   True)
         if y is not None:
             return y

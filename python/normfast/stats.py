@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 
 from . import _checks
-from .functional import data, fold, moments64
+from .reductions import data, fold, moments64
 
 __all__ = ["RunningMoments", "RunningCovariance", "precise_batch_norm_stats"]
 
@@ -31,7 +31,7 @@ def _axis_spec(axis):
 
 class _Mergeable:
     """What both accumulators share: the fold of a part's (n, shift, mean, M2) into (_count, _shift,
-    _mean, _m2) with Chan's formula in shifted frames (functional.fold; M2 the co-moment matrix where
+    _mean, _m2) with Chan's formula in shifted frames (reductions.fold; M2 the co-moment matrix where
     _outer is np.outer), and a + b (a new accumulator holding both's data) and a += b over the subclass's
     copy() and merge()."""
 

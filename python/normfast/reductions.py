@@ -1,6 +1,7 @@
-"""The public functions: argument checking, axis canonicalisation and dtype rules; the work is done in
-the C engine through _normc. Also the pieces every statistic shares: Chan's merge of partial moments and
-the reduction of integer and bool data, which the engine reads as float64 a bounded chunk at a time."""
+"""Reductions: the public `moments` (NumPy's mean and var in one pass: argument checking, axis
+canonicalisation and dtype rules; the work is done in the C engine through _normc), and the pieces every
+statistic shares: Chan's merge of partial moments (fold) and the reduction of integer and bool data,
+which the engine reads as float64 a bounded chunk at a time."""
 import math
 import warnings
 
