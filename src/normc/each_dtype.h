@@ -1,5 +1,5 @@
-/* Instantiates the kernel template NF_TEMPLATE (then NF_TEMPLATE2, where defined) once per storage
- * dtype, in nf_dtype order (instantiate.h), with the parameters the templates take:
+/* Instantiates the kernel template NF_TEMPLATE once per storage dtype, in nf_dtype order (instantiate.h),
+ * with the parameters the templates take:
  *   NF_T      storage type            NF_A      accumulation type (float, or double for float64)
  *   NF_V      vector of NF_A          NF_W      its lane count       NF_VI  integer vector, same lanes
  *   NF_LOAD   one NF_T -> NF_A        NF_VLOAD  NF_W contiguous NF_T -> NF_V
@@ -57,4 +57,3 @@
 #include "instantiate.h"
 
 #undef NF_TEMPLATE
-#undef NF_TEMPLATE2

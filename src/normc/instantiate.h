@@ -1,9 +1,6 @@
 /* One instantiation, by each_dtype.h: the kernel templates with the parameters it defined, which are then
  * undefined for the next one. */
 #include NF_TEMPLATE
-#ifdef NF_TEMPLATE2
-#include NF_TEMPLATE2
-#endif
 #undef NF_T
 #undef NF_A
 #undef NF_V

@@ -20,7 +20,7 @@
  * level compiles its own copy, nf_<name>_<isa>, taking the public parameters and then the thread count;
  * the copies' declarations, the dispatch table's fields and rows (dispatch.c) and the public entry points
  * that pick a row expand from this list. Adding a kernel: its declaration in normc.h, a line here, its
- * definition NF_FN(nf_<name>) in a kernel source. */
+ * definition NF_FN(nf_<name>) in a kernel source (docs/architecture.md lists the Python side). */
 #define NF_KERNEL_LIST(X)                                                                                  \
     X(moments,                                                                                             \
       (const nf_plan *plan, nf_dtype dtype, const void *x, nf_dtype out_dtype, void *mean, void *var,        \
