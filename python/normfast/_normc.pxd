@@ -13,6 +13,7 @@ cdef extern from "normc.h" nogil:
         NF_OK
         NF_EINVAL
         NF_ENOMEM
+        NF_ELAYOUT
     ctypedef enum nf_isa:
         NF_ISA_BASELINE
         NF_ISA_AVX2

@@ -133,6 +133,28 @@ cdef inline const void *_data_or_null(object a):
     return NULL if a is None else cnp.PyArray_DATA(<cnp.ndarray>a)
 
 
+cdef int _flat(tuple arrays, int typenum, Py_ssize_t size, bint writeable, str what, bint optional=True) except -1:
+    """Each array (or None, where optional) what C reads as a flat run of `size` values of the NumPy type
+    typenum: a C-contiguous, aligned, native ndarray of that type and size, writeable if asked."""
+    cdef cnp.ndarray a
+    for v in arrays:
+        if v is None and optional:
+            continue
+        if not (isinstance(v, cnp.ndarray) and cnp.PyArray_TYPE(<cnp.ndarray>v) == typenum
+                and cnp.PyArray_SIZE(<cnp.ndarray>v) == size):
+            raise ValueError(f"normfast: {what} must be {cnp.PyArray_DescrFromType(typenum)} "
+                             f"arrays of {size} values")
+        a = <cnp.ndarray>v
+        if not (cnp.PyArray_ISCARRAY_RO(a) and cnp.PyArray_ISNOTSWAPPED(a) and (cnp.PyArray_ISWRITEABLE(a) or not writeable)):
+            raise ValueError(f"normfast: {what} must be contiguous native{' writeable' if writeable else ''} arrays")
+    return 0
+
+
+cdef int _stats_type(int dtype):
+    """The NumPy type of the statistics (and parameters) of data of dtype code `dtype`."""
+    return cnp.NPY_FLOAT64 if dtype == NF_F64 else cnp.NPY_FLOAT32
+
+
 cdef nf_status _rownorm(nf_plan *plan, int code, cnp.ndarray x, cnp.ndarray y, nf_rowspec *spec):
     cdef const void *px = cnp.PyArray_DATA(x)
     cdef void *py = cnp.PyArray_DATA(y)
@@ -155,10 +177,7 @@ cdef nf_rowspec _spec(object weight, object bias, double eps, int kind):
 cdef int _row_stats(nf_rowspec *spec, mean, var, Py_ssize_t rows) except -1:
     """Point the spec's per-row statistics at mean and var (both None, or writeable contiguous float64
     arrays of `rows` values)."""
-    for v in (mean, var):
-        if v is not None and not (isinstance(v, cnp.ndarray) and v.dtype == float and v.size == rows
-                                  and v.flags.c_contiguous and v.flags.writeable):
-            raise ValueError("normfast: mean and var must be writeable float64 arrays of one value per row")
+    _flat((mean, var), cnp.NPY_FLOAT64, rows, True, "mean and var (one per row)")
     if (mean is None) != (var is None):
         raise ValueError("normfast: mean and var go together")
     if mean is not None:
@@ -178,24 +197,30 @@ cdef int _rows_plan(nf_plan *plan, Py_ssize_t rows, Py_ssize_t n) except -1:
     return _check(nf_plan_make(plan, 2, shape, strides, no_stats, strides, red))
 
 
-def rownorm(cnp.ndarray x not None, int dtype_code, cnp.ndarray y not None, weight, bias, double eps,
-            int kind, mean=None, var=None):
-    """Layer, RMS or L2 norm (ROW_LAYER, ROW_RMS, ROW_L2) over the last axis of x into y when that axis is
-    contiguous in both and is the only reduced axis of the plan; returns False (nothing written) when the
-    layout does not allow it.
-    weight and bias: None or contiguous vectors of the statistics dtype along the last axis. mean and
-    var: None, or writeable contiguous float64 arrays of one value per row that receive the rows'
-    statistics in the order the kernel walks them (x's memory order)."""
+def rownorm(cnp.ndarray x not None, cnp.ndarray y not None, *, int dtype, int kind, double eps, weight=None,
+            bias=None, Py_ssize_t seg=1, Py_ssize_t period=1, activation=None, mean=None, var=None,
+            int max_threads=0):
+    """nf_rownorm over the rows of x, its last axis, into y of x's shape, the keywords mirroring nf_rowspec:
+    layer, RMS or L2 norm (kind ROW_LAYER, ROW_RMS, ROW_L2) of each row; with seg > 1 each row is
+    segments of seg elements, segment j of row r scaled by weight[(r % period) * segments + j] (instance
+    and group norm over channels-first data, weight normalization). weight and bias: None or contiguous
+    arrays of the statistics dtype with period * (row length / seg) values. mean and var: None, or
+    writeable contiguous float64 arrays of one value per row that receive the rows' biased statistics in
+    the order the kernel walks them (x's memory order). max_threads > 0 caps the threads. Returns False,
+    with nothing written, where the rows are not contiguous in x and y."""
     cdef nf_plan plan
     cdef int nd = cnp.PyArray_NDIM(x)
-    for v in (weight, bias):
-        if v is not None and (not isinstance(v, cnp.ndarray) or v.shape != ((<object>x).shape[nd - 1],)):
-            raise ValueError("normfast: weight and bias must match the last axis of x")
+    if nd < 1:
+        raise ValueError("normfast: rownorm takes arrays of rank >= 1")
+    cdef Py_ssize_t n = cnp.PyArray_DIM(x, nd - 1)
+    cdef Py_ssize_t n_params = period * (n // seg) if seg > 0 else -1
+    _flat((weight, bias), _stats_type(dtype), n_params, False, "weight and bias (one per segment of a period)")
     _plan(&plan, x, (False,) * (nd - 1) + (True,), None, y)
     cdef nf_rowspec spec = _spec(weight, bias, eps, kind)
-    _row_stats(&spec, mean, var, cnp.PyArray_SIZE(x) // (<object>x).shape[nd - 1])
-    st = _rownorm(&plan, dtype_code, x, y, &spec)
-    if st == NF_EINVAL:
+    spec.seg, spec.period, spec.act, spec.max_threads = seg, period, ACTIVATIONS[activation], max_threads
+    _row_stats(&spec, mean, var, cnp.PyArray_SIZE(x) // n if n else 0)
+    st = _rownorm(&plan, dtype, x, y, &spec)
+    if st == NF_ELAYOUT:
         return False
     _check(st)
     return True
@@ -309,34 +334,6 @@ def rownorm_common(x, normalized_shape, weight, bias, eps, out, bint rms):
     return ya
 
 
-def segnorm(cnp.ndarray x not None, int dtype_code, cnp.ndarray y not None, Py_ssize_t rows, Py_ssize_t seg,
-            Py_ssize_t period, weight, bias, double eps, activation, mean, var, int kind=NF_ROW_LAYER,
-            int max_threads=0):
-    """Instance or group norm (or, with kind ROW_L2 and one segment per row, weight normalization) of
-    C-contiguous x into C-contiguous y (x itself allowed), fused per row:
-    x is `rows` contiguous groups of segments of `seg` elements (a channel's spatial extent), segment j
-    of row r scaled by weight[(r % period) * segments + j]. mean and var: None, or float64 arrays of
-    `rows` elements that receive each row's biased statistics. max_threads > 0 caps the threads."""
-    if not (cnp.PyArray_ISCARRAY_RO(x) and cnp.PyArray_ISCARRAY(y) and (<object>x).shape == (<object>y).shape
-            and cnp.PyArray_ITEMSIZE(x) == cnp.PyArray_ITEMSIZE(y)):
-        raise ValueError("normfast: segnorm takes C-contiguous x and y of one shape")
-    cdef Py_ssize_t size = cnp.PyArray_SIZE(x)
-    if rows < 1 or size % rows:
-        raise ValueError("normfast: rows must divide the size of x")
-    cdef Py_ssize_t n_params = period * (size // rows // seg) if seg > 0 else 0
-    for v in (weight, bias):
-        if v is not None and not (isinstance(v, cnp.ndarray) and v.flags.c_contiguous and v.size == n_params
-                                  and v.dtype == (float if dtype_code == NF_F64 else np.float32)):
-            raise ValueError("normfast: weight and bias must be contiguous statistics-dtype arrays of one "
-                             "value per segment of a period")
-    cdef nf_plan plan
-    _rows_plan(&plan, rows, size // rows)
-    cdef nf_rowspec spec = _spec(weight, bias, eps, kind)
-    spec.seg, spec.period, spec.act, spec.max_threads = seg, period, ACTIVATIONS[activation], max_threads
-    _row_stats(&spec, mean, var, rows)
-    _check(_rownorm(&plan, dtype_code, x, y, &spec))
-
-
 def coefficients(cnp.ndarray mean not None, cnp.ndarray var not None, double eps, weight, bias,
                  cnp.ndarray shift not None, cnp.ndarray scale not None, cnp.ndarray offset not None):
     """The apply pass's (s, a, c) from statistics (nf_coefficients): a = weight / sqrt(var + eps), s = mean
@@ -346,27 +343,18 @@ def coefficients(cnp.ndarray mean not None, cnp.ndarray var not None, double eps
     all float64. Returns whether every float32 coefficient kept its value's range (False: a scale or
     offset past float32's, as subnormal data with a tiny eps gives; the caller then applies in float64)."""
     cdef Py_ssize_t m = cnp.PyArray_SIZE(mean), p = 1
-    cdef bint f64 = cnp.PyArray_TYPE(shift) == cnp.NPY_FLOAT64
-    cdef int typenum = cnp.NPY_FLOAT64 if f64 else cnp.NPY_FLOAT32
-    cdef cnp.ndarray arr
-    for arr in (mean, var):
-        if cnp.PyArray_TYPE(arr) != cnp.NPY_FLOAT64 or cnp.PyArray_SIZE(arr) != m or not cnp.PyArray_ISCARRAY_RO(arr):
-            raise ValueError("normfast: mean and var must be contiguous float64 arrays of one size")
-    for arr in (shift, scale, offset):
-        if cnp.PyArray_TYPE(arr) != typenum or cnp.PyArray_SIZE(arr) != m or not cnp.PyArray_ISCARRAY(arr):
-            raise ValueError("normfast: shift, scale and offset must be writeable contiguous arrays of one size")
+    cdef int dt = cnp.NPY_FLOAT64 if cnp.PyArray_TYPE(shift) == cnp.NPY_FLOAT64 else cnp.NPY_FLOAT32
+    _flat((mean, var), cnp.NPY_FLOAT64, m, False, "mean and var", False)
+    _flat((shift, scale, offset), dt, m, True, "shift, scale and offset", False)
     for v in (weight, bias):
         if v is not None:
-            if not isinstance(v, cnp.ndarray):
-                raise TypeError("normfast: weight and bias must be arrays")
-            arr = <cnp.ndarray>v
-            if not (cnp.PyArray_TYPE(arr) == typenum and cnp.PyArray_ISCARRAY_RO(arr) and cnp.PyArray_SIZE(arr) > 0
-                    and m % cnp.PyArray_SIZE(arr) == 0):
-                raise ValueError("normfast: weight and bias must be contiguous vectors dividing the statistics")
-            p = cnp.PyArray_SIZE(arr)
+            p = cnp.PyArray_SIZE(<cnp.ndarray>v) if isinstance(v, cnp.ndarray) else 0
+            if p == 0 or m % p:
+                raise ValueError("normfast: weight and bias must be vectors whose size divides the statistics'")
+            _flat((v,), dt, p, False, "weight and bias")
     cdef nf_coefspec spec
     cdef int fits = 1
-    spec.n, spec.period, spec.eps, spec.dtype = m, p, eps, NF_F64 if f64 else NF_F32
+    spec.n, spec.period, spec.eps, spec.dtype = m, p, eps, NF_F64 if dt == cnp.NPY_FLOAT64 else NF_F32
     spec.mean = <const double *>cnp.PyArray_DATA(mean)
     spec.var = <const double *>cnp.PyArray_DATA(var)
     spec.weight, spec.bias = _data_or_null(weight), _data_or_null(bias)
@@ -447,37 +435,28 @@ def grad_apply(cnp.ndarray x not None, cnp.ndarray dy not None, int dtype_code, 
     _check(st)
 
 
-def seg_grad(cnp.ndarray x not None, cnp.ndarray dy not None, int dtype_code, cnp.ndarray gx not None,
-             Py_ssize_t rows, Py_ssize_t row_stride, Py_ssize_t nseg, Py_ssize_t seg_stride, Py_ssize_t length,
-             Py_ssize_t nslot, Py_ssize_t period, weight, bias, mean, rstd, double eps, activation,
-             cnp.ndarray sum_g not None, cnp.ndarray sum_gxhat not None):
-    """Batch, instance or group norm backward over C-contiguous x, dy and gx of one shape, group by group
-    (see nf_seggrad): row r's segment j is the `length` elements at r * row_stride + j * seg_stride,
-    scaled by channel (r % period) * nslot + j % nslot. weight, bias: None or period * nslot values of the
-    statistics dtype; mean, rstd: None (computed with eps) or float64, one per row; sum_g, sum_gxhat:
-    float64, rows * nslot."""
+def seg_grad(cnp.ndarray x not None, cnp.ndarray dy not None, cnp.ndarray gx not None, *, int dtype,
+             Py_ssize_t rows, Py_ssize_t row_stride, Py_ssize_t nseg, Py_ssize_t seg_stride, Py_ssize_t len,
+             Py_ssize_t nslot, Py_ssize_t period, double eps, cnp.ndarray sum_g not None,
+             cnp.ndarray sum_gxhat not None, weight=None, bias=None, mean=None, rstd=None, activation=None):
+    """nf_seg_grad: batch, instance or group norm backward over C-contiguous x, dy and gx of one shape,
+    group by group, the keywords mirroring nf_seggrad: row r's segment j is the `len` elements at
+    r * row_stride + j * seg_stride, scaled by channel (r % period) * nslot + j % nslot. weight, bias: None
+    or period * nslot values of the statistics dtype; mean, rstd: None (computed with eps) or float64, one
+    per row; sum_g, sum_gxhat: float64, rows * nslot."""
     _stats_like(x, (x, dy), cnp.PyArray_TYPE(x), False, "x and grad_out")
     _stats_like(x, (gx,), cnp.PyArray_TYPE(x), True, "grad_x")
-    if rows < 0 or nseg < 1 or length < 1 or nslot < 1 or nslot > NF_MAX_SLOTS or period < 1 or row_stride < 0 or \
-            seg_stride < 0 or (rows > 0 and (rows - 1) * row_stride + (nseg - 1) * seg_stride + length > cnp.PyArray_SIZE(x)):
+    if rows < 0 or nseg < 1 or len < 1 or nslot < 1 or nslot > NF_MAX_SLOTS or period < 1 or row_stride < 0 or \
+            seg_stride < 0 or (rows > 0 and (rows - 1) * row_stride + (nseg - 1) * seg_stride + len > cnp.PyArray_SIZE(x)):
         raise ValueError("normfast: seg_grad's groups do not fit in x")
-    cdef object pdt = np.float64 if dtype_code == NF_F64 else np.float32
-    for v in (weight, bias):
-        if v is not None and not (isinstance(v, cnp.ndarray) and v.dtype == pdt and v.size == period * nslot
-                                  and v.flags.c_contiguous):
-            raise ValueError("normfast: weight and bias must be contiguous statistics-dtype vectors, one per channel")
+    _flat((weight, bias), _stats_type(dtype), period * nslot, False, "weight and bias (one per channel)")
     if (mean is None) != (rstd is None):
         raise ValueError("normfast: mean and rstd go together")
-    for v in (mean, rstd):
-        if v is not None and not (isinstance(v, cnp.ndarray) and v.dtype == np.float64 and v.size == rows
-                                  and v.flags.c_contiguous):
-            raise ValueError("normfast: mean and rstd must be contiguous float64 arrays of one value per row")
-    for v in (sum_g, sum_gxhat):
-        if not (v.dtype == np.float64 and v.size == rows * nslot and v.flags.c_contiguous and v.flags.writeable):
-            raise ValueError("normfast: sum_g and sum_gxhat must be writeable float64 arrays of rows * nslot values")
+    _flat((mean, rstd), cnp.NPY_FLOAT64, rows, False, "mean and rstd (one per row)")
+    _flat((sum_g, sum_gxhat), cnp.NPY_FLOAT64, rows * nslot, True, "sum_g and sum_gxhat (rows * nslot)", False)
     cdef nf_seggrad spec
     spec.rows, spec.row_stride, spec.nseg, spec.seg_stride = rows, row_stride, nseg, seg_stride
-    spec.len, spec.nslot, spec.period, spec.eps, spec.act = length, nslot, period, eps, ACTIVATIONS[activation]
+    spec.len, spec.nslot, spec.period, spec.eps, spec.act = len, nslot, period, eps, ACTIVATIONS[activation]
     spec.weight, spec.bias = _data_or_null(weight), _data_or_null(bias)
     spec.mean, spec.rstd = <const double *>_data_or_null(mean), <const double *>_data_or_null(rstd)
     spec.sum_g = <double *>cnp.PyArray_DATA(sum_g)
@@ -487,12 +466,12 @@ def seg_grad(cnp.ndarray x not None, cnp.ndarray dy not None, int dtype_code, cn
     cdef void *pg = cnp.PyArray_DATA(gx)
     cdef nf_status st
     with nogil:
-        st = nf_seg_grad(<nf_dtype>dtype_code, px, pd, pg, &spec)
+        st = nf_seg_grad(<nf_dtype>dtype, px, pd, pg, &spec)
     _check(st)
 
 
-def rownorm_grad(cnp.ndarray x not None, cnp.ndarray dy not None, int dtype_code, cnp.ndarray gx not None,
-                 mean, cnp.ndarray rstd not None, weight, grad_weight, grad_bias):
+def rownorm_grad(cnp.ndarray x not None, cnp.ndarray dy not None, cnp.ndarray gx not None, *, int dtype,
+                 cnp.ndarray rstd not None, mean=None, weight=None, grad_weight=None, grad_bias=None):
     """Layer norm (mean given) or RMS norm (mean None) backward over the last axis of C-contiguous x, dy and
     gx (one shape): mean and rstd float64 with one value per row; weight None or a contiguous vector of the
     statistics dtype; grad_weight and grad_bias None or float64 vectors receiving sum(dy * xhat) and
@@ -503,18 +482,10 @@ def rownorm_grad(cnp.ndarray x not None, cnp.ndarray dy not None, int dtype_code
     cdef Py_ssize_t n = cnp.PyArray_DIM(x, nd - 1), rows = cnp.PyArray_SIZE(x) // n if n else 0
     _stats_like(x, (x, dy), cnp.PyArray_TYPE(x), False, "x and grad_out")
     _stats_like(x, (gx,), cnp.PyArray_TYPE(x), True, "grad_x")
-    stats = (rstd,) if mean is None else (mean, rstd)
-    for v in stats:
-        if not (isinstance(v, cnp.ndarray) and v.dtype == np.float64 and v.size == rows and v.flags.c_contiguous):
-            raise ValueError("normfast: mean and rstd must be contiguous float64 arrays of one value per row")
-    for v in (weight, grad_weight, grad_bias):
-        if v is not None and not (isinstance(v, cnp.ndarray) and v.shape == (n,) and v.flags.c_contiguous):
-            raise ValueError("normfast: weight and its gradients must be contiguous vectors along the last axis")
-    for v in (grad_weight, grad_bias):
-        if v is not None and not (v.dtype == np.float64 and v.flags.writeable):
-            raise ValueError("normfast: grad_weight and grad_bias must be writeable float64 vectors")
-    if weight is not None and weight.dtype != (np.float64 if dtype_code == NF_F64 else np.float32):
-        raise ValueError("normfast: weight must have the statistics dtype")
+    _flat((mean, rstd), cnp.NPY_FLOAT64, rows, False, "mean and rstd (one per row)")
+    _flat((rstd,), cnp.NPY_FLOAT64, rows, False, "rstd (one per row)", False)
+    _flat((weight,), _stats_type(dtype), n, False, "weight (one per element of a row)")
+    _flat((grad_weight, grad_bias), cnp.NPY_FLOAT64, n, True, "grad_weight and grad_bias (one per element of a row)")
     cdef nf_rowgrad spec
     spec.mean = <const double *>_data_or_null(mean)
     spec.rstd = <const double *>cnp.PyArray_DATA(rstd)
@@ -526,7 +497,7 @@ def rownorm_grad(cnp.ndarray x not None, cnp.ndarray dy not None, int dtype_code
     cdef void *pg = cnp.PyArray_DATA(gx)
     cdef nf_status st
     with nogil:
-        st = nf_rownorm_grad(<nf_dtype>dtype_code, rows, n, px, pd, pg, &spec)
+        st = nf_rownorm_grad(<nf_dtype>dtype, rows, n, px, pd, pg, &spec)
     _check(st)
 
 
@@ -535,15 +506,9 @@ def merge(cnp.ndarray na not None, cnp.ndarray shift not None, cnp.ndarray mean 
           cnp.ndarray m2_b not None):
     """Chan's merge of part b into part a in place (nf_merge): eight C-contiguous float64 arrays of one
     size, the counts na and nb too."""
-    cdef cnp.ndarray a
     cdef int64_t size = cnp.PyArray_SIZE(na)
-    for a in (na, shift, mean, m2, nb, shift_b, mean_b, m2_b):
-        if not (cnp.PyArray_TYPE(a) == cnp.NPY_DOUBLE and cnp.PyArray_IS_C_CONTIGUOUS(a) and
-                cnp.PyArray_SIZE(a) == size):
-            raise ValueError("normfast: merge takes C-contiguous float64 arrays of one size")
-    for a in (shift, mean, m2):
-        if not cnp.PyArray_ISWRITEABLE(a):
-            raise ValueError("normfast: outputs must be writeable")
+    _flat((na, nb, shift_b, mean_b, m2_b), cnp.NPY_FLOAT64, size, False, "merge's inputs", False)
+    _flat((shift, mean, m2), cnp.NPY_FLOAT64, size, True, "merge's outputs", False)
     cdef const double *pna = <const double *>cnp.PyArray_DATA(na)
     cdef double *ps = <double *>cnp.PyArray_DATA(shift)
     cdef double *pm = <double *>cnp.PyArray_DATA(mean)

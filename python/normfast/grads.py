@@ -189,7 +189,8 @@ def _segments(x, c, kind, groups):
 def _seg_backward(x, dy, code, gx, geometry, weight, bias, eps, activation, pdt, mean=None, rstd=None):
     """nf_seg_grad: grad_x into gx; returns (grad_weight, grad_bias) as _param_grads does."""
     sums = np.empty(geometry.rows * geometry.nslot), np.empty(geometry.rows * geometry.nslot)
-    _normc.seg_grad(x, dy, code, gx, *geometry, weight, bias, mean, rstd, eps, activation, *sums)
+    _normc.seg_grad(x, dy, gx, dtype=code, **geometry._asdict(), eps=eps, sum_g=sums[0], sum_gxhat=sums[1],
+                    weight=weight, bias=bias, mean=mean, rstd=rstd, activation=activation)
     C = x.shape[1]
     return _param_grads(*(a.reshape(-1, C) for a in sums), 1, weight, bias, pdt)
 
@@ -390,7 +391,8 @@ def _row_backward(grad_out, x, normalized_shape, weight, bias, eps, mean, rstd, 
     gw, gb = (np.zeros(n), np.zeros(n)) if params[0] is not None or params[1] is not None else (None, None)
     if x.size:
         rows = (-1, n)
-        _normc.rownorm_grad(x.reshape(rows), dy.reshape(rows), code, gx.reshape(rows), mean, rstd, params[0], gw, gb)
+        _normc.rownorm_grad(x.reshape(rows), dy.reshape(rows), gx.reshape(rows), dtype=code, rstd=rstd, mean=mean,
+                            weight=params[0], grad_weight=gw, grad_bias=gb)
     return (gx, *(None if p is None else g.reshape(nshape).astype(pdt) for p, g in zip(params, (gw, gb))))
 
 

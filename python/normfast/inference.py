@@ -52,7 +52,8 @@ def _l2_rows(a, code, eps, scale=None, max_threads=0):
     rows, n = a.shape
     y = np.empty_like(a)
     if n >= 2 and rows:  # the row kernel with one segment per row, so each row has its own scale
-        _normc.segnorm(a, code, y, rows, n, rows, scale, None, eps, None, None, None, _normc.ROW_L2, max_threads)
+        _normc.rownorm(a, y, dtype=code, kind=_normc.ROW_L2, eps=eps, weight=scale, seg=n, period=rows,
+                       max_threads=max_threads)
     elif a.size:  # rows of one element: the norm is |x|
         with np.errstate(divide="ignore", invalid="ignore"):
             y[...] = a / np.maximum(np.abs(a), eps) * (1.0 if scale is None else scale[:, None])

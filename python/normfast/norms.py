@@ -74,7 +74,10 @@ def _fused_groups(call, groups, out, stats):
         return None
     mean, var = (np.empty(rows), np.empty(rows)) if stats else (None, None)
     y = out if out.flags.c_contiguous else np.empty_like(x)
-    _normc.segnorm(x, call.code, y, rows, seg, groups, call.weight, call.bias, call.eps, call.activation, mean, var)
+    if not _normc.rownorm(x.reshape(rows, length), y.reshape(rows, length), dtype=call.code, kind=_normc.ROW_LAYER,
+                          eps=call.eps, weight=call.weight, bias=call.bias, seg=seg, period=groups,
+                          activation=call.activation, mean=mean, var=var):
+        return None  # rows the kernel does not walk: nothing written, the two-pass path runs
     if y is not out:
         out[...] = y
     return mean, var
@@ -244,14 +247,15 @@ def _rows(x, code, k, length, params, eps, out, mean, var, rms):
     kind = _normc.ROW_RMS if rms else _normc.ROW_LAYER
     # The kernel walks rows in x's memory order: C order, where statistics are wanted, only if x has it.
     if x2 is not None and y2 is not None and (mean is None or x2.flags.c_contiguous) and \
-            _normc.rownorm(x2, code, y2, params[0], params[1], eps, kind, mean, var):
+            _normc.rownorm(x2, y2, dtype=code, kind=kind, eps=eps, weight=params[0], bias=params[1], mean=mean,
+                           var=var):
         return
     # Rows that are not contiguous (or leading axes the kernel cannot walk row by row): normalize a
     # contiguous copy with the same kernel.
     xc = np.ascontiguousarray(x)
     yc = np.empty_like(xc)
-    _normc.rownorm(_merge_trailing(xc, k, length), code, _merge_trailing(yc, k, length), params[0],
-                   params[1], eps, kind, mean, var)
+    _normc.rownorm(_merge_trailing(xc, k, length), _merge_trailing(yc, k, length), dtype=code, kind=kind, eps=eps,
+                   weight=params[0], bias=params[1], mean=mean, var=var)
     out[...] = yc
 
 

@@ -27,7 +27,7 @@ nf_status NF_FN(nf_rownorm)(const nf_plan *p, nf_dtype dt, const void *x, void *
     if (!isz)
         return NF_EINVAL;
     if (p->k != 1 || p->r1.size != 1 || p->r2 < 2 || p->r2_stride != 1 || p->r2_ystride != 1)
-        return NF_EINVAL; /* rows must be contiguous in x and y */
+        return NF_ELAYOUT; /* rows must be contiguous in x and y */
     const int64_t rows = p->o.size, n = p->r2;
     if (sp->seg < 1 || n % sp->seg || sp->period < 1 || (sp->seg == 1 && sp->act != NF_ACT_NONE) ||
         (!sp->mean != !sp->var) || (unsigned)sp->kind > NF_ROW_L2 || (sp->mean && sp->kind == NF_ROW_L2))

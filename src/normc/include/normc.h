@@ -16,7 +16,8 @@ typedef enum { NF_F32 = 0, NF_F64 = 1, NF_F16 = 2, NF_BF16 = 3 } nf_dtype;
 typedef enum {
     NF_OK = 0,
     NF_EINVAL = -1, /* bad rank, shape, stride or dtype */
-    NF_ENOMEM = -2  /* scratch allocation failed */
+    NF_ENOMEM = -2, /* scratch allocation failed */
+    NF_ELAYOUT = -3 /* valid, but laid out in a way this kernel does not walk (nothing written) */
 } nf_status;
 
 typedef enum { NF_ISA_BASELINE = 0, NF_ISA_AVX2 = 1, NF_ISA_AVX512 = 2, NF_ISA_COUNT = 3 } nf_isa;
@@ -96,7 +97,7 @@ typedef struct {
 } nf_rowspec;
 
 /* A norm over contiguous rows, statistics and output in one visit of each row while it is in cache:
- * the plan reduces only the last axis (R2, stride 1 in x and y; K == 1, no R1). */
+ * the plan reduces only the last axis (R2, stride 1 in x and y; K == 1, no R1), else NF_ELAYOUT. */
 nf_status nf_rownorm(const nf_plan *plan, nf_dtype dtype, const void *x, void *y, const nf_rowspec *spec);
 
 /* Backward of batch, instance, group and switchable norm (and of nf_apply): with z = (x - shift) * scale +
