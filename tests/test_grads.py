@@ -196,7 +196,10 @@ def test_channels_first_groups_in_cache(isa, dtype, act, name, kw):
     """Channels-first contiguous data long enough per channel runs group by group (nf_seg_grad)."""
     rng = np.random.default_rng(11)
     x = (rng.standard_normal((8, 16, 10, 10)) * 2 + 3).astype(dtype)
-    assert normfast.grads._segments(x, 1, name.split("_")[0], kw.get("num_groups", 1)) is not None
+    g = normfast.grads
+    groups_of = {"batch_norm": g._batch_segments, "instance_norm": g._instance_segments,
+                 "group_norm": g._group_segments(kw.get("num_groups", 1))}[name]
+    assert g._segments(x, 1, groups_of) is not None
     check_channel(isa, name, x, 1, 16, True, act, 1e-5, "contiguous", rng, **kw)
 
 

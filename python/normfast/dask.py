@@ -178,7 +178,7 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
         raise ValueError("running_mean, running_var: normfast.dask.instance_norm does not update them; give "
                          "them with use_input_stats=False, or none")
     rm, rv, _ = _core.running_pair(call, running_mean, running_var, use_input_stats, "use_input_stats", True,
-                                    written=False)
+                                   written=False)
     count = x.size // max(x.shape[0] * call.C, 1)
     if use_input_stats and count <= 1 and x.size:
         raise ValueError(f"x: expected more than 1 spatial element when use_input_stats=True, got {count}")

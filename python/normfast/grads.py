@@ -11,7 +11,7 @@ of one or more "terms" (one for batch, instance and group norm, three blended on
 each a mean and variance over some pooling of F groups; a term's gradient flows back into x through
 both. Layer and RMS norm run a fused row kernel instead."""
 import math
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -168,20 +168,29 @@ class _Segments(NamedTuple):
     period: int
 
 
-def _segments(x, c, kind, groups):
-    """The _Segments of batch ("batch"), instance or group norm of x, or None where the layout does not
-    suit."""
+def _batch_segments(N, C, L):
+    """Batch norm's groups: one per channel, its N segments one sample apart."""
+    return _Segments(C, L, N, C * L, L, 1, C)
+
+
+def _instance_segments(N, C, L):
+    """Instance norm's groups: one per (sample, channel), a single segment."""
+    return _Segments(N * C, L, 1, L, L, 1, C)
+
+
+def _group_segments(G):
+    """Group norm's groups: one per (sample, group), a segment per channel of the group."""
+    return lambda N, C, L: _Segments(N * G, C // G * L, C // G, L, L, C // G, G)
+
+
+def _segments(x, c, groups_of):
+    """The _Segments that groups_of(N, C, L) (N samples, C channels, L spatial elements) gives for x, or
+    None where the layout does not suit."""
     if c != 1 or x.ndim < 3 or not x.flags.c_contiguous:
         return None
     N, C = x.shape[:2]
     L = x.size // (N * C) if x.size else 0
-    if kind == "batch":
-        geometry = _Segments(C, L, N, C * L, L, 1, C)
-    elif kind == "instance":
-        geometry = _Segments(N * C, L, 1, L, L, 1, C)
-    else:
-        cg = C // groups
-        geometry = _Segments(N * groups, cg * L, cg, L, L, cg, groups)
+    geometry = groups_of(N, C, L)
     ok = L >= _SEG_MIN_LEN and geometry.rows >= _SEG_MIN_GROUPS and geometry.nslot <= _normc.MAX_SLOTS
     return geometry if ok else None
 
@@ -216,19 +225,33 @@ def _training_count(x, count, what):
         raise ValueError(f"x: expected more than 1 {what}, got {count}")
 
 
-def _one_statistic(call, x, dy, code, gx, kind, groups, batch_stats, statistics, count, pool, saved=(None, None)):
-    """The backward of batch ("batch"), instance or group norm for a ChannelCall, x and dy laid out alike
-    (code x's dtype code, gx the output): a single statistic per group, taken from the batch (batch_stats)
-    or constant. statistics() gives (keep axes, mean, rstd) for the two-pass path; `saved` are the
-    per-group (mean, rstd), flat, where the caller has them."""
+class _Statistic(NamedTuple):
+    """How batch, instance or group norm takes its single statistic per group, for _one_statistic:
+    `groups_of` gives its nf_seg_grad segments (_segments), `moments()` its (keep axes, mean, rstd) for the
+    two-pass path, `count` the elements of a group and `pool` sums the F groups of the two-pass path into
+    the statistic's; `from_batch`: the statistic is the batch's (else a constant, which no gradient flows
+    through); `saved`: the caller's per-group (mean, rstd), flat, or (None, None)."""
+
+    groups_of: Callable
+    moments: Callable
+    count: int
+    pool: Callable
+    from_batch: bool
+    saved: tuple = (None, None)
+
+
+def _one_statistic(call, x, dy, code, gx, stat):
+    """The backward of batch, instance or group norm (a _Statistic) for a ChannelCall, x and dy laid out
+    alike (code x's dtype code, gx the output)."""
     c, weight, bias, pdt = call.c, call.weight, call.bias, call.pdt
     if x.size == 0:
         return _empty_grads(x, gx, x.shape[c], weight, bias, pdt)
-    geometry = _segments(x, c, kind, groups) if batch_stats else None
+    geometry = _segments(x, c, stat.groups_of) if stat.from_batch else None
     if geometry is not None:
-        return (gx, *_seg_backward(x, dy, code, gx, geometry, weight, bias, call.eps, call.activation, pdt, *saved))
-    keep, mean, rstd = statistics()
-    terms = [_Term(1.0, 1.0, mean, count, pool)] if batch_stats else []
+        return (gx, *_seg_backward(x, dy, code, gx, geometry, weight, bias, call.eps, call.activation, pdt,
+                                   *stat.saved))
+    keep, mean, rstd = stat.moments()
+    terms = [_Term(1.0, 1.0, mean, stat.count, stat.pool)] if stat.from_batch else []
     sum_g, sum_gxhat, _, _ = _channel_backward(x, dy, code, gx, keep, mean, rstd, weight, bias, call.activation,
                                                terms, pdt)
     return (gx, *_param_grads(sum_g, sum_gxhat, c, weight, bias, pdt))
@@ -242,16 +265,15 @@ def batch_norm_backward(grad_out, x, running_mean=None, running_var=None, weight
     training=True differentiates through the batch statistics, training=False treats the running ones
     as constants. mean and rstd (the (C,) statistics batch_norm(..., return_stats=True) returns) skip
     recomputing them. The running statistics are read (training=False) but never changed."""
-    call = _core.channel_call(x, axis, weight, bias, eps, activation,
-                                                                           False)
-    x, code, c = call.x, call.code, call.c
-    x, dy, code, gx = _pair(grad_out, x)
+    call = _core.channel_call(x, axis, weight, bias, eps, activation, False)
+    c = call.c
+    x, dy, code, gx = _pair(grad_out, call.x)
     training = _checks.flag(training, "training")
     if (mean is None) != (rstd is None):
         raise ValueError("mean, rstd: give both or neither")
     # Eval mode normalizes with the running statistics, or with the given mean and rstd.
     rm, rv, _ = _core.running_pair(call, running_mean, running_var, training or mean is not None, "training",
-                                    True, written=False)
+                                   True, written=False)
     saved = (None, None) if mean is None else tuple(_stat(v, (call.C,), n) for v, n in ((mean, "mean"), (rstd, "rstd")))
     count = math.prod(n for i, n in enumerate(x.shape) if i != c)
     if training:
@@ -264,7 +286,8 @@ def batch_norm_backward(grad_out, x, running_mean=None, running_var=None, weight
         m, v = _core.moments64(x, code, (c,)) if training else _core.running_stats(rm, rv, x, c)
         return (c,), m, 1 / np.sqrt(v + call.eps)
 
-    return _one_statistic(call, x, dy, code, gx, "batch", 1, training, statistics, count, _identity, saved)
+    return _one_statistic(call, x, dy, code, gx, _Statistic(_batch_segments, statistics, count, _identity, training,
+                                                            saved))
 
 
 def instance_norm_backward(grad_out, x, running_mean=None, running_var=None, weight=None, bias=None, *,
@@ -272,13 +295,12 @@ def instance_norm_backward(grad_out, x, running_mean=None, running_var=None, wei
     """Gradients of instance_norm(x, ...) given grad_out: (grad_x, grad_weight, grad_bias), the last two
     None where weight or bias is None. use_input_stats=False treats the running statistics as constants;
     they are never changed."""
-    call = _core.channel_call(x, axis, weight, bias, eps, activation,
-                                                                           True)
-    x, code, c = call.x, call.code, call.c
-    x, dy, code, gx = _pair(grad_out, x)
+    call = _core.channel_call(x, axis, weight, bias, eps, activation, True)
+    c = call.c
+    x, dy, code, gx = _pair(grad_out, call.x)
     use_input_stats = _checks.flag(use_input_stats, "use_input_stats")
     rm, rv, _ = _core.running_pair(call, running_mean, running_var, use_input_stats, "use_input_stats", True,
-                                    written=False)
+                                   written=False)
     count = math.prod(n for i, n in enumerate(x.shape) if i not in (0, c))
     if use_input_stats:
         _training_count(x, count, "spatial element when use_input_stats=True")
@@ -288,16 +310,16 @@ def instance_norm_backward(grad_out, x, running_mean=None, running_var=None, wei
         m, v = _core.moments64(x, code, keep) if use_input_stats else _core.running_stats(rm, rv, x, c)
         return keep, m, 1 / np.sqrt(v + call.eps)
 
-    return _one_statistic(call, x, dy, code, gx, "instance", 1, use_input_stats, statistics, count, _identity)
+    return _one_statistic(call, x, dy, code, gx, _Statistic(_instance_segments, statistics, count, _identity,
+                                                            use_input_stats))
 
 
 def group_norm_backward(grad_out, x, num_groups, weight=None, bias=None, *, eps=1e-5, axis=1, activation=None):
     """Gradients of group_norm(x, num_groups, ...) given grad_out: (grad_x, grad_weight, grad_bias), the
     last two None where weight or bias is None."""
-    call = _core.channel_call(x, axis, weight, bias, eps, activation,
-                                                                           True)
-    x, code, c = call.x, call.code, call.c
-    x, dy, code, gx = _pair(grad_out, x)
+    call = _core.channel_call(x, axis, weight, bias, eps, activation, True)
+    c = call.c
+    x, dy, code, gx = _pair(grad_out, call.x)
     G = _core.groups(num_groups, call.C, x)
     cg = call.C // G
 
@@ -310,7 +332,7 @@ def group_norm_backward(grad_out, x, num_groups, weight=None, bias=None, *, eps=
         return (0, c), m, 1 / np.sqrt(v + call.eps)
 
     count = x.size // (x.shape[0] * G) if x.size else 0
-    return _one_statistic(call, x, dy, code, gx, "group", G, True, statistics, count, pool)
+    return _one_statistic(call, x, dy, code, gx, _Statistic(_group_segments(G), statistics, count, pool, True))
 
 
 def _softmax_backward(p, g):
@@ -323,10 +345,9 @@ def switchable_norm_backward(grad_out, x, weight, bias, mean_weight, var_weight,
     """Gradients of switchable_norm(x, ...) given grad_out: (grad_x, grad_weight, grad_bias,
     grad_mean_weight, grad_var_weight), the last two with respect to the logits. With using_bn and
     training=False the batch statistics are the running ones, constants here; they are never changed."""
-    call = _core.channel_call(x, axis, weight, bias, eps, activation,
-                                                                           True)
-    x, code, c = call.x, call.code, call.c
-    x, dy, code, gx = _pair(grad_out, x)
+    call = _core.channel_call(x, axis, weight, bias, eps, activation, True)
+    c = call.c
+    x, dy, code, gx = _pair(grad_out, call.x)
     training = _checks.flag(training, "training")
     using_bn = _checks.flag(using_bn, "using_bn")
     k = 3 if using_bn else 2

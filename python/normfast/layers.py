@@ -262,7 +262,7 @@ class BatchNorm(_ChannelNorm):
             params = [None if st.get(k) is None else st[k].astype(pdt) for k in ("weight", "bias")]
             stats = _core.running_stats(st["running_mean"], st["running_var"], x, c)
             plan = self._cache[key] = _core.apply_plan(x.ndim, (c,), *stats, _checks.positive(self.eps, "eps"),
-                                                        *params, pdt)
+                                                       *params, pdt)
         return _core.run_plan(x, code, plan, out, activation)
 
 

@@ -94,7 +94,7 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
     use_input_stats = _checks.flag(use_input_stats, "use_input_stats")
     momentum = _checks.fraction(momentum, "momentum")
     rm, rv, update = _core.running_pair(call, running_mean, running_var, use_input_stats, "use_input_stats",
-                                   x.size == 0)
+                                        x.size == 0)
     out = _checks.output(out, x)
     _checks.disjoint(_core.written_arrays(out, rm, rv, update), _core.read_arrays(call, rm, rv, update))
     count = math.prod(n for i, n in enumerate(x.shape) if i not in (0, c))
