@@ -98,8 +98,10 @@ source "$work/tools/bin/activate"
 python -m build --sdist -o "$work/sdist" "$root"
 deactivate
 fresh_venv "$work/from_sdist"
-python -m pip install -q "$work"/sdist/normfast-*.tar.gz pytest
+sdist=("$work"/sdist/normfast-*.tar.gz)
+python -m pip install -q "${sdist[0]}[test]"
 python -m normfast info
-python -m pytest -q -p no:cacheprovider "$root/tests/test_bad_input.py"
+# The bad-input harness and every area's bad-argument table (test_bad_argument in each area's file).
+python -m pytest -q -p no:cacheprovider "$root/tests" -k "bad"
 deactivate
 echo "check_wheel: all checks passed"
