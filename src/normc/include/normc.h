@@ -34,7 +34,7 @@ typedef struct {
     int64_t ystride[NF_MAXDIM];
 } nf_dims;
 
-/* The canonical view [O, R1, K, R2] of the design notes. Statistics live on [O, K]; reduction runs over
+/* The canonical view [O, R1, K, R2] (docs/architecture.md). Statistics live on [O, K]; reduction runs over
  * R1 and R2. After sorting axes by stride and merging contiguous neighbours, the innermost axis is either
  * reduced (row mode: R2 is that axis, K == 1) or kept (column mode: K is that axis, R2 == 1); every other
  * kept axis goes to O and every other reduced axis to R1. All strides are non-negative: negative ones are
