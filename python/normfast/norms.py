@@ -117,8 +117,9 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
 
 
 def group_norm(x, num_groups, weight=None, bias=None, *, eps=1e-5, axis=1, activation=None, out=None):
-    """Group normalization: statistics per sample over groups of num_groups consecutive channels and the
-    other axes; weight and bias per channel (PyTorch semantics)."""
+    """Group normalization: the channels split into num_groups groups of C / num_groups consecutive
+    channels, statistics per sample and group over its channels and the other axes; weight and bias per
+    channel (PyTorch semantics)."""
     return _group_norm(x, num_groups, weight, bias, eps, axis, activation, out, True)
 
 
