@@ -1,19 +1,13 @@
 /* Backward kernels for one storage type, instantiated by backward.c through each_dtype.h (which lists
  * the parameters). Notation: z = (x - s) * a + c is the forward's pre-activation, s the mean rounded to
- * NF_A; g = dy * act'(z). dy is laid out like x. */
+ * NF_A; g = dy * act'(z). dy is laid out like x. The sums (red_seg, red_cols, rowgrad's first pass) read
+ * vectors in every type; the passes that store do so only where NF_HAS_VSTORE. */
 
 #define NF_NAME2(a, b) a##_##b
 #define NF_NAME(a, b) NF_NAME2(a, b)
 
-/* The store-free vector sums (red_seg, red_cols, rowgrad's first pass) need only NF_VLOAD, which every
- * type has, but are on only where stores are too: the half types sum scalar here, as they did when one
- * macro meant both. Turning them on for the half types changes their summation order, so it is a change
- * of results, left to the work on half-type speed. */
-#define NF_VEC_SUMS NF_HAS_VSTORE
-
 #include "block_tmpl.h"
 
-#if NF_VEC_SUMS || NF_HAS_VSTORE
 static NF_INLINE NF_V NF_NAME(vat, NF_TAG)(const NF_A *p)
 {
     NF_V v;
@@ -28,7 +22,6 @@ static NF_INLINE NF_V NF_NAME(vrelu_mask, NF_TAG)(NF_V e, NF_V z)
     const NF_V zero = {0};
     return (NF_V)((NF_VI)e & (NF_VI)(z > zero));
 }
-#endif
 
 /* Whether float holds a row's gradient coefficients, computed in double: rs^2 (which scales x - mean
  * into the gradient) within float's normal range, the coefficient q of x - mean and the constant r
@@ -60,7 +53,6 @@ static NF_INLINE void NF_NAME(red_seg, NF_TAG)(const NF_T *x, const NF_T *dy, in
         const int64_t e = n - b < NF_BLOCK ? n : b + NF_BLOCK;
         NF_A tg = 0, td = 0;
         int64_t j = b;
-#if NF_VEC_SUMS
         if (xs == 1 && act <= NF_ACT_RELU) {
             const NF_V z = {0}, sv = z + s, av = z + a, cv = z + c;
             NF_V g0 = z, g1 = z, d0 = z, d1 = z;
@@ -79,7 +71,6 @@ static NF_INLINE void NF_NAME(red_seg, NF_TAG)(const NF_T *x, const NF_T *dy, in
             tg = NF_NAME(hsum, NF_TAG)(g0 + g1);
             td = NF_NAME(hsum, NF_TAG)(d0 + d1);
         }
-#endif
         for (; j < e; j++) {
             const NF_A u = NF_LOAD(x[j * xs]) - s, g = NF_LOAD(dy[j * xs]) * NF_NAME(dact, NF_TAG)(u * a + c, act);
             tg += g;
@@ -114,9 +105,7 @@ static NF_INLINE void NF_NAME(red_cols_body, NF_TAG)(const nf_plan *p, const NF_
                                                      const NF_A *c, double *sg, double *sd, int act)
 {
     const int64_t ks = p->k_stride;
-#if NF_VEC_SUMS
     const int64_t nv = ks == 1 && act <= NF_ACT_RELU ? nk - nk % NF_W : 0; /* columns handled by vectors */
-#endif
     NF_A tg[NF_KTILE], td[NF_KTILE];
     nf_iter it;
     nf_iter_init(&it, &p->r1, ra);
@@ -127,7 +116,6 @@ static NF_INLINE void NF_NAME(red_cols_body, NF_TAG)(const nf_plan *p, const NF_
         for (int64_t r = r0; r < r1; r++, nf_iter_next(&it, &p->r1)) {
             const NF_T *xr = x + it.off, *dr = dy + it.off;
             int64_t k = 0;
-#if NF_VEC_SUMS
             for (; k < nv; k += NF_W) {
                 const NF_V u = NF_VLOAD(xr + k) - NF_NAME(vat, NF_TAG)(s + k);
                 NF_V e = NF_VLOAD(dr + k);
@@ -137,7 +125,6 @@ static NF_INLINE void NF_NAME(red_cols_body, NF_TAG)(const nf_plan *p, const NF_
                 memcpy(tg + k, &g, sizeof g);
                 memcpy(td + k, &d, sizeof d);
             }
-#endif
             for (; k < nk; k++) {
                 const NF_A u = NF_LOAD(xr[k * ks]) - s[k];
                 const NF_A g = NF_LOAD(dr[k * ks]) * NF_NAME(dact, NF_TAG)(u * a[k] + c[k], act);
@@ -308,7 +295,6 @@ static NF_INLINE void NF_NAME(rowgrad_body, NF_TAG)(const NF_T *x, const NF_T *d
             const int64_t e = n - b < NF_BLOCK ? n : b + NF_BLOCK;
             NF_A tg = 0, td = 0;
             int64_t j = b;
-#if NF_VEC_SUMS
             const NF_V z = {0}, sv = z + s;
             NF_V g0 = z, d0 = z;
             for (; j + NF_W <= e; j += NF_W) {
@@ -320,7 +306,6 @@ static NF_INLINE void NF_NAME(rowgrad_body, NF_TAG)(const NF_T *x, const NF_T *d
             }
             tg = NF_NAME(hsum, NF_TAG)(g0);
             td = NF_NAME(hsum, NF_TAG)(d0);
-#endif
             for (; j < e; j++) {
                 const NF_A g = NF_LOAD(dr[j]) * (has_w ? w[j] : 1);
                 tg += g;
