@@ -1,8 +1,10 @@
-"""pytest-benchmark suite: normfast.moments against its peers and the copy floor, one group per case.
+"""pytest-benchmark suite: normfast.moments against its peers and the read floor (one read of the same
+bytes), one group per case.
 
 Run with `python -m pytest bench --benchmark-only` (compare groups; times are not asserted)."""
 import pytest
 
+import normfast
 from normfast import _bench
 
 IDS = [name for name, *_ in _bench.CASES]
@@ -24,7 +26,7 @@ def test_moments(benchmark, case, impl):
     benchmark(fns[impl])
 
 
-def test_copy_floor(benchmark, case):
+def test_read_floor(benchmark, case):
     name, x, _ = case
     benchmark.group = name
-    benchmark(_bench.copy_floor(x))
+    benchmark(_bench.read_floor(x, normfast.get_num_threads()))

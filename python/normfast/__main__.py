@@ -30,24 +30,50 @@ def _table(cols, rows):
     print("\n".join(_table_lines(cols, rows)))
 
 
-def _peer_table(cases, repeat):
-    """Time each case's implementations and print one row per case; returns the 'vs best' ratios."""
-    peers = ["numpy", "torch", "onnxruntime"]
+def _duration(seconds):
+    """A time with its unit and three significant digits: 2.43 µs, 145 µs, 1.45 ms, 1.2 s."""
+    for unit, scale in (("µs", 1e6), ("ms", 1e3)):
+        if seconds * scale < 1000:
+            return f"{seconds * scale:.3g} {unit}"
+    return f"{seconds:.3g} s"
+
+
+def _peer_table(cases, args, peers=("numpy", "torch", "onnxruntime")):
+    """Time each case's implementations and print one row per case: normfast's median, its spread
+    (fastest-slowest call) and number of calls, each peer's median and speedup, the floor; returns the 'vs
+    best' ratios. A case is (name, make), make() giving ({implementation: callable}, [floor callables]);
+    args gives the calls per implementation (repeat) and the pause before them."""
     rows, ratios = [], []
     for name, make in cases:
         fns, floors = make()
-        t = {k: _bench.median_time(f, repeat) * 1e3 for k, f in fns.items()}
-        floor = min(_bench.median_time(f, repeat) for f in floors) * 1e3
-        best = min(v for k, v in t.items() if k != "normfast")
-        ratios.append(best / t["normfast"])
-        rows.append([name, f"{t['normfast']:.3f}"]
-                    + [f"{t[p]:.3f} ({t[p] / t['normfast']:.1f}x)" if p in t else "-" for p in peers]
-                    + [f"{best / t['normfast']:.2f}x", f"{floor:.3f}", f"{t['normfast'] / floor:.2f}"])
-    _table(["case", "normfast"] + peers + ["vs best", "floor", "nf/floor"], rows)
+        t = {k: _bench.time_calls(f, args.repeat, pause=args.pause) for k, f in fns.items()}
+        floor = min(_bench.time_calls(f, args.repeat, pause=args.pause).median for f in floors)
+        nf = t["normfast"]
+        best = min(v.median for k, v in t.items() if k != "normfast")
+        ratios.append(best / nf.median)
+        rows.append([name, _duration(nf.median), f"{_duration(nf.min)}-{_duration(nf.max)}", str(nf.calls)]
+                    + [f"{_duration(t[p].median)} ({t[p].median / nf.median:.1f}x)" if p in t else "-"
+                       for p in peers]
+                    + [f"{best / nf.median:.2f}x", _duration(floor), f"{nf.median / floor:.2f}"])
+    _table(["case", "normfast", "spread", "calls", *peers, "vs best", "floor", "nf/floor"], rows)
     return ratios
 
 
+def _count(text):
+    """--repeat and --threads: an int >= 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text!r}")
+    return n
+
+
 def cmd_bench(args):
+    if args.repeat is None:
+        args.repeat = 5 if args.quick else 11
+    args.pause = 0.02 if args.quick else 0.05  # before each implementation's calls (see time_calls)
     if args.threads is not None:
         set_num_threads(args.threads)
     threads = get_num_threads()
@@ -60,21 +86,23 @@ def cmd_bench(args):
     cfg = show_config()
     print(f"normfast {cfg['version']}  isa={cfg['isa']}  threads={threads}  numpy {np.__version__}"
           + (f"  torch {torch.__version__}" if torch else "  (torch not installed)"))
-    print("Median of repeated calls, ms; speedup = peer time / normfast time.\n")
+    print(f"Median of {args.repeat} calls per implementation; spread = normfast's fastest-slowest call; "
+          "speedup = peer time / normfast time.\n")
 
-    print("moments (mean and variance); floor = copying the same bytes")
-    peers = ["numpy"] + (["torch"] if torch else [])
-    rows = []
-    for name, shape, dtype, axis in _bench.CASES:
-        if args.quick and np.prod(shape) > 4_000_000:
-            shape = (max(1, shape[0] // 4),) + tuple(shape[1:])
+    print(f"moments (mean and variance); floor = reading the same bytes once, as NumPy's max of them as "
+          f"32-bit words on {threads} threads")
+
+    def moments_case(shape, dtype, axis):
         x = _bench.make_input(shape, dtype)
-        t = {k: _bench.median_time(f, args.repeat) * 1e3 for k, f in _bench.peers(x, axis).items()}
-        copy = _bench.median_time(_bench.copy_floor(x), args.repeat) * 1e3
-        rows.append([name, f"{t['normfast']:.2f}"] + [f"{t[p]:.2f} ({t[p] / t['normfast']:.1f}x)" for p in peers]
-                    + [f"{copy:.2f}", f"{t['normfast'] / copy:.2f}"])
-        del x
-    _table(["case", "normfast"] + peers + ["floor", "nf/floor"], rows)
+        return _bench.peers(x, axis), [_bench.read_floor(x, threads)]
+
+    cases = []
+    for name, shape, dtype, axis in _bench.CASES:
+        if args.quick and np.prod(shape) > 4_000_000:  # a quarter of the rows, and the name says so
+            shape = (max(1, shape[0] // 4),) + tuple(shape[1:])
+            name += f" as {shape}"
+        cases.append((name, lambda s=shape, d=dtype, a=axis: moments_case(s, d, a)))
+    _peer_table(cases, args, ("numpy", "torch"))
 
     print("\nnormalization layers, float32, normfast with out=; floor = the faster of np.copyto and "
           "torch copy_; '-' = peer has no such op")
@@ -82,7 +110,7 @@ def cmd_bench(args):
              if not (args.quick and shape[0] > 512)]
     cases += [(name, lambda s=shape, la=last, n=norm: _bench.norm_peers(s, la, n, threads))
               for name, shape, last, norm in _bench.NORM_CASES if not (args.quick and shape[0] > 8)]
-    ratios = _peer_table(cases, args.repeat)
+    ratios = _peer_table(cases, args)
     print(f"\ngeometric mean of 'vs best': {np.exp(np.mean(np.log(ratios))):.2f}x over {len(ratios)} cases; "
           f"{sum(r < 1 for r in ratios)} case(s) where a peer is faster")
 
@@ -90,18 +118,18 @@ def cmd_bench(args):
           "saved statistics; floor = x + grad_out into an array (the bytes a backward must move)")
     ratios = _peer_table([(name, lambda k=kind, s=shape, la=last: _bench.grad_peers(k, s, la, threads))
                           for name, kind, shape, last in _bench.GRAD_CASES
-                          if not (args.quick and np.prod(shape) > 4_000_000)], args.repeat)
+                          if not (args.quick and np.prod(shape) > 4_000_000)], args)
     print(f"\ngeometric mean of 'vs best': {np.exp(np.mean(np.log(ratios))):.2f}x over {len(ratios)} cases")
 
     print("\ninference toolkit and streaming statistics, float32; floor = copying the input")
     _peer_table([(name, lambda k=kind, s=shape: _bench.tool_peers(k, s, threads))
-                 for name, kind, shape in _bench.TOOL_CASES], args.repeat)
+                 for name, kind, shape in _bench.TOOL_CASES], args)
 
     shape = (32,) + _bench.STATS_SHAPE[1:] if args.quick else _bench.STATS_SHAPE
     print(f"\ndata-set statistics (dataset_stats, `stats`: count, mean, var, min, max) of a float32 .npy "
           f"{shape} in the page cache; NumPy and PyTorch load it whole first; floor = reading its bytes")
     _peer_table([(f"{what} {shape}", lambda k=kept: _bench.stats_peers(shape, k))
-                 for what, kept in _bench.STATS_CASES], args.repeat)
+                 for what, kept in _bench.STATS_CASES], args)
     return 0
 
 
@@ -246,9 +274,10 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="print the build and runtime configuration").set_defaults(func=cmd_info)
     bench = sub.add_parser("bench", help="time normfast against NumPy (and PyTorch) on built-in cases")
-    bench.add_argument("--threads", type=int, default=None, help="threads for normfast and torch")
-    bench.add_argument("--repeat", type=int, default=11, help="timed calls per case (median)")
-    bench.add_argument("--quick", action="store_true", help="smaller inputs")
+    bench.add_argument("--threads", type=_count, default=None, help="threads for normfast and torch (>= 1)")
+    bench.add_argument("--repeat", type=_count, default=None,
+                       help="timed calls per implementation, the median reported (>= 1; default 11, 5 with --quick)")
+    bench.add_argument("--quick", action="store_true", help="smaller inputs and fewer calls (a quick look)")
     bench.set_defaults(func=cmd_bench)
     stats = sub.add_parser("stats", help="count, mean, std, min and max of a data set (.npy, .npz, images)",
                            description="Statistics of all the inputs together, as one concatenated array: "

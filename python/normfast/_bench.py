@@ -2,6 +2,8 @@
 bench/: normfast against NumPy (and PyTorch when installed) in one process, next to a copy of the same
 bytes, the memory-traffic floor."""
 import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import numpy as np
 
@@ -45,10 +47,36 @@ def copy_floor(x):
     return lambda: np.copyto(dst, x)
 
 
-def median_time(fn, repeat, min_time=0.0):
-    """Median wall time of fn over `repeat` calls (after one warm-up call). A short pause first lets
-    another library's spinning worker threads (OpenMP, ORT) go idle, so peers do not slow each other."""
-    time.sleep(0.05)
+_READERS = {}  # a thread pool per thread count, for read_floor
+
+
+def read_floor(x, threads):
+    """A callable reading x's bytes once, the least a reduction over x must do: the max of its bytes as
+    unsigned 32-bit words (NumPy's fastest reduction here, near memory speed; it releases the GIL), split
+    over `threads` threads."""
+    raw = np.ascontiguousarray(x).reshape(-1).view(np.uint8)
+    ints = raw.view(np.uint32) if raw.size % 4 == 0 else raw
+    if threads == 1:
+        return ints.max
+    parts = np.array_split(ints, threads)
+    pool = _READERS.setdefault(threads, ThreadPoolExecutor(threads))
+    return lambda: list(pool.map(np.max, parts))
+
+
+class Timing(NamedTuple):
+    """Wall times of repeated calls, seconds: the fastest, the median and the slowest, and how many."""
+
+    min: float
+    median: float
+    max: float
+    calls: int
+
+
+def time_calls(fn, repeat, min_time=0.0, pause=0.05):
+    """Timing of fn over `repeat` calls (after one warm-up call), more while under min_time seconds. A
+    pause first (seconds) lets another library's spinning worker threads (OpenMP, ORT) go idle, so peers
+    do not slow each other."""
+    time.sleep(pause)
     fn()
     times = []
     start = time.perf_counter()
@@ -56,7 +84,7 @@ def median_time(fn, repeat, min_time=0.0):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+    return Timing(min(times), float(np.median(times)), max(times), len(times))
 
 
 # --- normalization layers ---------------------------------------------------------------------------

@@ -1,0 +1,46 @@
+"""`python -m normfast bench`: its arguments, units and floors (never its timings)."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from normfast import _bench
+from normfast.__main__ import _duration
+
+
+@pytest.mark.parametrize("args", [["--repeat", "0"], ["--repeat", "-3"], ["--threads", "0"], ["--threads", "x"],
+                                  ["--repeat", "1.5"]])
+def test_bad_counts_are_argument_errors(args):
+    """A count below 1 (or not an int) is refused before anything runs, naming the option."""
+    r = subprocess.run([sys.executable, "-m", "normfast", "bench", *args], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2
+    assert f"argument {args[0]}: expected an int >= 1, got {args[1]!r}" in r.stderr
+    assert r.stdout == ""
+
+
+@pytest.mark.parametrize("seconds, text", [(2.434e-6, "2.43 µs"), (145e-6, "145 µs"), (999.4e-6, "999 µs"),
+                                           (1.45e-3, "1.45 ms"), (0.1451, "145 ms"), (1.2, "1.2 s"),
+                                           (75.0, "75 s")])
+def test_durations_carry_their_unit(seconds, text):
+    assert _duration(seconds) == text
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("nbytes", [4 * 1000, 4 * 1001 + 2])
+def test_read_floor_reads_every_byte(threads, nbytes):
+    """The read floor's result depends on every byte: each word's max, whichever part holds it."""
+    raw = np.zeros(nbytes, np.uint8)
+    for at in (0, nbytes // 2, nbytes - 1):
+        raw[:] = 0
+        raw[at] = 7
+        got = _bench.read_floor(raw, threads)()
+        assert max(np.max(p) for p in np.atleast_1d(got)) > 0
+
+
+def test_time_calls_counts_and_orders():
+    calls = []
+    t = _bench.time_calls(lambda: calls.append(1), 4, pause=0)
+    assert len(calls) == 5  # a warm-up call, then the timed ones
+    assert t.calls == 4 and 0 <= t.min <= t.median <= t.max
