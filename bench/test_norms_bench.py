@@ -14,6 +14,8 @@ CASES = ([(name, lambda s=shape, r=rms: _bench.row_peers(s, r, normfast.get_num_
           for name, shape, rms in _bench.ROW_CASES]
          + [(name, lambda s=shape, la=last, n=norm: _bench.norm_peers(s, la, n, normfast.get_num_threads()))
             for name, shape, last, norm in _bench.NORM_CASES]
+         + [(name, lambda k=kind, s=shape, d=dt: _bench.half_peers(k, s, d, normfast.get_num_threads()))
+            for name, kind, shape, dt in _bench.HALF_CASES if _bench.half_dtype(dt) is not None]
          + [(name, lambda k=kind, s=shape: _bench.tool_peers(k, s, normfast.get_num_threads()))
             for name, kind, shape in _bench.TOOL_CASES]
          + [(name, lambda k=kind, s=shape, la=last: _bench.grad_peers(k, s, la, normfast.get_num_threads()))

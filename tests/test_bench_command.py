@@ -44,3 +44,18 @@ def test_time_calls_counts_and_orders():
     t = _bench.time_calls(lambda: calls.append(1), 4, pause=0)
     assert len(calls) == 5  # a warm-up call, then the timed ones
     assert t.calls == 4 and 0 <= t.min <= t.median <= t.max
+
+
+@pytest.mark.parametrize("name, kind, shape, dtype", _bench.HALF_CASES, ids=[c[0] for c in _bench.HALF_CASES])
+def test_half_cases_compare_the_same_operation(name, kind, shape, dtype):
+    """The half-type rows time normfast, NumPy and PyTorch computing the same norm (to half rounding)."""
+    pytest.importorskip("ml_dtypes")
+    small = (2, 64, 8, 8) if kind == "gn32" else (4, 256)
+    fns, floors = _bench.half_peers(kind, small, dtype, 2)
+    want = np.asarray(fns["numpy"]()).astype(np.float32)
+    tol = 2.0 ** -7 if dtype == "bfloat16" else 2.0 ** -10
+    for impl, fn in fns.items():
+        got = fn() if impl != "torch" else fn().float().numpy()
+        np.testing.assert_allclose(np.asarray(got).astype(np.float32), want, rtol=2 * tol, atol=4 * tol,
+                                   err_msg=impl)
+    assert len(floors) >= 1

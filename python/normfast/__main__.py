@@ -114,6 +114,14 @@ def cmd_bench(args):
     print(f"\ngeometric mean of 'vs best': {np.exp(np.mean(np.log(ratios))):.2f}x over {len(ratios)} cases; "
           f"{sum(r < 1 for r in ratios)} case(s) where a peer is faster")
 
+    print("\nhalf types, normfast with out=; PyTorch in the same type, NumPy in float32 and rounded; "
+          "floor = the faster of np.copyto and torch copy_")
+    half = [(name, lambda k=kind, s=shape, d=dt: _bench.half_peers(k, s, d, threads))
+            for name, kind, shape, dt in _bench.HALF_CASES if _bench.half_dtype(dt) is not None]
+    missing = "" if len(half) == len(_bench.HALF_CASES) else " (bfloat16 cases need ml_dtypes)"
+    ratios = _peer_table(half[:2] if args.quick else half, args)
+    print(f"\ngeometric mean of 'vs best': {np.exp(np.mean(np.log(ratios))):.2f}x over {len(ratios)} cases{missing}")
+
     print("\nbackward (grad_x, grad_weight, grad_bias), float32; PyTorch = its native backward ops given the "
           "saved statistics; floor = x + grad_out into an array (the bytes a backward must move)")
     ratios = _peer_table([(name, lambda k=kind, s=shape, la=last: _bench.grad_peers(k, s, la, threads))

@@ -273,6 +273,65 @@ def row_peers(shape, rms, threads):
     return fns, floors
 
 
+# Half types: (name, kind, shape, dtype name), kind "layer" (over the last axis) or "gn32" (channels first).
+HALF_CASES = [(f"{kind} {shape} {dt}", kind, shape, dt)
+              for kind, shape in [("layer", (1024, 4096)), ("gn32", (16, 64, 64, 64))]
+              for dt in ("float16", "bfloat16")]
+
+
+def half_dtype(name):
+    """NumPy's float16, or ml_dtypes' bfloat16 (None where ml_dtypes is not installed)."""
+    if name == "float16":
+        return np.float16
+    try:
+        import ml_dtypes
+    except ImportError:
+        return None
+    return ml_dtypes.bfloat16
+
+
+def half_peers(kind, shape, dtype_name, threads):
+    """Callables for one half-type case (normfast with out=, NumPy computing in float32, PyTorch in the same
+    half type), plus the copy floors; None where the dtype is not available."""
+    from . import norms
+
+    dt = half_dtype(dtype_name)
+    if dt is None:
+        return None
+    x = make_input(shape, np.float32).astype(dt)
+    C = shape[-1] if kind == "layer" else shape[1]
+    rng = np.random.default_rng(3)
+    w, b = rng.uniform(0.5, 1.5, C).astype(np.float32), rng.standard_normal(C).astype(np.float32)
+    out = np.empty_like(x)
+    if kind == "layer":
+        fns = {"normfast": lambda: norms.layer_norm(x, C, w, b, eps=EPS, out=out),
+               "numpy": lambda: _numpy_norm(x.astype(np.float32), -1, w, b).astype(dt)}
+    else:
+        fns = {"normfast": lambda: norms.group_norm(x, 32, w, b, eps=EPS, out=out)}
+
+        def np_gn():
+            g = x.astype(np.float32).reshape(shape[0], 32, -1)
+            y = (g - g.mean(axis=2, keepdims=True)) / np.sqrt(g.var(axis=2, keepdims=True) + EPS)
+            return (y.reshape(shape) * w.reshape(C, 1, 1) + b.reshape(C, 1, 1)).astype(dt)
+
+        fns["numpy"] = np_gn
+    floors = [copy_floor(x)]
+    try:
+        import torch
+        import torch.nn.functional as F
+
+        tdt = torch.float16 if dtype_name == "float16" else torch.bfloat16
+        t = torch.from_numpy(x.view(np.int16)).view(tdt)
+        tw, tb = (torch.from_numpy(v).to(tdt) for v in (w, b))
+        fns["torch"] = ((lambda: F.layer_norm(t, (C,), tw, tb, EPS)) if kind == "layer"
+                        else (lambda: F.group_norm(t, 32, tw, tb, EPS)))
+        tdst = torch.empty_like(t)
+        floors.append(lambda: tdst.copy_(t))
+    except ImportError:
+        pass
+    return fns, floors
+
+
 # Inference toolkit and streaming statistics: (name, kind, shape). The matmul case comes last: BLAS
 # worker threads spin for ~0.1 s after a call and would slow whatever is timed next.
 TOOL_CASES = [
