@@ -483,7 +483,6 @@ def rownorm_grad(cnp.ndarray x not None, cnp.ndarray dy not None, cnp.ndarray gx
     _stats_like(x, (x, dy), cnp.PyArray_TYPE(x), False, "x and grad_out")
     _stats_like(x, (gx,), cnp.PyArray_TYPE(x), True, "grad_x")
     _flat((mean, rstd), cnp.NPY_FLOAT64, rows, False, "mean and rstd (one per row)")
-    _flat((rstd,), cnp.NPY_FLOAT64, rows, False, "rstd (one per row)", False)
     _flat((weight,), _stats_type(dtype), n, False, "weight (one per element of a row)")
     _flat((grad_weight, grad_bias), cnp.NPY_FLOAT64, n, True, "grad_weight and grad_bias (one per element of a row)")
     cdef nf_rowgrad spec

@@ -11,13 +11,13 @@
 NF_BY_DTYPE(rownorm);
 
 /* Rows [r0, r1) of the plan, in order. */
-static void nf_rownorm_range(nf_dtype dt, const nf_plan *p, const char *xb, char *yb, int64_t isz,
+static void nf_rownorm_range(__typeof__(rownorm_of[0]) row, const nf_plan *p, const char *xb, char *yb, int64_t isz,
                              const nf_rowspec *sp, int64_t r0, int64_t r1)
 {
     nf_iter oi;
     nf_iter_init(&oi, &p->o, r0);
     for (int64_t r = r0; r < r1; r++, nf_iter_next(&oi, &p->o))
-        rownorm_of[dt](xb + oi.off * isz, yb + oi.yoff * isz, p->r2, sp, r);
+        row(xb + oi.off * isz, yb + oi.yoff * isz, p->r2, sp, r);
 }
 
 nf_status NF_FN(nf_rownorm)(const nf_plan *p, nf_dtype dt, const void *x, void *y, const nf_rowspec *sp,
@@ -38,11 +38,11 @@ nf_status NF_FN(nf_rownorm)(const nf_plan *p, nf_dtype dt, const void *x, void *
     const char *xb = (const char *)x + p->x_offset * isz;
     char *yb = (char *)y + p->y_offset * isz;
     if (nt == 1) { /* small calls skip the OpenMP region: it costs more than the rows */
-        nf_rownorm_range(dt, p, xb, yb, isz, sp, 0, rows);
+        nf_rownorm_range(rownorm_of[dt], p, xb, yb, isz, sp, 0, rows);
         return NF_OK;
     }
 #pragma omp parallel for schedule(static) num_threads(nt)
     for (int t = 0; t < nt; t++)
-        nf_rownorm_range(dt, p, xb, yb, isz, sp, rows * t / nt, rows * (t + 1) / nt);
+        nf_rownorm_range(rownorm_of[dt], p, xb, yb, isz, sp, rows * t / nt, rows * (t + 1) / nt);
     return NF_OK;
 }
