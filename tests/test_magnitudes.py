@@ -520,3 +520,55 @@ def test_float64_range_past_its_largest_value_never_gives_a_wrong_finite_mean(is
         m = normfast.moments(r, axis=1)[0]
         ok = np.isfinite(m) & np.isfinite(r).all(axis=1)
         np.testing.assert_allclose(m[ok], (np.mean(r / 2**20, axis=1) * 2**20)[ok], rtol=1e-10, atol=1e-10 * 1.7e308)
+
+
+# --- 7. rounding to the half types on store ----------------------------------------------------------
+
+def float32_cases():
+    """float32 values of every class a half store meets: random bit patterns (NaN with payloads, infinity,
+    overflow, underflow), values spread over float16's range with random low bits, and exact ties (half
+    values plus half an ulp, subnormal ones included)."""
+    rng = np.random.default_rng(7)
+    bits = rng.integers(0, 2**32, 4096, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    spread = (np.exp2(rng.uniform(-27, 17, 4096)) * rng.choice([-1, 1], 4096)).astype(np.float32)
+    halves = rng.integers(0, 0x7bff, 2048, dtype=np.uint16).view(np.float16).astype(np.float32)
+    ulp = np.spacing(halves.astype(np.float16)).astype(np.float32)
+    edges = np.array([65504, 65519.99, 65520, 2**-14, 2**-24, 2**-25, 3 * 2**-26, 1e-45, 0, -0.0], np.float32)
+    return np.concatenate([bits, spread, halves + ulp / 2, -(halves + ulp / 2), edges])
+
+
+def half_bits(v, dtype):
+    """The bits float32 v rounds to in dtype: NumPy's and ml_dtypes' round to nearest even; NaN quiet with
+    its payload's top bits kept (as F16C's conversion does), for every kernel and ISA alike."""
+    u = v.view(np.uint32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        want = v.astype(dtype).view(np.uint16).copy()
+    nan = np.isnan(v)
+    if dtype == np.float16:
+        payload = ((u >> 16) & 0x8000) | 0x7e00 | ((u >> 13) & 0x3ff)
+    else:
+        payload = (u >> 16) | 0x40
+    want[nan] = payload[nan].astype(np.uint16)
+    return want
+
+
+@pytest.mark.parametrize("dtype", [np.float16, ml_dtypes.bfloat16], ids=dname)
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_half_stores_round_to_nearest_even_in_vectors_and_tails(isa, dtype, threads):
+    """Each float32 result is stored as the half type's nearest value, ties to even, whether it leaves in a
+    vector or in a row's scalar tail (37 elements: a tail at every vector width). Inference batch norm
+    (apply pass) with running var 0.75 and eps 0.25 gives y = weight for x = 1; layer norm (row norm) of a
+    constant row gives y = bias."""
+    v = float32_cases()
+    n = 37
+    v = v[: v.size // n * n]
+    want = half_bits(v, dtype)
+    C = v.size
+    with use_threads(threads):
+        y = normfast.batch_norm(np.ones((1, C, n), dtype), np.zeros(C, np.float32), np.full(C, 0.75, np.float32),
+                                weight=v, bias=np.zeros(C, np.float32), training=False, eps=0.25)
+        np.testing.assert_array_equal(y[0].view(np.uint16), np.repeat(want[:, None], n, axis=1))
+        rows = v.reshape(-1, n)
+        for r, b in enumerate(rows):
+            got = normfast.layer_norm(np.full((2, n), 3, dtype), n, bias=b)
+            np.testing.assert_array_equal(got.view(np.uint16), np.tile(want[r * n:(r + 1) * n], (2, 1)))

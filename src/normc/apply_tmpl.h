@@ -1,5 +1,5 @@
 /* Apply-pass rows for one storage type, instantiated by apply.c through each_dtype.h (which lists the
- * parameters); where NF_HAS_VSTORE is 0, rows run scalar. */
+ * parameters). */
 
 #define NF_NAME2(a, b) a##_##b
 #define NF_NAME(a, b) NF_NAME2(a, b)
@@ -23,7 +23,6 @@ static NF_INLINE void NF_NAME(row_body, NF_TAG)(const NF_T *x, int64_t xs, NF_T 
 {
     for (int64_t r = 0; r < nr; r++, x += xr, y += yr) {
         int64_t j = 0;
-#if NF_HAS_VSTORE
         if (xs == 1 && ys == 1 && act <= NF_ACT_RELU && (ps == 0 || ps == 1)) {
             const NF_V z = {0};
             const NF_V s0 = z + s[0], a0 = z + a[0], c0 = z + c[0]; /* one group along the row (ps == 0) */
@@ -40,7 +39,6 @@ static NF_INLINE void NF_NAME(row_body, NF_TAG)(const NF_T *x, int64_t xs, NF_T 
                 NF_VSTORE(y + j, v);
             }
         }
-#endif
         for (; j < n; j++)
             y[j * ys] = NF_STORE(NF_NAME(act, NF_TAG)((NF_LOAD(x[j * xs]) - s[j * ps]) * a[j * ps] + c[j * ps], act));
     }

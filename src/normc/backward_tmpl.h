@@ -1,7 +1,6 @@
 /* Backward kernels for one storage type, instantiated by backward.c through each_dtype.h (which lists
  * the parameters). Notation: z = (x - s) * a + c is the forward's pre-activation, s the mean rounded to
- * NF_A; g = dy * act'(z). dy is laid out like x. The sums (red_seg, red_cols, rowgrad's first pass) read
- * vectors in every type; the passes that store do so only where NF_HAS_VSTORE. */
+ * NF_A; g = dy * act'(z). dy is laid out like x. */
 
 #define NF_NAME2(a, b) a##_##b
 #define NF_NAME(a, b) NF_NAME2(a, b)
@@ -164,7 +163,6 @@ static NF_INLINE void NF_NAME(gx_body, NF_TAG)(const NF_T *x, const NF_T *dy, in
     const NF_A *s = q[0], *a = q[1], *c = q[2], *P = q[3], *M = q[4], *Q = q[5], *R = q[6];
     for (int64_t r = 0; r < nr; r++, x += xr, dy += xr, y += yr) {
         int64_t j = 0;
-#if NF_HAS_VSTORE
         if (xs == 1 && ys == 1 && act <= NF_ACT_RELU && (ps == 0 || ps == 1)) {
             const NF_V z = {0};
             NF_V sv = z + s[0], av = z + a[0], cv = z + c[0], Pv = z + P[0], Mv = z + M[0], Qv = z + Q[0];
@@ -183,7 +181,6 @@ static NF_INLINE void NF_NAME(gx_body, NF_TAG)(const NF_T *x, const NF_T *dy, in
                 NF_VSTORE(y + j, Pv * (e - Mv) + Qv * u + Rv);
             }
         }
-#endif
         for (; j < n; j++) {
             const int64_t k = j * ps;
             const NF_A u = NF_LOAD(x[j * xs]) - s[k];
@@ -334,7 +331,6 @@ static NF_INLINE void NF_NAME(rowgrad_body, NF_TAG)(const NF_T *x, const NF_T *d
         const NF_A R = (NF_A)(rs * ((double)M - k1) - rs * (rs * k2) * dm);
         const NF_A rf = (NF_A)rs, cc = (NF_A)nf_centring(s, mu, rs); /* xhat = (x - s) * rf + cc */
         int64_t j = 0;
-#if NF_HAS_VSTORE
         const NF_V z = {0}, sv = z + s, Pv = z + P, Mv = z + M, Qv = z + Q, Rv = z + R, rv = z + rf, cv = z + cc;
         for (; j + NF_W <= n; j += NF_W) {
             const NF_V d = NF_VLOAD(dr + j), u = NF_VLOAD(xr + j) - sv;
@@ -345,7 +341,6 @@ static NF_INLINE void NF_NAME(rowgrad_body, NF_TAG)(const NF_T *x, const NF_T *d
                 memcpy(gb + j, &vb, sizeof vb);
             }
         }
-#endif
         for (; j < n; j++) {
             const NF_A d = NF_LOAD(dr[j]), u = NF_LOAD(xr[j]) - s;
             yr[j] = NF_STORE(P * ((has_w ? d * w[j] : d) - M) + Q * u + R);

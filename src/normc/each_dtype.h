@@ -3,8 +3,7 @@
  *   NF_T      storage type            NF_A      accumulation type (float, or double for float64)
  *   NF_V      vector of NF_A          NF_W      its lane count       NF_VI  integer vector, same lanes
  *   NF_LOAD   one NF_T -> NF_A        NF_VLOAD  NF_W contiguous NF_T -> NF_V
- *   NF_STORE  NF_A -> NF_T            NF_VSTORE NF_V -> NF_W contiguous NF_T, where NF_HAS_VSTORE is 1
- *   NF_HAS_VSTORE  1 for float32 and float64; 0 for the half types, whose rows that store run scalar
+ *   NF_STORE  NF_A -> NF_T            NF_VSTORE NF_V -> NF_W contiguous NF_T (bit-identical to NF_STORE)
  *   NF_EXP    exp for NF_A            NF_TAG    name suffix          NF_DT  the nf_dtype
  *   NF_SEG_A  block_tmpl.h's seg_* for contiguous NF_A data (the half types gather into float blocks) */
 
@@ -14,7 +13,6 @@
 #define NF_VLOAD nf_vload_f32
 #define NF_STORE nf_load_f32
 #define NF_VSTORE nf_vstore_f32
-#define NF_HAS_VSTORE 1
 #define NF_TAG f32
 #define NF_DT NF_F32
 #include "instantiate.h"
@@ -28,7 +26,6 @@
 #define NF_VLOAD nf_vload_f64
 #define NF_STORE nf_load_f64
 #define NF_VSTORE nf_vstore_f64
-#define NF_HAS_VSTORE 1
 #define NF_EXP exp
 #define NF_TAG f64
 #define NF_DT NF_F64
@@ -41,7 +38,7 @@
 #define NF_LOAD nf_f16_to_f32
 #define NF_VLOAD nf_vload_f16
 #define NF_STORE nf_f32_to_f16
-#define NF_HAS_VSTORE 0
+#define NF_VSTORE nf_vstore_f16
 #define NF_TAG f16
 #define NF_DT NF_F16
 #include "instantiate.h"
@@ -51,7 +48,7 @@
 #define NF_LOAD nf_bf16_to_f32
 #define NF_VLOAD nf_vload_bf16
 #define NF_STORE nf_f32_to_bf16
-#define NF_HAS_VSTORE 0
+#define NF_VSTORE nf_vstore_bf16
 #define NF_TAG bf16
 #define NF_DT NF_BF16
 #include "instantiate.h"

@@ -10,7 +10,6 @@
 #undef NF_VLOAD
 #undef NF_STORE
 #undef NF_VSTORE
-#undef NF_HAS_VSTORE
 #undef NF_EXP
 #undef NF_TAG
 #undef NF_DT

@@ -308,8 +308,8 @@ static inline uint16_t nf_f32_to_f16(float f)
 {
     uint32_t u = nf_f32_bits(f), sign = (u >> 16) & 0x8000u;
     u &= 0x7fffffffu;
-    /* |f| >= 65536 or Inf/NaN */
-    uint32_t big = u > 0x7f800000u ? 0x7e00u : 0x7c00u;
+    /* |f| >= 65536 or Inf; NaN quiet with its payload's top bits, as F16C's conversion keeps them */
+    uint32_t big = u > 0x7f800000u ? ((u >> 13) & 0x7fffu) | 0x200u : 0x7c00u;
     /* |f| < 2^-14: adding 0.5 lines the float's last place up with half's 2^-24, so the FPU rounds */
     uint32_t sub = nf_f32_bits(nf_bits_to_f32(u) + 0.5f) - 0x3f000000u;
     /* normal: rebias the exponent (-112 << 23) and round half to even on the 13 dropped bits */

@@ -1,5 +1,5 @@
 /* Fused row norms for one storage type, instantiated by rownorm.c through each_dtype.h (which lists the
- * parameters); where NF_HAS_VSTORE is 0, rows store scalar. */
+ * parameters). */
 
 #define NF_NAME2(a, b) a##_##b
 #define NF_NAME(a, b) NF_NAME2(a, b)
@@ -63,7 +63,6 @@ static NF_INLINE void NF_NAME(rowapply, NF_TAG)(const NF_T *x, NF_T *y, int64_t 
                                                 const NF_A *w, const NF_A *b, int has_w, int has_b)
 {
     int64_t j = 0;
-#if NF_HAS_VSTORE
     const NF_V z = {0};
     for (; j + NF_W <= n; j += NF_W) {
         NF_V v = (NF_VLOAD(x + j) - (z + s)) * (z + a) + (z + cc), p;
@@ -77,7 +76,6 @@ static NF_INLINE void NF_NAME(rowapply, NF_TAG)(const NF_T *x, NF_T *y, int64_t 
         }
         NF_VSTORE(y + j, v);
     }
-#endif
     for (; j < n; j++) {
         NF_A v = (NF_LOAD(x[j]) - s) * a + cc;
         if (has_w)
