@@ -14,9 +14,10 @@ from helpers import use_threads
 ml_dtypes = pytest.importorskip("ml_dtypes")
 
 # (samples, channels, ...): channels 4 on axis 1 as api_calls expects. Many rows (the fused group and
-# instance norm), one or two samples (the two-pass path, rows split across chunks), and sizes past one
-# work chunk so that the threads share every reduction.
-SHAPES = [(8, 4, 64, 32), (1, 4, 128, 160), (2, 4, 3, 4099)]
+# instance norm), one or two samples (the two-pass path, rows split across chunks), sizes past one
+# work chunk so that the threads share every reduction, and rows longer than a row norm's chunk, fewer
+# than the threads can split among themselves (the threads share each row).
+SHAPES = [(8, 4, 64, 32), (1, 4, 128, 160), (2, 4, 3, 4099), (1, 4, 2, 40000)]
 DTYPES = [np.float32, np.float64, np.float16, ml_dtypes.bfloat16]
 NAMES = list(calls())
 

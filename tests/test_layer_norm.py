@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 import normfast
 from normfast import _normc, norms, reference
 
-from helpers import ISAS, assert_close_y, assert_refused, bad_call, case_ids, read_only, use_isa
+from helpers import ISAS, assert_close_y, assert_refused, bad_call, case_ids, read_only, use_isa, use_threads
 
 DTYPES = [np.float32, np.float64, np.float16, ml_dtypes.bfloat16]
 
@@ -54,6 +54,32 @@ def test_matches_reference(isa, rms, inp, affine, with_residual, eps):
     assert_close_y(y, ref, x.dtype)
     if with_residual:
         np.testing.assert_array_equal(res_out, summed)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("rows", [1, 2, 3, 9])
+def test_long_rows_shared_by_the_threads(isa, dtype, rows):
+    """Rows of several statistics chunks (a chunk is 32768 elements), fewer than the threads can split among
+    themselves, so that the threads share each row: against the reference, and the same bytes at 1, 2 and
+    3 threads; with a large mean, which a chunk merge that lost digits would show. Group and instance norm
+    share the row kernel (each group a row of channel segments)."""
+    n = 7 * 14200  # three chunks and a part
+    rng = np.random.default_rng(rows)
+    x = (rng.standard_normal((rows, n)) * 3 + 1000).astype(dtype)
+    w, b = rng.uniform(0.5, 1.5, n), rng.standard_normal(n)
+    xg = x.reshape(rows, 7, n // 7)
+    cases = {
+        "layer": (lambda: normfast.layer_norm(x, n, w, b), reference.layer_norm(x, (n,), w, b)),
+        "rms": (lambda: normfast.rms_norm(x, n, w), reference.layer_norm(x, (n,), w, rms=True)),
+        "group": (lambda: normfast.group_norm(xg, 1, w[:7], b[:7]), reference.group_norm(xg, 1, w[:7], b[:7])),
+    }
+    for name, (call, ref) in cases.items():
+        outs = []
+        for threads in (1, 2, 3):
+            with use_threads(threads):
+                outs.append(call())
+            assert_close_y(outs[-1], ref, x.dtype)
+        assert outs[0].tobytes() == outs[1].tobytes() == outs[2].tobytes(), name
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -94,6 +94,19 @@ static inline int64_t nf_itemsize(nf_dtype dt)
 #define NF_CHUNK ((int64_t)1 << 16)
 
 #define NF_BLOCK 2048 /* elements reduced in NF_A while in L1 before the block's sums go to double */
+/* A row norm's statistics are summed per chunk of this many elements (whole blocks) and the chunks merged
+ * in order, so that the threads can share a long row (fewer rows than threads) with the same bits as one
+ * thread. */
+#define NF_ROW_CHUNK (16 * NF_BLOCK)
+#define NF_ROW_BATCH 16 /* rows of one chunk taken together (rownorm_tmpl.h's rowbatch) */
+
+/* A row norm's scale from its var: 1 / sqrt(var + eps), or for L2 (var the sum of squares) 1 / max(norm,
+ * eps) with a NaN norm staying NaN (fmax would drop it). */
+static inline double nf_row_scale(double var, const nf_rowspec *sp)
+{
+    const double nrm = sqrt(var);
+    return sp->kind == NF_ROW_L2 ? 1.0 / (nrm < sp->eps ? sp->eps : nrm) : 1.0 / sqrt(var + sp->eps);
+}
 #define NF_KTILE 256  /* columns per column-mode work item */
 _Static_assert(NF_MAX_SLOTS <= NF_KTILE, "seg_grad keeps a slot's sums in NF_KTILE-long arrays");
 #define NF_RB 64      /* rows per column-mode block (moments: reread from L2 by its second pass) */

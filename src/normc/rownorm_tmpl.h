@@ -86,14 +86,14 @@ static NF_INLINE void NF_NAME(rowapply, NF_TAG)(const NF_T *x, NF_T *y, int64_t 
     }
 }
 
-/* Row r in double, y = act(((x - mean) * a64) * w + b) with the parameters per element (seg 1) or per
- * segment: the rare rows whose scale or deviations float cannot hold. */
+/* Elements [j0, j1) of row r in double, y = act(((x - mean) * a64) * w + b) with the parameters per
+ * element (seg 1) or per segment: the rare rows whose scale or deviations float cannot hold. */
 static NF_COLD void NF_NAME(rownorm_wide, NF_TAG)(const NF_T *x, NF_T *y, int64_t n, double mean, double a64,
-                                                  const nf_rowspec *sp, int64_t r)
+                                                  const nf_rowspec *sp, int64_t r, int64_t j0, int64_t j1)
 {
     const NF_A *w = (const NF_A *)sp->weight, *b = (const NF_A *)sp->bias;
     const int64_t base = (r % sp->period) * (n / sp->seg);
-    for (int64_t j = 0; j < n; j++) {
+    for (int64_t j = j0; j < j1; j++) {
         const int64_t i = sp->seg > 1 ? base + j / sp->seg : j;
         double v = ((double)NF_LOAD(x[j]) - mean) * a64;
         if (w)
@@ -104,54 +104,48 @@ static NF_COLD void NF_NAME(rownorm_wide, NF_TAG)(const NF_T *x, NF_T *y, int64_
     }
 }
 
-/* One contiguous row r of n elements: statistics while it streams in, then the output while it is still
- * in cache, y = (x - s) * a + cc scaled and shifted by the parameters, s and cc by internal.h's centring
- * rule (RMS and L2: s = cc = 0). */
-static void NF_NAME(rownorm, NF_TAG)(const void *xv, void *yv, int64_t n, const nf_rowspec *sp, int64_t r)
+/* The statistics of one chunk of a row, elements [c0, c1) (c0 a multiple of NF_ROW_CHUNK): about shift K
+ * as (n, mean, M2) for layer norm, the sum of squares in m2 for RMS and L2. */
+static NF_INLINE void NF_NAME(rowpart, NF_TAG)(const NF_T *x, int64_t c0, int64_t c1, nf_rowkind kind, double K, nf_acc *acc)
 {
-    const NF_T *x = (const NF_T *)xv;
-    NF_T *y = (NF_T *)yv;
-    const NF_A *w = (const NF_A *)sp->weight, *b = (const NF_A *)sp->bias;
-    double mean = 0, var;
-    if (sp->kind != NF_ROW_LAYER) {
-        double ss = 0;
-        for (int64_t c = 0; c < n; c += NF_BLOCK)
-            ss += NF_NAME(sumsq, NF_TAG)(x + c, n - c < NF_BLOCK ? n - c : NF_BLOCK);
-        var = sp->kind == NF_ROW_RMS ? ss / (double)n : ss;
-    } else {
-        nf_acc acc = {0, 0, 0};
-        const double K = NF_NAME(shift, NF_TAG)(x);
-        for (int64_t c = 0; c < n; c += NF_BLOCK) {
-            const int64_t len = n - c < NF_BLOCK ? n - c : NF_BLOCK;
-            double m, q;
-            NF_NAME(seg, NF_TAG)(x + c, len, (NF_A)K, &m, &q);
-            nf_chan(&acc, (double)len, m, q);
+    *acc = (nf_acc){0, 0, 0};
+    for (int64_t c = c0; c < c1; c += NF_BLOCK) {
+        const int64_t len = c1 - c < NF_BLOCK ? c1 - c : NF_BLOCK;
+        if (kind != NF_ROW_LAYER) {
+            acc->m2 += NF_NAME(sumsq, NF_TAG)(x + c, len);
+            continue;
         }
-        mean = K + acc.mean;
-        var = acc.m2 / (double)n;
+        double m, q;
+        NF_NAME(seg, NF_TAG)(x + c, len, (NF_A)K, &m, &q);
+        nf_chan(acc, (double)len, m, q);
     }
-    if (sp->mean) {
-        sp->mean[r] = mean;
-        sp->var[r] = var;
-    }
-    const double nrm = sqrt(var); /* L2: max(norm, eps), NaN staying NaN (fmax would drop it) */
-    const double a64 = sp->kind == NF_ROW_L2 ? 1.0 / (nrm < sp->eps ? sp->eps : nrm) : 1.0 / sqrt(var + sp->eps);
+}
+
+/* Elements [j0, j1) of row r given its mean, var and scale a64 (nf_row_scale): y = (x - s) * a + cc scaled and shifted by the
+ * parameters, s and cc by internal.h's centring rule (RMS and L2: s = cc = 0). */
+static NF_INLINE void NF_NAME(rowout, NF_TAG)(const NF_T *x, NF_T *y, int64_t n, double mean, double var,
+                                               double a64, const nf_rowspec *sp, int64_t r, int64_t j0, int64_t j1)
+{
+    const NF_A *w = (const NF_A *)sp->weight, *b = (const NF_A *)sp->bias;
     /* Float cannot hold a scale outside its normal range (a tiny eps over a row of zeros: 0 * inf), nor
      * deviations from the mean once n * var, which bounds their squares, nears its largest square. */
     if (sizeof(NF_A) < sizeof(double) && (!(a64 >= 0x1p-126 && a64 <= 0x1p127) || var * (double)n > 0x1p250)) {
-        NF_NAME(rownorm_wide, NF_TAG)(x, y, n, mean, a64, sp, r);
+        NF_NAME(rownorm_wide, NF_TAG)(x, y, n, mean, a64, sp, r, j0, j1);
         return;
     }
     const NF_A s = (NF_A)mean, a = (NF_A)a64, cc = (NF_A)nf_centring(s, mean, a64);
     if (sp->seg > 1) { /* one weight and bias per segment: fold them into the segment's a and c */
-        const int64_t nseg = n / sp->seg, base = (r % sp->period) * nseg;
-        for (int64_t j = 0; j < nseg; j++) {
+        const int64_t seg = sp->seg, base = (r % sp->period) * (n / seg);
+        for (int64_t j = j0 / seg; j * seg < j1; j++) {
             const NF_A wj = w ? w[base + j] : 1, aj = a * wj, cj = cc * wj + (b ? b[base + j] : 0);
             const void *p[3] = {&s, &aj, &cj};
-            NF_FN(nf_apply_seg)(NF_DT, x + j * sp->seg, y + j * sp->seg, p, sp->seg, sp->act);
+            const int64_t lo = j * seg > j0 ? j * seg : j0, hi = (j + 1) * seg < j1 ? (j + 1) * seg : j1;
+            NF_FN(nf_apply_seg)(NF_DT, x + lo, y + lo, p, hi - lo, sp->act);
         }
         return;
     }
+    x += j0, y += j0, n = j1 - j0;
+    w = w ? w + j0 : w, b = b ? b + j0 : b;
     /* Constant flags: each call below is specialised, so absent parameters cost nothing per element. */
     if (w && b)
         NF_NAME(rowapply, NF_TAG)(x, y, n, s, a, cc, w, b, 1, 1);
@@ -161,6 +155,77 @@ static void NF_NAME(rownorm, NF_TAG)(const void *xv, void *yv, int64_t n, const 
         NF_NAME(rowapply, NF_TAG)(x, y, n, s, a, cc, w, b, 0, 1);
     else
         NF_NAME(rowapply, NF_TAG)(x, y, n, s, a, cc, w, b, 0, 0);
+}
+
+/* Row r's statistics from its chunks' (parts[0..nch), merged in chunk order whoever computed them; stored
+ * where the spec asks (store: the caller that owns them). */
+static NF_INLINE void NF_NAME(rowstats, NF_TAG)(const nf_acc *parts, int64_t nch, int64_t n, const nf_rowspec *sp,
+                                      double K, int64_t r, int store, double *mean, double *var)
+{
+    nf_acc acc = {0, 0, 0};
+    for (int64_t c = 0; c < nch; c++) {
+        if (sp->kind != NF_ROW_LAYER)
+            acc.m2 += parts[c].m2;
+        else
+            nf_chan(&acc, parts[c].n, parts[c].mean, parts[c].m2);
+    }
+    *mean = sp->kind == NF_ROW_LAYER ? K + acc.mean : 0;
+    *var = sp->kind == NF_ROW_L2 ? acc.m2 : acc.m2 / (double)n;
+    if (store && sp->mean) {
+        sp->mean[r] = *mean;
+        sp->var[r] = *var;
+    }
+}
+
+/* nr <= NF_ROW_BATCH rows of one chunk each, by one thread, each step over all of them before the next,
+ * so that the rows' divisions and square roots overlap instead of each row waiting on its own. Row i is
+ * at x[i], y[i] and has index r0 + i. */
+static void NF_NAME(rowbatch, NF_TAG)(const void *const *xv, void *const *yv, int64_t nr, int64_t n,
+                                      const nf_rowspec *sp, int64_t r0)
+{
+    nf_acc parts[NF_ROW_BATCH];
+    double K[NF_ROW_BATCH], mean[NF_ROW_BATCH], var[NF_ROW_BATCH], a64[NF_ROW_BATCH];
+    for (int64_t i = 0; i < nr; i++) {
+        K[i] = sp->kind == NF_ROW_LAYER ? NF_NAME(shift, NF_TAG)(xv[i]) : 0;
+        NF_NAME(rowpart, NF_TAG)((const NF_T *)xv[i], 0, n, sp->kind, K[i], &parts[i]);
+    }
+    for (int64_t i = 0; i < nr; i++)
+        NF_NAME(rowstats, NF_TAG)(&parts[i], 1, n, sp, K[i], r0 + i, 1, &mean[i], &var[i]);
+    for (int64_t i = 0; i < nr; i++) /* vector square roots and divisions */
+        a64[i] = nf_row_scale(var[i], sp);
+    for (int64_t i = 0; i < nr; i++)
+        NF_NAME(rowout, NF_TAG)((const NF_T *)xv[i], (NF_T *)yv[i], n, mean[i], var[i], a64[i], sp, r0 + i, 0, n);
+}
+
+/* Row r of n elements, by the nt threads of the current team (t: this one; nt 1: no team), which share
+ * parts[ceil(n / NF_ROW_CHUNK)]: each its chunks' statistics, then (after a barrier) the merge, and its
+ * share of the output. The same chunks and merge order at any nt, so the same bits, and the same steps
+ * as rowbatch. */
+static void NF_NAME(rownorm, NF_TAG)(const void *xv, void *yv, int64_t n, const nf_rowspec *sp, int64_t r,
+                                     nf_acc *parts, int t, int nt)
+{
+    const NF_T *x = (const NF_T *)xv;
+    NF_T *y = (NF_T *)yv;
+    const int64_t nch = n <= NF_ROW_CHUNK ? 1 : (n + NF_ROW_CHUNK - 1) / NF_ROW_CHUNK;
+    int64_t c0 = 0, c1 = nch, j0 = 0, j1 = n; /* this thread's chunks and output (no divisions per short row) */
+    if (nt > 1) {
+        c0 = nch * t / nt, c1 = nch * (t + 1) / nt;
+        /* the output split on 64-element boundaries (whole cache lines of y per thread) */
+        j0 = t == 0 ? 0 : (n * t / nt) & ~(int64_t)63, j1 = t == nt - 1 ? n : (n * (t + 1) / nt) & ~(int64_t)63;
+    }
+    const double K = sp->kind == NF_ROW_LAYER ? NF_NAME(shift, NF_TAG)(x) : 0;
+    for (int64_t c = c0; c < c1; c++)
+        NF_NAME(rowpart, NF_TAG)(x, c * NF_ROW_CHUNK, n - c * NF_ROW_CHUNK < NF_ROW_CHUNK ? n : (c + 1) * NF_ROW_CHUNK,
+                                 sp->kind, K, &parts[c]);
+    if (nt > 1) {
+#pragma omp barrier
+    }
+    double mean, var;
+    NF_NAME(rowstats, NF_TAG)(parts, nch, n, sp, K, r, t == 0, &mean, &var);
+    NF_NAME(rowout, NF_TAG)(x, y, n, mean, var, nf_row_scale(var, sp), sp, r, j0, j1);
+    if (nt > 1) {
+#pragma omp barrier /* parts are the next row's */
+    }
 }
 
 #undef NF_NAME
