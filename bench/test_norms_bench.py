@@ -1,7 +1,7 @@
 """pytest-benchmark suite for the normalization layers (forward and backward), the inference toolkit and the
 data-set statistics: normfast against NumPy, PyTorch and ONNX Runtime and the memory floor (a copy of x;
 for a backward, x + grad_out into an array; for a file, reading its bytes), one group per case (the cases
-of `python -m normfast bench`).
+of `python -m normfast bench`), and three of them with another process busy at 1 thread and the default.
 
 Run with `python -m pytest bench --benchmark-only --benchmark-group-by=group`; times are not asserted."""
 import pytest
@@ -48,3 +48,23 @@ def test_copy_floor(benchmark, case, floor):
         pytest.skip("no torch floor for this case (torch not installed, or the case has one floor)")
     benchmark.group = name
     benchmark(floors[i])
+
+
+@pytest.fixture(scope="module")
+def busy():
+    with _bench.busy_process():
+        yield
+
+
+@pytest.mark.parametrize("threads", sorted({1, normfast.get_num_threads()}))
+@pytest.mark.parametrize("name,kind,shape", _bench.LOAD_CASES, ids=[c[0] for c in _bench.LOAD_CASES])
+def test_under_load(benchmark, busy, name, kind, shape, threads):
+    """normfast with one other process busy, at 1 thread and at the default count: compare the two."""
+    fn = _bench.load_call(kind, shape)
+    default = normfast.get_num_threads()
+    normfast.set_num_threads(threads)
+    try:
+        benchmark.group = f"under load: {name}"
+        benchmark(fn)
+    finally:
+        normfast.set_num_threads(default)

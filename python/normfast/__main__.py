@@ -59,6 +59,25 @@ def _peer_table(cases, args, peers=("numpy", "torch", "onnxruntime")):
     return ratios
 
 
+def _load_table(args, threads):
+    """normfast at `threads` threads against its single thread, both with one other process busy."""
+    print(f"\nunder load: one other busy process (a Python spin loop) on the machine; normfast at {threads} "
+          f"thread(s) against its own single thread in the same conditions (target: at most 1.25x)")
+    rows = []
+    with _bench.busy_process():
+        for name, kind, shape in _bench.LOAD_CASES[:1] if args.quick else _bench.LOAD_CASES:
+            fn = _bench.load_call(kind, shape)
+            t = {}
+            for n in (1, threads):
+                set_num_threads(n)
+                t[n] = _bench.time_calls(fn, args.repeat, pause=args.pause)
+            set_num_threads(threads)
+            rows.append([name, _duration(t[1].median), _duration(t[threads].median),
+                         f"{_duration(t[threads].min)}-{_duration(t[threads].max)}", str(t[threads].calls),
+                         f"{t[threads].median / t[1].median:.2f}"])
+    _table(["case", "1 thread", f"{threads} threads", "spread", "calls", f"{threads}t / 1t"], rows)
+
+
 def _count(text):
     """--repeat and --threads: an int >= 1."""
     try:
@@ -132,6 +151,8 @@ def cmd_bench(args):
     print("\ninference toolkit and streaming statistics, float32; floor = copying the input")
     _peer_table([(name, lambda k=kind, s=shape: _bench.tool_peers(k, s, threads))
                  for name, kind, shape in _bench.TOOL_CASES], args)
+
+    _load_table(args, threads)
 
     shape = (32,) + _bench.STATS_SHAPE[1:] if args.quick else _bench.STATS_SHAPE
     print(f"\ndata-set statistics (dataset_stats, `stats`: count, mean, var, min, max) of a float32 .npy "

@@ -1,6 +1,9 @@
 """Built-in benchmark cases, shared by `python -m normfast bench` and the pytest-benchmark suite in
 bench/: normfast against NumPy (and PyTorch when installed) in one process, next to a copy of the same
 bytes, the memory-traffic floor."""
+import contextlib
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
@@ -230,9 +233,11 @@ def norm_peers(shape, channels_last, norm, threads):
     return fns, floors
 
 
-# Layer and RMS norm over the last axis: (name, shape, rms).
+# Layer and RMS norm over the last axis: (name, shape, rms). Short rows (many rows of 16) and one long row
+# (a million elements, fewer rows than threads) are the shape classes at the ends.
+SHORT_ROWS, LONG_ROW = (200000, 16), (1, 1000000)
 ROW_CASES = [(f"{'rms' if rms else 'layer'} {shape}", shape, rms)
-             for shape in [(8, 768), (512, 1024), (4096, 4096)] for rms in (False, True)]
+             for shape in [(8, 768), (512, 1024), (4096, 4096), SHORT_ROWS, LONG_ROW] for rms in (False, True)]
 
 
 def row_peers(shape, rms, threads):
@@ -551,3 +556,38 @@ def stats_peers(shape, kept):
 
     fns["torch"] = torch_stats
     return fns, [read]
+
+
+# --- under load ---------------------------------------------------------------------------------------
+# (name, kind, shape): normfast on a machine where one other process is busy, as users run it: at the
+# benchmark's threads against its own single thread, in the same conditions.
+LOAD_CASES = [
+    ("moments (4096,4096) axis=0", "moments", (4096, 4096)),
+    ("bn-train NCHW (32,64,56,56)", "bn-train", (32, 64, 56, 56)),
+    ("layer (4096,4096)", "layer", (4096, 4096)),
+]
+
+
+@contextlib.contextmanager
+def busy_process():
+    """One other process spinning on a core (a Python loop) while the block runs."""
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.2)  # let it start and take its core
+        yield
+    finally:
+        spinner.kill()
+        spinner.wait()
+
+
+def load_call(kind, shape):
+    """The normfast call of one under-load case (output given where the call takes one)."""
+    from . import norms
+
+    x = make_input(shape, np.float32)
+    out = np.empty_like(x)
+    if kind == "moments":
+        return lambda: reductions.moments(x, 0)
+    if kind == "bn-train":
+        return lambda: norms.batch_norm(x, training=True, eps=EPS, out=out)
+    return lambda: norms.layer_norm(x, shape[-1], eps=EPS, out=out)
