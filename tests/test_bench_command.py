@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from normfast import _bench
-from normfast.__main__ import _duration
+import normfast
+from normfast.__main__ import _capped, _duration
 
 
 @pytest.mark.parametrize("args", [["--repeat", "0"], ["--repeat", "-3"], ["--threads", "0"], ["--threads", "x"],
@@ -18,6 +19,17 @@ def test_bad_counts_are_argument_errors(args):
     assert r.returncode == 2
     assert f"argument {args[0]}: expected an int >= 1, got {args[1]!r}" in r.stderr
     assert r.stdout == ""
+
+
+def test_threads_past_the_cap_are_reported():
+    """--threads above max_threads() runs at the cap and says so (it was silently capped)."""
+    asked = normfast.max_threads() + 5
+    r = subprocess.run([sys.executable, "-c", "import sys, normfast.__main__ as m; m._bench.CASES = []; "
+                        "sys.exit(m.main(['bench', '--threads', sys.argv[1], '--quick', '--repeat', '1']))", str(asked)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert _capped(asked, normfast.max_threads()) in r.stdout
+    assert f"threads={normfast.max_threads()}" in r.stdout
 
 
 @pytest.mark.parametrize("seconds, text", [(2.434e-6, "2.43 µs"), (145e-6, "145 µs"), (999.4e-6, "999 µs"),

@@ -78,6 +78,11 @@ def _load_table(args, threads):
     _table(["case", "1 thread", f"{threads} threads", "spread", "calls", f"{threads}t / 1t"], rows)
 
 
+def _capped(asked, granted):
+    """What the benchmark says when --threads asked for more than set_num_threads grants."""
+    return f"--threads {asked} capped at {granted}: normfast.max_threads(), 4 x the CPUs this process may run on"
+
+
 def _count(text):
     """--repeat and --threads: an int >= 1."""
     try:
@@ -105,6 +110,8 @@ def cmd_bench(args):
     cfg = show_config()
     print(f"normfast {cfg['version']}  isa={cfg['isa']}  threads={threads}  numpy {np.__version__}"
           + (f"  torch {torch.__version__}" if torch else "  (torch not installed)"))
+    if args.threads is not None and args.threads > threads:
+        print(_capped(args.threads, threads))
     print(f"Median of {args.repeat} calls per implementation; spread = normfast's fastest-slowest call; "
           "speedup = peer time / normfast time.\n")
 

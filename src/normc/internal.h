@@ -89,6 +89,11 @@ static inline int64_t nf_itemsize(nf_dtype dt)
 
 /* Work smaller than this many elements runs on one thread: starting a team costs microseconds. */
 #define NF_PARALLEL_MIN ((int64_t)1 << 15)
+
+/* Work items go to threads as they come free, NF_GRAIN(items, nt) at a time (16 grabs per thread): a
+ * thread that the OS parks for a while (another process on its core) leaves its share to the others, and
+ * an item's bits do not depend on which thread computes it. */
+#define NF_GRAIN(items, nt) ((items) / (16 * (int64_t)(nt)) > 1 ? (items) / (16 * (int64_t)(nt)) : 1)
 /* Elements per work chunk. Chunk bounds depend only on the shape, so results do not depend on the
  * number of threads. */
 #define NF_CHUNK ((int64_t)1 << 16)

@@ -116,7 +116,7 @@ static nf_status nf_moments_rows(nf_mjob *j)
     const __typeof__(rows_of[0]) rows = rows_of[j->dt];
     const __typeof__(range_rows_of[0]) range_rows = range_rows_of[j->dt];
     const __typeof__(shift_of[0]) shift = shift_of[j->dt];
-#pragma omp parallel for schedule(static) num_threads(j->nt) if (j->nt > 1 && items > 1)
+#pragma omp parallel for schedule(dynamic, NF_GRAIN(items, j->nt)) num_threads(j->nt) if (j->nt > 1 && items > 1)
     for (int64_t w = 0; w < items; w++) {
         const nf_row_item it = nf_row_at(&rw, w);
         nf_iter oi;
@@ -154,7 +154,7 @@ static nf_status nf_moments_cols(nf_mjob *j)
         return NF_ENOMEM;
     const __typeof__(cols_of[0]) cols = cols_of[j->dt];
     const __typeof__(range_cols_of[0]) range_cols = range_cols_of[j->dt];
-#pragma omp parallel for schedule(static) num_threads(j->nt) if (j->nt > 1 && items > 1)
+#pragma omp parallel for schedule(dynamic, NF_GRAIN(items, j->nt)) num_threads(j->nt) if (j->nt > 1 && items > 1)
     for (int64_t w = 0; w < items; w++) {
         const nf_col_item it = nf_col_at(&cw, w);
         double n = 0, mu[NF_KTILE], m2[NF_KTILE], K[NF_KTILE];

@@ -8,6 +8,9 @@
 #include <stdlib.h>
 #ifdef _OPENMP
 #include <omp.h>
+#define nf_thread() omp_get_thread_num()
+#else
+#define nf_thread() 0
 #endif
 
 #define NF_TEMPLATE "rownorm_tmpl.h"
@@ -79,9 +82,12 @@ nf_status NF_FN(nf_rownorm)(const nf_plan *p, nf_dtype dt, const void *x, void *
                          omp_get_num_threads());
 #endif
     } else {
-#pragma omp parallel for schedule(static) num_threads(nt)
-        for (int t = 0; t < nt; t++)
-            nf_rownorm_range(dt, p, xb, yb, isz, sp, rows * t / nt, rows * (t + 1) / nt, parts + t * nch,
+        /* Blocks of rows handed out as threads come free: a thread that the OS parks for a while (another
+         * process on its core) leaves its share to the others. A row's bits do not depend on its thread. */
+        const int64_t nb = rows < 16 * (int64_t)nt ? rows : 16 * (int64_t)nt;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+        for (int64_t b = 0; b < nb; b++)
+            nf_rownorm_range(dt, p, xb, yb, isz, sp, rows * b / nb, rows * (b + 1) / nb, parts + nf_thread() * nch,
                              0, 1);
     }
     if (parts != few)
