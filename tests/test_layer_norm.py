@@ -56,6 +56,45 @@ def test_matches_reference(isa, rms, inp, affine, with_residual, eps):
         np.testing.assert_array_equal(res_out, summed)
 
 
+def short_rows(n, dtype, seed):
+    """37 rows of n (a part-filled tile at every vector width) mixing ordinary rows with the ones a short-row
+    kernel must hand back to the per-row path: zeros, a tiny centre, huge values, constants, NaN, infinity,
+    large offsets."""
+    rng = np.random.default_rng(seed)
+    big = 1e4 if dtype == np.float16 else 1e30
+    x = rng.standard_normal((37, n)) * 2 + 1
+    x[3] = 0
+    x[5] = rng.standard_normal(n) * 1e-30
+    x[8] = rng.standard_normal(n) * big
+    x[11] = 7.5
+    x[14, n // 2] = np.nan
+    x[17, 0] = np.inf
+    x[20] = rng.standard_normal(n) + 1e4
+    return x.astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("n", [2, 5, 8, 16, 33, 64, 65])
+def test_short_rows_each_as_if_alone(isa, dtype, n):
+    """Short rows, whose statistics are taken several rows at a time (one per vector lane), give each row
+    exactly what it gives alone (its outputs and statistics the same bytes, whatever its neighbours, at 1, 2
+    and 3 threads), and the reference's values."""
+    x = short_rows(n, dtype, n)
+    w, b = np.linspace(0.5, 1.5, n), np.linspace(-1, 1, n)
+    with np.errstate(all="ignore"):
+        ref = reference.layer_norm(x, (n,), w, b)
+    for threads in (1, 2, 3):
+        with use_threads(threads):
+            y, mean, rstd = normfast.layer_norm(x, n, w, b, return_stats=True)
+        for i in range(x.shape[0]):
+            yi, mi, ri = normfast.layer_norm(x[i:i + 1], n, w, b, return_stats=True)
+            assert yi.tobytes() == y[i:i + 1].tobytes(), (threads, i)
+            assert mi.tobytes() == mean[i:i + 1].tobytes() and ri.tobytes() == rstd[i:i + 1].tobytes(), (threads, i)
+    finite = np.isfinite(np.asarray(x, np.float64)).all(axis=1)
+    assert_close_y(y[finite], ref[finite], dtype)
+    assert np.isnan(np.asarray(y[~finite], np.float64)).all()
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("rows", [1, 2, 3, 9])
 def test_long_rows_shared_by_the_threads(isa, dtype, rows):

@@ -7,13 +7,6 @@
 
 #include "block_tmpl.h"
 
-static NF_INLINE NF_V NF_NAME(vat, NF_TAG)(const NF_A *p)
-{
-    NF_V v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-
 /* e where z > 0, else 0: ReLU's derivative applied (0 at 0 and at NaN, as PyTorch's, which tests the
  * output > 0). */
 static NF_INLINE NF_V NF_NAME(vrelu_mask, NF_TAG)(NF_V e, NF_V z)

@@ -104,6 +104,7 @@ static inline int64_t nf_itemsize(nf_dtype dt)
  * thread. */
 #define NF_ROW_CHUNK (16 * NF_BLOCK)
 #define NF_ROW_BATCH 16 /* rows of one chunk taken together (rownorm_tmpl.h's rowbatch) */
+#define NF_TILE_MAX 64  /* layer-norm rows up to this long: statistics one row per vector lane (rowtile) */
 
 /* A row norm's scale from its var: 1 / sqrt(var + eps), or for L2 (var the sum of squares) 1 / max(norm,
  * eps) with a NaN norm staying NaN (fmax would drop it). */

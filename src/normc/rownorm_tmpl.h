@@ -117,7 +117,10 @@ static NF_INLINE void NF_NAME(rowpart, NF_TAG)(const NF_T *x, int64_t c0, int64_
         }
         double m, q;
         NF_NAME(seg, NF_TAG)(x + c, len, (NF_A)K, &m, &q);
-        nf_chan(acc, (double)len, m, q);
+        if (c == c0) /* what nf_chan gives into an empty part, without its divisions */
+            *acc = (nf_acc){(double)len, m, q};
+        else
+            nf_chan(acc, (double)len, m, q);
     }
 }
 
@@ -162,8 +165,8 @@ static NF_INLINE void NF_NAME(rowout, NF_TAG)(const NF_T *x, NF_T *y, int64_t n,
 static NF_INLINE void NF_NAME(rowstats, NF_TAG)(const nf_acc *parts, int64_t nch, int64_t n, const nf_rowspec *sp,
                                       double K, int64_t r, int store, double *mean, double *var)
 {
-    nf_acc acc = {0, 0, 0};
-    for (int64_t c = 0; c < nch; c++) {
+    nf_acc acc = parts[0]; /* what nf_chan gives into an empty merge, without its divisions */
+    for (int64_t c = 1; c < nch; c++) {
         if (sp->kind != NF_ROW_LAYER)
             acc.m2 += parts[c].m2;
         else
@@ -177,20 +180,68 @@ static NF_INLINE void NF_NAME(rowstats, NF_TAG)(const nf_acc *parts, int64_t nch
     }
 }
 
+/* Layer norm's statistics of nr <= NF_W short rows (n <= NF_TILE_MAX) at once, one row per vector lane,
+ * from a transposed copy: for each lane seg's block algorithm (shift K, the mean s of x - K, then the sums
+ * of the deviations from s and of their squares) in the same precision. ok[i] is 0 where lane i's
+ * squares do not hold their digits unscaled (a centre under NF_TINY_CENTRE, or not pass2_ok): the caller
+ * redoes that row alone. A row's results depend on its own elements only, not on its lane-mates. (RMS
+ * rows of this length gain nothing: their one pass costs less than the transposition.) */
+static void NF_NAME(rowtile, NF_TAG)(const void *const *xv, int64_t nr, int64_t n, double *mean, double *var, int *ok)
+{
+    NF_A t[NF_TILE_MAX * NF_W], kl[NF_W];
+    for (int64_t l = 0; l < NF_W; l++) { /* lanes past nr repeat row 0 */
+        const NF_T *x = (const NF_T *)xv[l < nr ? l : 0];
+        kl[l] = (NF_A)NF_NAME(shift, NF_TAG)(x);
+        for (int64_t j = 0; j < n; j++)
+            t[j * NF_W + l] = NF_LOAD(x[j]);
+    }
+    const NF_V z = {0};
+    NF_V K, c[4] = {z, z, z, z}, q[4] = {z, z, z, z}; /* four chains each, j % 4: add latency */
+    memcpy(&K, kl, sizeof K);
+    for (int64_t j = 0; j < n; j++)
+        c[j & 3] += NF_NAME(vat, NF_TAG)(t + j * NF_W) - K;
+    const NF_V s = K + ((c[0] + c[1]) + (c[2] + c[3])) / (NF_A)n;
+    c[0] = c[1] = c[2] = c[3] = z;
+    for (int64_t j = 0; j < n; j++) {
+        const NF_V d = NF_NAME(vat, NF_TAG)(t + j * NF_W) - s;
+        c[j & 3] += d;
+        q[j & 3] += d * d;
+    }
+    const NF_V cs = (c[0] + c[1]) + (c[2] + c[3]), qs = (q[0] + q[1]) + (q[2] + q[3]);
+    NF_A sl[NF_W], cl[NF_W], ql[NF_W];
+    memcpy(sl, &s, sizeof s), memcpy(cl, &cs, sizeof cs), memcpy(ql, &qs, sizeof qs);
+    for (int64_t l = 0; l < nr; l++) {
+        double m, m2;
+        ok[l] = !NF_NAME(scale_up, NF_TAG)(sl[l]) && NF_NAME(pass2_ok, NF_TAG)(ql[l], sl[l], n, 0);
+        NF_NAME(block_out, NF_TAG)(sl[l], kl[l], cl[l], ql[l], 1, 1.0 / (double)n, &m, &m2);
+        mean[l] = (double)kl[l] + m;
+        var[l] = m2 / (double)n;
+    }
+}
+
 /* nr <= NF_ROW_BATCH rows of one chunk each, by one thread, each step over all of them before the next,
- * so that the rows' divisions and square roots overlap instead of each row waiting on its own. Row i is
- * at x[i], y[i] and has index r0 + i. */
+ * so that the rows' divisions and square roots overlap instead of each row waiting on its own. Layer-norm
+ * rows up to NF_TILE_MAX long take their statistics NF_W at a time (rowtile). Row i is at x[i], y[i] and has
+ * index r0 + i. */
 static void NF_NAME(rowbatch, NF_TAG)(const void *const *xv, void *const *yv, int64_t nr, int64_t n,
                                       const nf_rowspec *sp, int64_t r0)
 {
-    nf_acc parts[NF_ROW_BATCH];
-    double K[NF_ROW_BATCH], mean[NF_ROW_BATCH], var[NF_ROW_BATCH], a64[NF_ROW_BATCH];
+    double mean[NF_ROW_BATCH], var[NF_ROW_BATCH], a64[NF_ROW_BATCH];
+    int ok[NF_ROW_BATCH] = {0};
+    if (n <= NF_TILE_MAX && sp->kind == NF_ROW_LAYER)
+        for (int64_t i = 0; i < nr; i += NF_W)
+            NF_NAME(rowtile, NF_TAG)(xv + i, nr - i < NF_W ? nr - i : NF_W, n, mean + i, var + i, ok + i);
     for (int64_t i = 0; i < nr; i++) {
-        K[i] = sp->kind == NF_ROW_LAYER ? NF_NAME(shift, NF_TAG)(xv[i]) : 0;
-        NF_NAME(rowpart, NF_TAG)((const NF_T *)xv[i], 0, n, sp->kind, K[i], &parts[i]);
+        if (ok[i])
+            continue;
+        nf_acc part;
+        const double K = sp->kind == NF_ROW_LAYER ? NF_NAME(shift, NF_TAG)(xv[i]) : 0;
+        NF_NAME(rowpart, NF_TAG)((const NF_T *)xv[i], 0, n, sp->kind, K, &part);
+        NF_NAME(rowstats, NF_TAG)(&part, 1, n, sp, K, r0 + i, 0, &mean[i], &var[i]);
     }
-    for (int64_t i = 0; i < nr; i++)
-        NF_NAME(rowstats, NF_TAG)(&parts[i], 1, n, sp, K[i], r0 + i, 1, &mean[i], &var[i]);
+    if (sp->mean)
+        for (int64_t i = 0; i < nr; i++)
+            sp->mean[r0 + i] = mean[i], sp->var[r0 + i] = var[i];
     for (int64_t i = 0; i < nr; i++) /* vector square roots and divisions */
         a64[i] = nf_row_scale(var[i], sp);
     for (int64_t i = 0; i < nr; i++)
