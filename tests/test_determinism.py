@@ -109,3 +109,17 @@ def test_same_bytes_in_a_fork_child(name):
         p.join(60)
         assert p.exitcode == 0
         assert got == [np.ascontiguousarray(w).tobytes() for w in want], f"{name} {shape} in a fork child"
+
+
+@pytest.mark.parametrize("name", ["moments", "batch_norm", "layer_norm", "group_norm", "group_norm_backward"])
+def test_same_bytes_with_another_process_busy(name):
+    """With another process spinning on a core, the threads get parked and the load guard moves calls to
+    one thread and back: every call still gives the one-thread bytes."""
+    from normfast import _bench
+
+    shape = (2, 4, 3, 4099)
+    want = run(name, np.float32, shape, 1)
+    with _bench.busy_process():
+        for _ in range(20):
+            for threads in (2, 3):
+                assert_same_bytes(run(name, np.float32, shape, threads), want, f"{name} under load, {threads} threads")

@@ -37,6 +37,7 @@ void NF_FN(nf_walk)(const nf_plan *p, int64_t isz, const void *x, const void *x2
      * for the run, its rows xr and yr elements apart. */
     const int run = p->r1.ndim == 1;
     const int64_t xr = run ? p->r1.stride[0] : 0, yr = run ? p->r1.ystride[0] : 0;
+    const int64_t nf_t0 = nf_region_begin();
 #pragma omp parallel for schedule(dynamic, NF_GRAIN(n_chunks, nt)) num_threads(nt) if (nt > 1 && n_chunks > 1)
     for (int64_t c = 0; c < n_chunks; c++) {
         const int64_t w0 = c * rpc, w1 = w0 + rpc < rows ? w0 + rpc : rows;
@@ -56,7 +57,9 @@ void NF_FN(nf_walk)(const nf_plan *p, int64_t isz, const void *x, const void *x2
             if (!nf_iter_next(&ir, &p->r1))
                 nf_iter_next(&io, &p->o);
         }
+        nf_mark();
     }
+    nf_region_end(nf_t0);
 }
 
 typedef struct {

@@ -42,6 +42,7 @@ static nf_status nf_grad_sums_rows(nf_gjob *j)
     const int64_t items = j->n_out * rw.n_chunks, isz = j->isz;
     if (rw.n_chunks > 1 && !(j->part = malloc((size_t)items * 2 * sizeof *j->part)))
         return NF_ENOMEM;
+    const int64_t nf_t0 = nf_region_begin();
 #pragma omp parallel for schedule(dynamic, NF_GRAIN(items, j->nt)) num_threads(j->nt) if (j->nt > 1 && items > 1)
     for (int64_t w = 0; w < items; w++) {
         const nf_row_item it = nf_row_at(&rw, w);
@@ -54,7 +55,9 @@ static nf_status nf_grad_sums_rows(nf_gjob *j)
             j->part[2 * w] = g, j->part[2 * w + 1] = d;
         else
             j->sum_g[at] = g, j->sum_gd[at] = d;
+        nf_mark();
     }
+    nf_region_end(nf_t0);
     return NF_OK;
 }
 
@@ -67,6 +70,7 @@ static nf_status nf_grad_sums_cols(nf_gjob *j)
     const int64_t n_chunks = j->n_chunks = cw.n_chunks, items = p->o.size * n_chunks * cw.n_tiles, isz = j->isz;
     if (n_chunks > 1 && !(j->part = malloc((size_t)(j->n_out * n_chunks) * 2 * sizeof *j->part)))
         return NF_ENOMEM;
+    const int64_t nf_t0 = nf_region_begin();
 #pragma omp parallel for schedule(dynamic, NF_GRAIN(items, j->nt)) num_threads(j->nt) if (j->nt > 1 && items > 1)
     for (int64_t w = 0; w < items; w++) {
         const nf_col_item it = nf_col_at(&cw, w);
@@ -83,7 +87,9 @@ static nf_status nf_grad_sums_cols(nf_gjob *j)
             else
                 j->sum_g[at + k * p->k_ostride] = g[k], j->sum_gd[at + k * p->k_ostride] = d[k];
         }
+        nf_mark();
     }
+    nf_region_end(nf_t0);
     return NF_OK;
 }
 
@@ -160,9 +166,13 @@ nf_status NF_FN(nf_seg_grad)(nf_dtype dt, const void *x, const void *dy, void *g
     const __typeof__(seggrad_row_of[0]) row = seggrad_row_of[dt];
     const int nt = sp->rows * sp->nseg * sp->len >= NF_PARALLEL_MIN ? nthreads : 1;
     /* One group per iteration, whole: no result depends on which thread ran it. */
+    const int64_t nf_t0 = nf_region_begin();
 #pragma omp parallel for schedule(dynamic, NF_GRAIN(sp->rows, nt)) num_threads(nt) if (nt > 1 && sp->rows > 1)
-    for (int64_t r = 0; r < sp->rows; r++)
+    for (int64_t r = 0; r < sp->rows; r++) {
         row(x, dy, gx, sp, r);
+        nf_mark();
+    }
+    nf_region_end(nf_t0);
     return NF_OK;
 }
 
@@ -192,11 +202,14 @@ nf_status NF_FN(nf_rownorm_grad)(nf_dtype dt, int64_t rows, int64_t n, const voi
     if (want && !part)
         return NF_ENOMEM;
     const int nt = rows * n >= NF_PARALLEL_MIN ? nthreads : 1;
+    const int64_t nf_t0 = nf_region_begin();
 #pragma omp parallel for schedule(dynamic, NF_GRAIN(n_chunks, nt)) num_threads(nt) if (nt > 1 && n_chunks > 1)
     for (int64_t c = 0; c < n_chunks; c++) {
         char *pw = want ? part + (size_t)(2 * c * n * asz) : NULL;
         row(x, dy, gx, n, sp, rows * c / n_chunks, rows * (c + 1) / n_chunks, pw, pw ? pw + n * asz : NULL);
+        nf_mark();
     }
+    nf_region_end(nf_t0);
     if (want) {
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1 && n * n_chunks >= 4096)
         for (int64_t j = 0; j < n; j++) {

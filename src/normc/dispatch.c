@@ -158,8 +158,39 @@ int nf_openmp_enabled(void)
 #endif
 }
 
-/* The public entry points: the copy of the ISA level in use, with the thread count. */
-#define NF_WITH_NUM_THREADS(...) (__VA_ARGS__, nf_get_num_threads())
+/* The load guard (internal.h): the calling thread's record of the current call. */
+_Thread_local int64_t nf_done0, nf_wait_ns, nf_busy_ns;
+/* Until when calls run on one thread (nf_now's clock): a recent call waited for a parked thread. */
+static _Atomic int64_t nf_solo_until = 0;
+#define NF_SOLO_NS 100000000 /* 0.1 s, then a team again: one slow call per period while the load lasts */
+
+/* The team for the next call: the thread count, or 1 while the guard holds. */
+static int nf_team_size(void)
+{
+    const int n = nf_get_num_threads();
+    if (n > 1 && nf_now() < nf_solo_until)
+        return 1;
+    nf_wait_ns = nf_busy_ns = 0;
+    return n;
+}
+
+/* After a call on nt threads: its calling thread waited at the loops' ends more than a quarter of its
+ * own work and more than 0.2 ms, where a team on free CPUs waits about one item and a thread woken from
+ * sleep starts within tens of microseconds, so a thread was parked for a time slice (milliseconds). */
+static void nf_team_check(int nt)
+{
+    if (nt > 1 && nf_wait_ns > 200000 && nf_wait_ns > nf_busy_ns / 4)
+        nf_solo_until = nf_now() + NF_SOLO_NS;
+}
+
+/* The public entry points: the copy of the ISA level in use, on the guard's team. */
+#define NF_WITH_TEAM(...) (__VA_ARGS__, nt)
 #define NF_PUBLIC(name, params, args)                                                                      \
-    nf_status nf_##name params { return nf_table[nf_get_isa()].name NF_WITH_NUM_THREADS args; }
+    nf_status nf_##name params                                                                             \
+    {                                                                                                      \
+        const int nt = nf_team_size();                                                                     \
+        const nf_status s = nf_table[nf_get_isa()].name NF_WITH_TEAM args;                                 \
+        nf_team_check(nt);                                                                                 \
+        return s;                                                                                          \
+    }
 NF_KERNEL_LIST(NF_PUBLIC)

@@ -6,6 +6,10 @@
 
 #include <math.h>
 #include <string.h>
+#include <time.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 /* Kernel sources are compiled once per ISA level with NF_ISA_SUFFIX set (see CMakeLists.txt); NF_FN
  * gives each copy's entry points a distinct name for the dispatch table. */
@@ -89,6 +93,32 @@ static inline int64_t nf_itemsize(nf_dtype dt)
 
 /* Work smaller than this many elements runs on one thread: starting a team costs microseconds. */
 #define NF_PARALLEL_MIN ((int64_t)1 << 15)
+
+/* The load guard (dispatch.c). Each parallel loop is bracketed by nf_region_begin / nf_region_end and
+ * calls nf_mark after each item: the calling thread (thread 0) records when its last item ended, and the
+ * call adds up how long it then waited for the team at the loop's end. A call that waited long for a
+ * thread the OS had parked (another process busy on its core) makes the next calls use one thread for a
+ * while: with the CPUs taken, a second thread only adds waits. Results do not depend on the count. */
+extern _Thread_local int64_t nf_done0, nf_wait_ns, nf_busy_ns;
+static inline int64_t nf_now(void)
+{
+    struct timespec ts;
+    timespec_get(&ts, TIME_UTC);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+static inline int64_t nf_region_begin(void) { return nf_done0 = nf_now(); }
+static inline void nf_mark(void)
+{
+#ifdef _OPENMP
+    if (omp_get_thread_num() == 0)
+#endif
+        nf_done0 = nf_now();
+}
+static inline void nf_region_end(int64_t t0)
+{
+    nf_wait_ns += nf_now() - nf_done0;
+    nf_busy_ns += nf_done0 - t0;
+}
 
 /* Work items go to threads as they come free, NF_GRAIN(items, nt) at a time (16 grabs per thread): a
  * thread that the OS parks for a while (another process on its core) leaves its share to the others, and

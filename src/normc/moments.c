@@ -116,6 +116,7 @@ static nf_status nf_moments_rows(nf_mjob *j)
     const __typeof__(rows_of[0]) rows = rows_of[j->dt];
     const __typeof__(range_rows_of[0]) range_rows = range_rows_of[j->dt];
     const __typeof__(shift_of[0]) shift = shift_of[j->dt];
+    const int64_t nf_t0 = nf_region_begin();
 #pragma omp parallel for schedule(dynamic, NF_GRAIN(items, j->nt)) num_threads(j->nt) if (j->nt > 1 && items > 1)
     for (int64_t w = 0; w < items; w++) {
         const nf_row_item it = nf_row_at(&rw, w);
@@ -132,7 +133,9 @@ static nf_status nf_moments_rows(nf_mjob *j)
             j->part[w] = a;
         else
             nf_store(&j->out, p->out_offset + oi.ooff, &a, K);
+        nf_mark();
     }
+    nf_region_end(nf_t0);
     return NF_OK;
 }
 
@@ -154,6 +157,7 @@ static nf_status nf_moments_cols(nf_mjob *j)
         return NF_ENOMEM;
     const __typeof__(cols_of[0]) cols = cols_of[j->dt];
     const __typeof__(range_cols_of[0]) range_cols = range_cols_of[j->dt];
+    const int64_t nf_t0 = nf_region_begin();
 #pragma omp parallel for schedule(dynamic, NF_GRAIN(items, j->nt)) num_threads(j->nt) if (j->nt > 1 && items > 1)
     for (int64_t w = 0; w < items; w++) {
         const nf_col_item it = nf_col_at(&cw, w);
@@ -178,7 +182,9 @@ static nf_status nf_moments_cols(nf_mjob *j)
             else
                 nf_store(&j->out, q.out_offset + oi.ooff + (it.k0 + k) * q.k_ostride, &a, K[k]);
         }
+        nf_mark();
     }
+    nf_region_end(nf_t0);
     return NF_OK;
 }
 

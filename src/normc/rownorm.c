@@ -77,18 +77,24 @@ nf_status NF_FN(nf_rownorm)(const nf_plan *p, nf_dtype dt, const void *x, void *
         nf_rownorm_range(dt, p, xb, yb, isz, sp, 0, rows, parts, 0, 1);
     } else if (share) {
 #ifdef _OPENMP
+        const int64_t nf_t0 = nf_region_begin();
 #pragma omp parallel num_threads(nt)
         nf_rownorm_range(dt, p, xb, yb, isz, sp, 0, rows, parts, omp_get_thread_num(),
                          omp_get_num_threads());
+        nf_region_end(nf_t0);
 #endif
     } else {
         /* Blocks of rows handed out as threads come free: a thread that the OS parks for a while (another
          * process on its core) leaves its share to the others. A row's bits do not depend on its thread. */
         const int64_t nb = rows < 16 * (int64_t)nt ? rows : 16 * (int64_t)nt;
+        const int64_t nf_t0 = nf_region_begin();
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
-        for (int64_t b = 0; b < nb; b++)
+        for (int64_t b = 0; b < nb; b++) {
             nf_rownorm_range(dt, p, xb, yb, isz, sp, rows * b / nb, rows * (b + 1) / nb, parts + nf_thread() * nch,
                              0, 1);
+            nf_mark();
+        }
+        nf_region_end(nf_t0);
     }
     if (parts != few)
         free(parts);

@@ -274,6 +274,7 @@ static void NF_NAME(rownorm, NF_TAG)(const void *xv, void *yv, int64_t n, const 
     double mean, var;
     NF_NAME(rowstats, NF_TAG)(parts, nch, n, sp, K, r, t == 0, &mean, &var);
     NF_NAME(rowout, NF_TAG)(x, y, n, mean, var, nf_row_scale(var, sp), sp, r, j0, j1);
+    nf_mark();
     if (nt > 1) {
 #pragma omp barrier /* parts are the next row's */
     }
