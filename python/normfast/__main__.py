@@ -67,6 +67,9 @@ def _load_table(args, threads):
     with _bench.busy_process():
         for name, kind, shape in _bench.LOAD_CASES[:1] if args.quick else _bench.LOAD_CASES:
             fn = _bench.load_call(kind, shape)
+            if fn is None:
+                rows.append([name, "-", "-", "-", "0", "needs Pillow"])
+                continue
             t = {}
             for n in (1, threads):
                 set_num_threads(n)

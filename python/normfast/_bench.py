@@ -565,6 +565,7 @@ LOAD_CASES = [
     ("moments (4096,4096) axis=0", "moments", (4096, 4096)),
     ("bn-train NCHW (32,64,56,56)", "bn-train", (32, 64, 56, 56)),
     ("layer (4096,4096)", "layer", (4096, 4096)),
+    ("dataset_stats, folder of 200 PNG (256,256,3)", "images", (200, 256, 256, 3)),
 ]
 
 
@@ -580,10 +581,31 @@ def busy_process():
         spinner.wait()
 
 
-def load_call(kind, shape):
-    """The normfast call of one under-load case (output given where the call takes one)."""
-    from . import norms
+def _image_folder(shape):
+    """A temporary folder (removed at exit, made once per process) of shape[0] random RGB PNG images of
+    shape[1:]; None without Pillow."""
+    if shape not in _FILES:
+        try:
+            from PIL import Image
+        except ImportError:
+            return None
+        import tempfile
+        folder = tempfile.TemporaryDirectory(prefix="normfast-bench-")
+        rng = np.random.default_rng(5)
+        for i in range(shape[0]):
+            Image.fromarray(rng.integers(0, 256, shape[1:], dtype=np.uint8)).save(f"{folder.name}/{i:04d}.png")
+        _FILES[shape] = (folder, folder.name)
+    return _FILES[shape][1]
 
+
+def load_call(kind, shape):
+    """The normfast call of one under-load case (output given where the call takes one); None where it
+    needs what is not installed (Pillow for the image folder)."""
+    from . import dataset, norms
+
+    if kind == "images":
+        folder = _image_folder(shape)
+        return folder and (lambda: dataset.dataset_stats(folder))
     x = make_input(shape, np.float32)
     out = np.empty_like(x)
     if kind == "moments":
