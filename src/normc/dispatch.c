@@ -162,6 +162,7 @@ int nf_openmp_enabled(void)
 _Thread_local int64_t nf_done0, nf_wait_ns, nf_busy_ns;
 /* Until when calls run on one thread (nf_now's clock): a recent call waited for a parked thread. */
 static _Atomic int64_t nf_solo_until = 0;
+static _Atomic int nf_stalls = 0; /* calls in a row that waited for a parked thread */
 #define NF_SOLO_NS 100000000 /* 0.1 s, then a team again: one slow call per period while the load lasts */
 
 /* The team for the next call: the thread count, or 1 while the guard holds. */
@@ -174,13 +175,23 @@ static int nf_team_size(void)
     return n;
 }
 
-/* After a call on nt threads: its calling thread waited at the loops' ends more than a quarter of its
+/* After a call on nt threads: whether its calling thread waited at the loops' ends more than a quarter of its
  * own work and more than 0.2 ms, where a team on free CPUs waits about one item and a thread woken from
  * sleep starts within tens of microseconds, so a thread was parked for a time slice (milliseconds). */
 static void nf_team_check(int nt)
 {
-    if (nt > 1 && nf_wait_ns > 200000 && nf_wait_ns > nf_busy_ns / 4)
+    if (nt <= 1)
+        return;
+    if (!(nf_wait_ns > 200000 && nf_wait_ns > nf_busy_ns / 4)) {
+        nf_stalls = 0;
+        return;
+    }
+    /* Two in a row: one alone is as likely another runtime's threads still spinning after its call (PyTorch,
+     * ONNX Runtime), which passes within milliseconds. */
+    if (++nf_stalls >= 2) {
+        nf_stalls = 0;
         nf_solo_until = nf_now() + NF_SOLO_NS;
+    }
 }
 
 /* The public entry points: the copy of the ISA level in use, on the guard's team. */
