@@ -5,7 +5,7 @@
 
 #include "internal.h"
 
-#if defined(__AVX2__) || defined(__AVX512F__) || defined(__F16C__)
+#if defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
 #endif
 
@@ -60,38 +60,61 @@ static NF_INLINE nf_vf64 nf_vload_f64(const double *p)
     return v;
 }
 
-/* NF_W32 16-bit words widened to 32 bits. One vpmovzxwd where the level has it: GCC's convertvector
- * splits the AVX2 one into two 128-bit halves and an insert, which made bfloat16 loads 3x slower. */
+/* The half types' vector converts. Where the level has them, one instruction each: NF_W32 16-bit words
+ * widened (vpmovzxwd) or narrowed (vpmovdw; AVX2: one pack, without a mask, as the lanes fit), float16
+ * converted by F16C, which the avx2 and avx512 levels require. (GCC's convertvector splits the AVX2
+ * widening into two halves and an insert: bfloat16 loads were 3x slower.) Elsewhere, portable vector code
+ * of the same results. */
+#if defined(__AVX512F__)
+typedef __m256i nf_vh; /* NF_W32 16-bit words */
+#define NF_WIDEN_U16(h) ((nf_vu32)_mm512_cvtepu16_epi32(h))
+#define NF_NARROW_U16(v) _mm512_cvtepi32_epi16((__m512i)(v))
+#define NF_F16_TO_F32(h) ((nf_vf32)_mm512_cvtph_ps(h))
+#define NF_F32_TO_F16(v) _mm512_cvtps_ph((__m512)(v), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+#elif defined(__AVX2__) && defined(__F16C__)
+typedef __m128i nf_vh;
+#define NF_WIDEN_U16(h) ((nf_vu32)_mm256_cvtepu16_epi32(h))
+#define NF_NARROW_U16(v) _mm_packus_epi32(_mm256_castsi256_si128((__m256i)(v)), _mm256_extracti128_si256((__m256i)(v), 1))
+#define NF_F16_TO_F32(h) ((nf_vf32)_mm256_cvtph_ps(h))
+#define NF_F32_TO_F16(v) _mm256_cvtps_ph((__m256)(v), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+#else
+typedef nf_vu16 nf_vh;
+#endif
+
+static NF_INLINE nf_vh nf_vload_h(const uint16_t *p)
+{
+    nf_vh h;
+    memcpy(&h, p, sizeof h);
+    return h;
+}
+
 static NF_INLINE nf_vu32 nf_vload_u16(const uint16_t *p)
 {
-#if defined(__AVX512F__)
-    __m256i h;
-    memcpy(&h, p, sizeof h);
-    return (nf_vu32)_mm512_cvtepu16_epi32(h);
-#elif defined(__AVX2__)
-    __m128i h;
-    memcpy(&h, p, sizeof h);
-    return (nf_vu32)_mm256_cvtepu16_epi32(h);
+#ifdef NF_WIDEN_U16
+    return NF_WIDEN_U16(nf_vload_h(p));
 #else
-    nf_vu16 h;
-    memcpy(&h, p, sizeof h);
-    return __builtin_convertvector(h, nf_vu32);
+    return __builtin_convertvector(nf_vload_h(p), nf_vu32);
 #endif
+}
+
+/* Lanes <= 0xffff stored as 16-bit words. */
+static NF_INLINE void nf_vstore_u16(uint16_t *p, nf_vu32 bits)
+{
+#ifdef NF_NARROW_U16
+    const nf_vh h = NF_NARROW_U16(bits);
+#else
+    const nf_vh h = __builtin_convertvector(bits, nf_vu16);
+#endif
+    memcpy(p, &h, sizeof h);
 }
 
 static NF_INLINE nf_vf32 nf_vload_bf16(const uint16_t *p) { return (nf_vf32)(nf_vload_u16(p) << 16); }
 
-/* The vector form of nf_f16_to_f32 (F16C's conversion where the level has it: exact either way). */
+/* The vector form of nf_f16_to_f32 (exact either way). */
 static NF_INLINE nf_vf32 nf_vload_f16(const uint16_t *p)
 {
-#if defined(__AVX512F__)
-    __m256i h;
-    memcpy(&h, p, sizeof h);
-    return (nf_vf32)_mm512_cvtph_ps(h);
-#elif defined(__F16C__)
-    __m128i h;
-    memcpy(&h, p, sizeof h);
-    return (nf_vf32)_mm256_cvtph_ps(h);
+#ifdef NF_F16_TO_F32
+    return NF_F16_TO_F32(nf_vload_h(p));
 #else
     const nf_vu32 h = nf_vload_u16(p);
     const nf_vu32 em = (h & 0x7fffu) << 13;
@@ -102,25 +125,9 @@ static NF_INLINE nf_vf32 nf_vload_f16(const uint16_t *p)
 #endif
 }
 
-/* float -> float16 / bfloat16, rounding to nearest even: the vector forms of nf_f32_to_f16 and
- * nf_f32_to_bf16, bit for bit (NaN included). Where the level has F16C (AVX2, AVX-512) its conversion
- * instruction does the float16 rounding, which is the same. bfloat16 stays with bits: AVX-512 BF16's
- * conversion flushes subnormals to zero, which the scalar path does not. */
-/* Lanes <= 0xffff narrowed to 16 bits: one vpmovdw, or one pack (no mask: the lanes fit), where the
- * level has it. */
-static NF_INLINE void nf_vstore_u16(uint16_t *p, nf_vu32 bits)
-{
-#if defined(__AVX512F__)
-    const __m256i h = _mm512_cvtepi32_epi16((__m512i)bits);
-#elif defined(__AVX2__)
-    const __m256i b = (__m256i)bits;
-    const __m128i h = _mm_packus_epi32(_mm256_castsi256_si128(b), _mm256_extracti128_si256(b, 1));
-#else
-    const nf_vu16 h = __builtin_convertvector(bits, nf_vu16);
-#endif
-    memcpy(p, &h, sizeof h);
-}
-
+/* float -> bfloat16 / float16, rounding to nearest even: the vector forms of nf_f32_to_bf16 and
+ * nf_f32_to_f16, bit for bit (NaN included; F16C rounds float16 the same way). bfloat16 stays with bits:
+ * AVX-512 BF16's conversion flushes subnormals to zero, which the scalar path does not. */
 static NF_INLINE void nf_vstore_bf16(uint16_t *p, nf_vf32 f)
 {
     const nf_vu32 u = (nf_vu32)f;
@@ -131,11 +138,8 @@ static NF_INLINE void nf_vstore_bf16(uint16_t *p, nf_vf32 f)
 
 static NF_INLINE void nf_vstore_f16(uint16_t *p, nf_vf32 f)
 {
-#if defined(__AVX512F__)
-    const __m256i h = _mm512_cvtps_ph((__m512)f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    memcpy(p, &h, sizeof h);
-#elif defined(__F16C__)
-    const __m128i h = _mm256_cvtps_ph((__m256)f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+#ifdef NF_F32_TO_F16
+    const nf_vh h = NF_F32_TO_F16(f);
     memcpy(p, &h, sizeof h);
 #else
     const nf_vu32 u0 = (nf_vu32)f, sign = (u0 >> 16) & 0x8000u, u = u0 & 0x7fffffffu;
