@@ -475,6 +475,30 @@ def test_zero_rows_with_tiny_eps(isa, dtype, eps):
         np.testing.assert_array_equal(y[0, 1:], 0)
 
 
+@pytest.mark.parametrize("dtype", HALF_RANGE, ids=dname)
+def test_channels_spanning_past_float_max_stay_finite(isa, dtype):
+    """A channel whose values span more than float's largest value has deviations from its mean that float
+    cannot hold: the apply pass runs in float64 (it gave inf), for batch norm in both layouts, instance norm
+    and group norm. Expected: float64 NumPy on the same values."""
+    x = np.full((4, 3, 25), -1e38)
+    x[0, :, 0] = 3.3e38
+    x = x.astype(dtype)
+    x64 = np.asarray(x, np.float64)
+
+    def ref(axes):
+        m, v = x64.mean(axis=axes, keepdims=True), x64.var(axis=axes, keepdims=True)
+        return (x64 - m) / np.sqrt(v + 1e-5)
+
+    tol = 2e-2 if dtype == ml_dtypes.bfloat16 else 1e-5
+    cases = [(normfast.batch_norm(x, training=True), ref((0, 2))),
+             (normfast.batch_norm(np.moveaxis(x, 1, -1), training=True, axis=-1), np.moveaxis(ref((0, 2)), 1, -1)),
+             (normfast.instance_norm(x), ref(2)), (normfast.group_norm(x, 1), ref((1, 2)))]
+    for y, want in cases:
+        y = np.asarray(y, np.float64)
+        assert np.isfinite(y).all()
+        np.testing.assert_allclose(y, want, rtol=tol, atol=tol)
+
+
 def test_l2_of_zero_matches_torch(isa):
     x = np.zeros((2, 4), np.float32)
     w = np.ones((3, 4), np.float32)

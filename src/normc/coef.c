@@ -34,7 +34,10 @@ nf_status nf_coefficients(const nf_coefspec *sp, int *fits)
         ((float *)sp->shift)[i] = s;
         ((float *)sp->scale)[i] = (float)a;
         ((float *)sp->offset)[i] = (float)c;
-        ok &= nf_fits_float(a) && nf_fits_float(c);
+        /* Float also cannot hold the deviations x - s once they near FLT_MAX (2^128): they stay below
+         * sqrt(count * var), under 2^128 for var up to 2^200 unless a statistic counts over 2^56 values.
+         * Past that (data spanning more than float's range), float64. */
+        ok &= nf_fits_float(a) && nf_fits_float(c) && !(sp->var[i] > 0x1p200);
     }
     *fits = ok;
     return NF_OK;

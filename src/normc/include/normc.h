@@ -150,7 +150,8 @@ typedef struct {
     void *shift, *scale, *offset; /* n values of dtype each */
 } nf_coefspec;
 /* *fits: 0 where a float32 scale or offset left float32's range while finite in float64 (subnormal data
- * under a tiny eps); the caller then applies in float64. */
+ * under a tiny eps), or where var > 2^200 (data spanning more than float32's range, whose deviations from
+ * the mean would overflow); the caller then applies in float64. */
 nf_status nf_coefficients(const nf_coefspec *spec, int *fits);
 
 /* The centring rule elementwise: out = (s - mean) * a, the term that centring on s rather than on the mean
