@@ -313,7 +313,8 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="print the build and runtime configuration").set_defaults(func=cmd_info)
     bench = sub.add_parser("bench", help="time normfast against NumPy (and PyTorch) on built-in cases")
-    bench.add_argument("--threads", type=_count, default=None, help="threads for normfast and torch (>= 1)")
+    bench.add_argument("--threads", type=_count, default=None,
+                       help="threads for normfast, PyTorch and ONNX Runtime (>= 1; at most normfast.max_threads())")
     bench.add_argument("--repeat", type=_count, default=None,
                        help="timed calls per implementation, the median reported (>= 1; default 11, 5 with --quick)")
     bench.add_argument("--quick", action="store_true", help="smaller inputs and fewer calls (a quick look)")
