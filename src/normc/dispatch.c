@@ -159,7 +159,7 @@ int nf_openmp_enabled(void)
 }
 
 /* The load guard (internal.h): the calling thread's record of the current call. */
-_Thread_local int64_t nf_done0, nf_wait_ns, nf_busy_ns;
+_Thread_local int64_t nf_done0, nf_wait_ns, nf_busy_ns, nf_item_max, nf_items;
 /* Until when calls run on one thread (nf_now's clock): a recent call waited for a parked thread. */
 static _Atomic int64_t nf_solo_until = 0;
 static _Atomic int nf_stalls = 0; /* calls in a row that waited for a parked thread */
@@ -171,18 +171,21 @@ static int nf_team_size(void)
     const int n = nf_get_num_threads();
     if (n > 1 && nf_now() < nf_solo_until)
         return 1;
-    nf_wait_ns = nf_busy_ns = 0;
+    nf_wait_ns = nf_busy_ns = nf_item_max = nf_items = 0;
     return n;
 }
 
-/* After a call on nt threads: whether its calling thread waited at the loops' ends more than a quarter of its
- * own work and more than 0.2 ms, where a team on free CPUs waits about one item and a thread woken from
- * sleep starts within tens of microseconds, so a thread was parked for a time slice (milliseconds). */
+/* After a call on nt threads: a thread was parked for a time slice (milliseconds) if the calling thread
+ * waited at the loops' ends more than a quarter of its own work and more than 0.2 ms (a team on free CPUs
+ * waits about one item, and a thread woken from sleep starts within tens of microseconds), or if one of
+ * its items took over 0.5 ms and 4x its average (items are cut to equal work). */
 static void nf_team_check(int nt)
 {
     if (nt <= 1)
         return;
-    if (!(nf_wait_ns > 200000 && nf_wait_ns > nf_busy_ns / 4)) {
+    const int waited = nf_wait_ns > 200000 && nf_wait_ns > nf_busy_ns / 4;
+    const int parked = nf_items > 1 && nf_item_max > 500000 && nf_item_max * nf_items > 4 * nf_busy_ns;
+    if (!waited && !parked) {
         nf_stalls = 0;
         return;
     }

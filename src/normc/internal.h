@@ -95,11 +95,12 @@ static inline int64_t nf_itemsize(nf_dtype dt)
 #define NF_PARALLEL_MIN ((int64_t)1 << 15)
 
 /* The load guard (dispatch.c). Each parallel loop is bracketed by nf_region_begin / nf_region_end and
- * calls nf_mark after each item: the calling thread (thread 0) records when its last item ended, and the
- * call adds up how long it then waited for the team at the loop's end. A call that waited long for a
- * thread the OS had parked (another process busy on its core) makes the next calls use one thread for a
- * while: with the CPUs taken, a second thread only adds waits. Results do not depend on the count. */
-extern _Thread_local int64_t nf_done0, nf_wait_ns, nf_busy_ns;
+ * calls nf_mark after each item: the calling thread (thread 0) records when its last item ended, its
+ * longest item and its item count, and the call adds up how long it then waited for the team at the
+ * loop's end. A call that waited long for a thread the OS had parked, or whose calling thread was itself
+ * parked in the middle of an item (another process busy on its core), counts against the team. Results
+ * do not depend on the thread count. */
+extern _Thread_local int64_t nf_done0, nf_wait_ns, nf_busy_ns, nf_item_max, nf_items;
 static inline int64_t nf_now(void)
 {
     struct timespec ts;
@@ -110,9 +111,13 @@ static inline int64_t nf_region_begin(void) { return nf_done0 = nf_now(); }
 static inline void nf_mark(void)
 {
 #ifdef _OPENMP
-    if (omp_get_thread_num() == 0)
+    if (omp_get_thread_num() != 0)
+        return;
 #endif
-        nf_done0 = nf_now();
+    const int64_t t = nf_now();
+    nf_item_max = t - nf_done0 > nf_item_max ? t - nf_done0 : nf_item_max;
+    nf_items++;
+    nf_done0 = t;
 }
 static inline void nf_region_end(int64_t t0)
 {
