@@ -59,6 +59,11 @@ def _peer_table(cases, args, peers=("numpy", "torch", "onnxruntime")):
     return ratios
 
 
+def _summary(ratios, tail=""):
+    """The line under a peer table: the geometric mean of its 'vs best' ratios."""
+    print(f"\ngeometric mean of 'vs best': {np.exp(np.mean(np.log(ratios))):.2f}x over {len(ratios)} cases{tail}")
+
+
 def _load_table(args, threads):
     """normfast at `threads` threads against its single thread, both with one other process busy."""
     print(f"\nunder load: one other busy process (a Python spin loop) on the machine; normfast at {threads} "
@@ -140,8 +145,7 @@ def cmd_bench(args):
     cases += [(name, lambda s=shape, la=last, n=norm: _bench.norm_peers(s, la, n, threads))
               for name, shape, last, norm in _bench.NORM_CASES if not (args.quick and shape[0] > 8)]
     ratios = _peer_table(cases, args)
-    print(f"\ngeometric mean of 'vs best': {np.exp(np.mean(np.log(ratios))):.2f}x over {len(ratios)} cases; "
-          f"{sum(r < 1 for r in ratios)} case(s) where a peer is faster")
+    _summary(ratios, f"; {sum(r < 1 for r in ratios)} case(s) where a peer is faster")
 
     print("\nhalf types, normfast with out=; PyTorch in the same type, NumPy in float32 and rounded; "
           "floor = the faster of np.copyto and torch copy_")
@@ -149,14 +153,14 @@ def cmd_bench(args):
             for name, kind, shape, dt in _bench.HALF_CASES if _bench.half_dtype(dt) is not None]
     missing = "" if len(half) == len(_bench.HALF_CASES) else " (bfloat16 cases need ml_dtypes)"
     ratios = _peer_table(half[:2] if args.quick else half, args)
-    print(f"\ngeometric mean of 'vs best': {np.exp(np.mean(np.log(ratios))):.2f}x over {len(ratios)} cases{missing}")
+    _summary(ratios, missing)
 
     print("\nbackward (grad_x, grad_weight, grad_bias), float32; PyTorch = its native backward ops given the "
           "saved statistics; floor = x + grad_out into an array (the bytes a backward must move)")
     ratios = _peer_table([(name, lambda k=kind, s=shape, la=last: _bench.grad_peers(k, s, la, threads))
                           for name, kind, shape, last in _bench.GRAD_CASES
                           if not (args.quick and np.prod(shape) > 4_000_000)], args)
-    print(f"\ngeometric mean of 'vs best': {np.exp(np.mean(np.log(ratios))):.2f}x over {len(ratios)} cases")
+    _summary(ratios)
 
     print("\ninference toolkit and streaming statistics, float32; floor = copying the input")
     _peer_table([(name, lambda k=kind, s=shape: _bench.tool_peers(k, s, threads))

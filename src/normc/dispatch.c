@@ -169,7 +169,7 @@ static _Atomic int nf_stalls = 0; /* calls in a row that waited for a parked thr
 static int nf_team_size(void)
 {
     const int n = nf_get_num_threads();
-    if (n > 1 && nf_now() < nf_solo_until)
+    if (n > 1 && nf_solo_until && nf_now() < nf_solo_until) /* no clock read unless the guard was set */
         return 1;
     nf_wait_ns = nf_busy_ns = nf_item_max = nf_items = 0;
     return n;

@@ -9,6 +9,9 @@
 #include <time.h>
 #ifdef _OPENMP
 #include <omp.h>
+#define nf_thread() omp_get_thread_num() /* this thread's number in its team (0: the calling thread) */
+#else
+#define nf_thread() 0
 #endif
 
 /* Kernel sources are compiled once per ISA level with NF_ISA_SUFFIX set (see CMakeLists.txt); NF_FN
@@ -110,10 +113,8 @@ static inline int64_t nf_now(void)
 static inline int64_t nf_region_begin(void) { return nf_done0 = nf_now(); }
 static inline void nf_mark(void)
 {
-#ifdef _OPENMP
-    if (omp_get_thread_num() != 0)
+    if (nf_thread() != 0)
         return;
-#endif
     const int64_t t = nf_now();
     nf_item_max = t - nf_done0 > nf_item_max ? t - nf_done0 : nf_item_max;
     nf_items++;
@@ -145,8 +146,10 @@ static inline void nf_region_end(int64_t t0)
  * eps) with a NaN norm staying NaN (fmax would drop it). */
 static inline double nf_row_scale(double var, const nf_rowspec *sp)
 {
+    if (sp->kind != NF_ROW_L2)
+        return 1.0 / sqrt(var + sp->eps);
     const double nrm = sqrt(var);
-    return sp->kind == NF_ROW_L2 ? 1.0 / (nrm < sp->eps ? sp->eps : nrm) : 1.0 / sqrt(var + sp->eps);
+    return 1.0 / (nrm < sp->eps ? sp->eps : nrm);
 }
 #define NF_KTILE 256  /* columns per column-mode work item */
 _Static_assert(NF_MAX_SLOTS <= NF_KTILE, "seg_grad keeps a slot's sums in NF_KTILE-long arrays");

@@ -6,12 +6,6 @@
 
 #include <math.h>
 #include <stdlib.h>
-#ifdef _OPENMP
-#include <omp.h>
-#define nf_thread() omp_get_thread_num()
-#else
-#define nf_thread() 0
-#endif
 
 #define NF_TEMPLATE "rownorm_tmpl.h"
 #include "each_dtype.h"
@@ -79,8 +73,7 @@ nf_status NF_FN(nf_rownorm)(const nf_plan *p, nf_dtype dt, const void *x, void *
 #ifdef _OPENMP
         const int64_t nf_t0 = nf_region_begin();
 #pragma omp parallel num_threads(nt)
-        nf_rownorm_range(dt, p, xb, yb, isz, sp, 0, rows, parts, omp_get_thread_num(),
-                         omp_get_num_threads());
+        nf_rownorm_range(dt, p, xb, yb, isz, sp, 0, rows, parts, nf_thread(), omp_get_num_threads());
         nf_region_end(nf_t0);
 #endif
     } else {

@@ -65,15 +65,11 @@ static NF_INLINE void NF_NAME(rowapply, NF_TAG)(const NF_T *x, NF_T *y, int64_t 
     int64_t j = 0;
     const NF_V z = {0};
     for (; j + NF_W <= n; j += NF_W) {
-        NF_V v = (NF_VLOAD(x + j) - (z + s)) * (z + a) + (z + cc), p;
-        if (has_w) {
-            memcpy(&p, w + j, sizeof p);
-            v *= p;
-        }
-        if (has_b) {
-            memcpy(&p, b + j, sizeof p);
-            v += p;
-        }
+        NF_V v = (NF_VLOAD(x + j) - (z + s)) * (z + a) + (z + cc);
+        if (has_w)
+            v *= NF_NAME(vat, NF_TAG)(w + j);
+        if (has_b)
+            v += NF_NAME(vat, NF_TAG)(b + j);
         NF_VSTORE(y + j, v);
     }
     for (; j < n; j++) {
@@ -160,10 +156,9 @@ static NF_INLINE void NF_NAME(rowout, NF_TAG)(const NF_T *x, NF_T *y, int64_t n,
         NF_NAME(rowapply, NF_TAG)(x, y, n, s, a, cc, w, b, 0, 0);
 }
 
-/* Row r's statistics from its chunks' (parts[0..nch), merged in chunk order whoever computed them; stored
- * where the spec asks (store: the caller that owns them). */
+/* A row's statistics from its chunks' (parts[0..nch)), merged in chunk order whoever computed them. */
 static NF_INLINE void NF_NAME(rowstats, NF_TAG)(const nf_acc *parts, int64_t nch, int64_t n, const nf_rowspec *sp,
-                                      double K, int64_t r, int store, double *mean, double *var)
+                                                double K, double *mean, double *var)
 {
     nf_acc acc = parts[0]; /* what nf_chan gives into an empty merge, without its divisions */
     for (int64_t c = 1; c < nch; c++) {
@@ -174,10 +169,6 @@ static NF_INLINE void NF_NAME(rowstats, NF_TAG)(const nf_acc *parts, int64_t nch
     }
     *mean = sp->kind == NF_ROW_LAYER ? K + acc.mean : 0;
     *var = sp->kind == NF_ROW_L2 ? acc.m2 : acc.m2 / (double)n;
-    if (store && sp->mean) {
-        sp->mean[r] = *mean;
-        sp->var[r] = *var;
-    }
 }
 
 /* Layer norm's statistics of nr <= NF_W short rows (n <= NF_TILE_MAX) at once, one row per vector lane,
@@ -210,10 +201,11 @@ static void NF_NAME(rowtile, NF_TAG)(const void *const *xv, int64_t nr, int64_t 
     const NF_V cs = (c[0] + c[1]) + (c[2] + c[3]), qs = (q[0] + q[1]) + (q[2] + q[3]);
     NF_A sl[NF_W], cl[NF_W], ql[NF_W];
     memcpy(sl, &s, sizeof s), memcpy(cl, &cs, sizeof cs), memcpy(ql, &qs, sizeof qs);
+    const double inv_n = 1.0 / (double)n;
     for (int64_t l = 0; l < nr; l++) {
         double m, m2;
         ok[l] = !NF_NAME(scale_up, NF_TAG)(sl[l]) && NF_NAME(pass2_ok, NF_TAG)(ql[l], sl[l], n, 0);
-        NF_NAME(block_out, NF_TAG)(sl[l], kl[l], cl[l], ql[l], 1, 1.0 / (double)n, &m, &m2);
+        NF_NAME(block_out, NF_TAG)(sl[l], kl[l], cl[l], ql[l], 1, inv_n, &m, &m2);
         mean[l] = (double)kl[l] + m;
         var[l] = m2 / (double)n;
     }
@@ -237,7 +229,7 @@ static void NF_NAME(rowbatch, NF_TAG)(const void *const *xv, void *const *yv, in
         nf_acc part;
         const double K = sp->kind == NF_ROW_LAYER ? NF_NAME(shift, NF_TAG)(xv[i]) : 0;
         NF_NAME(rowpart, NF_TAG)((const NF_T *)xv[i], 0, n, sp->kind, K, &part);
-        NF_NAME(rowstats, NF_TAG)(&part, 1, n, sp, K, r0 + i, 0, &mean[i], &var[i]);
+        NF_NAME(rowstats, NF_TAG)(&part, 1, n, sp, K, &mean[i], &var[i]);
     }
     if (sp->mean)
         for (int64_t i = 0; i < nr; i++)
@@ -248,31 +240,29 @@ static void NF_NAME(rowbatch, NF_TAG)(const void *const *xv, void *const *yv, in
         NF_NAME(rowout, NF_TAG)((const NF_T *)xv[i], (NF_T *)yv[i], n, mean[i], var[i], a64[i], sp, r0 + i, 0, n);
 }
 
-/* Row r of n elements, by the nt threads of the current team (t: this one; nt 1: no team), which share
- * parts[ceil(n / NF_ROW_CHUNK)]: each its chunks' statistics, then (after a barrier) the merge, and its
- * share of the output. The same chunks and merge order at any nt, so the same bits, and the same steps
- * as rowbatch. */
+/* Row r of n > NF_ROW_CHUNK elements, by the nt threads of the current team (t: this one; nt 1: no team),
+ * which share parts[ceil(n / NF_ROW_CHUNK)]: each its chunks' statistics, then (after a barrier) the
+ * merge, and its share of the output. The same chunks and merge order at any nt, so the same bits, and
+ * the same steps as rowbatch. */
 static void NF_NAME(rownorm, NF_TAG)(const void *xv, void *yv, int64_t n, const nf_rowspec *sp, int64_t r,
                                      nf_acc *parts, int t, int nt)
 {
     const NF_T *x = (const NF_T *)xv;
     NF_T *y = (NF_T *)yv;
-    const int64_t nch = n <= NF_ROW_CHUNK ? 1 : (n + NF_ROW_CHUNK - 1) / NF_ROW_CHUNK;
-    int64_t c0 = 0, c1 = nch, j0 = 0, j1 = n; /* this thread's chunks and output (no divisions per short row) */
-    if (nt > 1) {
-        c0 = nch * t / nt, c1 = nch * (t + 1) / nt;
-        /* the output split on 64-element boundaries (whole cache lines of y per thread) */
-        j0 = t == 0 ? 0 : (n * t / nt) & ~(int64_t)63, j1 = t == nt - 1 ? n : (n * (t + 1) / nt) & ~(int64_t)63;
-    }
+    const int64_t nch = (n + NF_ROW_CHUNK - 1) / NF_ROW_CHUNK;
     const double K = sp->kind == NF_ROW_LAYER ? NF_NAME(shift, NF_TAG)(x) : 0;
-    for (int64_t c = c0; c < c1; c++)
+    for (int64_t c = nch * t / nt; c < nch * (t + 1) / nt; c++)
         NF_NAME(rowpart, NF_TAG)(x, c * NF_ROW_CHUNK, n - c * NF_ROW_CHUNK < NF_ROW_CHUNK ? n : (c + 1) * NF_ROW_CHUNK,
                                  sp->kind, K, &parts[c]);
     if (nt > 1) {
 #pragma omp barrier
     }
     double mean, var;
-    NF_NAME(rowstats, NF_TAG)(parts, nch, n, sp, K, r, t == 0, &mean, &var);
+    NF_NAME(rowstats, NF_TAG)(parts, nch, n, sp, K, &mean, &var);
+    if (t == 0 && sp->mean)
+        sp->mean[r] = mean, sp->var[r] = var;
+    /* the output split on 64-element boundaries (whole cache lines of y per thread) */
+    const int64_t j0 = t == 0 ? 0 : (n * t / nt) & ~(int64_t)63, j1 = t == nt - 1 ? n : (n * (t + 1) / nt) & ~(int64_t)63;
     NF_NAME(rowout, NF_TAG)(x, y, n, mean, var, nf_row_scale(var, sp), sp, r, j0, j1);
     nf_mark();
     if (nt > 1) {
