@@ -2,6 +2,7 @@
 while the results fit, constant data at any magnitude (variance exactly 0), precision along columns, and
 scales 1 / sqrt(var + eps) or 1 / max(norm, eps) that the accumulation type cannot hold. Every expectation
 is float64 NumPy on the exact input values, PyTorch in float64, or a closed form."""
+import dask.array as da
 import ml_dtypes
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import normfast
+from normfast import dask as nf_dask
 
 from helpers import use_threads
 
@@ -479,7 +481,7 @@ def test_zero_rows_with_tiny_eps(isa, dtype, eps):
 def test_channels_spanning_past_float_max_stay_finite(isa, dtype):
     """A channel whose values span more than float's largest value has deviations from its mean that float
     cannot hold: the apply pass runs in float64 (it gave inf), for batch norm in both layouts, instance norm
-    and group norm. Expected: float64 NumPy on the same values."""
+    and group norm, their layers and Dask's batch norm. Expected: float64 NumPy on the same values."""
     x = np.full((4, 3, 25), -1e38)
     x[0, :, 0] = 3.3e38
     x = x.astype(dtype)
@@ -492,7 +494,11 @@ def test_channels_spanning_past_float_max_stay_finite(isa, dtype):
     tol = 2e-2 if dtype == ml_dtypes.bfloat16 else 1e-5
     cases = [(normfast.batch_norm(x, training=True), ref((0, 2))),
              (normfast.batch_norm(np.moveaxis(x, 1, -1), training=True, axis=-1), np.moveaxis(ref((0, 2)), 1, -1)),
-             (normfast.instance_norm(x), ref(2)), (normfast.group_norm(x, 1), ref((1, 2)))]
+             (normfast.instance_norm(x), ref(2)), (normfast.group_norm(x, 1), ref((1, 2))),
+             (normfast.layers.InstanceNorm(3)(x), ref(2)), (normfast.layers.GroupNorm(1, 3)(x), ref((1, 2)))]
+    with np.errstate(over="ignore"):  # the running variance (float32, as x) overflows, as PyTorch's would
+        cases.append((normfast.layers.BatchNorm(3)(x), ref((0, 2))))
+    cases.append((nf_dask.batch_norm(da.from_array(x, chunks=(2, 3, 25)), training=True).compute(), ref((0, 2))))
     for y, want in cases:
         y = np.asarray(y, np.float64)
         assert np.isfinite(y).all()
