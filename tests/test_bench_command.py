@@ -1,6 +1,7 @@
 """`python -m normfast bench`: its arguments, units and floors (never its timings)."""
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -70,3 +71,48 @@ def test_half_cases_compare_the_same_operation(name, kind, shape, dtype):
         np.testing.assert_allclose(np.asarray(got).astype(np.float32), want, rtol=2 * tol, atol=4 * tol,
                                    err_msg=impl)
     assert len(floors) >= 1
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the spinner through Linux's /proc")
+def test_busy_process_ends_with_the_benchmark():
+    """The under-load section's spinning process ends when the benchmark's process is killed (it was left
+    spinning forever when a timeout or kill skipped the cleanup)."""
+    code = ("import os, sys, time; from normfast import _bench\n"
+            "with _bench.busy_process():\n"
+            "    print(os.getpid(), flush=True); time.sleep(60)")
+    bench = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        bench.stdout.readline()
+        children = _children(bench.pid)
+        assert children, "no spinner started"
+    finally:
+        bench.kill()
+        bench.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(c) for c in children):
+        time.sleep(0.05)
+    assert not any(_alive(c) for c in children), "the spinner outlived the benchmark"
+
+
+def _children(pid):
+    """The process ids whose parent is pid (Linux's /proc; elsewhere none)."""
+    import pathlib
+
+    found = []
+    for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid):
+    import pathlib
+
+    try:
+        return pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

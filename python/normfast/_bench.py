@@ -569,10 +569,17 @@ LOAD_CASES = [
 ]
 
 
+# A Python loop on one core that ends when its stdin closes, which the OS does when the benchmark ends
+# in any way (a kill or a timeout skips the finally below and would leave it spinning).
+_SPIN = ("import os, sys, threading\n"
+         "threading.Thread(target=lambda: (sys.stdin.read(), os._exit(0)), daemon=True).start()\n"
+         "while True: pass")
+
+
 @contextlib.contextmanager
 def busy_process():
     """One other process spinning on a core (a Python loop) while the block runs."""
-    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    spinner = subprocess.Popen([sys.executable, "-c", _SPIN], stdin=subprocess.PIPE)
     try:
         time.sleep(0.2)  # let it start and take its core
         yield
