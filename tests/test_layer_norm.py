@@ -59,7 +59,7 @@ def test_matches_reference(isa, rms, inp, affine, with_residual, eps):
 def short_rows(n, dtype, seed):
     """37 rows of n (a part-filled tile at every vector width) mixing ordinary rows with the ones a short-row
     kernel must hand back to the per-row path: zeros, a tiny centre, huge values, constants, NaN, infinity,
-    large offsets."""
+    large offsets, and (float32, float64, bfloat16) deviations whose squares summed pass float's range."""
     rng = np.random.default_rng(seed)
     big = 1e4 if dtype == np.float16 else 1e30
     x = rng.standard_normal((37, n)) * 2 + 1
@@ -70,29 +70,50 @@ def short_rows(n, dtype, seed):
     x[14, n // 2] = np.nan
     x[17, 0] = np.inf
     x[20] = rng.standard_normal(n) + 1e4
+    x[23] = rng.standard_normal(n) * (3e3 if dtype == np.float16 else 1e37)
     return x.astype(dtype)
 
 
+SHORT_ROW_CALLS = {  # kind: (the call on (x, n, eps), the reference's; both with weight w and bias b)
+    "layer": (lambda x, n, w, b, eps: normfast.layer_norm(x, n, w, b, eps=eps, return_stats=True),
+              lambda x, n, w, b, eps: reference.layer_norm(x, (n,), w, b, eps=eps)),
+    "layer-bare": (lambda x, n, w, b, eps: normfast.layer_norm(x, n, eps=eps, return_stats=True),
+                   lambda x, n, w, b, eps: reference.layer_norm(x, (n,), eps=eps)),
+    "layer-bias": (lambda x, n, w, b, eps: normfast.layer_norm(x, n, None, b, eps=eps, return_stats=True),
+                   lambda x, n, w, b, eps: reference.layer_norm(x, (n,), None, b, eps=eps)),
+    "rms": (lambda x, n, w, b, eps: normfast.rms_norm(x, n, w, eps=eps, return_stats=True),
+            lambda x, n, w, b, eps: reference.layer_norm(x, (n,), w, eps=eps, rms=True)),
+    "rms-bare": (lambda x, n, w, b, eps: normfast.rms_norm(x, n, eps=eps, return_stats=True),
+                 lambda x, n, w, b, eps: reference.layer_norm(x, (n,), eps=eps, rms=True)),
+}
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-@pytest.mark.parametrize("n", [2, 5, 8, 16, 33, 64, 65])
-def test_short_rows_each_as_if_alone(isa, dtype, n):
-    """Short rows, whose statistics are taken several rows at a time (one per vector lane), give each row
-    exactly what it gives alone (its outputs and statistics the same bytes, whatever its neighbours, at 1, 2
-    and 3 threads), and the reference's values."""
+@pytest.mark.parametrize("n", [2, 5, 8, 12, 16, 32, 33, 64, 65])
+@pytest.mark.parametrize("kind", list(SHORT_ROW_CALLS))
+@pytest.mark.parametrize("eps", [1e-5, 1e-80])
+def test_short_rows_each_as_if_alone(isa, dtype, n, kind, eps):
+    """Short rows, whose statistics and outputs are taken several rows at a time (one per vector lane),
+    give each row exactly what it gives alone (its outputs and statistics the same bytes, whatever its
+    neighbours, at 1, 2 and 3 threads), and the reference's values. eps 1e-80 gives a constant row a scale
+    past float's range (the per-row path in double)."""
+    call, want = SHORT_ROW_CALLS[kind]
     x = short_rows(n, dtype, n)
     w, b = np.linspace(0.5, 1.5, n), np.linspace(-1, 1, n)
     with np.errstate(all="ignore"):
-        ref = reference.layer_norm(x, (n,), w, b)
+        ref = want(x, n, w, b, eps)
     for threads in (1, 2, 3):
-        with use_threads(threads):
-            y, mean, rstd = normfast.layer_norm(x, n, w, b, return_stats=True)
+        with use_threads(threads), np.errstate(divide="ignore"):
+            got = call(x, n, w, b, eps)
         for i in range(x.shape[0]):
-            yi, mi, ri = normfast.layer_norm(x[i:i + 1], n, w, b, return_stats=True)
-            assert yi.tobytes() == y[i:i + 1].tobytes(), (threads, i)
-            assert mi.tobytes() == mean[i:i + 1].tobytes() and ri.tobytes() == rstd[i:i + 1].tobytes(), (threads, i)
-    finite = np.isfinite(np.asarray(x, np.float64)).all(axis=1)
+            with np.errstate(divide="ignore"):
+                alone = call(x[i:i + 1], n, w, b, eps)
+            for a, g in zip(alone, got):
+                assert a.tobytes() == g[i:i + 1].tobytes(), (threads, i)
+    y, finite = got[0], np.isfinite(ref)
+    assert_close_y(y[finite.all(axis=1)], ref[finite.all(axis=1)], dtype)
+    np.testing.assert_array_equal(np.isnan(np.asarray(y, np.float64)), np.isnan(ref))  # e.g. RMS [inf, 1]: [nan, 0]
     assert_close_y(y[finite], ref[finite], dtype)
-    assert np.isnan(np.asarray(y[~finite], np.float64)).all()
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)

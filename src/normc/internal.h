@@ -139,17 +139,16 @@ static inline void nf_region_end(int64_t t0)
  * in order, so that the threads can share a long row (fewer rows than threads) with the same bits as one
  * thread. */
 #define NF_ROW_CHUNK (16 * NF_BLOCK)
-#define NF_ROW_BATCH 16 /* rows of one chunk taken together (rownorm_tmpl.h's rowbatch) */
-#define NF_TILE_MAX 64  /* layer-norm rows up to this long: statistics one row per vector lane (rowtile) */
+#define NF_ROW_BATCH 64 /* rows of one chunk taken together (rownorm_tmpl.h's rowbatch) */
+#define NF_TILE_MAX 64  /* rows up to this long: statistics NF_W rows at a time (rowtile) */
 
 /* A row norm's scale from its var: 1 / sqrt(var + eps), or for L2 (var the sum of squares) 1 / max(norm,
  * eps) with a NaN norm staying NaN (fmax would drop it). */
 static inline double nf_row_scale(double var, const nf_rowspec *sp)
 {
-    if (sp->kind != NF_ROW_L2)
-        return 1.0 / sqrt(var + sp->eps);
-    const double nrm = sqrt(var);
-    return 1.0 / (nrm < sp->eps ? sp->eps : nrm);
+    const int l2 = sp->kind == NF_ROW_L2; /* selects, not branches: loops over rows vectorise */
+    const double r = sqrt(l2 ? var : var + sp->eps);
+    return 1.0 / (l2 && r < sp->eps ? sp->eps : r);
 }
 #define NF_KTILE 256  /* columns per column-mode work item */
 _Static_assert(NF_MAX_SLOTS <= NF_KTILE, "seg_grad keeps a slot's sums in NF_KTILE-long arrays");

@@ -11,6 +11,7 @@
 #include "each_dtype.h"
 NF_BY_DTYPE(rownorm);
 NF_BY_DTYPE(rowbatch);
+NF_BY_DTYPE(rowshort);
 
 /* Rows [r0, r1) of the plan, in order: each by the nt threads of the team (t: this one) or by one (nt 1),
  * or, where each is one chunk, by one thread in batches. */
@@ -30,11 +31,17 @@ static void nf_rownorm_range(nf_dtype dt, const nf_plan *p, const char *xb, char
     void *ys[NF_ROW_BATCH];
     for (int64_t r = r0; r < r1; r += batch) {
         const int64_t nr = r1 - r < batch ? r1 - r : batch;
-        for (int64_t i = 0; i < nr; i++, nf_iter_next(&oi, &p->o)) {
-            xs[i] = xb + oi.off * isz;
-            ys[i] = yb + oi.yoff * isz;
-        }
-        rowbatch_of[dt](xs, ys, nr, p->r2, sp, r);
+        if (p->o.ndim == 1) /* evenly spaced rows: no walk */
+            for (int64_t i = 0; i < nr; i++) {
+                xs[i] = xb + (r + i) * p->o.stride[0] * isz;
+                ys[i] = yb + (r + i) * p->o.ystride[0] * isz;
+            }
+        else
+            for (int64_t i = 0; i < nr; i++, nf_iter_next(&oi, &p->o)) {
+                xs[i] = xb + oi.off * isz;
+                ys[i] = yb + oi.yoff * isz;
+            }
+        (p->r2 <= NF_TILE_MAX && sp->seg == 1 ? rowshort_of : rowbatch_of)[dt](xs, ys, nr, p->r2, sp, r);
     }
 }
 

@@ -120,15 +120,21 @@ static NF_INLINE void NF_NAME(rowpart, NF_TAG)(const NF_T *x, int64_t c0, int64_
     }
 }
 
+/* Whether a row of n elements with variance var and scale a64 is normalized in NF_A: float cannot hold a
+ * scale outside its normal range (a tiny eps over a row of zeros: 0 * inf), nor deviations from the mean
+ * once n * var, which bounds their squares, nears its largest square. */
+static NF_INLINE int NF_NAME(rowfits, NF_TAG)(double var, double a64, int64_t n)
+{
+    return sizeof(NF_A) == sizeof(double) || (a64 >= 0x1p-126 && a64 <= 0x1p127 && var * (double)n <= 0x1p250);
+}
+
 /* Elements [j0, j1) of row r given its mean, var and scale a64 (nf_row_scale): y = (x - s) * a + cc scaled and shifted by the
  * parameters, s and cc by internal.h's centring rule (RMS and L2: s = cc = 0). */
 static NF_INLINE void NF_NAME(rowout, NF_TAG)(const NF_T *x, NF_T *y, int64_t n, double mean, double var,
                                                double a64, const nf_rowspec *sp, int64_t r, int64_t j0, int64_t j1)
 {
     const NF_A *w = (const NF_A *)sp->weight, *b = (const NF_A *)sp->bias;
-    /* Float cannot hold a scale outside its normal range (a tiny eps over a row of zeros: 0 * inf), nor
-     * deviations from the mean once n * var, which bounds their squares, nears its largest square. */
-    if (sizeof(NF_A) < sizeof(double) && (!(a64 >= 0x1p-126 && a64 <= 0x1p127) || var * (double)n > 0x1p250)) {
+    if (!NF_NAME(rowfits, NF_TAG)(var, a64, n)) {
         NF_NAME(rownorm_wide, NF_TAG)(x, y, n, mean, a64, sp, r, j0, j1);
         return;
     }
@@ -171,43 +177,66 @@ static NF_INLINE void NF_NAME(rowstats, NF_TAG)(const nf_acc *parts, int64_t nch
     *var = sp->kind == NF_ROW_L2 ? acc.m2 : acc.m2 / (double)n;
 }
 
-/* Layer norm's statistics of nr <= NF_W short rows (n <= NF_TILE_MAX) at once, one row per vector lane,
- * from a transposed copy: for each lane seg's block algorithm (shift K, the mean s of x - K, then the sums
- * of the deviations from s and of their squares) in the same precision. ok[i] is 0 where lane i's
- * squares do not hold their digits unscaled (a centre under NF_TINY_CENTRE, or not pass2_ok): the caller
- * redoes that row alone. A row's results depend on its own elements only, not on its lane-mates. (RMS
- * rows of this length gain nothing: their one pass costs less than the transposition.) */
-static void NF_NAME(rowtile, NF_TAG)(const void *const *xv, int64_t nr, int64_t n, double *mean, double *var, int *ok)
+/* Row x's elements [j, j + NF_W) as a vector, the lanes at n and past it pad. */
+static NF_INLINE NF_V NF_NAME(rowvec, NF_TAG)(const NF_T *x, int64_t j, int64_t n, NF_A pad)
 {
-    NF_A t[NF_TILE_MAX * NF_W], kl[NF_W];
-    for (int64_t l = 0; l < NF_W; l++) { /* lanes past nr repeat row 0 */
-        const NF_T *x = (const NF_T *)xv[l < nr ? l : 0];
-        kl[l] = (NF_A)NF_NAME(shift, NF_TAG)(x);
-        for (int64_t j = 0; j < n; j++)
-            t[j * NF_W + l] = NF_LOAD(x[j]);
-    }
+    if (j + NF_W <= n)
+        return NF_VLOAD(x + j);
+    NF_V v = (NF_V){0} + pad;
+    for (int64_t l = 0; j + l < n; l++)
+        v[l] = NF_LOAD(x[j + l]);
+    return v;
+}
+
+/* The statistics of nr <= NF_W short rows (n <= NF_TILE_MAX) at once, as rowstats gives them, into NF_W
+ * lanes of mean, var and ok: each row's
+ * sums are taken in its vectors' lanes, and the NF_W rows' lanes are then summed together (vrows), so a
+ * row of one or two vectors pays a share of one transposition, not horizontal sums of its own. Layer
+ * norm: seg's steps (shift K, the mean s of x - K, then the sums of d = x - s and of d^2), with padding
+ * lanes that add exact zeros; RMS and L2: the sum of squares. ok[i] is 0 where row i's squares do not hold
+ * their digits unscaled (a centre under NF_TINY_CENTRE, or not pass2_ok): the caller redoes that row
+ * alone. A row's results depend on its own elements only, not on its lane-mates. */
+static NF_INLINE void NF_NAME(rowtile, NF_TAG)(const void *const *xv, int64_t nr, int64_t n, nf_rowkind kind,
+                                               double *mean, double *var, int *ok)
+{
     const NF_V z = {0};
-    NF_V K, c[4] = {z, z, z, z}, q[4] = {z, z, z, z}; /* four chains each, j % 4: add latency */
-    memcpy(&K, kl, sizeof K);
-    for (int64_t j = 0; j < n; j++)
-        c[j & 3] += NF_NAME(vat, NF_TAG)(t + j * NF_W) - K;
-    const NF_V s = K + ((c[0] + c[1]) + (c[2] + c[3])) / (NF_A)n;
-    c[0] = c[1] = c[2] = c[3] = z;
-    for (int64_t j = 0; j < n; j++) {
-        const NF_V d = NF_NAME(vat, NF_TAG)(t + j * NF_W) - s;
-        c[j & 3] += d;
-        q[j & 3] += d * d;
+    const NF_T *x[NF_W];
+    NF_V acc[NF_W], sq[NF_W], K = z, s = z;
+    for (int l = 0; l < NF_W; l++) /* lanes past nr repeat row 0 */
+        x[l] = (const NF_T *)xv[l < nr ? l : 0];
+    if (kind == NF_ROW_LAYER) {
+        for (int l = 0; l < NF_W; l++) {
+            const NF_A k = (NF_A)NF_NAME(shift, NF_TAG)(x[l]);
+            NF_V a = z;
+            for (int64_t j = 0; j < n; j += NF_W)
+                a += NF_NAME(rowvec, NF_TAG)(x[l], j, n, k) - k;
+            K[l] = k, acc[l] = a;
+        }
+        s = K + NF_NAME(vrows, NF_TAG)(acc) / (NF_A)n;
     }
-    const NF_V cs = (c[0] + c[1]) + (c[2] + c[3]), qs = (q[0] + q[1]) + (q[2] + q[3]);
-    NF_A sl[NF_W], cl[NF_W], ql[NF_W];
-    memcpy(sl, &s, sizeof s), memcpy(cl, &cs, sizeof cs), memcpy(ql, &qs, sizeof qs);
+    for (int l = 0; l < NF_W; l++) {
+        NF_V c = z, q = z;
+        for (int64_t j = 0; j < n; j += NF_W) {
+            const NF_V d = NF_NAME(rowvec, NF_TAG)(x[l], j, n, s[l]) - s[l];
+            c += d;
+            q += d * d;
+        }
+        acc[l] = c, sq[l] = q;
+    }
+    const NF_V q = NF_NAME(vrows, NF_TAG)(sq), c = kind == NF_ROW_LAYER ? NF_NAME(vrows, NF_TAG)(acc) : z;
     const double inv_n = 1.0 / (double)n;
-    for (int64_t l = 0; l < nr; l++) {
-        double m, m2;
-        ok[l] = !NF_NAME(scale_up, NF_TAG)(sl[l]) && NF_NAME(pass2_ok, NF_TAG)(ql[l], sl[l], n, 0);
-        NF_NAME(block_out, NF_TAG)(sl[l], kl[l], cl[l], ql[l], 1, inv_n, &m, &m2);
-        mean[l] = (double)kl[l] + m;
-        var[l] = m2 / (double)n;
+    _Static_assert(NF_ROW_BATCH % NF_W == 0, "rowbatch's arrays hold whole tiles");
+    for (int l = 0; l < NF_W; l++) { /* lanes past nr too (copies of row 0): whole vectors downstream */
+        double m = 0, m2 = (double)q[l];
+        if (kind == NF_ROW_LAYER) {
+            ok[l] = !NF_NAME(scale_up, NF_TAG)(s[l]) && NF_NAME(pass2_ok, NF_TAG)(q[l], s[l], n, 0);
+            NF_NAME(block_out, NF_TAG)(s[l], K[l], c[l], q[l], 1, inv_n, &m, &m2);
+            m += (double)K[l];
+        } else {
+            ok[l] = NF_NAME(pass2_ok, NF_TAG)(q[l], 0, n, 0);
+        }
+        mean[l] = m;
+        var[l] = kind == NF_ROW_L2 ? m2 : m2 / (double)n; /* as rowstats */
     }
 }
 
@@ -220,9 +249,9 @@ static void NF_NAME(rowbatch, NF_TAG)(const void *const *xv, void *const *yv, in
 {
     double mean[NF_ROW_BATCH], var[NF_ROW_BATCH], a64[NF_ROW_BATCH];
     int ok[NF_ROW_BATCH] = {0};
-    if (n <= NF_TILE_MAX && sp->kind == NF_ROW_LAYER)
+    if (n <= NF_TILE_MAX)
         for (int64_t i = 0; i < nr; i += NF_W)
-            NF_NAME(rowtile, NF_TAG)(xv + i, nr - i < NF_W ? nr - i : NF_W, n, mean + i, var + i, ok + i);
+            NF_NAME(rowtile, NF_TAG)(xv + i, nr - i < NF_W ? nr - i : NF_W, n, sp->kind, mean + i, var + i, ok + i);
     for (int64_t i = 0; i < nr; i++) {
         if (ok[i])
             continue;
@@ -238,6 +267,63 @@ static void NF_NAME(rowbatch, NF_TAG)(const void *const *xv, void *const *yv, in
         a64[i] = nf_row_scale(var[i], sp);
     for (int64_t i = 0; i < nr; i++)
         NF_NAME(rowout, NF_TAG)((const NF_T *)xv[i], (NF_T *)yv[i], n, mean[i], var[i], a64[i], sp, r0 + i, 0, n);
+}
+
+/* nr <= NF_W short rows (n <= NF_TILE_MAX) with a weight and bias per element (seg 1), rowbatch's steps
+ * each over the whole tile: rowtile's statistics, then the scales and rowout's output, its float
+ * parameters for every row before the first row's output. Rows that need more (not ok, or not rowfits)
+ * go to rowbatch or rowout alone. Inlined where n is a constant, so the rows' loops unroll. */
+static NF_INLINE void NF_NAME(rowshort_tile, NF_TAG)(const void *const *xv, void *const *yv, int64_t nr, int64_t n,
+                                                      const nf_rowspec *sp, int64_t r0)
+{
+    double mean[NF_W], var[NF_W], a64[NF_W];
+    int ok[NF_W], fast[NF_W];
+    NF_A s[NF_W], a[NF_W], cc[NF_W];
+    NF_NAME(rowtile, NF_TAG)(xv, nr, n, sp->kind, mean, var, ok);
+    if (sp->mean)
+        for (int64_t l = 0; l < nr; l++)
+            sp->mean[r0 + l] = mean[l], sp->var[r0 + l] = var[l];
+#pragma omp simd /* vector square roots and divisions: every lane, whole vectors */
+    for (int l = 0; l < NF_W; l++)
+        a64[l] = nf_row_scale(var[l], sp);
+    for (int64_t l = 0; l < nr; l++) {
+        fast[l] = ok[l] && NF_NAME(rowfits, NF_TAG)(var[l], a64[l], n);
+        s[l] = (NF_A)mean[l], a[l] = (NF_A)a64[l], cc[l] = (NF_A)nf_centring(s[l], mean[l], a64[l]);
+    }
+    const NF_A *w = (const NF_A *)sp->weight, *b = (const NF_A *)sp->bias;
+    for (int64_t l = 0; l < nr; l++) {
+        const NF_T *x = (const NF_T *)xv[l];
+        NF_T *y = (NF_T *)yv[l];
+        if (!fast[l]) /* rare */
+            ok[l] ? NF_NAME(rowout, NF_TAG)(x, y, n, mean[l], var[l], a64[l], sp, r0 + l, 0, n)
+                  : NF_NAME(rowbatch, NF_TAG)(xv + l, yv + l, 1, n, sp, r0 + l);
+        else if (w && b) /* constant flags: each call specialised */
+            NF_NAME(rowapply, NF_TAG)(x, y, n, s[l], a[l], cc[l], w, b, 1, 1);
+        else if (w)
+            NF_NAME(rowapply, NF_TAG)(x, y, n, s[l], a[l], cc[l], w, b, 1, 0);
+        else if (b)
+            NF_NAME(rowapply, NF_TAG)(x, y, n, s[l], a[l], cc[l], w, b, 0, 1);
+        else
+            NF_NAME(rowapply, NF_TAG)(x, y, n, s[l], a[l], cc[l], w, b, 0, 0);
+    }
+}
+
+/* rowbatch's rows where short with a weight per element, NF_W at a time, the usual lengths compiled each
+ * for its own. */
+static void NF_NAME(rowshort, NF_TAG)(const void *const *xv, void *const *yv, int64_t nr, int64_t n,
+                                      const nf_rowspec *sp, int64_t r0)
+{
+#define NF_TILES(len)                                                                                      \
+    for (int64_t i = 0; i < nr; i += NF_W)                                                                 \
+        NF_NAME(rowshort_tile, NF_TAG)(xv + i, yv + i, nr - i < NF_W ? nr - i : NF_W, len, sp, r0 + i)
+    switch (n) {
+    case 8: NF_TILES(8); break;
+    case 16: NF_TILES(16); break;
+    case 32: NF_TILES(32); break;
+    case 64: NF_TILES(64); break;
+    default: NF_TILES(n); break;
+    }
+#undef NF_TILES
 }
 
 /* Row r of n > NF_ROW_CHUNK elements, by the nt threads of the current team (t: this one; nt 1: no team),
