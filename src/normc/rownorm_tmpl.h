@@ -226,10 +226,11 @@ static NF_INLINE void NF_NAME(rowtile, NF_TAG)(const void *const *xv, int64_t nr
     const NF_V q = NF_NAME(vrows, NF_TAG)(sq), c = kind == NF_ROW_LAYER ? NF_NAME(vrows, NF_TAG)(acc) : z;
     const double inv_n = 1.0 / (double)n;
     _Static_assert(NF_ROW_BATCH % NF_W == 0, "rowbatch's arrays hold whole tiles");
-    for (int l = 0; l < NF_W; l++) { /* lanes past nr too (copies of row 0): whole vectors downstream */
+#pragma omp simd /* lanes past nr too (copies of row 0): whole vectors here and downstream */
+    for (int l = 0; l < NF_W; l++) {
         double m = 0, m2 = (double)q[l];
         if (kind == NF_ROW_LAYER) {
-            ok[l] = !NF_NAME(scale_up, NF_TAG)(s[l]) && NF_NAME(pass2_ok, NF_TAG)(q[l], s[l], n, 0);
+            ok[l] = !NF_NAME(scale_up, NF_TAG)(s[l]) & NF_NAME(pass2_ok, NF_TAG)(q[l], s[l], n, 0);
             NF_NAME(block_out, NF_TAG)(s[l], K[l], c[l], q[l], 1, inv_n, &m, &m2);
             m += (double)K[l];
         } else {
@@ -269,6 +270,16 @@ static void NF_NAME(rowbatch, NF_TAG)(const void *const *xv, void *const *yv, in
         NF_NAME(rowout, NF_TAG)((const NF_T *)xv[i], (NF_T *)yv[i], n, mean[i], var[i], a64[i], sp, r0 + i, 0, n);
 }
 
+/* rowapply over the rows of a tile with fast[l] set, row l's parameters at [l]. */
+static NF_INLINE void NF_NAME(tileapply, NF_TAG)(const void *const *xv, void *const *yv, int64_t nr, int64_t n,
+                                                  const NF_A *s, const NF_A *a, const NF_A *cc, const int *fast,
+                                                  const NF_A *w, const NF_A *b, int has_w, int has_b)
+{
+    for (int64_t l = 0; l < nr; l++)
+        if (fast[l])
+            NF_NAME(rowapply, NF_TAG)(xv[l], yv[l], n, s[l], a[l], cc[l], w, b, has_w, has_b);
+}
+
 /* nr <= NF_W short rows (n <= NF_TILE_MAX) with a weight and bias per element (seg 1), rowbatch's steps
  * each over the whole tile: rowtile's statistics, then the scales and rowout's output, its float
  * parameters for every row before the first row's output. Rows that need more (not ok, or not rowfits)
@@ -286,26 +297,25 @@ static NF_INLINE void NF_NAME(rowshort_tile, NF_TAG)(const void *const *xv, void
 #pragma omp simd /* vector square roots and divisions: every lane, whole vectors */
     for (int l = 0; l < NF_W; l++)
         a64[l] = nf_row_scale(var[l], sp);
-    for (int64_t l = 0; l < nr; l++) {
-        fast[l] = ok[l] && NF_NAME(rowfits, NF_TAG)(var[l], a64[l], n);
+#pragma omp simd
+    for (int l = 0; l < NF_W; l++) {
+        fast[l] = ok[l] & NF_NAME(rowfits, NF_TAG)(var[l], a64[l], n);
         s[l] = (NF_A)mean[l], a[l] = (NF_A)a64[l], cc[l] = (NF_A)nf_centring(s[l], mean[l], a64[l]);
     }
     const NF_A *w = (const NF_A *)sp->weight, *b = (const NF_A *)sp->bias;
-    for (int64_t l = 0; l < nr; l++) {
-        const NF_T *x = (const NF_T *)xv[l];
-        NF_T *y = (NF_T *)yv[l];
+    /* constant flags: each call specialised */
+    if (w && b)
+        NF_NAME(tileapply, NF_TAG)(xv, yv, nr, n, s, a, cc, fast, w, b, 1, 1);
+    else if (w)
+        NF_NAME(tileapply, NF_TAG)(xv, yv, nr, n, s, a, cc, fast, w, b, 1, 0);
+    else if (b)
+        NF_NAME(tileapply, NF_TAG)(xv, yv, nr, n, s, a, cc, fast, w, b, 0, 1);
+    else
+        NF_NAME(tileapply, NF_TAG)(xv, yv, nr, n, s, a, cc, fast, w, b, 0, 0);
+    for (int64_t l = 0; l < nr; l++)
         if (!fast[l]) /* rare */
-            ok[l] ? NF_NAME(rowout, NF_TAG)(x, y, n, mean[l], var[l], a64[l], sp, r0 + l, 0, n)
+            ok[l] ? NF_NAME(rowout, NF_TAG)(xv[l], yv[l], n, mean[l], var[l], a64[l], sp, r0 + l, 0, n)
                   : NF_NAME(rowbatch, NF_TAG)(xv + l, yv + l, 1, n, sp, r0 + l);
-        else if (w && b) /* constant flags: each call specialised */
-            NF_NAME(rowapply, NF_TAG)(x, y, n, s[l], a[l], cc[l], w, b, 1, 1);
-        else if (w)
-            NF_NAME(rowapply, NF_TAG)(x, y, n, s[l], a[l], cc[l], w, b, 1, 0);
-        else if (b)
-            NF_NAME(rowapply, NF_TAG)(x, y, n, s[l], a[l], cc[l], w, b, 0, 1);
-        else
-            NF_NAME(rowapply, NF_TAG)(x, y, n, s[l], a[l], cc[l], w, b, 0, 0);
-    }
 }
 
 /* rowbatch's rows where short with a weight per element, NF_W at a time, the usual lengths compiled each
