@@ -11,7 +11,6 @@
 #include "each_dtype.h"
 NF_BY_DTYPE(rownorm);
 NF_BY_DTYPE(rowbatch);
-NF_BY_DTYPE(rowshort);
 
 /* Rows [r0, r1) of the plan, in order: each by the nt threads of the team (t: this one) or by one (nt 1),
  * or, where each is one chunk, by one thread in batches. */
@@ -41,7 +40,7 @@ static void nf_rownorm_range(nf_dtype dt, const nf_plan *p, const char *xb, char
                 xs[i] = xb + oi.off * isz;
                 ys[i] = yb + oi.yoff * isz;
             }
-        (p->r2 <= NF_TILE_MAX && sp->seg == 1 ? rowshort_of : rowbatch_of)[dt](xs, ys, nr, p->r2, sp, r);
+        rowbatch_of[dt](xs, ys, nr, p->r2, sp, r);
     }
 }
 

@@ -241,15 +241,27 @@ static NF_INLINE void NF_NAME(rowtile, NF_TAG)(const void *const *xv, int64_t nr
     }
 }
 
+/* rowapply over the rows l < nr with fits[l] set, row l's parameters at [l]. */
+static NF_INLINE void NF_NAME(rowsapply, NF_TAG)(const void *const *xv, void *const *yv, int64_t nr, int64_t n,
+                                                 const NF_A *s, const NF_A *a, const NF_A *cc, const int *fits,
+                                                 const NF_A *w, const NF_A *b, int has_w, int has_b)
+{
+    for (int64_t l = 0; l < nr; l++)
+        if (fits[l])
+            NF_NAME(rowapply, NF_TAG)(xv[l], yv[l], n, s[l], a[l], cc[l], w, b, has_w, has_b);
+}
+
 /* nr <= NF_ROW_BATCH rows of one chunk each, by one thread, each step over all of them before the next,
- * so that the rows' divisions and square roots overlap instead of each row waiting on its own. Layer-norm
- * rows up to NF_TILE_MAX long take their statistics NF_W at a time (rowtile). Row i is at x[i], y[i] and has
- * index r0 + i. */
-static void NF_NAME(rowbatch, NF_TAG)(const void *const *xv, void *const *yv, int64_t nr, int64_t n,
-                                      const nf_rowspec *sp, int64_t r0)
+ * so that the rows' divisions and square roots overlap instead of each row waiting on its own: their
+ * statistics (rows up to NF_TILE_MAX long NF_W at a time, rowtile; the rows it hands back and longer ones
+ * by rowpart), their scales as vectors, then their outputs. Rows with a weight per element (seg 1) take
+ * their float parameters as vectors too and their outputs by rowsapply, as rowout would give them; the
+ * rest go through rowout. Row i is at x[i], y[i] and has index r0 + i. Inlined where n is a constant. */
+static NF_INLINE void NF_NAME(rowbatch_n, NF_TAG)(const void *const *xv, void *const *yv, int64_t nr, int64_t n,
+                                                  const nf_rowspec *sp, int64_t r0)
 {
     double mean[NF_ROW_BATCH], var[NF_ROW_BATCH], a64[NF_ROW_BATCH];
-    int ok[NF_ROW_BATCH] = {0};
+    int ok[NF_ROW_BATCH] = {0}, fits[NF_ROW_BATCH];
     if (n <= NF_TILE_MAX)
         for (int64_t i = 0; i < nr; i += NF_W)
             NF_NAME(rowtile, NF_TAG)(xv + i, nr - i < NF_W ? nr - i : NF_W, n, sp->kind, mean + i, var + i, ok + i);
@@ -264,76 +276,46 @@ static void NF_NAME(rowbatch, NF_TAG)(const void *const *xv, void *const *yv, in
     if (sp->mean)
         for (int64_t i = 0; i < nr; i++)
             sp->mean[r0 + i] = mean[i], sp->var[r0 + i] = var[i];
-    for (int64_t i = 0; i < nr; i++) /* vector square roots and divisions */
-        a64[i] = nf_row_scale(var[i], sp);
+#pragma omp simd /* vector square roots and divisions */
     for (int64_t i = 0; i < nr; i++)
-        NF_NAME(rowout, NF_TAG)((const NF_T *)xv[i], (NF_T *)yv[i], n, mean[i], var[i], a64[i], sp, r0 + i, 0, n);
-}
-
-/* rowapply over the rows of a tile with fast[l] set, row l's parameters at [l]. */
-static NF_INLINE void NF_NAME(tileapply, NF_TAG)(const void *const *xv, void *const *yv, int64_t nr, int64_t n,
-                                                  const NF_A *s, const NF_A *a, const NF_A *cc, const int *fast,
-                                                  const NF_A *w, const NF_A *b, int has_w, int has_b)
-{
-    for (int64_t l = 0; l < nr; l++)
-        if (fast[l])
-            NF_NAME(rowapply, NF_TAG)(xv[l], yv[l], n, s[l], a[l], cc[l], w, b, has_w, has_b);
-}
-
-/* nr <= NF_W short rows (n <= NF_TILE_MAX) with a weight and bias per element (seg 1), rowbatch's steps
- * each over the whole tile: rowtile's statistics, then the scales and rowout's output, its float
- * parameters for every row before the first row's output. Rows that need more (not ok, or not rowfits)
- * go to rowbatch or rowout alone. Inlined where n is a constant, so the rows' loops unroll. */
-static NF_INLINE void NF_NAME(rowshort_tile, NF_TAG)(const void *const *xv, void *const *yv, int64_t nr, int64_t n,
-                                                      const nf_rowspec *sp, int64_t r0)
-{
-    double mean[NF_W], var[NF_W], a64[NF_W];
-    int ok[NF_W], fast[NF_W];
-    NF_A s[NF_W], a[NF_W], cc[NF_W];
-    NF_NAME(rowtile, NF_TAG)(xv, nr, n, sp->kind, mean, var, ok);
-    if (sp->mean)
-        for (int64_t l = 0; l < nr; l++)
-            sp->mean[r0 + l] = mean[l], sp->var[r0 + l] = var[l];
-#pragma omp simd /* vector square roots and divisions: every lane, whole vectors */
-    for (int l = 0; l < NF_W; l++)
-        a64[l] = nf_row_scale(var[l], sp);
+        a64[i] = nf_row_scale(var[i], sp);
+    if (sp->seg > 1) {
+        for (int64_t i = 0; i < nr; i++)
+            NF_NAME(rowout, NF_TAG)(xv[i], yv[i], n, mean[i], var[i], a64[i], sp, r0 + i, 0, n);
+        return;
+    }
+    NF_A s[NF_ROW_BATCH], a[NF_ROW_BATCH], cc[NF_ROW_BATCH];
 #pragma omp simd
-    for (int l = 0; l < NF_W; l++) {
-        fast[l] = ok[l] & NF_NAME(rowfits, NF_TAG)(var[l], a64[l], n);
-        s[l] = (NF_A)mean[l], a[l] = (NF_A)a64[l], cc[l] = (NF_A)nf_centring(s[l], mean[l], a64[l]);
+    for (int64_t i = 0; i < nr; i++) {
+        fits[i] = NF_NAME(rowfits, NF_TAG)(var[i], a64[i], n);
+        s[i] = (NF_A)mean[i], a[i] = (NF_A)a64[i], cc[i] = (NF_A)nf_centring(s[i], mean[i], a64[i]);
     }
     const NF_A *w = (const NF_A *)sp->weight, *b = (const NF_A *)sp->bias;
     /* constant flags: each call specialised */
     if (w && b)
-        NF_NAME(tileapply, NF_TAG)(xv, yv, nr, n, s, a, cc, fast, w, b, 1, 1);
+        NF_NAME(rowsapply, NF_TAG)(xv, yv, nr, n, s, a, cc, fits, w, b, 1, 1);
     else if (w)
-        NF_NAME(tileapply, NF_TAG)(xv, yv, nr, n, s, a, cc, fast, w, b, 1, 0);
+        NF_NAME(rowsapply, NF_TAG)(xv, yv, nr, n, s, a, cc, fits, w, b, 1, 0);
     else if (b)
-        NF_NAME(tileapply, NF_TAG)(xv, yv, nr, n, s, a, cc, fast, w, b, 0, 1);
+        NF_NAME(rowsapply, NF_TAG)(xv, yv, nr, n, s, a, cc, fits, w, b, 0, 1);
     else
-        NF_NAME(tileapply, NF_TAG)(xv, yv, nr, n, s, a, cc, fast, w, b, 0, 0);
-    for (int64_t l = 0; l < nr; l++)
-        if (!fast[l]) /* rare */
-            ok[l] ? NF_NAME(rowout, NF_TAG)(xv[l], yv[l], n, mean[l], var[l], a64[l], sp, r0 + l, 0, n)
-                  : NF_NAME(rowbatch, NF_TAG)(xv + l, yv + l, 1, n, sp, r0 + l);
+        NF_NAME(rowsapply, NF_TAG)(xv, yv, nr, n, s, a, cc, fits, w, b, 0, 0);
+    for (int64_t i = 0; i < nr; i++)
+        if (!fits[i]) /* rare: in double */
+            NF_NAME(rowout, NF_TAG)(xv[i], yv[i], n, mean[i], var[i], a64[i], sp, r0 + i, 0, n);
 }
 
-/* rowbatch's rows where short with a weight per element, NF_W at a time, the usual lengths compiled each
- * for its own. */
-static void NF_NAME(rowshort, NF_TAG)(const void *const *xv, void *const *yv, int64_t nr, int64_t n,
+/* rowbatch_n, the usual short lengths compiled each for its own (their loops unroll). */
+static void NF_NAME(rowbatch, NF_TAG)(const void *const *xv, void *const *yv, int64_t nr, int64_t n,
                                       const nf_rowspec *sp, int64_t r0)
 {
-#define NF_TILES(len)                                                                                      \
-    for (int64_t i = 0; i < nr; i += NF_W)                                                                 \
-        NF_NAME(rowshort_tile, NF_TAG)(xv + i, yv + i, nr - i < NF_W ? nr - i : NF_W, len, sp, r0 + i)
     switch (n) {
-    case 8: NF_TILES(8); break;
-    case 16: NF_TILES(16); break;
-    case 32: NF_TILES(32); break;
-    case 64: NF_TILES(64); break;
-    default: NF_TILES(n); break;
+    case 8: NF_NAME(rowbatch_n, NF_TAG)(xv, yv, nr, 8, sp, r0); break;
+    case 16: NF_NAME(rowbatch_n, NF_TAG)(xv, yv, nr, 16, sp, r0); break;
+    case 32: NF_NAME(rowbatch_n, NF_TAG)(xv, yv, nr, 32, sp, r0); break;
+    case 64: NF_NAME(rowbatch_n, NF_TAG)(xv, yv, nr, 64, sp, r0); break;
+    default: NF_NAME(rowbatch_n, NF_TAG)(xv, yv, nr, n, sp, r0); break;
     }
-#undef NF_TILES
 }
 
 /* Row r of n > NF_ROW_CHUNK elements, by the nt threads of the current team (t: this one; nt 1: no team),
