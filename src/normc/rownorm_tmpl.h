@@ -189,13 +189,13 @@ static NF_INLINE NF_V NF_NAME(rowvec, NF_TAG)(const NF_T *x, int64_t j, int64_t 
 }
 
 /* The statistics of nr <= NF_W short rows (n <= NF_TILE_MAX) at once, as rowstats gives them, into NF_W
- * lanes of mean, var and ok: each row's
- * sums are taken in its vectors' lanes, and the NF_W rows' lanes are then summed together (vrows), so a
- * row of one or two vectors pays a share of one transposition, not horizontal sums of its own. Layer
- * norm: seg's steps (shift K, the mean s of x - K, then the sums of d = x - s and of d^2), with padding
- * lanes that add exact zeros; RMS and L2: the sum of squares. ok[i] is 0 where row i's squares do not hold
- * their digits unscaled (a centre under NF_TINY_CENTRE, or not pass2_ok): the caller redoes that row
- * alone. A row's results depend on its own elements only, not on its lane-mates. */
+ * lanes of mean, var and ok: each row's sums are taken in its vectors' lanes, and the NF_W rows' lanes
+ * are then summed together (vrows), so a row of one or two vectors pays a share of one transposition,
+ * not horizontal sums of its own. Layer norm: seg's steps (shift K, the mean s of x - K, then the sums of
+ * d = x - s and of d^2), with padding lanes that add exact zeros; RMS and L2: the sum of squares. ok[i] is
+ * 0 where row i's squares do not hold their digits unscaled (a centre under NF_TINY_CENTRE, or not
+ * pass2_ok): the caller redoes that row alone. A row's results depend on its own elements only, not on
+ * its lane-mates. */
 static NF_INLINE void NF_NAME(rowtile, NF_TAG)(const void *const *xv, int64_t nr, int64_t n, nf_rowkind kind,
                                                double *mean, double *var, int *ok)
 {
