@@ -505,6 +505,55 @@ def test_channels_spanning_past_float_max_stay_finite(isa, dtype):
         np.testing.assert_allclose(y, want, rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("dtype", HALF_RANGE, ids=dname)
+def test_a_statistic_past_float_range_leaves_the_others_bits(isa, dtype):
+    """One statistic that float cannot apply (values spanning past its largest value, or a zero variance
+    under eps 1e-80, whose scale passes its range) is applied in float64 alone: every other statistic's
+    outputs keep their bytes (the whole call went to float64, moving them by an ulp), in each norm, layer
+    and Dask's batch norm, at 1 and 2 threads. Each case: (call, x, the index of the other statistics'
+    elements)."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((4, 6, 25)).astype(dtype)
+    spans = np.full(25, -1e38)
+    spans[0] = 3.3e38
+
+    def changed(where):
+        y = np.array(x)
+        y[where] = spans[: y[where].shape[-1]].astype(dtype) if y[where].ndim else dtype(3.3e38)
+        return y
+
+    rv = np.ones(6, np.float32)
+    rv0 = np.array(rv)
+    rv0[0] = 0
+    cl = np.ascontiguousarray(np.moveaxis(x, 1, -1))
+    gn_rows = np.ascontiguousarray(x[:, :4, 0])  # (N, C): spatial size 1, two channels per group
+    big_row = np.array(gn_rows)
+    big_row[0, :2] = [3.3e38, -1e38]
+    cases = [  # (call, x, x with one statistic past float's range, the other statistics' elements)
+        (lambda a: normfast.batch_norm(a, training=True), x, changed((slice(None), 0)), np.s_[:, 1:]),
+        (lambda a: normfast.batch_norm(a, training=True, axis=-1), cl,
+         np.ascontiguousarray(np.moveaxis(changed((slice(None), 0)), 1, -1)),
+         np.s_[..., 1:]),
+        (lambda a: normfast.instance_norm(a), x, changed((0, 0)), np.s_[1:]),
+        (lambda a: normfast.group_norm(a, 3), x, changed((0, 0)), np.s_[1:]),
+        (lambda a: normfast.group_norm(a, 2), gn_rows, big_row, np.s_[1:]),
+        (lambda a: normfast.layers.GroupNorm(3, 6)(a), x, changed((0, 0)), np.s_[1:]),
+        (lambda a: normfast.layers.InstanceNorm(6)(a), x, changed((0, 0)), np.s_[1:]),
+        (lambda a: nf_dask.batch_norm(da.from_array(a, chunks=(2, 6, 25)), training=True).compute(), x,
+         changed((slice(None), 0)), np.s_[:, 1:]),
+    ]
+    for threads in (1, 2):
+        with use_threads(threads), np.errstate(over="ignore"):
+            for i, (call, before, after, others) in enumerate(cases):
+                y0, y1 = call(before), call(after)
+                assert np.isfinite(np.asarray(y1, np.float64)).all(), (threads, i)
+                assert y1[others].tobytes() == y0[others].tobytes(), (threads, i)
+            # eval mode: a zero running variance under eps 1e-80 (scale 1e40, past float's range)
+            y0 = normfast.batch_norm(x, np.zeros(6, np.float32), rv, eps=1e-80)
+            y1 = normfast.batch_norm(x, np.zeros(6, np.float32), rv0, eps=1e-80)
+            assert y1[:, 1:].tobytes() == y0[:, 1:].tobytes()
+
+
 def test_l2_of_zero_matches_torch(isa):
     x = np.zeros((2, 4), np.float32)
     w = np.ones((3, 4), np.float32)

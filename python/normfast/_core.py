@@ -33,29 +33,35 @@ def layout(ndim, sizes):
 
 
 def apply_plan(ndim, keep, mean, var, eps, weight, bias, pdt):
-    """The apply pass's arguments after x and before out: (reduce flags, s, a, c) with y = (x - s) * a + c
-    equal to (x - mean) / sqrt(var + eps) * weight + bias. mean and var: contiguous float64 laid out over
-    the `keep` axes of rank-ndim data (size 1 elsewhere), the channel axis the last kept one; weight and
-    bias: None or (C,) vectors of dtype pdt. s is the mean rounded to the compute precision pdt and that
-    rounding is folded into c in float64, so a large mean costs no accuracy. Where a coefficient does not
-    fit float32 (a scale past its range: subnormal data with a tiny eps), the plan is float64's, which
-    run_plan applies to x in float64."""
+    """The apply pass's arguments: (reduce flags, s, a, c, wide) with y = (x - s) * a + c equal to
+    (x - mean) / sqrt(var + eps) * weight + bias. mean and var: contiguous float64 laid out over the `keep`
+    axes of rank-ndim data (size 1 elsewhere), the channel axis the last kept one; weight and bias: None
+    or (C,) vectors of dtype pdt. s is the mean rounded to the compute precision pdt and that rounding is
+    folded into c in float64, so a large mean costs no accuracy. wide is None, or, where some statistics'
+    float32 coefficients do not hold them (a scale past float32's range: subnormal data under a tiny eps;
+    data spanning more than its range), (their float64 plan, the mask of those statistics), which run_plan
+    applies to their elements of x in float64: each statistic's precision follows from its own values."""
     s, a, c = np.empty(mean.shape, pdt), np.empty(mean.shape, pdt), np.empty(mean.shape, pdt)
-    if not _normc.coefficients(mean, var, eps, weight, bias, s, a, c):
-        wide = [None if p is None else p.astype(np.float64) for p in (weight, bias)]
-        return apply_plan(ndim, keep, mean, var, eps, *wide, np.float64)
-    return tuple(i not in keep for i in range(ndim)), s, a, c
+    fit = np.empty(mean.shape, bool)
+    _normc.coefficients(mean, var, eps, weight, bias, s, a, c, fit)
+    flags = tuple(i not in keep for i in range(ndim))
+    if fit.all():
+        return flags, s, a, c, None
+    wide = [None if p is None else p.astype(np.float64) for p in (weight, bias)]
+    return flags, s, a, c, (apply_plan(ndim, keep, mean, var, eps, *wide, np.float64), ~fit)
 
 
 def run_plan(x, code, plan, out, activation):
-    """The apply pass of a plan into out; a float64 plan for narrower x runs on x in float64, rounded
-    once into out."""
-    if plan[1].dtype == np.float64 and x.dtype != np.float64:
+    """The apply pass of a plan into out; the statistics its float32 coefficients do not hold take their
+    elements from x in float64, rounded once into out."""
+    *coefs, wide = plan
+    _normc.apply(x, code, *coefs, out, activation)
+    if wide is not None:
+        plan64, bad = wide
         y = np.empty(x.shape)
-        _normc.apply(x.astype(np.float64), _checks.F64, *plan, y, activation)
-        out[...] = y
-    else:
-        _normc.apply(x, code, *plan, out, activation)
+        _normc.apply(x.astype(np.float64), _checks.F64, *plan64[:4], y, activation)
+        where = np.broadcast_to(bad, x.shape)
+        out[where] = y[where]
     return out
 
 

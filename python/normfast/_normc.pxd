@@ -1,5 +1,5 @@
 # Declarations of the C engine (src/normc/include/normc.h).
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uint8_t
 
 cdef extern from "normc.h" nogil:
     enum: NF_MAXDIM
@@ -84,7 +84,7 @@ cdef extern from "normc.h" nogil:
         void *shift
         void *scale
         void *offset
-    nf_status nf_coefficients(const nf_coefspec *spec, int *fits)
+    nf_status nf_coefficients(const nf_coefspec *spec, uint8_t *fit)
     void nf_centrings(int64_t n, const double *s, const double *mean, const double *a, double *out)
     void nf_set_num_threads(int n)
     int nf_get_num_threads()

@@ -335,17 +335,20 @@ def rownorm_common(x, normalized_shape, weight, bias, eps, out, bint rms):
 
 
 def coefficients(cnp.ndarray mean not None, cnp.ndarray var not None, double eps, weight, bias,
-                 cnp.ndarray shift not None, cnp.ndarray scale not None, cnp.ndarray offset not None):
+                 cnp.ndarray shift not None, cnp.ndarray scale not None, cnp.ndarray offset not None,
+                 cnp.ndarray fit not None):
     """The apply pass's (s, a, c) from statistics (nf_coefficients): a = weight / sqrt(var + eps), s = mean
     rounded to the parameters' dtype, c = bias + (s - mean) * a, which puts that rounding back. mean and var: contiguous
     float64 of M values; weight and bias: None or contiguous vectors of P values in the outputs' dtype,
     statistic i taking entry i % P; shift, scale, offset: contiguous outputs of M values, all float32 or
-    all float64. Returns whether every float32 coefficient kept its value's range (False: a scale or
-    offset past float32's, as subnormal data with a tiny eps gives; the caller then applies in float64)."""
+    all float64; fit: contiguous bool output of M values, False where statistic i's float32 coefficients
+    do not hold it (a scale or offset past float32's range, as subnormal data with a tiny eps gives, or var
+    past 2^200); the caller then applies that statistic in float64."""
     cdef Py_ssize_t m = cnp.PyArray_SIZE(mean), p = 1
     cdef int dt = cnp.NPY_FLOAT64 if cnp.PyArray_TYPE(shift) == cnp.NPY_FLOAT64 else cnp.NPY_FLOAT32
     _flat((mean, var), cnp.NPY_FLOAT64, m, False, "mean and var", False)
     _flat((shift, scale, offset), dt, m, True, "shift, scale and offset", False)
+    _flat((fit,), cnp.NPY_BOOL, m, True, "fit", False)
     for v in (weight, bias):
         if v is not None:
             p = cnp.PyArray_SIZE(<cnp.ndarray>v) if isinstance(v, cnp.ndarray) else 0
@@ -353,14 +356,12 @@ def coefficients(cnp.ndarray mean not None, cnp.ndarray var not None, double eps
                 raise ValueError("normfast: weight and bias must be vectors whose size divides the statistics'")
             _flat((v,), dt, p, False, "weight and bias")
     cdef nf_coefspec spec
-    cdef int fits = 1
     spec.n, spec.period, spec.eps, spec.dtype = m, p, eps, NF_F64 if dt == cnp.NPY_FLOAT64 else NF_F32
     spec.mean = <const double *>cnp.PyArray_DATA(mean)
     spec.var = <const double *>cnp.PyArray_DATA(var)
     spec.weight, spec.bias = _data_or_null(weight), _data_or_null(bias)
     spec.shift, spec.scale, spec.offset = cnp.PyArray_DATA(shift), cnp.PyArray_DATA(scale), cnp.PyArray_DATA(offset)
-    _check(nf_coefficients(&spec, &fits))
-    return bool(fits)
+    _check(nf_coefficients(&spec, <uint8_t *>cnp.PyArray_DATA(fit)))
 
 
 def centrings(s, mean, a):

@@ -14,11 +14,10 @@ static double nf_param(const void *v, nf_dtype dt, int64_t i, double none)
 /* Whether a float64 value that is finite would be finite as a float (NaN passes: NaN either way). */
 static int nf_fits_float(double v) { return !(fabs(v) > FLT_MAX && isfinite(v)); }
 
-nf_status nf_coefficients(const nf_coefspec *sp, int *fits)
+nf_status nf_coefficients(const nf_coefspec *sp, uint8_t *fit)
 {
     if ((sp->dtype != NF_F32 && sp->dtype != NF_F64) || sp->n < 0 || sp->period < 1)
         return NF_EINVAL;
-    int ok = 1;
     for (int64_t i = 0; i < sp->n; i++) {
         const double w = nf_param(sp->weight, sp->dtype, i % sp->period, 1);
         const double b = nf_param(sp->bias, sp->dtype, i % sp->period, 0);
@@ -27,6 +26,7 @@ nf_status nf_coefficients(const nf_coefspec *sp, int *fits)
             ((double *)sp->shift)[i] = sp->mean[i];
             ((double *)sp->scale)[i] = a;
             ((double *)sp->offset)[i] = b; /* s = mean: no rounding to put back */
+            fit[i] = 1;
             continue;
         }
         const float s = (float)sp->mean[i];
@@ -36,10 +36,10 @@ nf_status nf_coefficients(const nf_coefspec *sp, int *fits)
         ((float *)sp->offset)[i] = (float)c;
         /* Float also cannot hold the deviations x - s once they near FLT_MAX (2^128): they stay below
          * sqrt(count * var), under 2^128 for var up to 2^200 unless a statistic counts over 2^56 values.
-         * Past that (data spanning more than float's range), float64. */
-        ok &= nf_fits_float(a) && nf_fits_float(c) && !(sp->var[i] > 0x1p200);
+         * Past that (data spanning more than float's range), float64. Each statistic by its own values,
+         * so that one does not change the others' bits. */
+        fit[i] = nf_fits_float(a) && nf_fits_float(c) && !(sp->var[i] > 0x1p200);
     }
-    *fits = ok;
     return NF_OK;
 }
 

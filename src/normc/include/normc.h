@@ -149,10 +149,11 @@ typedef struct {
     nf_dtype dtype;            /* NF_F32 or NF_F64: the outputs' and parameters' type */
     void *shift, *scale, *offset; /* n values of dtype each */
 } nf_coefspec;
-/* *fits: 0 where a float32 scale or offset left float32's range while finite in float64 (subnormal data
- * under a tiny eps), or where var > 2^200 (data spanning more than float32's range, whose deviations from
- * the mean would overflow); the caller then applies in float64. */
-nf_status nf_coefficients(const nf_coefspec *spec, int *fits);
+/* fit[i] (n entries): 0 where statistic i's float32 scale or offset left float32's range while finite in
+ * float64 (subnormal data under a tiny eps), or where var > 2^200 (data spanning more than float32's
+ * range, whose deviations from the mean would overflow); the caller then applies that statistic's
+ * elements in float64. float64 coefficients always fit. */
+nf_status nf_coefficients(const nf_coefspec *spec, uint8_t *fit);
 
 /* The centring rule elementwise: out = (s - mean) * a, the term that centring on s rather than on the mean
  * adds to an apply pass's offset (y = (x - s) a + b + out equals (x - mean) a + b). All float64. */
