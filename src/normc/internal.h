@@ -140,7 +140,7 @@ static inline void nf_region_end(int64_t t0)
  * thread. */
 #define NF_ROW_CHUNK (16 * NF_BLOCK)
 #define NF_ROW_BATCH 16 /* rows of one chunk taken together (rownorm_tmpl.h's rowbatch) */
-#define NF_TILE_MAX 128 /* rows up to this long: statistics NF_W rows at a time (rowtile) */
+#define NF_TILE_MAX 64  /* rows up to this long: statistics NF_W rows at a time (rowtile) */
 
 /* A row norm's scale from its var: 1 / sqrt(var + eps), or for L2 (var the sum of squares) 1 / max(norm,
  * eps) with a NaN norm staying NaN (fmax would drop it). */
