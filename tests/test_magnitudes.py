@@ -554,6 +554,37 @@ def test_a_statistic_past_float_range_leaves_the_others_bits(isa, dtype):
             assert y1[:, 1:].tobytes() == y0[:, 1:].tobytes()
 
 
+@pytest.mark.parametrize("dtype", HALF_RANGE, ids=dname)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_a_group_past_float_range_leaves_the_others_gradients(isa, dtype, channels_last):
+    """The backward's counterpart (the two-pass path: spatial size under 64, or channels last): a group
+    whose float coefficients do not hold it (values spanning past float's largest value; values at 1e-30
+    under eps 1e-80, whose scale squared passes float's range) takes its gradient in float64 alone, and every other group's grad_x keeps
+    its bytes (the whole call went to float64), in batch, instance and group norm backward, at 1 and 2
+    threads."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((4, 6, 25)).astype(dtype)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    spans = np.full(25, -1e38)
+    spans[0] = 3.3e38
+    big, tiny = np.array(x), np.array(x)
+    big[:, 0], tiny[:, 0] = spans.astype(dtype), (np.asarray(x[:, 0], np.float64) * 1e-30).astype(dtype)
+    lay = (lambda a: np.ascontiguousarray(np.moveaxis(a, 1, -1))) if channels_last else (lambda a: a)
+    axis = -1 if channels_last else 1
+    calls = [  # (gradient of x, the other groups' channels)
+        (lambda a, eps: normfast.batch_norm_backward(lay(dy), lay(a), eps=eps, axis=axis)[0], slice(1, None)),
+        (lambda a, eps: normfast.instance_norm_backward(lay(dy), lay(a), eps=eps, axis=axis)[0], slice(1, None)),
+        (lambda a, eps: normfast.group_norm_backward(lay(dy), lay(a), 3, eps=eps, axis=axis)[0], slice(2, None)),
+    ]
+    for threads in (1, 2):
+        with use_threads(threads), np.errstate(over="ignore"):
+            for i, (call, others) in enumerate(calls):
+                for eps, changed in ((1e-5, big), (1e-80, tiny)):
+                    g0, g1 = (np.moveaxis(call(a, eps), axis, 1) for a in (x, changed))
+                    assert np.isfinite(np.asarray(g1, np.float64)).all(), (threads, i, eps)
+                    assert g1[:, others].tobytes() == g0[:, others].tobytes(), (threads, i, eps)
+
+
 def test_l2_of_zero_matches_torch(isa):
     x = np.zeros((2, 4), np.float32)
     w = np.ones((3, 4), np.float32)

@@ -76,24 +76,35 @@ def _channel_backward(x, dy, code, gx, keep, mean, rstd, weight, bias, activatio
     """grad_x into gx, plus (sum_g, sum_gxhat, gmu, gvar) per F group (float64, F layout): sum_g and
     sum_gxhat are the per-group sums of g and g * xhat, gmu and gvar the gradients with respect to the
     group's normalizing mean and variance. mean and rstd: float64 over the `keep` axes (F layout);
-    weight and bias: None or (C,) vectors of dtype pdt, along the last kept axis."""
+    weight and bias: None or (C,) vectors of dtype pdt, along the last kept axis. The groups whose
+    coefficients pdt cannot hold (_unfit) take their sums and grad_x from x in float64, each group by its
+    own values."""
     c = keep[-1]
     shape = mean.shape
     reduce = tuple(i not in keep for i in range(x.ndim))
     w = 1.0 if weight is None else weight.astype(np.float64).reshape(_core.layout(x.ndim, {c: x.shape[c]}))
     b = 0.0 if bias is None else bias.astype(np.float64).reshape(_core.layout(x.ndim, {c: x.shape[c]}))
-    # The forward's apply parameters, z = (x - s) * a + c1, by the engine's centring rule: s is the mean
-    # rounded to pdt and c1 puts that rounding back (x - mean = (x - s) + dm).
-    s = mean.astype(pdt)
-    dm = s.astype(np.float64) - mean
-    a64 = w * rstd
-    c1 = b + _normc.centrings(s, mean, np.broadcast_to(a64, shape))
-    if not _fit(pdt, a64, c1):
-        return _in_float64(x, dy, gx, keep, mean, rstd, weight, bias, activation, terms)
-    params = [s, np.broadcast_to(a64, shape).astype(pdt), np.broadcast_to(c1, shape).astype(pdt)]
-    sum_g, sum_gd = np.empty(shape), np.empty(shape)
-    _normc.grad_sums(x, dy, code, reduce, *params, activation, sum_g, sum_gd)
-    sum_gmu = sum_gd + dm * sum_g  # sum of g * (x - mean)
+    wide = _Wide(x, dy)
+    P = np.broadcast_to(w * rstd, shape)
+
+    # Each pass in precision p over x in it, `bad` the groups already known not to fit p.
+    def sums(p, xp, dyp, codep, bad):
+        # The forward's apply parameters, z = (x - s) * a + c1, by the engine's centring rule: s is the
+        # mean rounded to p and c1 puts that rounding back (x - mean = (x - s) + dm).
+        s = mean.astype(p)
+        c1 = b + _normc.centrings(s, mean, P)
+        # Float also cannot hold the deviations x - s of data spanning past its range: the forward's rule
+        # (coef.c), var > 2^200, is rstd < 2^-100.
+        bad = bad | _unfit(p, P, c1) | ((p != np.float64) & np.broadcast_to(rstd < 2.0**-100, shape))
+        sum_g, sum_gd = np.empty(shape), np.empty(shape)
+        _normc.grad_sums(xp, dyp, codep, reduce, s, *_held(p, bad, P, c1), activation, sum_g, sum_gd)
+        return sum_g, sum_gd + (s.astype(np.float64) - mean) * sum_g, bad  # sum of g * (x - mean)
+
+    none = np.zeros(shape, bool)
+    sum_g, sum_gmu, bad = sums(pdt, x, dy, code, none)
+    if bad.any():
+        g64, gmu64, _ = sums(np.float64, *wide.arrays(), none)
+        sum_g, sum_gmu = np.where(bad, g64, sum_g), np.where(bad, gmu64, sum_gmu)
     gmu = -w * rstd * sum_g
     gvar = -0.5 * w * rstd * (rstd * (rstd * sum_gmu))  # rstd * sum_gmu first: rstd^3 alone over/underflows
     # Each term t adds wm_t * pool(gmu) / count_t + q_t * (x - mu_t), q_t = 2 wv_t pool(gvar) / count_t.
@@ -106,46 +117,63 @@ def _channel_backward(x, dy, code, gx, keep, mean, rstd, weight, bias, activatio
     # q_t nearly cancel, the mean itself.
     qmu = sum(qt * t.mu for qt, t in zip(q, pooled))
     weighted = np.abs(Q) >= 0.5 * sum(np.abs(qt) for qt in q) if q else np.zeros(shape, bool)
-    s2 = np.where(weighted & (Q != 0), np.divide(qmu, Q, out=np.zeros(shape), where=Q != 0), mean).astype(pdt)
-    R = R + sum(qt * (s2.astype(np.float64) - t.mu) for qt, t in zip(q, pooled))
-    # grad_x = P * (g - M) + Q * (x - s2) + R': M, R's cancelling part, is subtracted from g before
-    # scaling, so that a constant grad_out gives 0 to the rounding of the mean, not of P * grad_out;
-    # rounding M goes back into R'. z keeps its value with s2 as its shift.
-    P, R = (np.broadcast_to(v, shape) for v in (a64, R))
-    M = np.divide(-R, P, out=np.zeros(shape), where=P != 0).astype(pdt)
-    c2, R2 = b + _normc.centrings(s2, mean, P), R + P * M
-    if not _fit(pdt, c2, Q, R2):
-        return _in_float64(x, dy, gx, keep, mean, rstd, weight, bias, activation, terms)
-    params = [s2, params[1], np.broadcast_to(c2, shape).astype(pdt), P.astype(pdt), M, Q.astype(pdt), R2.astype(pdt)]
-    _normc.grad_apply(x, dy, code, reduce, tuple(params), gx, activation)
+    centre = np.where(weighted & (Q != 0), np.divide(qmu, Q, out=np.zeros(shape), where=Q != 0), mean)
+
+    def apply(p, xp, dyp, codep, gp, bad):
+        s2 = centre.astype(p)
+        Rp = R + sum(qt * (s2.astype(np.float64) - t.mu) for qt, t in zip(q, pooled))
+        # grad_x = P * (g - M) + Q * (x - s2) + R': M, R's cancelling part, is subtracted from g before
+        # scaling, so that a constant grad_out gives 0 to the rounding of the mean, not of P * grad_out;
+        # rounding M goes back into R'. z keeps its value with s2 as its shift.
+        M = np.divide(-Rp, P, out=np.zeros(shape), where=P != 0).astype(p)
+        c2, R2 = b + _normc.centrings(s2, mean, P), Rp + P * M
+        bad = bad | _unfit(p, c2, Q, R2)
+        a, c2, M, Q2, R2 = _held(p, bad, P, c2, M, Q, R2)
+        _normc.grad_apply(xp, dyp, codep, reduce, (s2, a, c2, a, M, Q2, R2), gp, activation)
+        return bad
+
+    bad = apply(pdt, x, dy, code, gx, bad)
+    if bad.any():
+        g64 = np.empty(x.shape)
+        apply(np.float64, *wide.arrays(), g64, none)
+        where = np.broadcast_to(bad, x.shape)
+        gx[where] = g64[where]
     return sum_g, rstd * sum_gmu, gmu, gvar
 
 
 _F32 = np.finfo(np.float32)
 
 
-def _fit(pdt, *coefficients):
-    """Whether float64 coefficients keep their value in pdt: float32 ones past its range (rstd^2 of
-    subnormal data under a tiny eps) would be infinite, and nonzero ones below its normal range (rstd^2
-    of data at 1e25) would lose their digits or vanish. NaN passes: the gradient is NaN either way."""
-    if pdt == np.float64:
-        return True
-    for v in coefficients:
-        a = np.abs(v)
-        if np.any(a > _F32.max) or np.any((a < _F32.smallest_normal) & (a != 0)):
-            return False
-    return True
+def _unfit(pdt, *coefficients):
+    """Mask of the groups whose float64 coefficients do not keep their value in pdt: float32 ones past its
+    range (rstd^2 of subnormal data under a tiny eps) would be infinite, and nonzero ones below its normal
+    range (rstd^2 of data at 1e25) would lose their digits or vanish. NaN passes: the gradient is NaN
+    either way. Coefficients broadcast to the groups' shape (the first one's)."""
+    shape = np.shape(coefficients[0])
+    bad = np.zeros(shape, bool)
+    if pdt != np.float64:
+        for v in coefficients:
+            a = np.abs(v)
+            bad |= np.broadcast_to((a > _F32.max) | ((a < _F32.smallest_normal) & (a != 0)), shape)
+    return bad
 
 
-def _in_float64(x, dy, gx, keep, mean, rstd, weight, bias, activation, terms):
-    """_channel_backward of narrower data in float64, rounded once into gx: where its coefficients do
-    not fit float32."""
-    g64 = np.empty(x.shape)
-    wide = [None if p is None else p.astype(np.float64) for p in (weight, bias)]
-    sums = _channel_backward(x.astype(np.float64), dy.astype(np.float64), _checks.F64, g64, keep, mean, rstd,
-                             *wide, activation, terms, np.float64)
-    gx[...] = g64
-    return sums
+def _held(pdt, bad, *coefficients):
+    """The coefficients as contiguous pdt arrays of bad's shape, 0 for the bad groups (their values would
+    overflow pdt; those groups are redone in float64)."""
+    return [np.where(bad, 0, np.broadcast_to(v, bad.shape)).astype(pdt) for v in coefficients]
+
+
+class _Wide:
+    """x and grad_out in float64 for the groups redone there, converted once, when first needed."""
+
+    def __init__(self, x, dy):
+        self._x, self._dy, self._pair = x, dy, None
+
+    def arrays(self):
+        if self._pair is None:
+            self._pair = (self._x.astype(np.float64), self._dy.astype(np.float64), _checks.F64)
+        return self._pair
 
 
 # Channels-first data keeps each group of batch, instance and group norm in contiguous segments of the
