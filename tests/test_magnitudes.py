@@ -585,6 +585,42 @@ def test_a_group_past_float_range_leaves_the_others_gradients(isa, dtype, channe
                     assert g1[:, others].tobytes() == g0[:, others].tobytes(), (threads, i, eps)
 
 
+@pytest.mark.parametrize("dtype", HALF_RANGE, ids=dname)
+@pytest.mark.parametrize("activation", [None, "relu"])
+def test_backward_of_data_spanning_past_float_max(isa, dtype, activation):
+    """Channels and rows whose values span more than float's largest value (x - mean overflows float) in
+    the fused backward kernels (channels-first segments of 100, layer and RMS rows): finite gradients, the
+    float64 values PyTorch gives (they were inf or NaN)."""
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((4, 6, 100)).astype(dtype)
+    x[:, 0] = np.where(np.arange(100) == 0, 3.3e38, -1e38).astype(dtype)
+    x[1, 3] = np.where(np.arange(100) == 5, -3.3e38, 1e38).astype(dtype)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    xt = torch.tensor(np.asarray(x, np.float64), requires_grad=True)
+    act = (lambda t: t) if activation is None else torch.relu
+    F = torch.nn.functional
+    cases = [
+        (normfast.batch_norm_backward(dy, x, activation=activation),
+         lambda t: act(F.batch_norm(t, None, None, training=True))),
+        (normfast.instance_norm_backward(dy, x, activation=activation), lambda t: act(F.instance_norm(t))),
+        (normfast.group_norm_backward(dy, x, 3, activation=activation), lambda t: act(F.group_norm(t, 3))),
+    ]
+    if activation is None:
+        cases += [(normfast.layer_norm_backward(dy, x, 100), lambda t: F.layer_norm(t, (100,))),
+                  (normfast.rms_norm_backward(dy, x, 100, eps=1e-6), lambda t: F.rms_norm(t, (100,), eps=1e-6))]
+    tol = 2e-2 if dtype == ml_dtypes.bfloat16 else 1e-5
+    for got, theirs in cases:
+        gx = np.asarray(got[0] if isinstance(got, tuple) else got, np.float64)
+        xt.grad = None
+        theirs(xt).backward(torch.tensor(np.asarray(dy, np.float64)))
+        want = xt.grad.numpy()
+        assert np.isfinite(gx).all()
+        scale = np.abs(want).max(axis=-1, keepdims=True)  # each row's own magnitude: 1e-38 for the spans
+        # ... whose gradients are subnormal in float: two of its subnormal steps on top
+        bound = tol * scale + 2 * float(ml_dtypes.finfo(dtype).smallest_subnormal)
+        np.testing.assert_array_less(np.abs(gx - want), np.broadcast_to(bound, gx.shape))
+
+
 def test_l2_of_zero_matches_torch(isa):
     x = np.zeros((2, 4), np.float32)
     w = np.ones((3, 4), np.float32)

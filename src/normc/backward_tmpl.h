@@ -24,6 +24,10 @@ static NF_INLINE int NF_NAME(coef_fit, NF_TAG)(double rs, double q, double r)
            (rs * rs >= 0x1p-126 && rs * rs <= 0x1p127 && fabs(q) <= 0x1p127 && fabs(r) <= 0x1p127);
 }
 
+/* Whether a row's data spans past float's range (var > 2^200, the forward's rule in coef.c): x - s then
+ * overflows float, so the row's sums and gradient are taken in double from the start. */
+static NF_INLINE int NF_NAME(spans, NF_TAG)(double rs) { return sizeof(NF_A) < sizeof(double) && rs < 0x1p-100; }
+
 /* act'(z). */
 static NF_INLINE NF_A NF_NAME(dact, NF_TAG)(NF_A z, int act)
 {
@@ -222,18 +226,26 @@ static void NF_NAME(seggrad_row, NF_TAG)(const void *xv, const void *dyv, void *
     }
     const NF_A s = (NF_A)mu;
     const double dm = (double)s - mu;
-    double w[NF_KTILE], sg[NF_KTILE], sd[NF_KTILE];
+    double w[NF_KTILE], b[NF_KTILE], sg[NF_KTILE], sd[NF_KTILE];
     NF_A a[NF_KTILE], c[NF_KTILE];
     for (int64_t k = 0; k < S; k++) {
         w[k] = sp->weight ? (double)((const NF_A *)sp->weight)[first + k] : 1;
-        const double b = sp->bias ? (double)((const NF_A *)sp->bias)[first + k] : 0;
+        b[k] = sp->bias ? (double)((const NF_A *)sp->bias)[first + k] : 0;
         a[k] = (NF_A)(w[k] * rs);
-        c[k] = (NF_A)(b + nf_centring(s, mu, w[k] * rs));
+        c[k] = (NF_A)(b[k] + nf_centring(s, mu, w[k] * rs));
         sg[k] = sd[k] = 0;
     }
+    const int wide = NF_NAME(spans, NF_TAG)(rs);
     for (int64_t j = 0; j < sp->nseg; j++) {
         const int64_t k = j % S, at = base + j * sp->seg_stride;
-        NF_BY_ACT(sp->act, NF_NAME(red_seg, NF_TAG), x + at, dy + at, 1, L, s, a[k], c[k], &sg[k], &sd[k]);
+        if (wide) /* rare: g * (x - mean) in double */
+            for (int64_t i = 0; i < L; i++) {
+                const double u = (double)NF_LOAD(x[at + i]) - mu;
+                const double g = (double)NF_LOAD(dy[at + i]) * NF_NAME(dact, NF_TAG)((NF_A)(u * w[k] * rs + b[k]), sp->act);
+                sg[k] += g, sd[k] += g * (u - dm);
+            }
+        else
+            NF_BY_ACT(sp->act, NF_NAME(red_seg, NF_TAG), x + at, dy + at, 1, L, s, a[k], c[k], &sg[k], &sd[k]);
     }
     /* The gradients with respect to the group's mean and variance, each slot's share summed. */
     double gmu = 0, gvar = 0;
@@ -249,9 +261,9 @@ static void NF_NAME(seggrad_row, NF_TAG)(const void *xv, const void *dyv, void *
         for (int64_t j = 0; j < sp->nseg; j++) {
             const int64_t k = j % S, at = base + j * sp->seg_stride;
             for (int64_t i = 0; i < L; i++) {
-                const NF_A u = NF_LOAD(x[at + i]) - s;
-                const NF_A g = NF_LOAD(dy[at + i]) * NF_NAME(dact, NF_TAG)(u * a[k] + c[k], sp->act);
-                gx[at + i] = NF_STORE((NF_A)(w[k] * rs * (double)g + q * ((double)u + dm) + gmu / n));
+                const double u = (double)NF_LOAD(x[at + i]) - mu; /* x - mean: in float it may overflow */
+                const NF_A g = NF_LOAD(dy[at + i]) * NF_NAME(dact, NF_TAG)((NF_A)(u * w[k] * rs + b[k]), sp->act);
+                gx[at + i] = NF_STORE((NF_A)(w[k] * rs * (double)g + q * u + gmu / n));
             }
         }
         return;
@@ -281,7 +293,12 @@ static NF_INLINE void NF_NAME(rowgrad_body, NF_TAG)(const NF_T *x, const NF_T *d
         const double mu = sp->mean ? sp->mean[row] : 0, rs = sp->rstd[row];
         const NF_A s = (NF_A)mu;
         double sg = 0, sd = 0;
-        for (int64_t b = 0; b < n; b += NF_BLOCK) {
+        const int wide = NF_NAME(spans, NF_TAG)(rs);
+        for (int64_t j = 0; wide && j < n; j++) { /* rare: g * (x - s) in double, x - s past float's range */
+            const double g = (double)NF_LOAD(dr[j]) * (has_w ? w[j] : 1);
+            sg += g, sd += g * ((double)NF_LOAD(xr[j]) - (double)s);
+        }
+        for (int64_t b = 0; !wide && b < n; b += NF_BLOCK) {
             const int64_t e = n - b < NF_BLOCK ? n : b + NF_BLOCK;
             NF_A tg = 0, td = 0;
             int64_t j = b;
@@ -310,8 +327,8 @@ static NF_INLINE void NF_NAME(rowgrad_body, NF_TAG)(const NF_T *x, const NF_T *d
         if (!NF_NAME(coef_fit, NF_TAG)(rs, rs * (rs * k2), rs * k1 + rs * (rs * k2) * dm)) {
             /* rare: gx = rs (g - k1) - rs^2 k2 (x - mean) in double */
             for (int64_t j = 0; j < n; j++) {
-                const NF_A d = NF_LOAD(dr[j]), u = NF_LOAD(xr[j]) - s;
-                const double xm = (double)u + dm;
+                const NF_A d = NF_LOAD(dr[j]);
+                const double xm = (double)NF_LOAD(xr[j]) - mu; /* x - mean: in float it may overflow */
                 yr[j] = NF_STORE((NF_A)(rs * ((double)(has_w ? d * w[j] : d) - k1) - rs * (rs * k2) * xm));
                 if (want) {
                     gw[j] += (NF_A)((double)d * xm * rs);
