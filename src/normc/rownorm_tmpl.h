@@ -120,6 +120,31 @@ static NF_INLINE void NF_NAME(rowpart, NF_TAG)(const NF_T *x, int64_t c0, int64_
     }
 }
 
+/* rowapply over the rows l < nr with fits[l] set, row l's parameters at [l]; w and b NULL where absent. */
+static NF_INLINE void NF_NAME(rows_wb, NF_TAG)(const void *const *xv, void *const *yv, int64_t nr, int64_t n,
+                                               const NF_A *s, const NF_A *a, const NF_A *cc, const int *fits,
+                                               const NF_A *w, const NF_A *b, int has_w, int has_b)
+{
+    for (int64_t l = 0; l < nr; l++)
+        if (fits[l])
+            NF_NAME(rowapply, NF_TAG)(xv[l], yv[l], n, s[l], a[l], cc[l], w, b, has_w, has_b);
+}
+
+static NF_INLINE void NF_NAME(rowsapply, NF_TAG)(const void *const *xv, void *const *yv, int64_t nr, int64_t n,
+                                                 const NF_A *s, const NF_A *a, const NF_A *cc, const int *fits,
+                                                 const NF_A *w, const NF_A *b)
+{
+    /* Constant flags: each call below is specialised, so absent parameters cost nothing per element. */
+    if (w && b)
+        NF_NAME(rows_wb, NF_TAG)(xv, yv, nr, n, s, a, cc, fits, w, b, 1, 1);
+    else if (w)
+        NF_NAME(rows_wb, NF_TAG)(xv, yv, nr, n, s, a, cc, fits, w, b, 1, 0);
+    else if (b)
+        NF_NAME(rows_wb, NF_TAG)(xv, yv, nr, n, s, a, cc, fits, w, b, 0, 1);
+    else
+        NF_NAME(rows_wb, NF_TAG)(xv, yv, nr, n, s, a, cc, fits, w, b, 0, 0);
+}
+
 /* Whether a row of n elements with variance var and scale a64 is normalized in NF_A: float cannot hold a
  * scale outside its normal range (a tiny eps over a row of zeros: 0 * inf), nor deviations from the mean
  * once n * var, which bounds their squares, nears its largest square. */
@@ -149,17 +174,10 @@ static NF_INLINE void NF_NAME(rowout, NF_TAG)(const NF_T *x, NF_T *y, int64_t n,
         }
         return;
     }
-    x += j0, y += j0, n = j1 - j0;
-    w = w ? w + j0 : w, b = b ? b + j0 : b;
-    /* Constant flags: each call below is specialised, so absent parameters cost nothing per element. */
-    if (w && b)
-        NF_NAME(rowapply, NF_TAG)(x, y, n, s, a, cc, w, b, 1, 1);
-    else if (w)
-        NF_NAME(rowapply, NF_TAG)(x, y, n, s, a, cc, w, b, 1, 0);
-    else if (b)
-        NF_NAME(rowapply, NF_TAG)(x, y, n, s, a, cc, w, b, 0, 1);
-    else
-        NF_NAME(rowapply, NF_TAG)(x, y, n, s, a, cc, w, b, 0, 0);
+    const void *xs = x + j0;
+    void *ys = y + j0;
+    const int fits = 1;
+    NF_NAME(rowsapply, NF_TAG)(&xs, &ys, 1, j1 - j0, &s, &a, &cc, &fits, w ? w + j0 : w, b ? b + j0 : b);
 }
 
 /* A row's statistics from its chunks' (parts[0..nch)), merged in chunk order whoever computed them. */
@@ -241,16 +259,6 @@ static NF_INLINE void NF_NAME(rowtile, NF_TAG)(const void *const *xv, int64_t nr
     }
 }
 
-/* rowapply over the rows l < nr with fits[l] set, row l's parameters at [l]. */
-static NF_INLINE void NF_NAME(rowsapply, NF_TAG)(const void *const *xv, void *const *yv, int64_t nr, int64_t n,
-                                                 const NF_A *s, const NF_A *a, const NF_A *cc, const int *fits,
-                                                 const NF_A *w, const NF_A *b, int has_w, int has_b)
-{
-    for (int64_t l = 0; l < nr; l++)
-        if (fits[l])
-            NF_NAME(rowapply, NF_TAG)(xv[l], yv[l], n, s[l], a[l], cc[l], w, b, has_w, has_b);
-}
-
 /* nr <= NF_ROW_BATCH rows of one chunk each, by one thread, each step over all of them before the next,
  * so that the rows' divisions and square roots overlap instead of each row waiting on its own: their
  * statistics (rows up to NF_TILE_MAX long NF_W at a time, rowtile; the rows it hands back and longer ones
@@ -290,16 +298,7 @@ static NF_INLINE void NF_NAME(rowbatch_n, NF_TAG)(const void *const *xv, void *c
         fits[i] = NF_NAME(rowfits, NF_TAG)(var[i], a64[i], n);
         s[i] = (NF_A)mean[i], a[i] = (NF_A)a64[i], cc[i] = (NF_A)nf_centring(s[i], mean[i], a64[i]);
     }
-    const NF_A *w = (const NF_A *)sp->weight, *b = (const NF_A *)sp->bias;
-    /* constant flags: each call specialised */
-    if (w && b)
-        NF_NAME(rowsapply, NF_TAG)(xv, yv, nr, n, s, a, cc, fits, w, b, 1, 1);
-    else if (w)
-        NF_NAME(rowsapply, NF_TAG)(xv, yv, nr, n, s, a, cc, fits, w, b, 1, 0);
-    else if (b)
-        NF_NAME(rowsapply, NF_TAG)(xv, yv, nr, n, s, a, cc, fits, w, b, 0, 1);
-    else
-        NF_NAME(rowsapply, NF_TAG)(xv, yv, nr, n, s, a, cc, fits, w, b, 0, 0);
+    NF_NAME(rowsapply, NF_TAG)(xv, yv, nr, n, s, a, cc, fits, (const NF_A *)sp->weight, (const NF_A *)sp->bias);
     for (int64_t i = 0; i < nr; i++)
         if (!fits[i]) /* rare: in double */
             NF_NAME(rowout, NF_TAG)(xv[i], yv[i], n, mean[i], var[i], a64[i], sp, r0 + i, 0, n);
