@@ -10,6 +10,7 @@ cnp.import_array()
 
 ISA_NAMES = tuple(nf_isa_name(<nf_isa>i).decode() for i in range(NF_ISA_COUNT))
 MAX_SLOTS = NF_MAX_SLOTS
+SPAN_RSTD = NF_SPAN_RSTD  # rstd under it: data spanning past float32's range (normc.h)
 DTYPE_CODES = {"float32": NF_F32, "float64": NF_F64, "float16": NF_F16, "bfloat16": NF_BF16}
 
 

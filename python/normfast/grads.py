@@ -10,6 +10,7 @@ grad_x = P * (g - M) + Q * (x - mean) + R with P, M, Q and R per F group. The me
 of one or more "terms" (one for batch, instance and group norm, three blended ones for switchable norm),
 each a mean and variance over some pooling of F groups; a term's gradient flows back into x through
 both. Layer and RMS norm run a fused row kernel instead."""
+import functools
 import math
 from typing import Callable, NamedTuple
 
@@ -84,7 +85,8 @@ def _channel_backward(x, dy, code, gx, keep, mean, rstd, weight, bias, activatio
     reduce = tuple(i not in keep for i in range(x.ndim))
     w = 1.0 if weight is None else weight.astype(np.float64).reshape(_core.layout(x.ndim, {c: x.shape[c]}))
     b = 0.0 if bias is None else bias.astype(np.float64).reshape(_core.layout(x.ndim, {c: x.shape[c]}))
-    wide = _Wide(x, dy)
+    # x and grad_out in float64 for the groups redone there: converted once, when first needed
+    wide = functools.cache(lambda: (x.astype(np.float64), dy.astype(np.float64), _checks.F64))
     P = np.broadcast_to(w * rstd, shape)
 
     # Each pass in precision p over x in it, `bad` the groups already known not to fit p.
@@ -93,9 +95,8 @@ def _channel_backward(x, dy, code, gx, keep, mean, rstd, weight, bias, activatio
         # mean rounded to p and c1 puts that rounding back (x - mean = (x - s) + dm).
         s = mean.astype(p)
         c1 = b + _normc.centrings(s, mean, P)
-        # Float also cannot hold the deviations x - s of data spanning past its range: the forward's rule
-        # (coef.c), var > 2^200, is rstd < 2^-100.
-        bad = bad | _unfit(p, P, c1) | ((p != np.float64) & np.broadcast_to(rstd < 2.0**-100, shape))
+        # Float also cannot hold the deviations x - s of data spanning past its range (normc.h's rule).
+        bad = bad | _unfit(p, P, c1) | ((p != np.float64) & np.broadcast_to(rstd < _normc.SPAN_RSTD, shape))
         sum_g, sum_gd = np.empty(shape), np.empty(shape)
         _normc.grad_sums(xp, dyp, codep, reduce, s, *_held(p, bad, P, c1), activation, sum_g, sum_gd)
         return sum_g, sum_gd + (s.astype(np.float64) - mean) * sum_g, bad  # sum of g * (x - mean)
@@ -103,7 +104,7 @@ def _channel_backward(x, dy, code, gx, keep, mean, rstd, weight, bias, activatio
     none = np.zeros(shape, bool)
     sum_g, sum_gmu, bad = sums(pdt, x, dy, code, none)
     if bad.any():
-        g64, gmu64, _ = sums(np.float64, *wide.arrays(), none)
+        g64, gmu64, _ = sums(np.float64, *wide(), none)
         sum_g, sum_gmu = np.where(bad, g64, sum_g), np.where(bad, gmu64, sum_gmu)
     gmu = -w * rstd * sum_g
     gvar = -0.5 * w * rstd * (rstd * (rstd * sum_gmu))  # rstd * sum_gmu first: rstd^3 alone over/underflows
@@ -135,7 +136,7 @@ def _channel_backward(x, dy, code, gx, keep, mean, rstd, weight, bias, activatio
     bad = apply(pdt, x, dy, code, gx, bad)
     if bad.any():
         g64 = np.empty(x.shape)
-        apply(np.float64, *wide.arrays(), g64, none)
+        apply(np.float64, *wide(), g64, none)
         where = np.broadcast_to(bad, x.shape)
         gx[where] = g64[where]
     return sum_g, rstd * sum_gmu, gmu, gvar
@@ -162,18 +163,6 @@ def _held(pdt, bad, *coefficients):
     """The coefficients as contiguous pdt arrays of bad's shape, 0 for the bad groups (their values would
     overflow pdt; those groups are redone in float64)."""
     return [np.where(bad, 0, np.broadcast_to(v, bad.shape)).astype(pdt) for v in coefficients]
-
-
-class _Wide:
-    """x and grad_out in float64 for the groups redone there, converted once, when first needed."""
-
-    def __init__(self, x, dy):
-        self._x, self._dy, self._pair = x, dy, None
-
-    def arrays(self):
-        if self._pair is None:
-            self._pair = (self._x.astype(np.float64), self._dy.astype(np.float64), _checks.F64)
-        return self._pair
 
 
 # Channels-first data keeps each group of batch, instance and group norm in contiguous segments of the

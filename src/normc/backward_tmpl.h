@@ -24,9 +24,9 @@ static NF_INLINE int NF_NAME(coef_fit, NF_TAG)(double rs, double q, double r)
            (rs * rs >= 0x1p-126 && rs * rs <= 0x1p127 && fabs(q) <= 0x1p127 && fabs(r) <= 0x1p127);
 }
 
-/* Whether a row's data spans past float's range (var > 2^200, the forward's rule in coef.c): x - s then
- * overflows float, so the row's sums and gradient are taken in double from the start. */
-static NF_INLINE int NF_NAME(spans, NF_TAG)(double rs) { return sizeof(NF_A) < sizeof(double) && rs < 0x1p-100; }
+/* Whether a row's data spans past float's range (normc.h's NF_SPAN_RSTD): x - s then overflows float, so
+ * the row's sums and gradient are taken in double from the start. */
+static NF_INLINE int NF_NAME(spans, NF_TAG)(double rs) { return sizeof(NF_A) < sizeof(double) && rs < NF_SPAN_RSTD; }
 
 /* act'(z). */
 static NF_INLINE NF_A NF_NAME(dact, NF_TAG)(NF_A z, int act)

@@ -35,10 +35,10 @@ nf_status nf_coefficients(const nf_coefspec *sp, uint8_t *fit)
         ((float *)sp->scale)[i] = (float)a;
         ((float *)sp->offset)[i] = (float)c;
         /* Float also cannot hold the deviations x - s once they near FLT_MAX (2^128): they stay below
-         * sqrt(count * var), under 2^128 for var up to 2^200 unless a statistic counts over 2^56 values.
-         * Past that (data spanning more than float's range), float64. Each statistic by its own values,
-         * so that one does not change the others' bits. */
-        fit[i] = nf_fits_float(a) && nf_fits_float(c) && !(sp->var[i] > 0x1p200);
+         * sqrt(count * var), under 2^128 for var up to NF_SPAN_VAR (2^200) unless a statistic counts over
+         * 2^56 values. Past that (data spanning more than float's range), float64. Each statistic by its
+         * own values, so that one does not change the others' bits. */
+        fit[i] = nf_fits_float(a) && nf_fits_float(c) && !(sp->var[i] > NF_SPAN_VAR);
     }
     return NF_OK;
 }

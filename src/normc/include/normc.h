@@ -149,6 +149,11 @@ typedef struct {
     nf_dtype dtype;            /* NF_F32 or NF_F64: the outputs' and parameters' type */
     void *shift, *scale, *offset; /* n values of dtype each */
 } nf_coefspec;
+/* Data spanning past float32's range: a statistic with var over NF_SPAN_VAR (rstd under NF_SPAN_RSTD, its
+ * inverse square root) has deviations from its mean, up to sqrt(count * var), that float32 cannot hold;
+ * the forward applies it, and the backwards differentiate it, in float64. */
+#define NF_SPAN_VAR 0x1p200
+#define NF_SPAN_RSTD 0x1p-100
 /* fit[i] (n entries): 0 where statistic i's float32 scale or offset left float32's range while finite in
  * float64 (subnormal data under a tiny eps), or where var > 2^200 (data spanning more than float32's
  * range, whose deviations from the mean would overflow); the caller then applies that statistic's
