@@ -510,7 +510,7 @@ def test_a_statistic_past_float_range_leaves_the_others_bits(isa, dtype):
     """One statistic that float cannot apply (values spanning past its largest value, or a zero variance
     under eps 1e-80, whose scale passes its range) is applied in float64 alone: every other statistic's
     outputs keep their bytes (the whole call went to float64, moving them by an ulp), in each norm, layer
-    and Dask's batch norm, at 1 and 2 threads. Each case: (call, x, the index of the other statistics'
+    and Dask's batch norm, at 1, 2 and 3 threads. Each case: (call, x, the index of the other statistics'
     elements)."""
     rng = np.random.default_rng(5)
     x = rng.standard_normal((4, 6, 25)).astype(dtype)
@@ -542,7 +542,7 @@ def test_a_statistic_past_float_range_leaves_the_others_bits(isa, dtype):
         (lambda a: nf_dask.batch_norm(da.from_array(a, chunks=(2, 6, 25)), training=True).compute(), x,
          changed((slice(None), 0)), np.s_[:, 1:]),
     ]
-    for threads in (1, 2):
+    for threads in (1, 2, 3):
         with use_threads(threads), np.errstate(over="ignore"):
             for i, (call, before, after, others) in enumerate(cases):
                 y0, y1 = call(before), call(after)
@@ -560,7 +560,7 @@ def test_a_group_past_float_range_leaves_the_others_gradients(isa, dtype, channe
     """The backward's counterpart (the two-pass path: spatial size under 64, or channels last): a group
     whose float coefficients do not hold it (values spanning past float's largest value; values at 1e-30
     under eps 1e-80, whose scale squared passes float's range) takes its gradient in float64 alone, and every other group's grad_x keeps
-    its bytes (the whole call went to float64), in batch, instance and group norm backward, at 1 and 2
+    its bytes (the whole call went to float64), in batch, instance and group norm backward, at 1, 2 and 3
     threads."""
     rng = np.random.default_rng(7)
     x = rng.standard_normal((4, 6, 25)).astype(dtype)
@@ -576,7 +576,7 @@ def test_a_group_past_float_range_leaves_the_others_gradients(isa, dtype, channe
         (lambda a, eps: normfast.instance_norm_backward(lay(dy), lay(a), eps=eps, axis=axis)[0], slice(1, None)),
         (lambda a, eps: normfast.group_norm_backward(lay(dy), lay(a), 3, eps=eps, axis=axis)[0], slice(2, None)),
     ]
-    for threads in (1, 2):
+    for threads in (1, 2, 3):
         with use_threads(threads), np.errstate(over="ignore"):
             for i, (call, others) in enumerate(calls):
                 for eps, changed in ((1e-5, big), (1e-80, tiny)):
