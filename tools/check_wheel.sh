@@ -10,7 +10,12 @@
 # Usage: tools/check_wheel.sh [work directory (default: a new temporary one)]
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-work="${1:-$(mktemp -d)}"
+if [ $# -ge 1 ]; then
+    work="$1"
+else  # a temporary directory of our own (its environments hold PyTorch): removed however the run ends
+    work="$(mktemp -d)"
+    trap 'rm -rf "$work"' EXIT
+fi
 mkdir -p "$work"
 work="$(cd "$work" && pwd)"
 case "$work/" in "$root"/*) echo "check_wheel: the work directory must be outside the source tree" >&2; exit 1;; esac

@@ -248,7 +248,7 @@ static NF_INLINE void NF_NAME(rowtile, NF_TAG)(const void *const *xv, int64_t nr
     for (int l = 0; l < NF_W; l++) {
         double m = 0, m2 = (double)q[l];
         if (kind == NF_ROW_LAYER) {
-            ok[l] = !NF_NAME(scale_up, NF_TAG)(s[l]) & NF_NAME(pass2_ok, NF_TAG)(q[l], s[l], n, 0);
+            ok[l] = (!NF_NAME(scale_up, NF_TAG)(s[l])) & NF_NAME(pass2_ok, NF_TAG)(q[l], s[l], n, 0);
             NF_NAME(block_out, NF_TAG)(s[l], K[l], c[l], q[l], 1, inv_n, &m, &m2);
             m += (double)K[l];
         } else {
