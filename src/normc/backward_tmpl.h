@@ -103,14 +103,16 @@ static NF_INLINE void NF_NAME(red_cols_body, NF_TAG)(const nf_plan *p, const NF_
     const int64_t ks = p->k_stride;
     const int64_t nv = ks == 1 && act <= NF_ACT_RELU ? nk - nk % NF_W : 0; /* columns handled by vectors */
     NF_A tg[NF_KTILE], td[NF_KTILE];
+    int64_t off[NF_RB];
     nf_iter it;
     nf_iter_init(&it, &p->r1, ra);
     for (int64_t r0 = ra; r0 < rb; r0 += NF_RB) {
-        const int64_t r1 = rb - r0 < NF_RB ? rb : r0 + NF_RB;
+        const int64_t nr = rb - r0 < NF_RB ? rb - r0 : NF_RB;
+        nf_next_offsets(&it, &p->r1, nr, off);
         memset(tg, 0, (size_t)nk * sizeof tg[0]);
         memset(td, 0, (size_t)nk * sizeof td[0]);
-        for (int64_t r = r0; r < r1; r++, nf_iter_next(&it, &p->r1)) {
-            const NF_T *xr = x + it.off, *dr = dy + it.off;
+        for (int64_t r = 0; r < nr; r++) {
+            const NF_T *xr = x + off[r], *dr = dy + off[r];
             int64_t k = 0;
             for (; k < nv; k += NF_W) {
                 const NF_V u = NF_VLOAD(xr + k) - NF_NAME(vat, NF_TAG)(s + k);

@@ -308,11 +308,27 @@ static inline int nf_iter_next(nf_iter *it, const nf_dims *d)
     return 0;
 }
 
-/* The offsets of the next nr rows of a walk into off[] (a column-mode block). */
+/* The offsets of the next nr rows of a walk into off[] (a column-mode block), leaving the walk nr steps
+ * on. Each run along the innermost axis is filled in one loop (it vectorises); stepping the walk row by
+ * row took a tenth of the column-moments time. */
 static inline void nf_next_offsets(nf_iter *it, const nf_dims *d, int64_t nr, int64_t *off)
 {
-    for (int64_t r = 0; r < nr; r++, nf_iter_next(it, d))
-        off[r] = it->off;
+    const int l = d->ndim - 1;
+    for (int64_t r = 0; r < nr;) {
+        int64_t run = l >= 0 ? d->shape[l] - it->idx[l] : 1; /* rows to the end of the innermost axis */
+        run = run < nr - r ? run : nr - r;
+        const int64_t base = it->off, st = l >= 0 ? d->stride[l] : 0;
+        for (int64_t j = 0; j < run; j++)
+            off[r + j] = base + j * st;
+        r += run;
+        if (l >= 0) { /* run - 1 steps within the axis, then one that may carry */
+            it->off += (run - 1) * st;
+            it->ooff += (run - 1) * d->ostride[l];
+            it->yoff += (run - 1) * d->ystride[l];
+            it->idx[l] += run - 1;
+        }
+        nf_iter_next(it, d);
+    }
 }
 
 /* Output offset (elements) of statistic i = o * K + k. */
