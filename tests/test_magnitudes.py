@@ -585,6 +585,43 @@ def test_a_group_past_float_range_leaves_the_others_gradients(isa, dtype, channe
                     assert g1[:, others].tobytes() == g0[:, others].tobytes(), (threads, i, eps)
 
 
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dname)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_backward_of_infinite_data_is_quiet_and_leaves_the_others(isa, dtype, channels_last):
+    """Infinite values in a channel (+inf; +inf and -inf in two samples) give the non-finite gradients
+    PyTorch gives (float64 autograd), without NumPy warnings (inf - inf in the float64 helpers raised
+    under warnings-as-errors), and every other group's grad_x keeps its bytes: batch, instance and group
+    norm backward."""
+    import warnings
+
+    import torch.nn.functional as F
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((4, 6, 9)).astype(dtype)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    lay = (lambda a: np.ascontiguousarray(np.moveaxis(a, 1, -1))) if channels_last else (lambda a: a)
+    axis = -1 if channels_last else 1
+    calls = [  # (normfast's grad_x, PyTorch's forward, the other groups' channels)
+        (lambda a: normfast.batch_norm_backward(lay(dy), lay(a), axis=axis)[0],
+         lambda t: F.batch_norm(t, None, None, training=True), slice(1, None)),
+        (lambda a: normfast.instance_norm_backward(lay(dy), lay(a), axis=axis)[0], F.instance_norm, slice(1, None)),
+        (lambda a: normfast.group_norm_backward(lay(dy), lay(a), 3, axis=axis)[0],
+         lambda t: F.group_norm(t, 3), slice(2, None)),
+    ]
+    one, two = np.array(x), np.array(x)
+    one[1, 0, 4] = np.inf
+    two[1, 0, 4], two[2, 0, 7] = np.inf, -np.inf
+    for changed in (one, two):
+        t = torch.tensor(np.asarray(changed, np.float64), requires_grad=True)
+        for i, (call, forward, others) in enumerate(calls):
+            t.grad = None
+            forward(t).backward(torch.tensor(np.asarray(dy, np.float64)))
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                g0, g1 = (np.moveaxis(call(a), axis, 1) for a in (x, changed))
+            assert (np.isfinite(np.asarray(g1, np.float64)) == np.isfinite(t.grad.numpy())).all(), i
+            assert g1[:, others].tobytes() == g0[:, others].tobytes(), i
+
+
 @pytest.mark.parametrize("dtype", HALF_RANGE, ids=dname)
 @pytest.mark.parametrize("activation", [None, "relu"])
 def test_backward_of_data_spanning_past_float_max(isa, dtype, activation):

@@ -73,6 +73,8 @@ def _identity(a):
     return a
 
 
+# Infinite data makes inf - inf in the float64 helpers: NaN is the defined gradient (PyTorch's), no warning.
+@np.errstate(invalid="ignore")
 def _channel_backward(x, dy, code, gx, keep, mean, rstd, weight, bias, activation, terms, pdt):
     """grad_x into gx, plus (sum_g, sum_gxhat, gmu, gvar) per F group (float64, F layout): sum_g and
     sum_gxhat are the per-group sums of g and g * xhat, gmu and gvar the gradients with respect to the
