@@ -77,6 +77,8 @@ typedef __m128i nf_vh;
 #define NF_NARROW_U16(v) _mm_packus_epi32(_mm256_castsi256_si128((__m256i)(v)), _mm256_extracti128_si256((__m256i)(v), 1))
 #define NF_F16_TO_F32(h) ((nf_vf32)_mm256_cvtph_ps(h))
 #define NF_F32_TO_F16(v) _mm256_cvtps_ph((__m256)(v), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+/* One vblendvps for a lane select by an all-ones or zero mask; GCC writes (m & a) | (~m & b) as three. */
+#define NF_SELECT_U32(m, a, b) ((nf_vu32)_mm256_blendv_ps((__m256)(b), (__m256)(a), (__m256)(m)))
 #else
 typedef nf_vu16 nf_vh;
 #endif
@@ -110,6 +112,16 @@ static NF_INLINE void nf_vstore_u16(uint16_t *p, nf_vu32 bits)
 
 static NF_INLINE nf_vf32 nf_vload_bf16(const uint16_t *p) { return (nf_vf32)(nf_vload_u16(p) << 16); }
 
+/* a where the mask m (all ones or zero per lane) is set, else b. */
+static NF_INLINE nf_vu32 nf_vselect_u32(nf_vu32 m, nf_vu32 a, nf_vu32 b)
+{
+#ifdef NF_SELECT_U32
+    return NF_SELECT_U32(m, a, b);
+#else
+    return (m & a) | (~m & b);
+#endif
+}
+
 /* The vector form of nf_f16_to_f32 (exact either way). */
 static NF_INLINE nf_vf32 nf_vload_f16(const uint16_t *p)
 {
@@ -133,7 +145,7 @@ static NF_INLINE void nf_vstore_bf16(uint16_t *p, nf_vf32 f)
     const nf_vu32 u = (nf_vu32)f;
     const nf_vu32 nan = (nf_vu32)(f != f);
     const nf_vu32 r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-    nf_vstore_u16(p, (nan & ((u >> 16) | 0x40u)) | (~nan & r));
+    nf_vstore_u16(p, nf_vselect_u32(nan, (u >> 16) | 0x40u, r));
 }
 
 static NF_INLINE void nf_vstore_f16(uint16_t *p, nf_vf32 f)
