@@ -240,11 +240,12 @@ static void NF_NAME(seggrad_row, NF_TAG)(const void *xv, const void *dyv, void *
     const int wide = NF_NAME(spans, NF_TAG)(rs);
     for (int64_t j = 0; j < sp->nseg; j++) {
         const int64_t k = j % S, at = base + j * sp->seg_stride;
-        if (wide) /* rare: g * (x - mean) in double */
+        if (wide) /* rare: g * (x - s) in double, x - s past float's range (as rowgrad_body's) */
             for (int64_t i = 0; i < L; i++) {
-                const double u = (double)NF_LOAD(x[at + i]) - mu;
-                const double g = (double)NF_LOAD(dy[at + i]) * NF_NAME(dact, NF_TAG)((NF_A)(u * w[k] * rs + b[k]), sp->act);
-                sg[k] += g, sd[k] += g * (u - dm);
+                const double xi = (double)NF_LOAD(x[at + i]);
+                const double g = (double)NF_LOAD(dy[at + i]) *
+                                 NF_NAME(dact, NF_TAG)((NF_A)((xi - mu) * w[k] * rs + b[k]), sp->act);
+                sg[k] += g, sd[k] += g * (xi - (double)s);
             }
         else
             NF_BY_ACT(sp->act, NF_NAME(red_seg, NF_TAG), x + at, dy + at, 1, L, s, a[k], c[k], &sg[k], &sd[k]);
