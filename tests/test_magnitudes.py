@@ -622,6 +622,37 @@ def test_backward_of_infinite_data_is_quiet_and_leaves_the_others(isa, dtype, ch
             assert g1[:, others].tobytes() == g0[:, others].tobytes(), i
 
 
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dname)
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("training", [True, False])
+def test_switchable_norm_of_infinite_data_is_quiet(isa, dtype, channels_last, training):
+    """Switchable norm merges and blends moments in Python (chan_merge, blend), where infinite means gave
+    inf - inf and NumPy's 'invalid value' warning (an error under -W error): forward and backward are
+    quiet, and the forward's non-finite outputs are the reference's."""
+    import warnings
+
+    from normfast import reference
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((4, 6, 9)).astype(dtype)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    x[1, 0, 4], x[2, 0, 7] = np.inf, -np.inf
+    pdt = np.float64 if dtype == np.float64 else np.float32
+    w, b, logits = np.ones(6, pdt), np.zeros(6, pdt), np.array([0.1, 0.2, 0.3])
+    rm, rv = np.zeros(6, pdt), np.ones(6, pdt)
+    lay = (lambda a: np.ascontiguousarray(np.moveaxis(a, 1, -1))) if channels_last else (lambda a: a)
+    axis = -1 if channels_last else 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y = normfast.switchable_norm(lay(x), w, b, logits, logits, rm.copy(), rv.copy(), training=training,
+                                     axis=axis)
+        normfast.switchable_norm_backward(lay(dy), lay(x), w, b, logits, logits, rm, rv, training=training,
+                                          axis=axis)
+    with np.errstate(invalid="ignore"):  # the reference's own inf - inf
+        want = reference.switchable_norm(np.asarray(x, np.float64), w, b, logits, logits, rm.copy(), rv.copy(),
+                                         training=training)[0]
+    assert (np.isfinite(np.moveaxis(np.asarray(y, np.float64), axis, 1)) == np.isfinite(want)).all()
+
+
 @pytest.mark.parametrize("dtype", HALF_RANGE, ids=dname)
 @pytest.mark.parametrize("activation", [None, "relu"])
 def test_backward_of_data_spanning_past_float_max(isa, dtype, activation):

@@ -177,6 +177,8 @@ def softmax(logits, n, name):
     return e / e.sum()
 
 
+# Infinite moments (data holding +inf and -inf) give inf - inf: NaN is the defined result, not a warning.
+@np.errstate(invalid="ignore")
 def chan_merge(mean, var, axis):
     """Exact moments of the union of equal-count groups laid along `axis` (Chan's formula for equal
     counts): mean of the means, and mean of the variances plus the spread of the means about it. The
@@ -187,6 +189,7 @@ def chan_merge(mean, var, axis):
     return m, var.mean(axis=axis, keepdims=True) + (d * d).mean(axis=axis, keepdims=True)
 
 
+@np.errstate(invalid="ignore")  # as chan_merge: infinite means blend to NaN
 def blend(weights, means):
     """sum(w_i * mean_i) for softmax weights (summing to 1), as means[0] + sum(w_i * (mean_i - means[0])):
     equal means give exactly that mean, where the weights' rounding would leave a few ulps that
