@@ -15,6 +15,8 @@ if [ $# -ge 1 ]; then
 else  # a temporary directory of our own (its environments hold PyTorch): removed however the run ends
     work="$(mktemp -d)"
     trap 'rm -rf "$work"' EXIT
+    trap 'exit 130' INT  # a run stopped by a signal leaves through the EXIT trap too
+    trap 'exit 143' TERM
 fi
 mkdir -p "$work"
 work="$(cd "$work" && pwd)"
