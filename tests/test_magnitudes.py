@@ -622,6 +622,37 @@ def test_backward_of_infinite_data_is_quiet_and_leaves_the_others(isa, dtype, ch
             assert g1[:, others].tobytes() == g0[:, others].tobytes(), i
 
 
+@pytest.mark.parametrize("case", ["batch backward eps", "instance backward eps", "running var", "rms float64"])
+def test_results_past_a_dtypes_range_are_quiet(isa, case):
+    """Float64 steps in Python whose results pass the output's range (a gradient past float32's under eps
+    1e-80; a running variance past float32's; squares of float64 data near its largest value) round to
+    inf as the engine's stores do, without NumPy's 'overflow' warning (an error under -W error); the
+    results are those of the same call with warnings ignored."""
+    import warnings
+    x = np.zeros((3, 2, 4), np.float32)
+    x[:, 0] = np.arange(12).reshape(3, 4)
+    big = np.random.default_rng(0).standard_normal((4, 2, 5)).astype(np.float32)
+    big[:, 0] *= 1e36
+    x64 = np.full((2, 4), 1.7e308)
+    dy = np.arange(24, dtype=np.float32).reshape(x.shape)
+    call = {
+        "batch backward eps": lambda: normfast.batch_norm_backward(dy, x, eps=1e-80)[0],
+        "instance backward eps": lambda: normfast.instance_norm_backward(dy, x, eps=1e-80)[0],
+        "running var": lambda: normfast.batch_norm(big, np.zeros(2, np.float32), rv := np.ones(2, np.float32),
+                                                   training=True) is not None and rv,
+        "rms float64": lambda: normfast.rms_norm_backward(np.arange(8.0).reshape(2, 4), x64, 4)[0],
+    }[case]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want = call()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = call()
+    assert np.asarray(got).tobytes() == np.asarray(want).tobytes()
+    if case == "running var":
+        assert got[0] == np.inf and np.isfinite(got[1])
+
+
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dname)
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("training", [True, False])

@@ -51,6 +51,7 @@ def apply_plan(ndim, keep, mean, var, eps, weight, bias, pdt):
     return flags, s, a, c, (apply_plan(ndim, keep, mean, var, eps, *wide, np.float64), ~fit)
 
 
+@np.errstate(over="ignore")  # float64 outputs past out's range round to inf there, as the engine's stores do
 def run_plan(x, code, plan, out, activation):
     """The apply pass of a plan into out; the statistics its float32 coefficients do not hold take their
     elements from x in float64, rounded once into out."""
@@ -92,6 +93,7 @@ def running_stats(rm, rv, x, c):
     return rm.astype(np.float64).reshape(shape), rv.astype(np.float64).reshape(shape)
 
 
+@np.errstate(over="ignore")  # a variance past the running arrays' float32 range is stored as inf, as PyTorch
 def update_running(rm, rv, mean, var, f):
     """PyTorch's running update in place, r = (1 - f) * r + f * batch, from the batch's (C,) mean and
     unbiased variance; the last step of a call, after everything that can fail."""

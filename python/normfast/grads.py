@@ -73,8 +73,9 @@ def _identity(a):
     return a
 
 
-# Infinite data makes inf - inf in the float64 helpers: NaN is the defined gradient (PyTorch's), no warning.
-@np.errstate(invalid="ignore")
+# Infinite data makes inf - inf in the float64 steps, and a float64 gradient past float32's range rounds to
+# inf in gx: NaN and inf are the defined results (PyTorch's), not warnings.
+@np.errstate(invalid="ignore", over="ignore")
 def _channel_backward(x, dy, code, gx, keep, mean, rstd, weight, bias, activation, terms, pdt):
     """grad_x into gx, plus (sum_g, sum_gxhat, gmu, gvar) per F group (float64, F layout): sum_g and
     sum_gxhat are the per-group sums of g and g * xhat, gmu and gvar the gradients with respect to the
@@ -403,6 +404,7 @@ def switchable_norm_backward(grad_out, x, weight, bias, mean_weight, var_weight,
             _softmax_backward(wm, g_wm).astype(call.pdt), _softmax_backward(wv, g_wv).astype(call.pdt))
 
 
+@np.errstate(over="ignore")  # squares of float64 data near its largest value overflow to inf, as the engine's
 def _row_stats(x, code, lead, mean, rstd, eps, rms):
     """Per-row float64 (mean, rstd), flat (mean None for RMS norm): as given, checked against the leading
     shape `lead`, or computed."""
