@@ -622,10 +622,12 @@ def test_backward_of_infinite_data_is_quiet_and_leaves_the_others(isa, dtype, ch
             assert g1[:, others].tobytes() == g0[:, others].tobytes(), i
 
 
-@pytest.mark.parametrize("case", ["batch backward eps", "instance backward eps", "running var", "rms float64"])
+@pytest.mark.parametrize("case", ["batch backward eps", "instance backward eps", "running var", "rms float64",
+                                  "forward fallback"])
 def test_results_past_a_dtypes_range_are_quiet(isa, case):
     """Float64 steps in Python whose results pass the output's range (a gradient past float32's under eps
-    1e-80; a running variance past float32's; squares of float64 data near its largest value) round to
+    1e-80; a running variance past float32's; squares of float64 data near its largest value; the forward's
+    float64 fallback for a scale past float32's, under a weight near its largest value) round to
     inf as the engine's stores do, without NumPy's 'overflow' warning (an error under -W error); the
     results are those of the same call with warnings ignored."""
     import warnings
@@ -634,6 +636,8 @@ def test_results_past_a_dtypes_range_are_quiet(isa, case):
     big = np.random.default_rng(0).standard_normal((4, 2, 5)).astype(np.float32)
     big[:, 0] *= 1e36
     x64 = np.full((2, 4), 1.7e308)
+    tiny = np.random.default_rng(0).standard_normal((64, 2, 5)).astype(np.float32)
+    tiny[:, 0] *= 1e-30  # a scale past float32's range: applied in float64, outputs past it round to inf
     dy = np.arange(24, dtype=np.float32).reshape(x.shape)
     call = {
         "batch backward eps": lambda: normfast.batch_norm_backward(dy, x, eps=1e-80)[0],
@@ -641,6 +645,8 @@ def test_results_past_a_dtypes_range_are_quiet(isa, case):
         "running var": lambda: normfast.batch_norm(big, np.zeros(2, np.float32), rv := np.ones(2, np.float32),
                                                    training=True) is not None and rv,
         "rms float64": lambda: normfast.rms_norm_backward(np.arange(8.0).reshape(2, 4), x64, 4)[0],
+        "forward fallback": lambda: normfast.batch_norm(tiny, weight=np.array([3.4e38, 1], np.float32),
+                                                        training=True, eps=1e-80),
     }[case]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -651,6 +657,8 @@ def test_results_past_a_dtypes_range_are_quiet(isa, case):
     assert np.asarray(got).tobytes() == np.asarray(want).tobytes()
     if case == "running var":
         assert got[0] == np.inf and np.isfinite(got[1])
+    if case == "forward fallback":
+        assert np.isinf(got[:, 0]).any() and np.isfinite(got[:, 1]).all()
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dname)
