@@ -1,5 +1,6 @@
 """batch_norm, instance_norm and group_norm against the float64 reference and against PyTorch; their bad
 arguments."""
+import ml_dtypes
 import numpy as np
 import pytest
 import torch
@@ -8,10 +9,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import normfast
-from normfast import _core, norms, reference
+from normfast import _core, _normc, norms, reference
 
 from helpers import (ACTS, DTYPES, ISAS, assert_close_y, assert_refused, bad_call, case_ids, norm_inputs, read_only,
-                     use_isa)
+                     use_isa, use_threads)
 
 
 def assert_close_running(got, want):
@@ -403,3 +404,74 @@ def test_fused_instance_and_group_norm(isa, dtype, act):
         y = normfast.instance_norm(x, rm, rv, w, b, activation=act)
     assert_close_y(y, ref_y, dtype)
     assert_close_running((rm, rv), (ref_rm, ref_rv))
+
+
+def _two_pass(x, groups, w, b, act):
+    """Group norm of channels-last x by the moments engine and the apply pass, without the fused kernel."""
+    call = _core.channel_call(x, x.ndim - 1, w, b, 1e-5, act, per_sample=True)
+    mean, var = _core.group_moments(x, call.code, call.c, groups)
+    return _core.apply(call, (0, call.c), mean, var, np.empty_like(x)), mean, var
+
+
+# (shape, groups): channels per group 1 (instance norm), 2, 3 (a column tile's end inside a group), 4
+# and 16, the most the fused kernel takes; 300 channels (two column tiles); 1640 and 1100 rows (several
+# row chunks); 1, 2, 3 and 9 samples (a team per sample, or samples handed out); rank 3 and 5.
+CHANNELS_LAST = [((9, 7, 5, 64), 32), ((3, 40, 41, 64), 64), ((1, 33, 32, 48), 3), ((3, 70, 300), 100),
+                 ((2, 3, 4, 5, 6), 3), ((2, 1100, 256), 64)]
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape, groups", CHANNELS_LAST)
+def test_channels_last_fused_is_the_two_pass_bytes(isa, dtype, shape, groups):
+    """C-contiguous channels-last data takes the fused kernel (each sample's statistics and output in one
+    visit); its output and statistics are the two-pass path's bytes at 1, 2 and 3 threads, and near the
+    reference."""
+    rng = np.random.default_rng(21)
+    x = (rng.standard_normal(shape) * 3 + 50).astype(dtype)
+    C = shape[-1]
+    w, b = params(C, True)
+    pdt = np.float64 if x.dtype == np.float64 else np.float32
+    w, b = w.astype(pdt), b.astype(pdt)
+    with use_isa(isa):
+        for act in (None, "relu", "silu"):
+            want, mean, var = _two_pass(x, groups, w, b, act)
+            for n in (1, 2, 3):
+                with use_threads(n):
+                    y = np.empty_like(x)
+                    m, v = np.empty(shape[0] * groups), np.empty(shape[0] * groups)
+                    done = _normc.channels_last_norm(x, y, dtype=_core.channel_call(x, -1, None, None, 1e-5, None,
+                                                                                    True).code,
+                                                     groups=groups, eps=1e-5, weight=w, bias=b, activation=act,
+                                                     mean=m, var=v)
+                    assert done is not None and done.all()
+                    assert y.tobytes() == want.tobytes()
+                    assert m.tobytes() == mean.reshape(shape[0], -1)[:, ::C // groups].tobytes()
+                    assert v.tobytes() == var.reshape(shape[0], -1)[:, ::C // groups].tobytes()
+                    assert normfast.group_norm(x, groups, w, b, axis=-1, activation=act).tobytes() == want.tobytes()
+            assert_close_y(want, reference.group_norm(x, groups, w, b, axis=-1, activation=act), dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, ml_dtypes.bfloat16])
+def test_channels_last_fused_hands_unfit_samples_back(dtype):
+    """A sample whose float coefficients cannot hold it (subnormal data under a tiny eps: a scale past
+    float32's range; data spanning past its range) is left unwritten by the kernel and takes the two-pass
+    path's float64 step; the others keep the kernel's bytes. Together: the two-pass bytes, near the
+    reference."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((4, 5, 6, 8))
+    x[1] *= 1e-41  # subnormal in float32 and bfloat16, 0 in float16: rstd ~ 1e41 under eps 1e-82
+    if dtype == np.float32:
+        x[2, 0, 0] = 3e38  # var past 2^200
+    x = x.astype(dtype)
+    w, b = params(8, True)
+    w, b = w.astype(np.float32), b.astype(np.float32)
+    code = _core.channel_call(x, -1, None, None, 1e-5, None, True).code
+    done = _normc.channels_last_norm(x, np.empty_like(x), dtype=code, groups=4, eps=1e-82, weight=w, bias=b)
+    assert done.tolist() == [True, False, dtype != np.float32, True]
+    call = _core.channel_call(x, 3, w, b, 1e-82, None, per_sample=True)
+    want = _core.apply(call, (0, 3), *_core.group_moments(x, code, 3, 4), np.empty_like(x))
+    y = normfast.group_norm(x, 4, w, b, eps=1e-82, axis=-1)
+    assert y.tobytes() == want.tobytes()
+    ref = reference.group_norm(x, 4, w, b, eps=1e-82, axis=-1)
+    assert_close_y(y, ref, dtype)

@@ -74,6 +74,16 @@ cdef extern from "normc.h" nogil:
         double *sum_g
         double *sum_gxhat
     nf_status nf_seg_grad(nf_dtype dtype, const void *x, const void *dy, void *gx, const nf_seggrad *spec)
+    ctypedef struct nf_lastspec:
+        int64_t samples, spatial, channels, groups
+        double eps
+        const void *weight
+        const void *bias
+        nf_act act
+        double *mean
+        double *var
+        uint8_t *done
+    nf_status nf_channels_last_norm(nf_dtype dtype, const void *x, void *y, const nf_lastspec *spec)
     ctypedef struct nf_coefspec:
         int64_t n, period
         const double *mean

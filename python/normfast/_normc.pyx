@@ -227,6 +227,46 @@ def rownorm(cnp.ndarray x not None, cnp.ndarray y not None, *, int dtype, int ki
     return True
 
 
+def channels_last_norm(cnp.ndarray x not None, cnp.ndarray y not None, *, int dtype, Py_ssize_t groups,
+                       double eps, weight=None, bias=None, activation=None, mean=None, var=None):
+    """nf_channels_last_norm: group norm (instance norm: groups == channels) of C-contiguous x of shape
+    (samples, spatial..., channels) into y (x's shape and type, C-contiguous), each sample in one visit.
+    weight, bias: None or one value per channel of the statistics dtype; mean, var: None or writeable
+    float64 arrays of samples * groups values, which receive the (sample, group) biased statistics.
+    Returns a bool array: per sample, whether it was written (False: a float coefficient does not hold
+    it, y left to the caller); or None, with nothing written, for a layout nf_moments reduces otherwise
+    (its bits would differ)."""
+    cdef int nd = cnp.PyArray_NDIM(x)
+    if nd < 2:
+        raise ValueError("normfast: channels_last_norm takes arrays of rank >= 2")
+    _stats_like(x, (x,), cnp.PyArray_TYPE(x), False, "x")
+    _stats_like(x, (y,), cnp.PyArray_TYPE(x), True, "y")
+    cdef Py_ssize_t N = cnp.PyArray_DIM(x, 0), C = cnp.PyArray_DIM(x, nd - 1)
+    if groups < 1 or C % groups:
+        raise ValueError("normfast: groups must divide the channels")
+    _flat((weight, bias), _stats_type(dtype), C, False, "weight and bias (one per channel)")
+    if (mean is None) != (var is None):
+        raise ValueError("normfast: mean and var go together")
+    _flat((mean, var), cnp.NPY_FLOAT64, N * groups, True, "mean and var (samples * groups)")
+    done = np.zeros(N, np.uint8)
+    cdef nf_lastspec spec
+    spec.samples, spec.channels, spec.groups = N, C, groups
+    spec.spatial = cnp.PyArray_SIZE(x) // (N * C) if N * C else 0
+    spec.eps, spec.act = eps, ACTIVATIONS[activation]
+    spec.weight, spec.bias = _data_or_null(weight), _data_or_null(bias)
+    spec.mean, spec.var = <double *>_data_or_null(mean), <double *>_data_or_null(var)
+    spec.done = <uint8_t *>cnp.PyArray_DATA(done)
+    cdef const void *px = cnp.PyArray_DATA(x)
+    cdef void *py = cnp.PyArray_DATA(y)
+    cdef nf_status st
+    with nogil:
+        st = nf_channels_last_norm(<nf_dtype>dtype, px, py, &spec)
+    if st == NF_ELAYOUT:
+        return None
+    _check(st)
+    return done.view(bool)
+
+
 cdef bint _vector(object v, int typenum, Py_ssize_t n):
     """None, or a C-contiguous aligned native array of that type and shape (n,)."""
     if v is None:

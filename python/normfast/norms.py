@@ -63,10 +63,13 @@ _FUSED_MIN_ROWS = 8
 def _fused_groups(call, groups, out, stats):
     """Instance or group norm in one visit of each (sample, group) while it is in cache, when x is
     C-contiguous with channels first: each group is then one contiguous row, made of one segment per
-    channel. Returns None (nothing done) for other layouts, or where rows would be too few to share among
-    threads or too long to stay in cache; else (mean, var), the per-row float64 statistics when `stats`,
-    otherwise (None, None). An `out` of another layout gets the same bytes through a contiguous buffer."""
+    channel; or with channels last (_channels_last). Returns None (nothing done) for other layouts, or
+    where rows would be too few to share among threads or too long to stay in cache; else (mean, var),
+    the (sample, group) float64 statistics when `stats`, otherwise (None, None). An `out` of another
+    layout gets the same bytes through a contiguous buffer."""
     x, c = call.x, call.c
+    if c != 1 and c == x.ndim - 1 and x.flags.c_contiguous:
+        return _channels_last(call, groups, out, stats)
     rows = x.shape[0] * groups
     length = x.size // rows if rows else 0
     seg = length * groups // x.shape[c] if length else 0
@@ -78,6 +81,25 @@ def _fused_groups(call, groups, out, stats):
                           eps=call.eps, weight=call.weight, bias=call.bias, seg=seg, period=groups,
                           activation=call.activation, mean=mean, var=var):
         return None  # rows the kernel does not walk: nothing written, the two-pass path runs
+    if y is not out:
+        out[...] = y
+    return mean, var
+
+
+def _channels_last(call, groups, out, stats):
+    """_fused_groups for C-contiguous channels-last x: each sample's statistics and output in one visit
+    (nf_channels_last_norm), the same bytes as the two-pass path. A sample that a float coefficient does
+    not hold takes the two-pass path's float64 step alone. None where the kernel takes another layout."""
+    x, N = call.x, call.x.shape[0]
+    mean, var = (np.empty(N * groups), np.empty(N * groups)) if stats else (None, None)
+    y = out if out.flags.c_contiguous else np.empty_like(x)
+    done = _normc.channels_last_norm(x, y, dtype=call.code, groups=groups, eps=call.eps, weight=call.weight,
+                                     bias=call.bias, activation=call.activation, mean=mean, var=var)
+    if done is None:
+        return None
+    for i in np.flatnonzero(~done):
+        one = call._replace(x=x[i:i + 1])
+        _core.apply(one, (0, call.c), *_core.group_moments(one.x, call.code, call.c, groups), y[i:i + 1])
     if y is not out:
         out[...] = y
     return mean, var

@@ -10,10 +10,12 @@
 
 NF_BY_DTYPE(row);
 
-/* One contiguous segment of n elements with one (s, a, c): the fused row norms' output step. */
-void NF_FN(nf_apply_seg)(nf_dtype dt, const void *x, void *y, const void *const *p, int64_t n, int act)
+/* nr contiguous rows of n elements, xr and yr elements apart, with one (s, a, c) for all (ps 0) or one
+ * per element (ps 1): the fused norms' output step (a channels-first segment; a channels-last sample). */
+void NF_FN(nf_apply_rows)(nf_dtype dt, const void *x, void *y, const void *const *p, int64_t ps, int64_t n,
+                          int act, int64_t nr, int64_t xr, int64_t yr)
 {
-    row_of[dt](x, 1, y, 1, p, 0, n, act, 1, 0, 0);
+    row_of[dt](x, 1, y, 1, p, ps, n, act, nr, xr, yr);
 }
 
 /* Walks the plan's elements as runs of rows along its innermost axis, in chunks whose bounds depend only

@@ -52,7 +52,9 @@
        const nf_rowgrad *spec),                                                                            \
       (dtype, rows, n, x, dy, gx, spec))                                                                   \
     X(seg_grad, (nf_dtype dtype, const void *x, const void *dy, void *gx, const nf_seggrad *spec),          \
-      (dtype, x, dy, gx, spec))
+      (dtype, x, dy, gx, spec))                                                                            \
+    X(channels_last_norm, (nf_dtype dtype, const void *x, void *y, const nf_lastspec *spec),                \
+      (dtype, x, y, spec))
 
 /* A parameter list with the per-ISA copies' trailing thread count. */
 #define NF_WITH_THREADS(...) (__VA_ARGS__, int nthreads)
@@ -83,9 +85,9 @@ typedef void (*nf_run_fn)(const void *ctx, const nf_run *run);
 void NF_FN(nf_walk)(const nf_plan *p, int64_t isz, const void *x, const void *x2, void *y, nf_run_fn op,
                     const void *ctx, int nthreads);
 
-/* Within one ISA copy: a contiguous run of n elements with one (s, a, c) (apply.c), the row norms' output
- * step. */
-void NF_FN(nf_apply_seg)(nf_dtype dt, const void *x, void *y, const void *const *p, int64_t n, int act);
+/* Within one ISA copy: apply.c's rows (nf_apply's row step), the fused norms' output step. */
+void NF_FN(nf_apply_rows)(nf_dtype dt, const void *x, void *y, const void *const *p, int64_t ps, int64_t n,
+                          int act, int64_t nr, int64_t xr, int64_t yr);
 
 /* Bytes per element of a storage dtype (0 for an unknown code). Kernel tables are indexed by nf_dtype. */
 static inline int64_t nf_itemsize(nf_dtype dt)

@@ -12,7 +12,6 @@
 #include <stdlib.h>
 
 #define NF_DIRECT_MIN 256 /* shorter or strided rows are gathered into full blocks */
-#define NF_SHORT_ROW 16   /* contiguous rows up to this long run in column mode when they can */
 
 #define NF_TEMPLATE "moments_tmpl.h"
 #include "each_dtype.h"

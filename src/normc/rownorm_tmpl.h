@@ -5,6 +5,7 @@
 #define NF_NAME(a, b) NF_NAME2(a, b)
 
 #include "block_tmpl.h"
+#include "cols_tmpl.h"
 
 /* Sum of squares of n <= NF_BLOCK contiguous elements, each scaled by up: 1 (a constant once inlined) or
  * NF_TINY_UP. No cancellation: no shift needed. */
@@ -170,7 +171,7 @@ static NF_INLINE void NF_NAME(rowout, NF_TAG)(const NF_T *x, NF_T *y, int64_t n,
             const NF_A wj = w ? w[base + j] : 1, aj = a * wj, cj = cc * wj + (b ? b[base + j] : 0);
             const void *p[3] = {&s, &aj, &cj};
             const int64_t lo = j * seg > j0 ? j * seg : j0, hi = (j + 1) * seg < j1 ? (j + 1) * seg : j1;
-            NF_FN(nf_apply_seg)(NF_DT, x + lo, y + lo, p, hi - lo, sp->act);
+            NF_FN(nf_apply_rows)(NF_DT, x + lo, y + lo, p, 0, hi - lo, sp->act, 1, 0, 0);
         }
         return;
     }
@@ -344,6 +345,21 @@ static void NF_NAME(rownorm, NF_TAG)(const void *xv, void *yv, int64_t n, const 
     nf_mark();
     if (nt > 1) {
 #pragma omp barrier /* parts are the next row's */
+    }
+}
+
+/* Chunk ch of one channels-last sample at xv (nf_col_work's chunk of rows, every tile of columns), as
+ * nf_moments' column mode reduces it: per column, (n, mean of x - K, M2) into parts[column * n_chunks +
+ * ch], K the first element of the column's group of `group`. */
+static void NF_NAME(lastchunk, NF_TAG)(const nf_plan *q, const void *xv, const nf_cols *cw, int64_t group,
+                                       int64_t ch, nf_acc *parts)
+{
+    for (int64_t t = 0; t < cw->n_tiles; t++) {
+        const nf_col_item it = nf_col_at(cw, ch * cw->n_tiles + t);
+        double n = 0, mu[NF_KTILE], m2[NF_KTILE], K[NF_KTILE];
+        NF_NAME(cols, NF_TAG)(q, (const NF_T *)xv + it.k0, group, it.k0 % group, it.ra, it.rb, it.nk, K, &n, mu, m2);
+        for (int64_t k = 0; k < it.nk; k++)
+            parts[(it.k0 + k) * cw->n_chunks + ch] = (nf_acc){n, mu[k], m2[k]};
     }
 }
 

@@ -100,6 +100,25 @@ typedef struct {
  * the plan reduces only the last axis (R2, stride 1 in x and y; K == 1, no R1), else NF_ELAYOUT. */
 nf_status nf_rownorm(const nf_plan *plan, nf_dtype dtype, const void *x, void *y, const nf_rowspec *spec);
 
+/* Group norm of channels-last data (instance norm: groups == channels), each sample's statistics and
+ * output in one visit while it is in cache. x and y are `samples` C-contiguous samples of spatial x
+ * channels elements; group g of a sample is its channels [g C/G, (g + 1) C/G) at every spatial position.
+ * Statistics, coefficients and outputs are bit for bit those of nf_moments (column mode: the same tiles,
+ * chunks and merge order), nf_coefficients and nf_apply on the same data, at any thread count.
+ * NF_ELAYOUT where nf_moments would take another mode: spatial < 2, groups < 2, or more than
+ * NF_SHORT_ROW channels per group. */
+#define NF_SHORT_ROW 16 /* nf_moments: contiguous rows up to this long run in column mode when they can */
+typedef struct {
+    int64_t samples, spatial, channels, groups;
+    double eps;
+    const void *weight, *bias; /* NULL or per channel, double for NF_F64 and float otherwise */
+    nf_act act;
+    double *mean, *var;  /* NULL, or samples x groups biased statistics in (sample, group) order */
+    uint8_t *done;       /* per sample: 1 written; 0 where a float coefficient does not hold it
+                            (nf_coefficients' fit), y left to the caller */
+} nf_lastspec;
+nf_status nf_channels_last_norm(nf_dtype dtype, const void *x, void *y, const nf_lastspec *spec);
+
 /* Backward of batch, instance, group and switchable norm (and of nf_apply): with z = (x - shift) * scale +
  * bias the forward's pre-activation (the apply pass's parameters) and g = dy * act'(z), the first pass
  * sums, per statistics group, g and g * (x - shift) into sum_g and sum_gd (double, laid out as the
