@@ -825,3 +825,41 @@ def test_half_stores_round_to_nearest_even_in_vectors_and_tails(isa, dtype, thre
         for r, b in enumerate(rows):
             got = normfast.layer_norm(np.full((2, n), 3, dtype), n, bias=b)
             np.testing.assert_array_equal(got.view(np.uint16), np.tile(want[r * n:(r + 1) * n], (2, 1)))
+
+
+@pytest.mark.parametrize("dtype", HALF_RANGE, ids=dname)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_running_statistics_far_from_x(isa, dtype, channels_last):
+    """Evaluation mode with running statistics far from x (a running mean of 3e38, x of -3e38): x - s
+    leaves float's range while the normalized value (x - mean) / sqrt(var + eps) fits, so the statistic
+    is applied, and differentiated, in float64 (it gave -inf, and a NaN gradient). Batch norm forward and
+    backward, its layer and instance norm with use_input_stats=False. Expected: float64 NumPy on the same
+    values."""
+    x = np.array([-3e38, 3e38, 1.0, 0.0, -1e38, 2.0]).reshape(1, 2, 3).astype(dtype)
+    rm, rv = np.array([3e38, -2e38], np.float32), np.array([3e38, 1e30], np.float32)
+    w, b = np.array([0.5, 2.0], np.float32), np.array([0.25, -1.0], np.float32)
+    dy = np.ones_like(x)
+    ax = 1
+    if channels_last:
+        x, dy, ax = np.ascontiguousarray(np.moveaxis(x, 1, -1)), np.ones_like(np.moveaxis(x, 1, -1)), -1
+    shape = [1, 1, 1]
+    shape[ax] = 2
+    x64, rs = np.asarray(x, np.float64), 1 / np.sqrt(rv.astype(np.float64) + 1e-5).reshape(shape)
+    xhat = (x64 - rm.astype(np.float64).reshape(shape)) * rs
+    want = xhat * w.reshape(shape) + b.reshape(shape)
+    tol = 2e-2 if dtype == ml_dtypes.bfloat16 else 1e-6
+    layer = normfast.layers.BatchNorm(2, axis=ax)
+    layer.load_state_dict({**layer.state_dict(), "running_mean": rm, "running_var": rv, "weight": w, "bias": b})
+    layer.eval()
+    for y in (normfast.batch_norm(x, rm, rv, w, b, axis=ax), layer(x),
+              normfast.instance_norm(x, rm, rv, w, b, use_input_stats=False, axis=ax)):
+        y = np.asarray(y, np.float64)
+        assert np.isfinite(y).all()
+        np.testing.assert_allclose(y, want, rtol=tol)
+    red = (0, 1) if channels_last else (0, 2)
+    for gx, gw, gb in (normfast.batch_norm_backward(dy, x, rm, rv, w, b, training=False, axis=ax),
+                       normfast.instance_norm_backward(dy, x, rm, rv, w, b, use_input_stats=False, axis=ax)):
+        np.testing.assert_allclose(np.asarray(gx, np.float64), np.broadcast_to(w.reshape(shape) * rs, x.shape),
+                                   rtol=tol)
+        np.testing.assert_allclose(gw, xhat.sum(axis=red), rtol=tol)
+        np.testing.assert_allclose(gb, np.full(2, 3.0))

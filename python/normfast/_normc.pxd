@@ -4,6 +4,7 @@ from libc.stdint cimport int64_t, uint8_t
 cdef extern from "normc.h" nogil:
     enum: NF_MAXDIM
     const double NF_SPAN_RSTD
+    const double NF_SPAN_SHIFT
     enum: NF_MAX_SLOTS
     ctypedef enum nf_dtype:
         NF_F32

@@ -11,6 +11,7 @@ cnp.import_array()
 ISA_NAMES = tuple(nf_isa_name(<nf_isa>i).decode() for i in range(NF_ISA_COUNT))
 MAX_SLOTS = NF_MAX_SLOTS
 SPAN_RSTD = NF_SPAN_RSTD  # rstd under it: data spanning past float32's range (normc.h)
+SPAN_SHIFT = NF_SPAN_SHIFT  # a float32 shift at or past it can take x - shift past float32's range
 DTYPE_CODES = {"float32": NF_F32, "float64": NF_F64, "float16": NF_F16, "bfloat16": NF_BF16}
 
 

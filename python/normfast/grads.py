@@ -98,8 +98,10 @@ def _channel_backward(x, dy, code, gx, keep, mean, rstd, weight, bias, activatio
         # mean rounded to p and c1 puts that rounding back (x - mean = (x - s) + dm).
         s = mean.astype(p)
         c1 = b + _normc.centrings(s, mean, P)
-        # Float also cannot hold the deviations x - s of data spanning past its range (normc.h's rule).
-        bad = bad | _unfit(p, P, c1) | ((p != np.float64) & np.broadcast_to(rstd < _normc.SPAN_RSTD, shape))
+        # Float also cannot hold the deviations x - s of data spanning past its range, nor those from a
+        # shift at or past SPAN_SHIFT (running statistics far from x) (normc.h's rules).
+        far = (np.abs(s) >= _normc.SPAN_SHIFT) & np.isfinite(s)
+        bad = bad | _unfit(p, P, c1) | ((p != np.float64) & np.broadcast_to((rstd < _normc.SPAN_RSTD) | far, shape))
         sum_g, sum_gd = np.empty(shape), np.empty(shape)
         _normc.grad_sums(xp, dyp, codep, reduce, s, *_held(p, bad, P, c1), activation, sum_g, sum_gd)
         return sum_g, sum_gd + (s.astype(np.float64) - mean) * sum_g, bad  # sum of g * (x - mean)

@@ -36,9 +36,12 @@ nf_status nf_coefficients(const nf_coefspec *sp, uint8_t *fit)
         ((float *)sp->offset)[i] = (float)c;
         /* Float also cannot hold the deviations x - s once they near FLT_MAX (2^128): they stay below
          * sqrt(count * var), under 2^128 for var up to NF_SPAN_VAR (2^200) unless a statistic counts over
-         * 2^56 values. Past that (data spanning more than float's range), float64. Each statistic by its
-         * own values, so that one does not change the others' bits. */
-        fit[i] = nf_fits_float(a) && nf_fits_float(c) && !(sp->var[i] > NF_SPAN_VAR);
+         * 2^56 values. Past that (data spanning more than float's range), float64. Statistics that are not
+         * x's own (running ones, in eval mode) bound nothing: x - s can overflow whenever |s| reaches
+         * NF_SPAN_SHIFT while the result (x - s) a would not, so those too. Each statistic by its own
+         * values, so that one does not change the others' bits. */
+        fit[i] = nf_fits_float(a) && nf_fits_float(c) && !(sp->var[i] > NF_SPAN_VAR) &&
+                 !(fabs(s) >= NF_SPAN_SHIFT && isfinite(s));
     }
     return NF_OK;
 }

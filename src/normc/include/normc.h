@@ -173,10 +173,14 @@ typedef struct {
  * the forward applies it, and the backwards differentiate it, in float64. */
 #define NF_SPAN_VAR 0x1p200
 #define NF_SPAN_RSTD 0x1p-100
+/* A float shift s under 2^103 (half an ulp of FLT_MAX) cannot take any float x past FLT_MAX: x - s
+ * rounds to at most FLT_MAX. From there the forward applies the statistic in float64. */
+#define NF_SPAN_SHIFT 0x1p103
 /* fit[i] (n entries): 0 where statistic i's float32 scale or offset left float32's range while finite in
- * float64 (subnormal data under a tiny eps), or where var > 2^200 (data spanning more than float32's
- * range, whose deviations from the mean would overflow); the caller then applies that statistic's
- * elements in float64. float64 coefficients always fit. */
+ * float64 (subnormal data under a tiny eps), where var > 2^200 (data spanning more than float32's
+ * range, whose deviations from the mean would overflow), or where |s| >= NF_SPAN_SHIFT (running
+ * statistics far from x); the caller then applies that statistic's elements in float64. float64
+ * coefficients always fit. */
 nf_status nf_coefficients(const nf_coefspec *spec, uint8_t *fit);
 
 /* The centring rule elementwise: out = (s - mean) * a, the term that centring on s rather than on the mean
