@@ -486,3 +486,34 @@ BAD = [
 @pytest.mark.parametrize("call, change, exc, match", BAD, ids=case_ids(BAD))
 def test_bad_argument(call, change, exc, match):
     assert_refused(*bad_call(call, change), exc, match)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, ml_dtypes.bfloat16])
+@pytest.mark.parametrize("n", [1, 8, 300, 70000])
+def test_rms_backward_takes_the_forwards_rstd(isa, dtype, n):
+    """rms_norm_backward without rstd uses rms_norm's own statistic: the same bytes as given the rstd
+    rms_norm returned. A row holding +inf has rstd 0 (PyTorch's), so its grad_x is NaN but the weight
+    gradient stays finite in every other column; the moments' var + mean^2 gave NaN (inf - inf) and a
+    NaN weight gradient everywhere."""
+    rng = np.random.default_rng(n)
+    x, dy = (rng.standard_normal((5, n)).astype(dtype) for _ in range(2))
+    w = rng.uniform(0.5, 1.5, n).astype(np.float64 if dtype == np.float64 else np.float32)
+    with use_isa(isa):
+        _, r = normfast.rms_norm(x, n, w, return_stats=True)
+        got = normfast.rms_norm_backward(dy, x, n, w)
+        given = normfast.rms_norm_backward(dy, x, n, w, rstd=r)
+        assert all(a.tobytes() == b.tobytes() for a, b in zip(got, given))
+        x[2, n // 2] = np.inf
+        gx, gw = normfast.rms_norm_backward(dy, x, n, w)
+    t = torch.from_numpy(np.asarray(x, np.float64)).requires_grad_()
+    tw = torch.from_numpy(w.astype(np.float64)).requires_grad_()
+    eps = float(np.finfo(np.float64 if dtype == np.float64 else np.float32).eps)
+    F.rms_norm(t, (n,), tw, eps=eps).backward(torch.from_numpy(np.asarray(dy, np.float64)))
+    want_gx, want_gw = t.grad.numpy(), tw.grad.numpy()
+    assert np.isnan(np.asarray(gx[2], np.float64)).all() and np.isnan(want_gx[2]).all()
+    assert np.array_equal(np.isnan(gw), np.isnan(want_gw)) and np.isfinite(np.delete(gw, n // 2)).all()
+    tol = {np.float64: 1e-10, np.float32: 1e-4}.get(dtype, 3e-2)
+    np.testing.assert_allclose(np.delete(gw, n // 2), np.delete(want_gw, n // 2), rtol=tol, atol=tol * np.sqrt(5))
+    np.testing.assert_allclose(np.asarray(np.delete(gx, 2, 0), np.float64), np.delete(want_gx, 2, 0), rtol=tol,
+                               atol=tol)

@@ -16,7 +16,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from . import _checks, _core, _normc
+from . import _checks, _core, _normc, norms
 
 __all__ = ["batch_norm_backward", "instance_norm_backward", "group_norm_backward", "switchable_norm_backward",
            "layer_norm_backward", "rms_norm_backward"]
@@ -407,19 +407,27 @@ def switchable_norm_backward(grad_out, x, weight, bias, mean_weight, var_weight,
 
 
 @np.errstate(over="ignore")  # squares of float64 data near its largest value overflow to inf, as the engine's
-def _row_stats(x, code, lead, mean, rstd, eps, rms):
+def _row_stats(x, code, lead, mean, rstd, eps, rms, scratch):
     """Per-row float64 (mean, rstd), flat (mean None for RMS norm): as given, checked against the leading
-    shape `lead`, or computed."""
+    shape `lead`, or computed. RMS norm's is the forward's own (rms_norm's rows, their normalized values
+    written to `scratch`, an array like x), so that it is the rstd rms_norm returns, bit for bit, and a
+    row with an infinite element has rstd 0 as in PyTorch (var + mean^2 of the moments gave NaN there:
+    inf - inf)."""
     if (rstd is None) != (mean is None) and not rms:
         raise ValueError("mean, rstd: give both or neither")
     if rstd is not None:
         rstd = _stat(rstd, lead, "rstd").reshape(-1)
         return (None if rms else _stat(mean, lead, "mean").reshape(-1)), rstd
+    if rms:
+        k, n = x.ndim - len(lead), math.prod(x.shape[len(lead):])
+        mean, ms = np.empty(lead), np.empty(lead)
+        if n == 1:
+            norms._single_element_rows(x, (None, None), eps, scratch, mean, ms, True)
+        else:
+            norms._rows(x, code, k, n, (None, None), eps, scratch, mean, ms, True)
+        return None, 1 / np.sqrt(ms.reshape(-1) + eps)
     mean, var = _core.moments64(x, code, tuple(range(len(lead))))
-    mean, var = mean.reshape(-1), var.reshape(-1)
-    if rms:  # the mean square; var and mean^2 are both >= 0, so nothing cancels
-        return None, 1 / np.sqrt(var + mean * mean + eps)
-    return mean, 1 / np.sqrt(var + eps)
+    return mean.reshape(-1), 1 / np.sqrt(var.reshape(-1) + eps)
 
 
 def _row_backward(grad_out, x, normalized_shape, weight, bias, eps, mean, rstd, rms):
@@ -430,7 +438,7 @@ def _row_backward(grad_out, x, normalized_shape, weight, bias, eps, mean, rstd, 
     params = [None if v is None else _checks.param(v, nshape, name, pdt).reshape(-1)
               for name, v in (("weight", weight), ("bias", bias))]
     lead = x.shape[:x.ndim - len(nshape)]
-    mean, rstd = _row_stats(x, code, lead, mean, rstd, eps, rms)
+    mean, rstd = _row_stats(x, code, lead, mean, rstd, eps, rms, gx)  # gx: overwritten below
     n = math.prod(nshape)
     gw, gb = (np.zeros(n), np.zeros(n)) if params[0] is not None or params[1] is not None else (None, None)
     if x.size:
