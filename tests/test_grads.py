@@ -517,3 +517,45 @@ def test_rms_backward_takes_the_forwards_rstd(isa, dtype, n):
     np.testing.assert_allclose(np.delete(gw, n // 2), np.delete(want_gw, n // 2), rtol=tol, atol=tol * np.sqrt(5))
     np.testing.assert_allclose(np.asarray(np.delete(gx, 2, 0), np.float64), np.delete(want_gx, 2, 0), rtol=tol,
                                atol=tol)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, ml_dtypes.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_relu_gradient_passes_at_nan_as_pytorch(isa, dtype, channels_last):
+    """A NaN in x makes its group's pre-activation NaN; ReLU's derivative there is PyTorch's (the
+    gradient passes: threshold_backward zeroes only z <= 0), so grad_bias of that channel is the sum of
+    grad_out, not 0 (which it was). Batch, group and instance norm, against PyTorch on the same values."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 4, 5, 6))
+    x[0, 1, 2, 3] = np.nan
+    dy = rng.standard_normal(x.shape)
+    x, dy = x.astype(dtype), dy.astype(dtype)
+    w, b = rng.uniform(0.5, 1.5, 4), rng.standard_normal(4)
+    pdt = np.float64 if dtype == np.float64 else np.float32
+    t = torch.from_numpy(np.asarray(x, np.float64)).requires_grad_()
+    tdy = torch.from_numpy(np.asarray(dy, np.float64))
+    ax = 1
+    if channels_last:
+        x, dy, ax = np.ascontiguousarray(np.moveaxis(x, 1, -1)), np.ascontiguousarray(np.moveaxis(dy, 1, -1)), -1
+    cases = [(lambda: normfast.batch_norm_backward(dy, x, None, None, w.astype(pdt), b.astype(pdt),
+                                                   activation="relu", axis=ax),
+              lambda tw, tb: F.batch_norm(t, None, None, tw, tb, training=True)),
+             (lambda: normfast.group_norm_backward(dy, x, 2, w.astype(pdt), b.astype(pdt), activation="relu", axis=ax),
+              lambda tw, tb: F.group_norm(t, 2, tw, tb)),
+             (lambda: normfast.instance_norm_backward(dy, x, None, None, w.astype(pdt), b.astype(pdt),
+                                                      activation="relu", axis=ax),
+              lambda tw, tb: F.instance_norm(t, weight=tw, bias=tb))]
+    tol = {np.float64: 1e-10, np.float32: 1e-4}.get(dtype, 3e-2)
+    for ours, theirs in cases:
+        with use_isa(isa):
+            gx, gw, gb = ours()
+        t.grad = None
+        tw, tb = (torch.from_numpy(v).requires_grad_() for v in (w, b))
+        torch.relu(theirs(tw, tb)).backward(tdy)
+        want_gx = t.grad.numpy()
+        if channels_last:
+            want_gx = np.moveaxis(want_gx, 1, -1)
+        np.testing.assert_allclose(gb, tb.grad.numpy(), rtol=tol, atol=tol)
+        np.testing.assert_allclose(gw, tw.grad.numpy(), rtol=tol, atol=tol)
+        np.testing.assert_allclose(np.asarray(gx, np.float64), want_gx, rtol=tol, atol=tol * 10)

@@ -7,12 +7,12 @@
 
 #include "block_tmpl.h"
 
-/* e where z > 0, else 0: ReLU's derivative applied (0 at 0 and at NaN, as PyTorch's, which tests the
- * output > 0). */
+/* 0 where z <= 0, else e: ReLU's derivative applied, as PyTorch's threshold_backward (0 at 0; at NaN the
+ * gradient passes, as the NaN itself does forward). */
 static NF_INLINE NF_V NF_NAME(vrelu_mask, NF_TAG)(NF_V e, NF_V z)
 {
     const NF_V zero = {0};
-    return (NF_V)((NF_VI)e & (NF_VI)(z > zero));
+    return (NF_V)((NF_VI)e & ~(NF_VI)(z <= zero));
 }
 
 /* Whether float holds a row's gradient coefficients, computed in double: rs^2 (which scales x - mean
@@ -33,7 +33,7 @@ static NF_INLINE NF_A NF_NAME(dact, NF_TAG)(NF_A z, int act)
 {
     NF_A e;
     switch (act) {
-    case NF_ACT_RELU: return z > 0 ? 1 : 0;
+    case NF_ACT_RELU: return z <= 0 ? 0 : 1; /* as vrelu_mask: 1 at NaN */
     case NF_ACT_SIGMOID: e = 1 / (1 + NF_EXP(-z)); return e * (1 - e);
     case NF_ACT_SILU: e = 1 / (1 + NF_EXP(-z)); return e * (1 + z * (1 - e));
     default: return 1;
