@@ -421,7 +421,9 @@ def _row_stats(x, code, lead, mean, rstd, eps, rms, scratch):
     if rms:
         k, n = x.ndim - len(lead), math.prod(x.shape[len(lead):])
         mean, ms = np.empty(lead), np.empty(lead)
-        if n == 1:
+        if x.size == 0:
+            pass
+        elif n == 1:
             norms._single_element_rows(x, (None, None), eps, scratch, mean, ms, True)
         else:
             norms._rows(x, code, k, n, (None, None), eps, scratch, mean, ms, True)
