@@ -134,6 +134,10 @@ static void nf_last_sample(nf_dtype dt, const nf_plan *q, const nf_cols *cw, con
     const int64_t C = sp->channels, G = sp->groups, cg = C / G, S = sp->spatial, nch = cw->n_chunks;
     for (int64_t ch = nch * t / nt; ch < nch * (t + 1) / nt; ch++)
         lastchunk_of[dt](q, x, cw, cg, ch, b->parts);
+    /* Each group's shift, its first element, read before the barrier: y may be x, whose first rows the
+     * team starts writing after it. Kept in var[] at the group's first channel until the merge. */
+    for (int64_t g = 0; g < G; g++)
+        b->var[g * cg] = shift_of[dt](x + g * cg * isz);
     if (nt > 1) {
 #pragma omp barrier
     }
@@ -141,7 +145,7 @@ static void nf_last_sample(nf_dtype dt, const nf_plan *q, const nf_cols *cw, con
         nf_acc a = {0, 0, 0};
         for (int64_t c = g * cg * nch; c < (g + 1) * cg * nch; c++)
             nf_chan(&a, b->parts[c].n, b->parts[c].mean, b->parts[c].m2);
-        const double mean = shift_of[dt](x + g * cg * isz) + a.mean, var = a.m2 / a.n; /* as nf_store */
+        const double mean = b->var[g * cg] + a.mean, var = a.m2 / a.n; /* as nf_store */
         for (int64_t k = g * cg; k < (g + 1) * cg; k++)
             b->mean[k] = mean, b->var[k] = var;
         if (t == 0 && sp->mean)
