@@ -863,3 +863,34 @@ def test_running_statistics_far_from_x(isa, dtype, channels_last):
                                    rtol=tol)
         np.testing.assert_allclose(gw, xhat.sum(axis=red), rtol=tol)
         np.testing.assert_allclose(gb, np.full(2, 3.0))
+
+
+@pytest.mark.parametrize("dtype", HALF_RANGE, ids=dname)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_float64_fallback_in_place(isa, dtype, channels_last):
+    """Statistics applied in float64 (a 1e32 outlier: data spanning past float's range; running
+    statistics far from x) read x before anything is written: in place (out=x) gives the bytes of a new
+    output. The float64 step read x after the float pass had overwritten it (found by a new user)."""
+    x = np.zeros((2, 3, 4), np.float64)
+    x[0, 1, 2], x[1, 0, 0] = 1e32, 3e38
+    x = x.astype(dtype)
+    ax = 1
+    if channels_last:
+        x, ax = np.ascontiguousarray(np.moveaxis(x, 1, -1)), -1
+    rm, rv = np.array([3e38, 2e38, -3e38], np.float32), np.array([3e38, 1.0, 0.0], np.float32)
+    w, b = np.array([1.0, 1e-30, 2.0], np.float32), np.array([0.5, 1.0, 5.0], np.float32)
+    layer = normfast.layers.BatchNorm(3, axis=ax)
+    layer.load_state_dict({**layer.state_dict(), "running_mean": rm, "running_var": rv, "weight": w, "bias": b})
+    layer.eval()
+    calls = [lambda a, **o: normfast.instance_norm(a, axis=ax, **o),
+             lambda a, **o: normfast.group_norm(a, 1, w, b, axis=ax, **o),
+             lambda a, **o: normfast.batch_norm(a, training=True, axis=ax, **o),
+             lambda a, **o: normfast.batch_norm(a, rm, rv, w, b, axis=ax, **o),
+             lambda a, **o: normfast.instance_norm(a, rm, rv, w, b, use_input_stats=False, axis=ax, **o),
+             lambda a, **o: layer(a, **o)]
+    for f in calls:
+        with np.errstate(over="ignore"):
+            want = f(x)
+            inplace = x.copy()
+            f(inplace, out=inplace)
+        assert inplace.tobytes() == want.tobytes()

@@ -54,13 +54,15 @@ def apply_plan(ndim, keep, mean, var, eps, weight, bias, pdt):
 @np.errstate(over="ignore")  # float64 outputs past out's range round to inf there, as the engine's stores do
 def run_plan(x, code, plan, out, activation):
     """The apply pass of a plan into out; the statistics its float32 coefficients do not hold take their
-    elements from x in float64, rounded once into out."""
+    elements from x in float64, rounded once into out. x is read whole before out is written: out may
+    be x itself."""
     *coefs, wide = plan
+    x64 = None if wide is None else x.astype(np.float64)
     _normc.apply(x, code, *coefs, out, activation)
     if wide is not None:
         plan64, bad = wide
         y = np.empty(x.shape)
-        _normc.apply(x.astype(np.float64), _checks.F64, *plan64[:4], y, activation)
+        _normc.apply(x64, _checks.F64, *plan64[:4], y, activation)
         where = np.broadcast_to(bad, x.shape)
         out[where] = y[where]
     return out
