@@ -559,3 +559,41 @@ def test_relu_gradient_passes_at_nan_as_pytorch(isa, dtype, channels_last):
         np.testing.assert_allclose(gb, tb.grad.numpy(), rtol=tol, atol=tol)
         np.testing.assert_allclose(gw, tw.grad.numpy(), rtol=tol, atol=tol)
         np.testing.assert_allclose(np.asarray(gx, np.float64), want_gx, rtol=tol, atol=tol * 10)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, ml_dtypes.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_eval_backward_of_non_finite_x_as_pytorch(isa, dtype, channels_last):
+    """Eval mode treats the running statistics as constants: grad_x is grad_out * act'(z) * w * rstd,
+    finite where x is +-inf (it was 0 * inf = NaN), and NaN only where PyTorch's is. Batch norm and
+    instance norm with use_input_stats=False, every activation, against PyTorch's autograd."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 3, 5))
+    x[0, 0, :4] = [np.inf, -np.inf, np.nan, 1.0]
+    x[1, 2, 1] = -np.inf
+    dy = rng.standard_normal(x.shape)
+    x, dy = x.astype(dtype), dy.astype(dtype)
+    pdt = np.float64 if dtype == np.float64 else np.float32
+    rm, rv = rng.standard_normal(3).astype(pdt), rng.uniform(0.5, 2, 3).astype(pdt)
+    w, b = rng.uniform(0.5, 1.5, 3).astype(pdt), rng.standard_normal(3).astype(pdt)
+    t = torch.from_numpy(np.asarray(x, np.float64)).requires_grad_()
+    tdy = torch.from_numpy(np.asarray(dy, np.float64))
+    ax = 1
+    if channels_last:
+        x, dy, ax = np.ascontiguousarray(np.moveaxis(x, 1, -1)), np.ascontiguousarray(np.moveaxis(dy, 1, -1)), -1
+    tol = {np.float64: 1e-10, np.float32: 1e-5}.get(dtype, 1e-2)
+    torch_act = {None: lambda v: v, "relu": torch.relu, "sigmoid": torch.sigmoid, "silu": F.silu}
+    for act in ACTS:
+        t.grad = None
+        y = F.batch_norm(t, *(torch.from_numpy(v.astype(np.float64)) for v in (rm, rv, w, b)), training=False)
+        torch_act[act](y).backward(tdy)
+        want = t.grad.numpy()
+        if channels_last:
+            want = np.moveaxis(want, 1, -1)
+        with use_isa(isa):
+            got = [normfast.batch_norm_backward(dy, x, rm, rv, w, b, training=False, axis=ax, activation=act)[0],
+                   normfast.instance_norm_backward(dy, x, rm, rv, w, b, use_input_stats=False, axis=ax,
+                                                   activation=act)[0]]
+        for gx in got:
+            np.testing.assert_allclose(np.asarray(gx, np.float64), want, rtol=tol, atol=tol)

@@ -457,18 +457,19 @@ def grad_sums(cnp.ndarray x not None, cnp.ndarray dy not None, int dtype_code, t
 def grad_apply(cnp.ndarray x not None, cnp.ndarray dy not None, int dtype_code, tuple reduce, tuple params,
                cnp.ndarray gx not None, activation):
     """gx = P * (g - M) + Q * (x - shift) + R with g as in grad_sums; params = (shift, scale, bias, P, M, Q,
-    R), contiguous arrays of one shape and of the statistics dtype."""
+    R), contiguous arrays of one shape and of the statistics dtype; Q may be None (no Q term)."""
     cdef nf_plan plan
     cdef nf_act act = ACTIVATIONS[activation]
     cdef const void *pp[7]
     cdef int i
     if len(params) != 7:
         raise ValueError("normfast: grad_apply takes seven parameter arrays")
+    given = params[:5] + params[6:] + ((params[5],) if params[5] is not None else ())
     _same_layout(x, dy, "x and grad_out")
-    _stats_like(params[0], params, cnp.PyArray_TYPE(params[0]), False, "the parameters")
+    _stats_like(params[0], given, cnp.PyArray_TYPE(params[0]), False, "the parameters")
     _plan(&plan, x, reduce, params[0], gx)
     for i in range(7):
-        pp[i] = cnp.PyArray_DATA(<cnp.ndarray>params[i])
+        pp[i] = _data_or_null(params[i])
     cdef const void *px = cnp.PyArray_DATA(x)
     cdef const void *pd = cnp.PyArray_DATA(dy)
     cdef void *pg = cnp.PyArray_DATA(gx)

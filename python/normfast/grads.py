@@ -135,7 +135,9 @@ def _channel_backward(x, dy, code, gx, keep, mean, rstd, weight, bias, activatio
         c2, R2 = b + _normc.centrings(s2, mean, P), Rp + P * M
         bad = bad | _unfit(p, c2, Q, R2)
         a, c2, M, Q2, R2 = _held(p, bad, P, c2, M, Q, R2)
-        _normc.grad_apply(xp, dyp, codep, reduce, (s2, a, c2, a, M, Q2, R2), gp, activation)
+        # Statistics held constant (no pooled term, eval mode): no Q term, so an infinite x keeps a finite
+        # gradient (0 * inf would be NaN; PyTorch's is finite).
+        _normc.grad_apply(xp, dyp, codep, reduce, (s2, a, c2, a, M, Q2 if q else None, R2), gp, activation)
         return bad
 
     bad = apply(pdt, x, dy, code, gx, bad)

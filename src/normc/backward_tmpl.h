@@ -154,37 +154,41 @@ static void NF_NAME(red_cols, NF_TAG)(const nf_plan *p, const void *xv, const vo
 /* gx = P * (g - M) + Q * (x - s) + R over nr rows of n elements (x and dy xs apart, gx ys apart, rows xr
  * and yr apart); q = (s, a, c, P, M, Q, R), each ps apart along the row (0: one group per row). M is the
  * part of the result that cancels g's common part (its mean, for a norm): subtracting it before scaling
- * keeps that cancellation exact, so a constant dy gives 0 to the rounding of x's mean, not of P * dy. */
+ * keeps that cancellation exact, so a constant dy gives 0 to the rounding of x's mean, not of P * dy.
+ * Q NULL: no Q term (statistics held constant, eval mode), so an infinite x gives P * (g - M) + R as
+ * in PyTorch, not 0 * inf. */
 static NF_INLINE void NF_NAME(gx_body, NF_TAG)(const NF_T *x, const NF_T *dy, int64_t xs, NF_T *y, int64_t ys,
                                                const NF_A *const *q, int64_t ps, int64_t n, int64_t nr,
                                                int64_t xr, int64_t yr, int act)
 {
     const NF_A *s = q[0], *a = q[1], *c = q[2], *P = q[3], *M = q[4], *Q = q[5], *R = q[6];
+    const int has_q = Q != NULL;
     for (int64_t r = 0; r < nr; r++, x += xr, dy += xr, y += yr) {
         int64_t j = 0;
         if (xs == 1 && ys == 1 && act <= NF_ACT_RELU && (ps == 0 || ps == 1)) {
             const NF_V z = {0};
-            NF_V sv = z + s[0], av = z + a[0], cv = z + c[0], Pv = z + P[0], Mv = z + M[0], Qv = z + Q[0];
-            NF_V Rv = z + R[0];
+            NF_V sv = z + s[0], av = z + a[0], cv = z + c[0], Pv = z + P[0], Mv = z + M[0];
+            NF_V Qv = has_q ? z + Q[0] : z, Rv = z + R[0];
             for (; j + NF_W <= n; j += NF_W) {
-                if (ps) { /* loop-invariant: the compiler unswitches it */
+                if (ps) { /* loop-invariant: the compiler unswitches it (has_q too) */
                     sv = NF_NAME(vat, NF_TAG)(s + j), av = NF_NAME(vat, NF_TAG)(a + j);
                     cv = NF_NAME(vat, NF_TAG)(c + j), Pv = NF_NAME(vat, NF_TAG)(P + j);
-                    Mv = NF_NAME(vat, NF_TAG)(M + j), Qv = NF_NAME(vat, NF_TAG)(Q + j);
-                    Rv = NF_NAME(vat, NF_TAG)(R + j);
+                    Mv = NF_NAME(vat, NF_TAG)(M + j), Rv = NF_NAME(vat, NF_TAG)(R + j);
+                    if (has_q)
+                        Qv = NF_NAME(vat, NF_TAG)(Q + j);
                 }
                 const NF_V u = NF_VLOAD(x + j) - sv;
                 NF_V e = NF_VLOAD(dy + j);
                 if (act == NF_ACT_RELU)
                     e = NF_NAME(vrelu_mask, NF_TAG)(e, u * av + cv);
-                NF_VSTORE(y + j, Pv * (e - Mv) + Qv * u + Rv);
+                NF_VSTORE(y + j, has_q ? Pv * (e - Mv) + Qv * u + Rv : Pv * (e - Mv) + Rv);
             }
         }
         for (; j < n; j++) {
             const int64_t k = j * ps;
             const NF_A u = NF_LOAD(x[j * xs]) - s[k];
             const NF_A g = NF_LOAD(dy[j * xs]) * NF_NAME(dact, NF_TAG)(u * a[k] + c[k], act);
-            y[j * ys] = NF_STORE(P[k] * (g - M[k]) + Q[k] * u + R[k]);
+            y[j * ys] = NF_STORE(has_q ? P[k] * (g - M[k]) + Q[k] * u + R[k] : P[k] * (g - M[k]) + R[k]);
         }
     }
 }
@@ -193,7 +197,7 @@ static void NF_NAME(gx_run, NF_TAG)(const nf_run *r, const void *const *prm, int
 {
     const NF_A *q[7];
     for (int i = 0; i < 7; i++)
-        q[i] = (const NF_A *)prm[i] + r->poff;
+        q[i] = prm[i] ? (const NF_A *)prm[i] + r->poff : NULL; /* Q may be absent */
     NF_BY_ACT(act, NF_NAME(gx_body, NF_TAG), (const NF_T *)r->x, (const NF_T *)r->x2, r->xs, (NF_T *)r->y, r->ys, q,
               r->ps, r->len, r->nr, r->xr, r->yr);
 }

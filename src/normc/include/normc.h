@@ -128,7 +128,8 @@ nf_status nf_grad_sums(const nf_plan *plan, nf_dtype dtype, const void *x, const
                        const void *scale, const void *bias, nf_act act, double *sum_g, double *sum_gd);
 
 /* The second pass: gx = P * (g - M) + Q * (x - shift) + R elementwise; params = {shift, scale, bias, P,
- * M, Q, R}, laid out as the statistics (double for NF_F64, float otherwise). gx has x's dtype and the
+ * M, Q, R}, laid out as the statistics (double for NF_F64, float otherwise); Q may be NULL, for no Q
+ * term (statistics held constant: an infinite x then keeps a finite gradient). gx has x's dtype and the
  * plan's y strides; dy is laid out like x. */
 nf_status nf_grad_apply(const nf_plan *plan, nf_dtype dtype, const void *x, const void *dy, void *gx,
                         const void *const *params, nf_act act);
