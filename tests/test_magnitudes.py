@@ -623,11 +623,12 @@ def test_backward_of_infinite_data_is_quiet_and_leaves_the_others(isa, dtype, ch
 
 
 @pytest.mark.parametrize("case", ["batch backward eps", "instance backward eps", "running var", "rms float64",
-                                  "forward fallback"])
+                                  "forward fallback", "weight gradient"])
 def test_results_past_a_dtypes_range_are_quiet(isa, case):
     """Float64 steps in Python whose results pass the output's range (a gradient past float32's under eps
     1e-80; a running variance past float32's; squares of float64 data near its largest value; the forward's
-    float64 fallback for a scale past float32's, under a weight near its largest value) round to
+    float64 fallback for a scale past float32's, under a weight near its largest value; an eval-mode weight
+    gradient past float32's, under a zero running variance and eps 1e-80) round to
     inf as the engine's stores do, without NumPy's 'overflow' warning (an error under -W error); the
     results are those of the same call with warnings ignored."""
     import warnings
@@ -647,6 +648,9 @@ def test_results_past_a_dtypes_range_are_quiet(isa, case):
         "rms float64": lambda: normfast.rms_norm_backward(np.arange(8.0).reshape(2, 4), x64, 4)[0],
         "forward fallback": lambda: normfast.batch_norm(tiny, weight=np.array([3.4e38, 1], np.float32),
                                                         training=True, eps=1e-80),
+        "weight gradient": lambda: normfast.batch_norm_backward(
+            dy, x + 1e30, np.zeros(2, np.float32), np.array([0, 1], np.float32), np.ones(2, np.float32),
+            training=False, eps=1e-80)[1],
     }[case]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -659,6 +663,8 @@ def test_results_past_a_dtypes_range_are_quiet(isa, case):
         assert got[0] == np.inf and np.isfinite(got[1])
     if case == "forward fallback":
         assert np.isinf(got[:, 0]).any() and np.isfinite(got[:, 1]).all()
+    if case == "weight gradient":
+        assert got[0] == np.inf and np.isfinite(got[1])
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dname)

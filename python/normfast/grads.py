@@ -233,6 +233,7 @@ def _per_channel(a, c):
     return a.sum(axis=tuple(i for i in range(a.ndim) if i != c)) if a.ndim > 1 else a.reshape(-1)
 
 
+@np.errstate(over="ignore")  # float64 sums past float32's range round to inf, as the engine's stores do
 def _param_grads(sum_g, sum_gxhat, c, weight, bias, pdt):
     """(grad_weight, grad_bias) in the parameters' dtype, None where the forward had no such parameter."""
     gw = None if weight is None else _per_channel(sum_gxhat, c).astype(pdt)
