@@ -566,8 +566,9 @@ def test_relu_gradient_passes_at_nan_as_pytorch(isa, dtype, channels_last):
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_eval_backward_of_non_finite_x_as_pytorch(isa, dtype, channels_last):
     """Eval mode treats the running statistics as constants: grad_x is grad_out * act'(z) * w * rstd,
-    finite where x is +-inf (it was 0 * inf = NaN), and NaN only where PyTorch's is. Batch norm and
-    instance norm with use_input_stats=False, every activation, against PyTorch's autograd."""
+    finite where x is +-inf (it was 0 * inf = NaN), and NaN only where PyTorch's is (but for SiLU at
+    +-inf, where its derivative's limits replace PyTorch's NaN). Batch norm and instance norm with
+    use_input_stats=False, every activation, against PyTorch's autograd."""
     rng = np.random.default_rng(4)
     x = rng.standard_normal((2, 3, 5))
     x[0, 0, :4] = [np.inf, -np.inf, np.nan, 1.0]
@@ -588,7 +589,11 @@ def test_eval_backward_of_non_finite_x_as_pytorch(isa, dtype, channels_last):
         t.grad = None
         y = F.batch_norm(t, *(torch.from_numpy(v.astype(np.float64)) for v in (rm, rv, w, b)), training=False)
         torch_act[act](y).backward(tdy)
-        want = t.grad.numpy()
+        want = t.grad.numpy().copy()
+        if act == "silu":  # SiLU's derivative at z = +-inf is its limit, 1 and 0 (PyTorch: inf * 0 = NaN)
+            xi = t.detach().numpy()  # channels first, as want
+            scale = (w * (1 / np.sqrt(rv.astype(np.float64) + 1e-5))).reshape(1, 3, 1)
+            want = np.where(np.isinf(xi), np.where(xi > 0, tdy.numpy() * scale, 0.0), want)
         if channels_last:
             want = np.moveaxis(want, 1, -1)
         with use_isa(isa):
@@ -597,3 +602,35 @@ def test_eval_backward_of_non_finite_x_as_pytorch(isa, dtype, channels_last):
                                                    activation=act)[0]]
         for gx in got:
             np.testing.assert_allclose(np.asarray(gx, np.float64), want, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", [np.float32, ml_dtypes.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_silu_at_an_overflowed_pre_activation(isa, dtype, channels_last):
+    """A pre-activation past float's range (eval mode, x near its largest value) is +-inf: SiLU gives its
+    limits, -0 at -inf (it gave -inf / inf = NaN), and its derivative 0 and 1 (it gave inf * 0 = NaN,
+    which made the channel's parameter gradients NaN). Forward and backward against PyTorch in float64,
+    where nothing overflows."""
+    x = np.array([-3.3e38, 1, 2, 3, 3.3e38, -1]).reshape(2, 1, 3).astype(dtype)
+    dy = np.array([1, 2, 3, 4, 5, 6]).reshape(2, 1, 3).astype(dtype)
+    rm, rv = np.zeros(1, np.float32), np.ones(1, np.float32)
+    w, b = np.array([1.5], np.float32), np.array([0.25], np.float32)
+    t = torch.from_numpy(np.asarray(x, np.float64)).requires_grad_()
+    tw, tb = (torch.from_numpy(v.astype(np.float64)).requires_grad_() for v in (w, b))
+    y = F.silu(F.batch_norm(t, *(torch.from_numpy(v.astype(np.float64)) for v in (rm, rv)), tw, tb, training=False))
+    y.backward(torch.from_numpy(np.asarray(dy, np.float64)))
+    want = [y.detach().numpy(), t.grad.numpy(), tw.grad.numpy(), tb.grad.numpy()]
+    ax = 1
+    if channels_last:
+        x, dy, ax = np.ascontiguousarray(np.moveaxis(x, 1, -1)), np.ascontiguousarray(np.moveaxis(dy, 1, -1)), -1
+        want[:2] = [np.moveaxis(v, 1, -1) for v in want[:2]]
+    with use_isa(isa):
+        got = [normfast.batch_norm(x, rm, rv, w, b, axis=ax, activation="silu"),
+               *normfast.batch_norm_backward(dy, x, rm, rv, w, b, training=False, axis=ax, activation="silu")]
+    tol = 1e-5 if dtype == np.float32 else 1e-2
+    for g, v in zip(got, want):
+        with np.errstate(over="ignore"):  # exact values past float32's range are inf in it
+            v = v.astype(np.float32).astype(np.float64)
+        assert not np.isnan(np.asarray(g, np.float64)).any()
+        np.testing.assert_allclose(np.asarray(g, np.float64), v, rtol=tol, atol=tol)

@@ -48,8 +48,8 @@ def activate(y, activation):
         return np.where(y < 0, 0.0, y)
     if activation == "sigmoid":
         return 1.0 / (1.0 + np.exp(-y))
-    if activation == "silu":
-        return y / (1.0 + np.exp(-y))
+    if activation == "silu":  # its limit -0 at -inf, not -inf / inf
+        return np.where(y == -np.inf, -0.0, y / (1.0 + np.exp(-y)))
     raise ValueError(activation)
 
 

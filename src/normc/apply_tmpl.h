@@ -9,7 +9,7 @@ static NF_INLINE NF_A NF_NAME(act, NF_TAG)(NF_A v, int act)
     switch (act) {
     case NF_ACT_RELU: return v < 0 ? 0 : v; /* NaN stays NaN, as in PyTorch */
     case NF_ACT_SIGMOID: return 1 / (1 + NF_EXP(-v));
-    case NF_ACT_SILU: return v / (1 + NF_EXP(-v));
+    case NF_ACT_SILU: return v == -INFINITY ? -(NF_A)0 : v / (1 + NF_EXP(-v)); /* its limit, not -inf / inf */
     default: return v;
     }
 }

@@ -35,7 +35,9 @@ static NF_INLINE NF_A NF_NAME(dact, NF_TAG)(NF_A z, int act)
     switch (act) {
     case NF_ACT_RELU: return z <= 0 ? 0 : 1; /* as vrelu_mask: 1 at NaN */
     case NF_ACT_SIGMOID: e = 1 / (1 + NF_EXP(-z)); return e * (1 - e);
-    case NF_ACT_SILU: e = 1 / (1 + NF_EXP(-z)); return e * (1 + z * (1 - e));
+    case NF_ACT_SILU: /* at +-inf its limits 1 and 0, not inf * 0 */
+        e = 1 / (1 + NF_EXP(-z));
+        return isinf(z) ? (z > 0) : e * (1 + z * (1 - e));
     default: return 1;
     }
 }

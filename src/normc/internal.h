@@ -249,7 +249,7 @@ static inline double nf_act64(double v, nf_act act)
     switch (act) {
     case NF_ACT_RELU: return v < 0 ? 0 : v; /* NaN stays NaN */
     case NF_ACT_SIGMOID: return 1 / (1 + exp(-v));
-    case NF_ACT_SILU: return v / (1 + exp(-v));
+    case NF_ACT_SILU: return v == -INFINITY ? -0.0 : v / (1 + exp(-v)); /* its limit, not -inf / inf */
     default: return v;
     }
 }
