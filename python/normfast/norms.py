@@ -61,48 +61,53 @@ _FUSED_MIN_ROWS = 8
 
 
 def _fused_groups(call, groups, out, stats):
-    """Instance or group norm in one visit of each (sample, group) while it is in cache, when x is
-    C-contiguous with channels first: each group is then one contiguous row, made of one segment per
-    channel; or with channels last (_channels_last). Returns None (nothing done) for other layouts, or
-    where rows would be too few to share among threads or too long to stay in cache; else (mean, var),
-    the (sample, group) float64 statistics when `stats`, otherwise (None, None). An `out` of another
-    layout gets the same bytes through a contiguous buffer."""
+    """Instance or group norm in one visit of each (sample, group) while it is in cache, for C-contiguous
+    x with channels first (_channels_first) or last (_channels_last). Returns None (nothing done) where
+    the kernel does not take the layout or shape; else (mean, var), the (sample, group) float64
+    statistics when `stats`, otherwise (None, None). An `out` of another layout gets the same bytes
+    through a contiguous buffer."""
     x, c = call.x, call.c
-    if c != 1 and c == x.ndim - 1 and x.flags.c_contiguous:
-        return _channels_last(call, groups, out, stats)
-    rows = x.shape[0] * groups
-    length = x.size // rows if rows else 0
-    seg = length * groups // x.shape[c] if length else 0
-    if not (c == 1 and x.flags.c_contiguous and seg >= 2 and rows >= _FUSED_MIN_ROWS and length <= 1 << 18):
+    if not (x.flags.c_contiguous and (c == 1 or c == x.ndim - 1)):
         return None
+    rows = x.shape[0] * groups
     mean, var = (np.empty(rows), np.empty(rows)) if stats else (None, None)
     y = out if out.flags.c_contiguous else np.empty_like(x)
-    if not _normc.rownorm(x.reshape(rows, length), y.reshape(rows, length), dtype=call.code, kind=_normc.ROW_LAYER,
-                          eps=call.eps, weight=call.weight, bias=call.bias, seg=seg, period=groups,
-                          activation=call.activation, mean=mean, var=var):
-        return None  # rows the kernel does not walk: nothing written, the two-pass path runs
+    if not (_channels_first if c == 1 else _channels_last)(call, groups, y, mean, var):
+        return None
     if y is not out:
         out[...] = y
     return mean, var
 
 
-def _channels_last(call, groups, out, stats):
-    """_fused_groups for C-contiguous channels-last x: each sample's statistics and output in one visit
-    (nf_channels_last_norm), the same bytes as the two-pass path. A sample that a float coefficient does
-    not hold takes the two-pass path's float64 step alone. None where the kernel takes another layout."""
-    x, N = call.x, call.x.shape[0]
-    mean, var = (np.empty(N * groups), np.empty(N * groups)) if stats else (None, None)
-    y = out if out.flags.c_contiguous else np.empty_like(x)
+def _channels_first(call, groups, y, mean, var):
+    """Each (sample, group) is one contiguous row of one segment per channel: nf_rownorm with seg > 1,
+    where rows are enough to share among threads and short enough to stay in cache. False, nothing
+    written, otherwise."""
+    x = call.x
+    rows = x.shape[0] * groups
+    length = x.size // rows if rows else 0
+    seg = length * groups // x.shape[1] if length else 0
+    if not (seg >= 2 and rows >= _FUSED_MIN_ROWS and length <= 1 << 18):
+        return False
+    # False also for rows the kernel does not walk: nothing written, the two-pass path runs
+    return _normc.rownorm(x.reshape(rows, length), y.reshape(rows, length), dtype=call.code, kind=_normc.ROW_LAYER,
+                          eps=call.eps, weight=call.weight, bias=call.bias, seg=seg, period=groups,
+                          activation=call.activation, mean=mean, var=var)
+
+
+def _channels_last(call, groups, y, mean, var):
+    """Each sample's statistics and output in one visit (nf_channels_last_norm), the same bytes as the
+    two-pass path. A sample that a float coefficient does not hold takes the two-pass path's float64 step
+    alone. False, nothing written, where the kernel takes another layout."""
+    x = call.x
     done = _normc.channels_last_norm(x, y, dtype=call.code, groups=groups, eps=call.eps, weight=call.weight,
                                      bias=call.bias, activation=call.activation, mean=mean, var=var)
     if done is None:
-        return None
+        return False
     for i in np.flatnonzero(~done):
         one = call._replace(x=x[i:i + 1])
         _core.apply(one, (0, call.c), *_core.group_moments(one.x, call.code, call.c, groups), y[i:i + 1])
-    if y is not out:
-        out[...] = y
-    return mean, var
+    return True
 
 
 def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None, *, use_input_stats=True,
