@@ -900,3 +900,69 @@ def test_float64_fallback_in_place(isa, dtype, channels_last):
             inplace = x.copy()
             f(inplace, out=inplace)
         assert inplace.tobytes() == want.tobytes()
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("dtype", HALF_RANGE, ids=dname)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_backward_of_grad_out_near_float_max(isa, dtype, channels_last, threads):
+    """grad_out holding values near float's largest ([3e38, 3e38, -3e38] in one channel of one sample and in
+    one row) while every exact gradient fits float: the float partial sums of g and g * (x - s) and the
+    step g - M of grad_x overflowed (a NaN grad_x, an infinite grad_bias; PyTorch's float32 does too). The
+    fused channels-first segments, the two-pass kernels (eval mode: row mode channels first, column mode
+    channels last; training channels last) and the layer and RMS rows. Expected: PyTorch in float64 on
+    the same values, rounded to float (an exact sum past float's range is inf there too)."""
+    rng = np.random.default_rng(9)
+    x = (rng.standard_normal((4, 6, 100)) * 100).astype(dtype)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    dy[1, 2, 10:13] = np.array([3e38, 3e38, -3e38]).astype(dtype)
+    rm, rv = rng.standard_normal(6).astype(np.float32), (rng.uniform(1, 2, 6) * 1e4).astype(np.float32)
+    w, b = rng.uniform(0.5, 1.5, 6).astype(np.float32), rng.standard_normal(6).astype(np.float32)
+    ax = 1
+    if channels_last:
+        x, dy = (np.ascontiguousarray(np.moveaxis(a, 1, -1)) for a in (x, dy))
+        ax = -1
+    xt = torch.tensor(np.asarray(x, np.float64), requires_grad=True)
+    tw, tb = (torch.tensor(v.astype(np.float64), requires_grad=True) for v in (w, b))
+    trm, trv = (torch.tensor(v.astype(np.float64)) for v in (rm, rv))
+    F = torch.nn.functional
+
+    def chan(f):  # PyTorch's channel norms take channels first
+        return lambda t: f(t.movedim(-1, 1)).movedim(1, -1) if channels_last else f(t)
+
+    L = x.shape[-1]
+    cases = [
+        (normfast.batch_norm_backward(dy, x, None, None, w, b, axis=ax),
+         chan(lambda t: F.batch_norm(t, None, None, tw, tb, training=True))),
+        (normfast.batch_norm_backward(dy, x, rm, rv, w, b, training=False, axis=ax),
+         chan(lambda t: F.batch_norm(t, trm, trv, tw, tb, training=False))),
+        (normfast.instance_norm_backward(dy, x, None, None, w, b, axis=ax),
+         chan(lambda t: F.instance_norm(t, weight=tw, bias=tb))),
+        (normfast.group_norm_backward(dy, x, 3, w, b, axis=ax), chan(lambda t: F.group_norm(t, 3, tw, tb))),
+    ]
+    w2, b2 = rng.uniform(0.5, 1.5, L).astype(np.float32), rng.standard_normal(L).astype(np.float32)
+    tw2, tb2 = (torch.tensor(v.astype(np.float64), requires_grad=True) for v in (w2, b2))
+    rows = [(normfast.layer_norm_backward(dy, x, L, w2, b2), lambda t: F.layer_norm(t, (L,), tw2, tb2)),
+            (normfast.rms_norm_backward(dy, x, L, w2, eps=1e-6), lambda t: F.rms_norm(t, (L,), tw2, eps=1e-6))]
+    tol = 2e-2 if dtype == ml_dtypes.bfloat16 else 1e-5
+    spatial = 1 if channels_last else -1
+    with use_threads(threads):
+        for i, (got, theirs) in enumerate(cases + rows):
+            params = (tw2, tb2) if i >= len(cases) else (tw, tb)
+            for t in (xt, *params):
+                t.grad = None
+            theirs(xt).backward(torch.tensor(np.asarray(dy, np.float64)))
+            want = [xt.grad.numpy()] + [None if t.grad is None else t.grad.numpy() for t in params]
+            for g, wv in zip(got, want):
+                if g is None:
+                    continue
+                g = np.asarray(g, np.float64)
+                with np.errstate(over="ignore"):  # an exact sum past float's range: inf
+                    wf = np.asarray(wv.astype(np.float32), np.float64)
+                if g.ndim == 1:
+                    np.testing.assert_allclose(g, wf, rtol=tol)
+                    continue
+                assert np.isfinite(wf).all()
+                # each statistic's own magnitude (a sample's channel; a row), as grad_x's terms cancel there
+                scale = np.abs(wf).max(axis=-1 if i >= len(cases) else spatial, keepdims=True)
+                np.testing.assert_array_less(np.abs(g - wf), np.broadcast_to(tol * scale + 1e-30, g.shape))

@@ -448,9 +448,27 @@ def _row_backward(grad_out, x, normalized_shape, weight, bias, eps, mean, rstd, 
     gw, gb = (np.zeros(n), np.zeros(n)) if params[0] is not None or params[1] is not None else (None, None)
     if x.size:
         rows = (-1, n)
-        _normc.rownorm_grad(x.reshape(rows), dy.reshape(rows), gx.reshape(rows), dtype=code, rstd=rstd, mean=mean,
-                            weight=params[0], grad_weight=gw, grad_bias=gb)
-    return (gx, *(None if p is None else g.reshape(nshape).astype(pdt) for p, g in zip(params, (gw, gb))))
+        x2, dy2 = x.reshape(rows), dy.reshape(rows)
+        _normc.rownorm_grad(x2, dy2, gx.reshape(rows), dtype=code, rstd=rstd, mean=mean, weight=params[0],
+                            grad_weight=gw, grad_bias=gb)
+        if gw is not None:
+            _exact_param_sums(x2, dy2, mean, rstd, gw, gb)
+    with np.errstate(over="ignore"):  # float64 sums past pdt's range round to inf, as _param_grads'
+        return (gx, *(None if p is None else g.reshape(nshape).astype(pdt) for p, g in zip(params, (gw, gb))))
+
+
+def _exact_param_sums(x, dy, mean, rstd, gw, gb):
+    """The row kernel sums each chunk of rows' dy * xhat and dy in pdt: one that overflows (grad_out near
+    float's largest value) is inf or NaN where the float64 sum may fit. Those columns are summed again
+    here in float64 from the exact values (columns of non-finite data too, to the same non-finite
+    value). x, dy: (rows, n); mean (None for RMS norm) and rstd: float64 per row."""
+    lost = ~(np.isfinite(gw) & np.isfinite(gb))
+    if x.dtype == np.float64 or not lost.any():
+        return
+    with np.errstate(invalid="ignore", over="ignore"):
+        d, xc = dy[:, lost].astype(np.float64), x[:, lost].astype(np.float64)
+        xhat = (xc if mean is None else xc - mean[:, None]) * rstd[:, None]
+        gw[lost], gb[lost] = (d * xhat).sum(axis=0), d.sum(axis=0)
 
 
 def layer_norm_backward(grad_out, x, normalized_shape, weight=None, bias=None, *, eps=1e-5, mean=None, rstd=None):

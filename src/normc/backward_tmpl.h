@@ -42,8 +42,34 @@ static NF_INLINE NF_A NF_NAME(dact, NF_TAG)(NF_A z, int act)
     }
 }
 
+/* Whether a float block sum must be redone in double: it overflowed (grad_out near float's largest value,
+ * or products g * (x - s) past it) where double may hold it. Never for double. */
+static NF_INLINE int NF_NAME(sum_lost, NF_TAG)(NF_A tg, NF_A td)
+{
+    return sizeof(NF_A) < sizeof(double) && !(isfinite(tg) && isfinite(td));
+}
+
+/* Adds the sums of g = dy * w * act'(z) (w NULL: 1) and of g * (x - s) over n elements xs apart to *sg and
+ * *sd, in double from each element's exact value: the rare blocks whose float sums overflow (sum_lost)
+ * and rows whose x - s leaves float's range (spans). z = (x - s) * a + c is the forward's, in float. */
+static NF_COLD void NF_NAME(red_wide, NF_TAG)(const NF_T *x, const NF_T *dy, int64_t xs, int64_t n, NF_A s, NF_A a,
+                                              NF_A c, const NF_A *w, int act, double *sg, double *sd)
+{
+    double tg = 0, td = 0;
+    for (int64_t j = 0; j < n; j++) {
+        const NF_A xj = NF_LOAD(x[j * xs]);
+        const double g = (double)NF_LOAD(dy[j * xs]) * (w ? (double)w[j] : 1) *
+                         (act == NF_ACT_NONE ? 1 : (double)NF_NAME(dact, NF_TAG)((xj - s) * a + c, act));
+        tg += g;
+        td += g * ((double)xj - (double)s);
+    }
+    *sg += tg;
+    *sd += td;
+}
+
 /* Adds the sums of g and of g * (x - s) over n elements xs apart to *sg and *sd: NF_A within blocks of
- * NF_BLOCK, double across them. `act` is a constant in each inlined copy. */
+ * NF_BLOCK, double across them (a block whose float sums overflow redone in double: red_wide). `act` is a
+ * constant in each inlined copy. */
 static NF_INLINE void NF_NAME(red_seg, NF_TAG)(const NF_T *x, const NF_T *dy, int64_t xs, int64_t n, NF_A s,
                                                NF_A a, NF_A c, double *sg, double *sd, int act)
 {
@@ -73,6 +99,10 @@ static NF_INLINE void NF_NAME(red_seg, NF_TAG)(const NF_T *x, const NF_T *dy, in
             const NF_A u = NF_LOAD(x[j * xs]) - s, g = NF_LOAD(dy[j * xs]) * NF_NAME(dact, NF_TAG)(u * a + c, act);
             tg += g;
             td += g * u;
+        }
+        if (NF_NAME(sum_lost, NF_TAG)(tg, td)) {
+            NF_NAME(red_wide, NF_TAG)(x + b * xs, dy + b * xs, xs, e - b, s, a, c, NULL, act, sg, sd);
+            continue;
         }
         *sg += tg;
         *sd += td;
@@ -133,6 +163,12 @@ static NF_INLINE void NF_NAME(red_cols_body, NF_TAG)(const nf_plan *p, const NF_
             }
         }
         for (int64_t k = 0; k < nk; k++) {
+            if (NF_NAME(sum_lost, NF_TAG)(tg[k], td[k])) {
+                for (int64_t r = 0; r < nr; r++)
+                    NF_NAME(red_wide, NF_TAG)(x + off[r] + k * ks, dy + off[r] + k * ks, 1, 1, s[k], a[k], c[k], NULL,
+                                              act, &sg[k], &sd[k]);
+                continue;
+            }
             sg[k] += tg[k];
             sd[k] += td[k];
         }
@@ -153,12 +189,33 @@ static void NF_NAME(red_cols, NF_TAG)(const nf_plan *p, const void *xv, const vo
               q[2], sg, sd);
 }
 
+/* The elements of one row of gx_body's gx that came out non-finite, again in double from their exact
+ * values with the float coefficients (the finite ones keep their bits, whatever else the row holds);
+ * g = dy * w * act'(z), w NULL: 1 (layer and RMS norm: w per element, no activation). */
+static NF_COLD void NF_NAME(gx_wide, NF_TAG)(const NF_T *x, const NF_T *dy, int64_t xs, NF_T *y, int64_t ys,
+                                             const NF_A *const *q, int64_t ps, int64_t n, const NF_A *w, int act)
+{
+    const NF_A *s = q[0], *a = q[1], *c = q[2], *P = q[3], *M = q[4], *Q = q[5], *R = q[6];
+    for (int64_t j = 0; j < n; j++) {
+        if (isfinite(NF_LOAD(y[j * ys])))
+            continue;
+        const int64_t k = j * ps;
+        const NF_A xj = NF_LOAD(x[j * xs]);
+        const double g = (double)NF_LOAD(dy[j * xs]) * (w ? (double)w[j] : 1) *
+                         (double)NF_NAME(dact, NF_TAG)((xj - s[k]) * a[k] + c[k], act);
+        const double v = (double)P[k] * (g - (double)M[k]) + (double)R[k];
+        y[j * ys] = NF_STORE((NF_A)(Q ? v + (double)Q[k] * ((double)xj - (double)s[k]) : v));
+    }
+}
+
 /* gx = P * (g - M) + Q * (x - s) + R over nr rows of n elements (x and dy xs apart, gx ys apart, rows xr
  * and yr apart); q = (s, a, c, P, M, Q, R), each ps apart along the row (0: one group per row). M is the
  * part of the result that cancels g's common part (its mean, for a norm): subtracting it before scaling
  * keeps that cancellation exact, so a constant dy gives 0 to the rounding of x's mean, not of P * dy.
  * Q NULL: no Q term (statistics held constant, eval mode), so an infinite x gives P * (g - M) + R as
- * in PyTorch, not 0 * inf. */
+ * in PyTorch, not 0 * inf. Results that are not finite are redone in double (gx_wide): a float step may
+ * overflow (g - M, with grad_out near float's largest value) where the result fits. Non-finite data
+ * takes that path too, to the same non-finite values. */
 static NF_INLINE void NF_NAME(gx_body, NF_TAG)(const NF_T *x, const NF_T *dy, int64_t xs, NF_T *y, int64_t ys,
                                                const NF_A *const *q, int64_t ps, int64_t n, int64_t nr,
                                                int64_t xr, int64_t yr, int act)
@@ -167,6 +224,8 @@ static NF_INLINE void NF_NAME(gx_body, NF_TAG)(const NF_T *x, const NF_T *dy, in
     const int has_q = Q != NULL;
     for (int64_t r = 0; r < nr; r++, x += xr, dy += xr, y += yr) {
         int64_t j = 0;
+        NF_V lost = {0}; /* the sum of the outputs: not finite if one is (or, rarely, if the sum overflows) */
+        NF_A lost1 = 0;
         if (xs == 1 && ys == 1 && act <= NF_ACT_RELU && (ps == 0 || ps == 1)) {
             const NF_V z = {0};
             NF_V sv = z + s[0], av = z + a[0], cv = z + c[0], Pv = z + P[0], Mv = z + M[0];
@@ -183,15 +242,21 @@ static NF_INLINE void NF_NAME(gx_body, NF_TAG)(const NF_T *x, const NF_T *dy, in
                 NF_V e = NF_VLOAD(dy + j);
                 if (act == NF_ACT_RELU)
                     e = NF_NAME(vrelu_mask, NF_TAG)(e, u * av + cv);
-                NF_VSTORE(y + j, has_q ? Pv * (e - Mv) + Qv * u + Rv : Pv * (e - Mv) + Rv);
+                const NF_V o = has_q ? Pv * (e - Mv) + Qv * u + Rv : Pv * (e - Mv) + Rv;
+                lost += o;
+                NF_VSTORE(y + j, o);
             }
         }
         for (; j < n; j++) {
             const int64_t k = j * ps;
             const NF_A u = NF_LOAD(x[j * xs]) - s[k];
             const NF_A g = NF_LOAD(dy[j * xs]) * NF_NAME(dact, NF_TAG)(u * a[k] + c[k], act);
-            y[j * ys] = NF_STORE(has_q ? P[k] * (g - M[k]) + Q[k] * u + R[k] : P[k] * (g - M[k]) + R[k]);
+            const NF_A o = has_q ? P[k] * (g - M[k]) + Q[k] * u + R[k] : P[k] * (g - M[k]) + R[k];
+            lost1 += o;
+            y[j * ys] = NF_STORE(o);
         }
+        if (sizeof(NF_A) < sizeof(double) && !isfinite(NF_NAME(hsum, NF_TAG)(lost) + lost1))
+            NF_NAME(gx_wide, NF_TAG)(x, dy, xs, y, ys, q, ps, n, NULL, act);
     }
 }
 
@@ -303,10 +368,8 @@ static NF_INLINE void NF_NAME(rowgrad_body, NF_TAG)(const NF_T *x, const NF_T *d
         const NF_A s = (NF_A)mu;
         double sg = 0, sd = 0;
         const int wide = NF_NAME(spans, NF_TAG)(rs);
-        for (int64_t j = 0; wide && j < n; j++) { /* rare: g * (x - s) in double, x - s past float's range */
-            const double g = (double)NF_LOAD(dr[j]) * (has_w ? w[j] : 1);
-            sg += g, sd += g * ((double)NF_LOAD(xr[j]) - (double)s);
-        }
+        if (wide) /* rare: x - s past float's range */
+            NF_NAME(red_wide, NF_TAG)(xr, dr, 1, n, s, 1, 0, has_w ? w : NULL, NF_ACT_NONE, &sg, &sd);
         for (int64_t b = 0; !wide && b < n; b += NF_BLOCK) {
             const int64_t e = n - b < NF_BLOCK ? n : b + NF_BLOCK;
             NF_A tg = 0, td = 0;
@@ -327,6 +390,10 @@ static NF_INLINE void NF_NAME(rowgrad_body, NF_TAG)(const NF_T *x, const NF_T *d
                 tg += g;
                 td += g * (NF_LOAD(xr[j]) - s);
             }
+            if (NF_NAME(sum_lost, NF_TAG)(tg, td)) {
+                NF_NAME(red_wide, NF_TAG)(xr + b, dr + b, 1, e - b, s, 1, 0, has_w ? w + b : NULL, NF_ACT_NONE, &sg, &sd);
+                continue;
+            }
             sg += tg;
             sd += td;
         }
@@ -338,7 +405,7 @@ static NF_INLINE void NF_NAME(rowgrad_body, NF_TAG)(const NF_T *x, const NF_T *d
             for (int64_t j = 0; j < n; j++) {
                 const NF_A d = NF_LOAD(dr[j]);
                 const double xm = (double)NF_LOAD(xr[j]) - mu; /* x - mean: in float it may overflow */
-                yr[j] = NF_STORE((NF_A)(rs * ((double)(has_w ? d * w[j] : d) - k1) - rs * (rs * k2) * xm));
+                yr[j] = NF_STORE((NF_A)(rs * ((double)d * (has_w ? w[j] : 1) - k1) - rs * (rs * k2) * xm));
                 if (want) {
                     gw[j] += (NF_A)((double)d * xm * rs);
                     gb[j] += d;
@@ -351,9 +418,13 @@ static NF_INLINE void NF_NAME(rowgrad_body, NF_TAG)(const NF_T *x, const NF_T *d
         const NF_A rf = (NF_A)rs, cc = (NF_A)nf_centring(s, mu, rs); /* xhat = (x - s) * rf + cc */
         int64_t j = 0;
         const NF_V z = {0}, sv = z + s, Pv = z + P, Mv = z + M, Qv = z + Q, Rv = z + R, rv = z + rf, cv = z + cc;
+        NF_V lost = z; /* as gx_body's */
+        NF_A lost1 = 0;
         for (; j + NF_W <= n; j += NF_W) {
             const NF_V d = NF_VLOAD(dr + j), u = NF_VLOAD(xr + j) - sv;
-            NF_VSTORE(yr + j, Pv * ((has_w ? d * NF_NAME(vat, NF_TAG)(w + j) : d) - Mv) + Qv * u + Rv);
+            const NF_V o = Pv * ((has_w ? d * NF_NAME(vat, NF_TAG)(w + j) : d) - Mv) + Qv * u + Rv;
+            lost += o;
+            NF_VSTORE(yr + j, o);
             if (want) {
                 const NF_V vw = NF_NAME(vat, NF_TAG)(gw + j) + d * (u * rv + cv), vb = NF_NAME(vat, NF_TAG)(gb + j) + d;
                 memcpy(gw + j, &vw, sizeof vw);
@@ -362,11 +433,17 @@ static NF_INLINE void NF_NAME(rowgrad_body, NF_TAG)(const NF_T *x, const NF_T *d
         }
         for (; j < n; j++) {
             const NF_A d = NF_LOAD(dr[j]), u = NF_LOAD(xr[j]) - s;
-            yr[j] = NF_STORE(P * ((has_w ? d * w[j] : d) - M) + Q * u + R);
+            const NF_A o = P * ((has_w ? d * w[j] : d) - M) + Q * u + R;
+            lost1 += o;
+            yr[j] = NF_STORE(o);
             if (want) {
                 gw[j] += d * (u * rf + cc);
                 gb[j] += d;
             }
+        }
+        if (sizeof(NF_A) < sizeof(double) && !isfinite(NF_NAME(hsum, NF_TAG)(lost) + lost1)) {
+            const NF_A zero = 0, one = 1, *q[7] = {&s, &one, &zero, &P, &M, &Q, &R};
+            NF_NAME(gx_wide, NF_TAG)(xr, dr, 1, yr, 1, q, 0, n, has_w ? w : NULL, NF_ACT_NONE);
         }
     }
 }
