@@ -146,3 +146,25 @@ def assert_refused(fn, kwargs, exc, match):
     with pytest.raises(exc, match=match):
         fn(**kwargs)
     assert unchanged(before, kwargs)
+
+
+def torch_switchable(X, W, B, mw, vw, rm, rv, training, eps, using_bn):
+    """Switchable norm (channels on axis 1) in PyTorch: each statistic directly from X, biased."""
+    import torch  # the tests that compare with PyTorch import it; the others need not
+
+    spatial = tuple(range(2, X.ndim))
+
+    def stats(dims):
+        if not dims:  # torch reduces every axis for an empty tuple; over no axis, x is its own mean
+            return X, torch.zeros_like(X)
+        return X.mean(dims, keepdim=True), X.var(dims, keepdim=True, unbiased=False)
+
+    kinds = [stats(spatial), stats((1,) + spatial)]
+    if using_bn:
+        shape = (1, -1) + (1,) * len(spatial)
+        kinds.append(stats((0,) + spatial) if training else (rm.view(shape), rv.view(shape)))
+    pm, pv = torch.softmax(mw, 0), torch.softmax(vw, 0)
+    mean = sum(p * m for p, (m, _) in zip(pm, kinds))
+    var = sum(p * v for p, (_, v) in zip(pv, kinds))
+    shape = (1, -1) + (1,) * len(spatial)
+    return (X - mean) / torch.sqrt(var + eps) * W.view(shape) + B.view(shape)

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 import normfast
 
 from api_calls import GRADIENTS
-from helpers import ACTS, ISAS, assert_refused, bad_call, case_ids, norm_inputs, use_isa, use_threads
+from helpers import (ACTS, ISAS, assert_refused, bad_call, case_ids, norm_inputs, torch_switchable, use_isa,
+                     use_threads)
 
 SETTINGS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -35,26 +36,6 @@ def tensor(a, axis=None):
         return None
     a = np.asarray(a, np.float64)
     return torch.tensor((a if axis is None else np.moveaxis(a, axis, 1)).copy(), requires_grad=True)
-
-
-def torch_switchable(X, W, B, mw, vw, rm, rv, training, eps, using_bn):
-    """Switchable norm (channels on axis 1) in PyTorch: each statistic directly from X, biased."""
-    spatial = tuple(range(2, X.ndim))
-
-    def stats(dims):
-        if not dims:  # torch reduces every axis for an empty tuple; over no axis, x is its own mean
-            return X, torch.zeros_like(X)
-        return X.mean(dims, keepdim=True), X.var(dims, keepdim=True, unbiased=False)
-
-    kinds = [stats(spatial), stats((1,) + spatial)]
-    if using_bn:
-        shape = (1, -1) + (1,) * len(spatial)
-        kinds.append(stats((0,) + spatial) if training else (rm.view(shape), rv.view(shape)))
-    pm, pv = torch.softmax(mw, 0), torch.softmax(vw, 0)
-    mean = sum(p * m for p, (m, _) in zip(pm, kinds))
-    var = sum(p * v for p, (_, v) in zip(pv, kinds))
-    shape = (1, -1) + (1,) * len(spatial)
-    return (X - mean) / torch.sqrt(var + eps) * W.view(shape) + B.view(shape)
 
 
 def torch_grads(name, grad_out, x, axis, weight, bias, act, **kw):
@@ -525,7 +506,8 @@ def test_rms_backward_takes_the_forwards_rstd(isa, dtype, n):
 def test_relu_gradient_passes_at_nan_as_pytorch(isa, dtype, channels_last):
     """A NaN in x makes its group's pre-activation NaN; ReLU's derivative there is PyTorch's (the
     gradient passes: threshold_backward zeroes only z <= 0), so grad_bias of that channel is the sum of
-    grad_out, not 0 (which it was). Batch, group and instance norm, against PyTorch on the same values."""
+    grad_out, not 0 (which it was). Batch, group, instance and switchable norm, against PyTorch on the
+    same values."""
     rng = np.random.default_rng(3)
     x = rng.standard_normal((2, 4, 5, 6))
     x[0, 1, 2, 3] = np.nan
@@ -546,6 +528,11 @@ def test_relu_gradient_passes_at_nan_as_pytorch(isa, dtype, channels_last):
              (lambda: normfast.instance_norm_backward(dy, x, None, None, w.astype(pdt), b.astype(pdt),
                                                       activation="relu", axis=ax),
               lambda tw, tb: F.instance_norm(t, weight=tw, bias=tb))]
+    mw, vw = np.array([0.3, -0.2, 0.1]), np.array([-0.4, 0.2, 0.5])
+    cases.append((lambda: normfast.switchable_norm_backward(dy, x, w.astype(pdt), b.astype(pdt), mw, vw,
+                                                            activation="relu", axis=ax)[:3],
+                  lambda tw, tb: torch_switchable(t, tw, tb, torch.tensor(mw), torch.tensor(vw), None, None, True,
+                                                  1e-5, True)))
     tol = {np.float64: 1e-10, np.float32: 1e-4}.get(dtype, 3e-2)
     for ours, theirs in cases:
         with use_isa(isa):

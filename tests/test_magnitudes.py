@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 import normfast
 from normfast import dask as nf_dask
 
-from helpers import use_threads
+from helpers import torch_switchable, use_threads
 
 HALF_RANGE = [np.float32, ml_dtypes.bfloat16]  # float32's exponent range, accumulated in float
 FLOAT_DTYPES = [np.float16, ml_dtypes.bfloat16, np.float32, np.float64]
@@ -839,8 +839,8 @@ def test_running_statistics_far_from_x(isa, dtype, channels_last):
     """Evaluation mode with running statistics far from x (a running mean of 3e38, x of -3e38): x - s
     leaves float's range while the normalized value (x - mean) / sqrt(var + eps) fits, so the statistic
     is applied, and differentiated, in float64 (it gave -inf, and a NaN gradient). Batch norm forward and
-    backward, its layer and instance norm with use_input_stats=False. Expected: float64 NumPy on the same
-    values."""
+    backward, its layer, instance norm with use_input_stats=False and switchable norm in eval mode.
+    Expected: float64 NumPy on the same values, PyTorch in float64 for switchable norm."""
     x = np.array([-3e38, 3e38, 1.0, 0.0, -1e38, 2.0]).reshape(1, 2, 3).astype(dtype)
     rm, rv = np.array([3e38, -2e38], np.float32), np.array([3e38, 1e30], np.float32)
     w, b = np.array([0.5, 2.0], np.float32), np.array([0.25, -1.0], np.float32)
@@ -862,6 +862,22 @@ def test_running_statistics_far_from_x(isa, dtype, channels_last):
         y = np.asarray(y, np.float64)
         assert np.isfinite(y).all()
         np.testing.assert_allclose(y, want, rtol=tol)
+    # Switchable norm in eval mode, its blend all but entirely the running statistics; against PyTorch in
+    # float64 (channels first), forward and backward.
+    logits = np.array([-30.0, -30.0, 30.0])
+    xt = torch.tensor(np.moveaxis(np.asarray(x, np.float64), ax, 1), requires_grad=True)
+    tw, tb = (torch.tensor(v.astype(np.float64), requires_grad=True) for v in (w, b))
+    ty = torch_switchable(xt, tw, tb, *(torch.tensor(logits),) * 2, *(torch.tensor(v.astype(np.float64)) for v in (rm, rv)),
+                          False, 1e-5, True)
+    ty.backward(torch.ones_like(ty))
+    y = np.asarray(normfast.switchable_norm(x, w, b, logits, logits, rm, rv, axis=ax), np.float64)
+    assert np.isfinite(y).all()
+    np.testing.assert_allclose(np.moveaxis(y, ax, 1), ty.detach().numpy(), rtol=tol)
+    sgx, sgw, sgb = normfast.switchable_norm_backward(dy, x, w, b, logits, logits, rm, rv, training=False, axis=ax)[:3]
+    assert np.isfinite(np.asarray(sgx, np.float64)).all()
+    np.testing.assert_allclose(np.moveaxis(np.asarray(sgx, np.float64), ax, 1), xt.grad.numpy(), rtol=tol)
+    np.testing.assert_allclose(sgw, tw.grad.numpy(), rtol=tol)
+    np.testing.assert_allclose(sgb, tb.grad.numpy(), rtol=tol)
     red = (0, 1) if channels_last else (0, 2)
     for gx, gw, gb in (normfast.batch_norm_backward(dy, x, rm, rv, w, b, training=False, axis=ax),
                        normfast.instance_norm_backward(dy, x, rm, rv, w, b, use_input_stats=False, axis=ax)):
@@ -876,7 +892,9 @@ def test_running_statistics_far_from_x(isa, dtype, channels_last):
 def test_float64_fallback_in_place(isa, dtype, channels_last):
     """Statistics applied in float64 (a 1e32 outlier: data spanning past float's range; running
     statistics far from x) read x before anything is written: in place (out=x) gives the bytes of a new
-    output. The float64 step read x after the float pass had overwritten it (found by a new user)."""
+    output. The float64 step read x after the float pass had overwritten it (found by a new user). Batch,
+    instance, group and switchable norm (training, and eval mode weighted to its far running
+    statistics) and the BatchNorm layer."""
     x = np.zeros((2, 3, 4), np.float64)
     x[0, 1, 2], x[1, 0, 0] = 1e32, 3e38
     x = x.astype(dtype)
@@ -893,7 +911,10 @@ def test_float64_fallback_in_place(isa, dtype, channels_last):
              lambda a, **o: normfast.batch_norm(a, training=True, axis=ax, **o),
              lambda a, **o: normfast.batch_norm(a, rm, rv, w, b, axis=ax, **o),
              lambda a, **o: normfast.instance_norm(a, rm, rv, w, b, use_input_stats=False, axis=ax, **o),
-             lambda a, **o: layer(a, **o)]
+             lambda a, **o: layer(a, **o),
+             lambda a, **o: normfast.switchable_norm(a, w, b, np.zeros(3), np.zeros(3), training=True, axis=ax, **o),
+             lambda a, **o: normfast.switchable_norm(a, w, b, np.array([-9.0, -9.0, 9.0]), np.array([-9.0, -9.0, 9.0]),
+                                                     rm, rv, axis=ax, **o)]
     for f in calls:
         with np.errstate(over="ignore"):
             want = f(x)
@@ -910,7 +931,7 @@ def test_backward_of_grad_out_near_float_max(isa, dtype, channels_last, threads)
     one row) while every exact gradient fits float: the float partial sums of g and g * (x - s) and the
     step g - M of grad_x overflowed (a NaN grad_x, an infinite grad_bias; PyTorch's float32 does too). The
     fused channels-first segments, the two-pass kernels (eval mode: row mode channels first, column mode
-    channels last; training channels last) and the layer and RMS rows. Expected: PyTorch in float64 on
+    channels last; training channels last; switchable norm) and the layer and RMS rows. Expected: PyTorch in float64 on
     the same values, rounded to float (an exact sum past float's range is inf there too)."""
     rng = np.random.default_rng(9)
     x = (rng.standard_normal((4, 6, 100)) * 100).astype(dtype)
@@ -918,6 +939,7 @@ def test_backward_of_grad_out_near_float_max(isa, dtype, channels_last, threads)
     dy[1, 2, 10:13] = np.array([3e38, 3e38, -3e38]).astype(dtype)
     rm, rv = rng.standard_normal(6).astype(np.float32), (rng.uniform(1, 2, 6) * 1e4).astype(np.float32)
     w, b = rng.uniform(0.5, 1.5, 6).astype(np.float32), rng.standard_normal(6).astype(np.float32)
+    mw, vw = np.array([0.3, -0.2, 0.1]), np.array([-0.4, 0.2, 0.5])
     ax = 1
     if channels_last:
         x, dy = (np.ascontiguousarray(np.moveaxis(a, 1, -1)) for a in (x, dy))
@@ -939,6 +961,8 @@ def test_backward_of_grad_out_near_float_max(isa, dtype, channels_last, threads)
         (normfast.instance_norm_backward(dy, x, None, None, w, b, axis=ax),
          chan(lambda t: F.instance_norm(t, weight=tw, bias=tb))),
         (normfast.group_norm_backward(dy, x, 3, w, b, axis=ax), chan(lambda t: F.group_norm(t, 3, tw, tb))),
+        (normfast.switchable_norm_backward(dy, x, w, b, mw, vw, axis=ax),
+         chan(lambda t: torch_switchable(t, tw, tb, torch.tensor(mw), torch.tensor(vw), None, None, True, 1e-5, True))),
     ]
     w2, b2 = rng.uniform(0.5, 1.5, L).astype(np.float32), rng.standard_normal(L).astype(np.float32)
     tw2, tb2 = (torch.tensor(v.astype(np.float64), requires_grad=True) for v in (w2, b2))
