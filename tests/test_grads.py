@@ -621,3 +621,59 @@ def test_silu_at_an_overflowed_pre_activation(isa, dtype, channels_last):
             v = v.astype(np.float32).astype(np.float64)
         assert not np.isnan(np.asarray(g, np.float64)).any()
         np.testing.assert_allclose(np.asarray(g, np.float64), v, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, ml_dtypes.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("spatial", [5, 100])
+def test_relu_drops_a_non_finite_grad_out_where_it_is_off(isa, dtype, channels_last, spatial):
+    """ReLU's gradient is a select (PyTorch's threshold_backward): an inf or NaN grad_out where z <= 0
+    gives 0 there, and the group's gradients stay finite (the scalar paths multiplied: inf * 0, a NaN
+    group; found by a new user). Batch (training and eval), instance, group and switchable norm, the fused
+    segments (100 per channel, channels first) and the two-pass kernels (5; channels last), vector and
+    scalar lanes; against PyTorch in float64 on the same values."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 9, spatial))
+    dy = rng.standard_normal(x.shape)
+    # places where every norm's pre-activation is off (x far under any mean; weight 1, bias 0), at the
+    # starts and ends of rows: vector lanes and scalar tails
+    at = ([0, 0, 0, 1, 1, 1], [0, 1, 2, 8, 7, 6], [0, 1, 2, spatial - 1, spatial - 2, spatial - 3])
+    x[at] = -10
+    off = np.zeros(x.shape, bool)
+    off[at] = True
+    dy[at] = [np.inf, np.nan, -np.inf, np.nan, np.inf, -np.inf]
+    x, dy = x.astype(dtype), dy.astype(dtype)
+    x64, dy64 = np.asarray(x, np.float64), np.asarray(dy, np.float64)
+    assert np.all(np.isnan(dy64) | np.isinf(dy64) <= off)
+    pdt = np.float64 if dtype == np.float64 else np.float32
+    w, b = np.ones(9, pdt), np.zeros(9, pdt)
+    rm, rv = np.asarray(x64.mean(axis=(0, 2)), pdt), np.asarray(x64.var(axis=(0, 2)), pdt)
+    mw = vw = np.array([-20.0, -20.0, 20.0])  # switchable: all but entirely the batch statistics
+    t = torch.from_numpy(x64).requires_grad_()
+    ax = 1
+    if channels_last:
+        x, dy, ax = np.ascontiguousarray(np.moveaxis(x, 1, -1)), np.ascontiguousarray(np.moveaxis(dy, 1, -1)), -1
+    tw, tb = (torch.ones(9, dtype=torch.float64), torch.zeros(9, dtype=torch.float64))
+    cases = [(lambda: normfast.batch_norm_backward(dy, x, None, None, w, b, activation="relu", axis=ax),
+              lambda: F.batch_norm(t, None, None, tw, tb, training=True)),
+             (lambda: normfast.batch_norm_backward(dy, x, rm, rv, w, b, training=False, activation="relu", axis=ax),
+              lambda: F.batch_norm(t, torch.from_numpy(rm.astype(np.float64)), torch.from_numpy(rv.astype(np.float64)),
+                                   tw, tb, training=False)),
+             (lambda: normfast.instance_norm_backward(dy, x, None, None, w, b, activation="relu", axis=ax),
+              lambda: F.instance_norm(t, weight=tw, bias=tb)),
+             (lambda: normfast.group_norm_backward(dy, x, 3, w, b, activation="relu", axis=ax),
+              lambda: F.group_norm(t, 3, tw, tb)),
+             (lambda: normfast.switchable_norm_backward(dy, x, w, b, mw, vw, activation="relu", axis=ax)[0],
+              lambda: torch_switchable(t, tw, tb, torch.tensor(mw), torch.tensor(vw), None, None, True, 1e-5, True))]
+    tol = {np.float64: 1e-9, np.float32: 1e-4}.get(dtype, 3e-2)
+    for ours, theirs in cases:
+        with use_isa(isa):
+            got = ours()
+        gx = np.asarray(got[0] if isinstance(got, tuple) else got, np.float64)
+        t.grad = None
+        torch.relu(theirs()).backward(torch.from_numpy(dy64))
+        want = np.moveaxis(t.grad.numpy(), 1, -1) if channels_last else t.grad.numpy()
+        assert np.isfinite(want).all()
+        assert np.isfinite(gx).all()
+        np.testing.assert_allclose(gx, want, rtol=tol, atol=tol * np.abs(want).max())

@@ -623,12 +623,13 @@ def test_backward_of_infinite_data_is_quiet_and_leaves_the_others(isa, dtype, ch
 
 
 @pytest.mark.parametrize("case", ["batch backward eps", "instance backward eps", "running var", "rms float64",
-                                  "forward fallback", "weight gradient"])
+                                  "forward fallback", "weight gradient", "switchable logits"])
 def test_results_past_a_dtypes_range_are_quiet(isa, case):
     """Float64 steps in Python whose results pass the output's range (a gradient past float32's under eps
     1e-80; a running variance past float32's; squares of float64 data near its largest value; the forward's
     float64 fallback for a scale past float32's, under a weight near its largest value; an eval-mode weight
-    gradient past float32's, under a zero running variance and eps 1e-80) round to
+    gradient past float32's, under a zero running variance and eps 1e-80; switchable norm's logit gradients
+    under a grad_out near float32's largest value) round to
     inf as the engine's stores do, without NumPy's 'overflow' warning (an error under -W error); the
     results are those of the same call with warnings ignored."""
     import warnings
@@ -640,6 +641,7 @@ def test_results_past_a_dtypes_range_are_quiet(isa, case):
     tiny = np.random.default_rng(0).standard_normal((64, 2, 5)).astype(np.float32)
     tiny[:, 0] *= 1e-30  # a scale past float32's range: applied in float64, outputs past it round to inf
     dy = np.arange(24, dtype=np.float32).reshape(x.shape)
+    spread = (np.random.default_rng(3).standard_normal((4, 6, 25)) * 50 + 3).astype(np.float32)
     call = {
         "batch backward eps": lambda: normfast.batch_norm_backward(dy, x, eps=1e-80)[0],
         "instance backward eps": lambda: normfast.instance_norm_backward(dy, x, eps=1e-80)[0],
@@ -651,6 +653,9 @@ def test_results_past_a_dtypes_range_are_quiet(isa, case):
         "weight gradient": lambda: normfast.batch_norm_backward(
             dy, x + 1e30, np.zeros(2, np.float32), np.array([0, 1], np.float32), np.ones(2, np.float32),
             training=False, eps=1e-80)[1],
+        "switchable logits": lambda: normfast.switchable_norm_backward(
+            np.full(spread.shape, 3e38, np.float32), spread, np.full(6, 0.1, np.float32), np.zeros(6, np.float32),
+            np.zeros(3), np.zeros(3), np.zeros(6, np.float32), np.full(6, 2000, np.float32), training=False)[3],
     }[case]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -665,6 +670,8 @@ def test_results_past_a_dtypes_range_are_quiet(isa, case):
         assert np.isinf(got[:, 0]).any() and np.isfinite(got[:, 1]).all()
     if case == "weight gradient":
         assert got[0] == np.inf and np.isfinite(got[1])
+    if case == "switchable logits":
+        assert np.isinf(got).any() and np.isfinite(got).any()
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dname)
@@ -990,3 +997,44 @@ def test_backward_of_grad_out_near_float_max(isa, dtype, channels_last, threads)
                 # each statistic's own magnitude (a sample's channel; a row), as grad_x's terms cancel there
                 scale = np.abs(wf).max(axis=-1 if i >= len(cases) else spatial, keepdims=True)
                 np.testing.assert_array_less(np.abs(g - wf), np.broadcast_to(tol * scale + 1e-30, g.shape))
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("dtype", HALF_RANGE, ids=dname)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_backward_where_the_mean_of_g_passes_float_max(isa, dtype, channels_last, threads):
+    """The part M of g taken off before scaling (its mean, or for a group norm channel -R / P) passing
+    float's range while the gradient fits: a layer norm weight of 2 over a grad_out near float's largest
+    value (found by a new user: all-NaN rows), and a group norm channel of weight 1e-30 beside channels of
+    large grad_out (M = the group's sum over that tiny P). Those rows and groups take float64 coefficients.
+    Expected: PyTorch in float64 on the same values, each row's or channel's own magnitude."""
+    rng = np.random.default_rng(11)
+    x = (rng.standard_normal((4, 6, 100)) * 50).astype(dtype)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    dy[1, 2] = np.where(np.arange(100) == 7, -3e38, 3e38).astype(dtype)
+    wl = np.full(100, 2.0, np.float32)
+    wg = np.array([1.0, 0.5, 1e-30, 1.5, 1.0, 2.0], np.float32)
+    ax = 1
+    if channels_last:
+        x, dy = (np.ascontiguousarray(np.moveaxis(a, 1, -1)) for a in (x, dy))
+        ax = -1
+    xt = torch.tensor(np.asarray(x, np.float64), requires_grad=True)
+    F = torch.nn.functional
+    L = x.shape[-1]
+    tl = torch.tensor(np.full(L, 2.0))
+    tg = torch.tensor(wg.astype(np.float64))
+    gn = (lambda t: F.group_norm(t.movedim(-1, 1), 3, tg).movedim(1, -1)) if channels_last else (
+        lambda t: F.group_norm(t, 3, tg))
+    with use_threads(threads):
+        cases = [(normfast.layer_norm_backward(dy, x, L, np.full(L, 2.0, np.float32))[0],
+                  lambda t: F.layer_norm(t, (L,), tl), -1),
+                 (normfast.group_norm_backward(dy, x, 3, wg, axis=ax)[0], gn, 1 if channels_last else -1)]
+    tol = 2e-2 if dtype == ml_dtypes.bfloat16 else 1e-5
+    for got, theirs, along in cases:
+        xt.grad = None
+        theirs(xt).backward(torch.tensor(np.asarray(dy, np.float64)))
+        want = xt.grad.numpy()
+        gx = np.asarray(got, np.float64)
+        assert np.isfinite(want).all() and np.isfinite(gx).all()
+        scale = np.abs(want).max(axis=along, keepdims=True)
+        np.testing.assert_array_less(np.abs(gx - want), np.broadcast_to(tol * scale + 1e-30, gx.shape))

@@ -131,7 +131,9 @@ def _channel_backward(x, dy, code, gx, keep, mean, rstd, weight, bias, activatio
         # grad_x = P * (g - M) + Q * (x - s2) + R': M, R's cancelling part, is subtracted from g before
         # scaling, so that a constant grad_out gives 0 to the rounding of the mean, not of P * grad_out;
         # rounding M goes back into R'. z keeps its value with s2 as its shift.
-        M = np.divide(-Rp, P, out=np.zeros(shape), where=P != 0).astype(p)
+        M = np.divide(-Rp, P, out=np.zeros(shape), where=P != 0)
+        bad = bad | _unfit(p, M)  # past p's range where the logits' blend scales g past it
+        M = np.where(bad, 0, M).astype(p)
         c2, R2 = b + _normc.centrings(s2, mean, P), Rp + P * M
         bad = bad | _unfit(p, c2, Q, R2)
         a, c2, M, Q2, R2 = _held(p, bad, P, c2, M, Q, R2)
@@ -405,8 +407,9 @@ def switchable_norm_backward(grad_out, x, weight, bias, mean_weight, var_weight,
     # d loss / d blend weight i: the statistic i seen from every (sample, channel) group.
     g_wm = np.array([np.sum(gmu * m) for m, _, _, _ in stats])
     g_wv = np.array([np.sum(gvar * v) for _, v, _, _ in stats])
-    return (gx, *_param_grads(sum_g, sum_gxhat, c, call.weight, call.bias, call.pdt),
-            _softmax_backward(wm, g_wm).astype(call.pdt), _softmax_backward(wv, g_wv).astype(call.pdt))
+    with np.errstate(over="ignore"):  # past pdt's range: inf, quietly, as _param_grads'
+        g_logits = _softmax_backward(wm, g_wm).astype(call.pdt), _softmax_backward(wv, g_wv).astype(call.pdt)
+    return (gx, *_param_grads(sum_g, sum_gxhat, c, call.weight, call.bias, call.pdt), *g_logits)
 
 
 @np.errstate(over="ignore")  # squares of float64 data near its largest value overflow to inf, as the engine's

@@ -16,29 +16,32 @@ static NF_INLINE NF_V NF_NAME(vrelu_mask, NF_TAG)(NF_V e, NF_V z)
 }
 
 /* Whether float holds a row's gradient coefficients, computed in double: rs^2 (which scales x - mean
- * into the gradient) within float's normal range, the coefficient q of x - mean and the constant r
- * finite in float. Always, in double. */
-static NF_INLINE int NF_NAME(coef_fit, NF_TAG)(double rs, double q, double r)
+ * into the gradient) within float's normal range, the coefficient q of x - mean, the constant r and
+ * the largest |M| (g's part taken off before scaling: its mean, which passes float's range where a
+ * weight over 1 scales a grad_out near it) finite in float. Always, in double. */
+static NF_INLINE int NF_NAME(coef_fit, NF_TAG)(double rs, double q, double r, double m)
 {
-    return sizeof(NF_A) == sizeof(double) ||
-           (rs * rs >= 0x1p-126 && rs * rs <= 0x1p127 && fabs(q) <= 0x1p127 && fabs(r) <= 0x1p127);
+    return sizeof(NF_A) == sizeof(double) || (rs * rs >= 0x1p-126 && rs * rs <= 0x1p127 && fabs(q) <= 0x1p127 &&
+                                              fabs(r) <= 0x1p127 && fabs(m) <= 0x1p127);
 }
 
 /* Whether a row's data spans past float's range (normc.h's NF_SPAN_RSTD): x - s then overflows float, so
  * the row's sums and gradient are taken in double from the start. */
 static NF_INLINE int NF_NAME(spans, NF_TAG)(double rs) { return sizeof(NF_A) < sizeof(double) && rs < NF_SPAN_RSTD; }
 
-/* act'(z). */
-static NF_INLINE NF_A NF_NAME(dact, NF_TAG)(NF_A z, int act)
+/* g = dy * act'(z), in double (the product of two floats is exact there, so rounding it to float gives
+ * float's product, without its overflow). ReLU selects, as vrelu_mask and PyTorch's threshold_backward:
+ * 0 where z <= 0 whatever dy is (an inf or NaN dy there gives 0, not inf * 0), dy elsewhere and at NaN. */
+static NF_INLINE double NF_NAME(gact, NF_TAG)(NF_A dy, NF_A z, int act)
 {
     NF_A e;
     switch (act) {
-    case NF_ACT_RELU: return z <= 0 ? 0 : 1; /* as vrelu_mask: 1 at NaN */
-    case NF_ACT_SIGMOID: e = 1 / (1 + NF_EXP(-z)); return e * (1 - e);
+    case NF_ACT_RELU: return z <= 0 ? 0 : dy;
+    case NF_ACT_SIGMOID: e = 1 / (1 + NF_EXP(-z)); return (double)dy * (e * (1 - e));
     case NF_ACT_SILU: /* at +-inf its limits 1 and 0, not inf * 0 */
         e = 1 / (1 + NF_EXP(-z));
-        return isinf(z) ? (z > 0) : e * (1 + z * (1 - e));
-    default: return 1;
+        return (double)dy * (isinf(z) ? (z > 0) : e * (1 + z * (1 - e)));
+    default: return dy;
     }
 }
 
@@ -58,8 +61,7 @@ static NF_COLD void NF_NAME(red_wide, NF_TAG)(const NF_T *x, const NF_T *dy, int
     double tg = 0, td = 0;
     for (int64_t j = 0; j < n; j++) {
         const NF_A xj = NF_LOAD(x[j * xs]);
-        const double g = (double)NF_LOAD(dy[j * xs]) * (w ? (double)w[j] : 1) *
-                         (act == NF_ACT_NONE ? 1 : (double)NF_NAME(dact, NF_TAG)((xj - s) * a + c, act));
+        const double g = NF_NAME(gact, NF_TAG)(NF_LOAD(dy[j * xs]), (xj - s) * a + c, act) * (w ? (double)w[j] : 1);
         tg += g;
         td += g * ((double)xj - (double)s);
     }
@@ -96,7 +98,7 @@ static NF_INLINE void NF_NAME(red_seg, NF_TAG)(const NF_T *x, const NF_T *dy, in
             td = NF_NAME(hsum, NF_TAG)(d0 + d1);
         }
         for (; j < e; j++) {
-            const NF_A u = NF_LOAD(x[j * xs]) - s, g = NF_LOAD(dy[j * xs]) * NF_NAME(dact, NF_TAG)(u * a + c, act);
+            const NF_A u = NF_LOAD(x[j * xs]) - s, g = (NF_A)NF_NAME(gact, NF_TAG)(NF_LOAD(dy[j * xs]), u * a + c, act);
             tg += g;
             td += g * u;
         }
@@ -157,7 +159,7 @@ static NF_INLINE void NF_NAME(red_cols_body, NF_TAG)(const nf_plan *p, const NF_
             }
             for (; k < nk; k++) {
                 const NF_A u = NF_LOAD(xr[k * ks]) - s[k];
-                const NF_A g = NF_LOAD(dr[k * ks]) * NF_NAME(dact, NF_TAG)(u * a[k] + c[k], act);
+                const NF_A g = (NF_A)NF_NAME(gact, NF_TAG)(NF_LOAD(dr[k * ks]), u * a[k] + c[k], act);
                 tg[k] += g;
                 td[k] += g * u;
             }
@@ -201,8 +203,7 @@ static NF_COLD void NF_NAME(gx_wide, NF_TAG)(const NF_T *x, const NF_T *dy, int6
             continue;
         const int64_t k = j * ps;
         const NF_A xj = NF_LOAD(x[j * xs]);
-        const double g = (double)NF_LOAD(dy[j * xs]) * (w ? (double)w[j] : 1) *
-                         (double)NF_NAME(dact, NF_TAG)((xj - s[k]) * a[k] + c[k], act);
+        const double g = NF_NAME(gact, NF_TAG)(NF_LOAD(dy[j * xs]), (xj - s[k]) * a[k] + c[k], act) * (w ? (double)w[j] : 1);
         const double v = (double)P[k] * (g - (double)M[k]) + (double)R[k];
         y[j * ys] = NF_STORE((NF_A)(Q ? v + (double)Q[k] * ((double)xj - (double)s[k]) : v));
     }
@@ -250,7 +251,7 @@ static NF_INLINE void NF_NAME(gx_body, NF_TAG)(const NF_T *x, const NF_T *dy, in
         for (; j < n; j++) {
             const int64_t k = j * ps;
             const NF_A u = NF_LOAD(x[j * xs]) - s[k];
-            const NF_A g = NF_LOAD(dy[j * xs]) * NF_NAME(dact, NF_TAG)(u * a[k] + c[k], act);
+            const NF_A g = (NF_A)NF_NAME(gact, NF_TAG)(NF_LOAD(dy[j * xs]), u * a[k] + c[k], act);
             const NF_A o = has_q ? P[k] * (g - M[k]) + Q[k] * u + R[k] : P[k] * (g - M[k]) + R[k];
             lost1 += o;
             y[j * ys] = NF_STORE(o);
@@ -314,8 +315,7 @@ static void NF_NAME(seggrad_row, NF_TAG)(const void *xv, const void *dyv, void *
         if (wide) /* rare: g * (x - s) in double, x - s past float's range (as rowgrad_body's) */
             for (int64_t i = 0; i < L; i++) {
                 const double xi = (double)NF_LOAD(x[at + i]);
-                const double g = (double)NF_LOAD(dy[at + i]) *
-                                 NF_NAME(dact, NF_TAG)((NF_A)((xi - mu) * w[k] * rs + b[k]), sp->act);
+                const double g = NF_NAME(gact, NF_TAG)(NF_LOAD(dy[at + i]), (NF_A)((xi - mu) * w[k] * rs + b[k]), sp->act);
                 sg[k] += g, sd[k] += g * (xi - (double)s);
             }
         else
@@ -331,13 +331,17 @@ static void NF_NAME(seggrad_row, NF_TAG)(const void *xv, const void *dyv, void *
         sp->sum_gxhat[r * S + k] = rs * bmu;
     }
     const double q = 2 * gvar / n, R0 = gmu / n + q * dm;
-    if (!NF_NAME(coef_fit, NF_TAG)(rs, q, R0)) { /* rare: gx = w rs g + q (x - mean) + gmu / n in double */
+    double mmax = 0; /* the largest |M| of the slots, M = -R0 / P */
+    for (int64_t k = 0; k < S; k++)
+        if (w[k] * rs != 0)
+            mmax = fmax(mmax, fabs(R0 / (w[k] * rs)));
+    if (!NF_NAME(coef_fit, NF_TAG)(rs, q, R0, mmax)) { /* rare: gx = w rs g + q (x - mean) + gmu / n in double */
         for (int64_t j = 0; j < sp->nseg; j++) {
             const int64_t k = j % S, at = base + j * sp->seg_stride;
             for (int64_t i = 0; i < L; i++) {
                 const double u = (double)NF_LOAD(x[at + i]) - mu; /* x - mean: in float it may overflow */
-                const NF_A g = NF_LOAD(dy[at + i]) * NF_NAME(dact, NF_TAG)((NF_A)(u * w[k] * rs + b[k]), sp->act);
-                gx[at + i] = NF_STORE((NF_A)(w[k] * rs * (double)g + q * u + gmu / n));
+                const double g = NF_NAME(gact, NF_TAG)(NF_LOAD(dy[at + i]), (NF_A)(u * w[k] * rs + b[k]), sp->act);
+                gx[at + i] = NF_STORE((NF_A)(w[k] * rs * g + q * u + gmu / n));
             }
         }
         return;
@@ -400,7 +404,7 @@ static NF_INLINE void NF_NAME(rowgrad_body, NF_TAG)(const NF_T *x, const NF_T *d
         /* gx = P * (g - M) + Q * (x - s) + R, as the channel norms' second pass; x - mean = (x - s) + dm
          * and the roundings of s and M are put back through R, in double. */
         const double dm = (double)s - mu, k1 = sp->mean ? sg / (double)n : 0, k2 = rs * (sd + dm * sg) / (double)n;
-        if (!NF_NAME(coef_fit, NF_TAG)(rs, rs * (rs * k2), rs * k1 + rs * (rs * k2) * dm)) {
+        if (!NF_NAME(coef_fit, NF_TAG)(rs, rs * (rs * k2), rs * k1 + rs * (rs * k2) * dm, k1)) {
             /* rare: gx = rs (g - k1) - rs^2 k2 (x - mean) in double */
             for (int64_t j = 0; j < n; j++) {
                 const NF_A d = NF_LOAD(dr[j]);
