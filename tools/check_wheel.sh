@@ -69,6 +69,7 @@ names = zipfile.ZipFile(sys.argv[1]).namelist()
 bundled = [n for n in names if n.startswith("normfast.libs/")]
 assert any("gomp" in n or "omp" in n for n in bundled), f"no OpenMP runtime bundled: {bundled}"
 print("check_wheel: bundled", bundled)
+assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), "no LICENSE in the wheel's .dist-info"
 EOF
 deactivate
 
@@ -106,6 +107,13 @@ python -m build --sdist -o "$work/sdist" "$root"
 deactivate
 fresh_venv "$work/from_sdist"
 sdist=("$work"/sdist/normfast-*.tar.gz)
+python - "${sdist[0]}" <<'EOF'
+import sys, tarfile
+names = [n.split("/", 1)[-1] for n in tarfile.open(sys.argv[1]).getnames()]
+assert "LICENSE" in names, "no LICENSE in the sdist"
+stray = [n for n in names if n.split("/")[0] in (".ci", ".github", ".gitignore", "tools")]
+assert not stray, f"the sdist holds files a build does not need: {stray[:5]}"
+EOF
 python -m pip install -q "${sdist[0]}[test]"
 python -m normfast info
 # The bad-input harness and every area's bad-argument table (test_bad_argument in each area's file).
