@@ -2,9 +2,11 @@
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +22,7 @@ def run_python(code, **env):
 
 
 def test_show_config_keys():
-    cfg = normfast.show_config()
+    cfg = normfast.show_config(mode="dicts")
     assert cfg["version"] == normfast.__version__
     assert cfg["isa"] in cfg["isa_available"]
     assert set(cfg["isa_available"]) <= set(cfg["isa_compiled"])
@@ -80,7 +82,7 @@ def test_omp_num_threads_is_honoured(n):
 
 @pytest.mark.parametrize("cap", ["baseline", "avx2", "avx512"])
 def test_isa_cap_from_environment(cap):
-    out, _ = run_python("import json, normfast; print(json.dumps(normfast.show_config()))", NORMFAST_ISA=cap)
+    out, _ = run_python("import json, normfast; print(json.dumps(normfast.show_config(mode='dicts')))", NORMFAST_ISA=cap)
     cfg = json.loads(out)
     order = list(_normc.ISA_NAMES)
     best = max((i for i in cfg["isa_available"] if order.index(i) <= order.index(cap)), key=order.index)
@@ -88,12 +90,44 @@ def test_isa_cap_from_environment(cap):
 
 
 def test_bad_isa_cap_warns_and_is_ignored():
-    out, err = run_python("import normfast; print(normfast.show_config()['isa'])", NORMFAST_ISA="sse9")
+    out, err = run_python("import normfast; print(normfast.show_config(mode='dicts')['isa'])", NORMFAST_ISA="sse9")
     assert "NORMFAST_ISA: expected one of baseline, avx2, avx512" in err
     assert out == max(_normc.isa_supported(), key=list(_normc.ISA_NAMES).index)  # the CPU's best, uncapped
 
 
+def test_show_config_prints_like_numpys(capsys):
+    """show_config() prints one "key: value" line per entry and returns None, as NumPy's; mode="dicts"
+    returns the dict without printing."""
+    assert normfast.show_config() is None
+    lines = capsys.readouterr().out.splitlines()
+    cfg = normfast.show_config(mode="dicts")
+    assert capsys.readouterr().out == ""
+    assert [line.split(":")[0] for line in lines] == list(cfg)
+    assert lines[0].split()[-1] == normfast.__version__
+    assert lines[1].split()[-1] == cfg["isa"]
+    assert lines[2].split(None, 1)[1] == ", ".join(cfg["isa_available"])
+    with pytest.raises(ValueError, match="mode: expected 'stdout' or 'dicts', got 'dict'"):
+        normfast.show_config(mode="dict")
+
+
 def test_info_command():
     out = subprocess.run([sys.executable, "-m", "normfast", "info"], capture_output=True, text=True, check=True)
-    for key in ("version", "isa", "openmp", "num_threads"):
-        assert key in out.stdout
+    assert [line.split(":")[0] for line in out.stdout.splitlines()] == list(normfast.show_config(mode="dicts"))
+
+
+def console_script():
+    """The `normfast` command pip installed beside this Python (bin/ or Scripts/)."""
+    found = shutil.which("normfast", path=str(Path(sys.executable).parent))
+    assert found, f"no normfast command beside {sys.executable}"
+    return found
+
+
+@pytest.mark.parametrize("command", [[sys.executable, "-m", "normfast"], None], ids=["python -m", "script"])
+def test_version_and_the_console_script(command):
+    cmd = command or [console_script()]
+    out = subprocess.run([*cmd, "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == f"normfast {normfast.__version__}"
+    out = subprocess.run([*cmd, "info"], capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines()[1].split()[-1] == normfast.show_config(mode="dicts")["isa"]
+    usage = subprocess.run([*cmd, "--help"], capture_output=True, text=True, check=True).stdout
+    assert usage.startswith("usage: normfast " if command is None else "usage: python -m normfast ")

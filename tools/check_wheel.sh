@@ -91,13 +91,13 @@ with open("/proc/cpuinfo") as f:
             break
 want = ("avx512" if {"avx512f", "avx512bw", "avx512dq", "avx512vl", "fma"} <= flags
         else "avx2" if {"avx2", "fma"} <= flags else "baseline")
-got = normfast.show_config()["isa"]
+got = normfast.show_config(mode="dicts")["isa"]
 assert normfast.__file__.startswith(sys.prefix), f"imported {normfast.__file__}, not the installed wheel"
 assert got == want, f"expected ISA {want} on this CPU, the wheel chose {got}"
 print(f"check_wheel: the installed wheel ({normfast.__file__}) chose {got}, as the CPU flags say")
 EOF
 python -m pytest -q -p no:cacheprovider "$root/tests"
-NORMFAST_ISA=baseline python -c "import normfast; assert normfast.show_config()['isa'] == 'baseline'"
+NORMFAST_ISA=baseline python -c "import normfast; assert normfast.show_config(mode='dicts')['isa'] == 'baseline'"
 NORMFAST_ISA=baseline python -m pytest -q -p no:cacheprovider "$root/tests"
 deactivate
 

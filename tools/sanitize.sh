@@ -19,6 +19,6 @@ export LD_PRELOAD="$asan:$cxx"
 # MemoryError, which the tests of huge sizes expect), instead of aborting.
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:strict_string_checks=1:check_initialization_order=1:allocator_may_return_null=1"
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
-python -c "import normfast; print('sanitized build:', normfast.show_config())"
+python -c "import normfast; print('sanitized build:', normfast.show_config(mode='dicts'))"
 # --capture=sys: a report is written to file descriptor 2 just before the abort; fd capture would lose it.
 python -m pytest -p no:cacheprovider --capture=sys "$@"

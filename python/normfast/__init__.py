@@ -50,12 +50,20 @@ def set_num_threads(n):
 
 
 def get_num_threads():
+    """The number of threads the kernels use (set_num_threads's, else OpenMP's default)."""
     return _normc.get_num_threads()
 
 
-def show_config():
-    """The build and runtime configuration, as a dict."""
-    return {
+def show_config(mode="stdout"):
+    """The build and runtime configuration, as NumPy's show_config gives its own: mode="stdout" prints it
+    (one "key: value" line each) and returns None; mode="dicts" returns it as a dict, without printing.
+
+    Keys: version; isa (the instruction set in use: baseline, avx2 or avx512), isa_available (those the
+    CPU and the build allow), isa_compiled (those built in); openmp (whether threads are compiled in);
+    num_threads (get_num_threads()). Raises ValueError for another mode."""
+    if mode not in ("stdout", "dicts"):
+        raise ValueError(f"mode: expected 'stdout' or 'dicts', got {mode!r}")
+    config = {
         "version": __version__,
         "isa": _normc.get_isa(),
         "isa_available": list(_normc.isa_supported()),
@@ -63,6 +71,12 @@ def show_config():
         "openmp": _normc.openmp_enabled(),
         "num_threads": _normc.get_num_threads(),
     }
+    if mode == "dicts":
+        return config
+    width = max(map(len, config))
+    for key, value in config.items():
+        print(f"{key + ':':{width + 1}s} {', '.join(value) if isinstance(value, list) else value}")
+    return None
 
 
 def _apply_isa_cap():

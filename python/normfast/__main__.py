@@ -1,4 +1,4 @@
-"""`python -m normfast info | bench | stats`."""
+"""`normfast info | bench | stats` (also `python -m normfast ...`)."""
 import argparse
 import json
 import math
@@ -11,12 +11,11 @@ import warnings
 
 import numpy as np
 
-from . import _bench, dataset, get_num_threads, set_num_threads, show_config
+from . import __version__, _bench, dataset, get_num_threads, set_num_threads, show_config
 
 
 def cmd_info(_args):
-    for key, value in show_config().items():
-        print(f"{key:14s} {value}")
+    show_config()
     return 0
 
 
@@ -115,7 +114,7 @@ def cmd_bench(args):
         torch.set_num_threads(threads)
     except ImportError:
         torch = None
-    cfg = show_config()
+    cfg = show_config(mode="dicts")
     print(f"normfast {cfg['version']}  isa={cfg['isa']}  threads={threads}  numpy {np.__version__}"
           + (f"  torch {torch.__version__}" if torch else "  (torch not installed)"))
     if args.threads is not None and args.threads > threads:
@@ -313,7 +312,10 @@ def cmd_stats(args):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m normfast", description=__doc__)
+    """The command line (`normfast ...`, or `python -m normfast ...`); returns the exit status."""
+    prog = "normfast" if os.path.basename(sys.argv[0]) in ("normfast", "normfast.exe") else "python -m normfast"
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
+    parser.add_argument("--version", action="version", version=f"normfast {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="print the build and runtime configuration").set_defaults(func=cmd_info)
     bench = sub.add_parser("bench", help="time normfast against NumPy (and PyTorch) on built-in cases")
