@@ -16,9 +16,15 @@ import time
 # short spin suits this pattern. It must be set before OpenMP loads: before normfast and torch import.
 os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
+import sys  # noqa: E402
+
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+
+try:
+    import torch  # noqa: E402
+    from torch import nn  # noqa: E402
+except ImportError:
+    sys.exit("mlp_inference.py compares with the PyTorch network it loads: pip install '.[bench]' (or torch)")
 
 import normfast  # noqa: E402
 from normfast import layers  # noqa: E402
@@ -100,10 +106,16 @@ def median_ms(fn, repeat):
     return 1e3 * float(np.median(times))
 
 
+def positive(text):
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text!r}")
+    return int(text)
+
+
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=2, help="threads for PyTorch and normfast (default 2)")
-    ap.add_argument("--repeat", type=int, default=50)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=positive, default=2, help="threads for PyTorch and normfast (default 2)")
+    ap.add_argument("--repeat", type=positive, default=50, help="timed calls per case, the median printed")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     normfast.set_num_threads(args.threads)

@@ -9,11 +9,16 @@ are, and the time per training step of each; with matplotlib installed, --plot F
     pip install '.[test,plot]'  &&  python examples/train_mlp.py --plot examples/train_mlp.png
 """
 import argparse
+import sys
 import time
 
 import numpy as np
-import torch
-from torch import nn
+
+try:
+    import torch
+    from torch import nn
+except ImportError:
+    sys.exit("train_mlp.py trains the same network in PyTorch beside normfast: pip install '.[test]' (or torch)")
 
 import normfast
 from normfast import layers
@@ -136,13 +141,24 @@ def plot(ours, theirs, path):
     fig.savefig(path, dpi=100)
 
 
+def positive(text):
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text!r}")
+    return int(text)
+
+
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=200)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=positive, default=200, help="SGD steps (default 200)")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    parser.add_argument("--threads", type=int, default=None, help="threads for normfast and torch")
+    parser.add_argument("--threads", type=positive, default=None, help="threads for normfast and torch")
     parser.add_argument("--plot", metavar="FILE", help="save the two loss curves as an image (matplotlib)")
     args = parser.parse_args()
+    if args.plot:  # checked before training, not after it
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            parser.error("--plot needs matplotlib: pip install '.[plot]'")
     if args.threads:
         normfast.set_num_threads(args.threads)
         torch.set_num_threads(args.threads)

@@ -40,3 +40,42 @@ def test_training_example_follows_pytorch():
         ours, theirs, _, _ = train(steps=200, dtype=dtype)
         assert len(ours) == 200 and theirs[-1] < 0.5 * theirs[0]  # it learns
         np.testing.assert_allclose(ours, theirs, rtol=rtol)
+
+
+def _run_example(name, *args, blocked=(), tmp_path=None):
+    """Runs an example script; `blocked` names modules made unimportable (a package of that name on the
+    path that raises ImportError), as on a machine without them."""
+    env = None
+    if blocked:
+        import os
+
+        for mod in blocked:
+            (tmp_path / mod).mkdir()
+            (tmp_path / mod / "__init__.py").write_text(f"raise ImportError('no {mod} here')\n")
+        env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    return subprocess.run([sys.executable, str(ROOT / "examples" / name), *args], capture_output=True, text=True,
+                          timeout=300, env=env)
+
+
+def test_example_help_is_whole():
+    for name in ("train_mlp.py", "mlp_inference.py"):
+        run = _run_example(name, "--help")
+        assert run.returncode == 0, run.stderr
+        last = [line for line in _example(name[:-3]).__doc__.strip().splitlines() if line.strip()][-1].strip()
+        assert last in run.stdout, name  # the docstring's last line: nothing cut off
+
+
+def test_examples_check_their_dependencies_before_they_start(tmp_path):
+    """--plot without matplotlib fails at once with the extra to install (it trained for the whole run,
+    then raised); without PyTorch each example says what to install instead of a traceback; bad counts
+    are argument errors."""
+    run = _run_example("train_mlp.py", "--plot", str(tmp_path / "x.png"), blocked=["matplotlib"], tmp_path=tmp_path)
+    assert run.returncode == 2 and "--plot needs matplotlib: pip install '.[plot]'" in run.stderr
+    assert "step" not in run.stdout  # nothing trained
+    for name in ("train_mlp.py", "mlp_inference.py"):
+        (tmp_path / name).mkdir()
+        run = _run_example(name, blocked=["torch"], tmp_path=tmp_path / name)
+        assert run.returncode == 1 and "pip install" in run.stderr and "Traceback" not in run.stderr, name
+    for name, arg in (("train_mlp.py", "--steps"), ("mlp_inference.py", "--repeat")):
+        run = _run_example(name, arg, "0")
+        assert run.returncode == 2 and "expected an int >= 1, got '0'" in run.stderr, name
