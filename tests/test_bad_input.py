@@ -330,6 +330,48 @@ LAYER_ARGS = [("BatchNorm", (4,), "num_features"), ("BatchNorm", (4,), "eps"), (
               ("InstanceNorm", (4,), "num_features"), ("SwitchableNorm", (4,), "num_features"),
               ("GroupNorm", (2, 4), "num_channels"), ("GroupNorm", (2, 4), "num_groups"),
               ("LayerNorm", (4,), "normalized_shape"), ("RMSNorm", (4,), "eps")]
+LAYER_ARGS_INT = [a for a in LAYER_ARGS if a[2] in ("num_features", "num_channels", "num_groups", "normalized_shape")]
+
+
+def _int_valued(value):
+    ints = value if isinstance(value, tuple) else (value,)
+    return bool(ints) and all(isinstance(i, int) and not isinstance(i, bool) for i in ints)
+
+
+@pytest.mark.parametrize("call", NAMES)
+@pytest.mark.parametrize("true", [True, np.True_], ids=["bool", "numpy bool"])
+def test_bools_are_not_ints(call, true):
+    """Every int argument (axes, num_groups, normalized_shape; the channel axis where it is left at its
+    default) given True, alone or in a tuple: a TypeError naming it, as NumPy's for an axis (it was taken
+    as 1). ddof is a real number, where NumPy takes a bool as 0 or 1."""
+    import inspect
+
+    fn, kw = calls()[call]
+    names = [k for k, v in kw.items() if _int_valued(v) and k != "ddof"]
+    takes_axis = "axis" in inspect.signature(fn).parameters and "axis" not in kw
+    for name in names + (["axis"] if takes_axis else []):
+        for value in (true, (true,)) if name in kw and isinstance(kw[name], tuple) else (true,):
+            fn, kw = calls()[call]
+            kw[name] = value
+            before = arrays(kw)
+            with pytest.raises(TypeError, match="^" + ARG_LABEL.get(name, name) + r": expected .*got .*(bool|True)"):
+                fn(**kw)
+            assert unchanged(before, kw)
+
+
+@pytest.mark.parametrize("layer, args, arg", LAYER_ARGS_INT)
+def test_bool_layer_sizes_are_refused(layer, args, arg):
+    cls = getattr(normfast.layers, layer)
+    names = cls.__init__.__code__.co_varnames[1:1 + len(args)]
+    with pytest.raises(TypeError, match=f"^{arg}: expected .*got bool"):
+        cls(**dict(zip(names, args), **{arg: True}))
+
+
+def test_bool_thread_count_is_refused():
+    with pytest.raises(TypeError, match="^n: expected a positive int, got bool"):
+        normfast.set_num_threads(True)
+
+
 
 
 @pytest.mark.parametrize("layer, args, arg", LAYER_ARGS)

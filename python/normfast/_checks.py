@@ -69,9 +69,12 @@ def float_array(x, name):
 
 
 def integer(value, name, expected="an int", shown=None):
-    """value as an int (anything with __index__), else a TypeError naming `name`; `shown` is what the
-    message says came (default: value's type)."""
+    """value as an int (anything with __index__ but a bool: True is not a count, and NumPy refuses it as an
+    axis), else a TypeError naming `name`; `shown` is what the message says came (default: value's
+    type)."""
     try:
+        if isinstance(value, (bool, np.bool_)):
+            raise TypeError
         return operator.index(value)
     except TypeError:
         raise TypeError(f"{name}: expected {expected}, got "
