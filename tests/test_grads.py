@@ -677,3 +677,33 @@ def test_relu_drops_a_non_finite_grad_out_where_it_is_off(isa, dtype, channels_l
         assert np.isfinite(want).all()
         assert np.isfinite(gx).all()
         np.testing.assert_allclose(gx, want, rtol=tol, atol=tol * np.abs(want).max())
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("shape", [(2, 3, 4, 4), (8, 3, 100)], ids=["two-pass", "segments"])
+def test_float64_channel_weight_near_zero(isa, shape):
+    """A float64 channel weight near 0 (1e-310, or 1e-30 under a grad_out of 1e290): the part M = -R / P
+    taken off g before scaling passed float64's range (inf - inf: a NaN channel in switchable norm, found
+    by a new user). M is then 0 and R keeps all of it. Switchable, group (one group of three channels:
+    M per channel) and batch norm, the two-pass kernels and the fused segments, against PyTorch in
+    float64 (grad_out scaled by 2^-600 there, so its sums never overflow)."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape)
+    g = rng.standard_normal(shape)
+    z = np.zeros(3)
+    for w0, scale in ((1e-310, 1.0), (1e-300, 1e10), (1e-30, 1e290)):
+        w, b, dy = np.array([w0, 1.0, 1.5]), np.zeros(3), g * scale
+        cases = [(lambda: normfast.switchable_norm_backward(dy, x, w, b, z, z, training=True)[0],
+                  lambda t, tw, tb: torch_switchable(t, tw, tb, torch.tensor(z), torch.tensor(z), None, None, True,
+                                                     1e-5, True)),
+                 (lambda: normfast.group_norm_backward(dy, x, 1, w, b)[0], lambda t, tw, tb: F.group_norm(t, 1, tw, tb)),
+                 (lambda: normfast.batch_norm_backward(dy, x, None, None, w, b)[0],
+                  lambda t, tw, tb: F.batch_norm(t, None, None, tw, tb, training=True))]
+        for ours, theirs in cases:
+            with use_isa(isa):
+                gx = ours()
+            t = torch.tensor(x, requires_grad=True)
+            theirs(t, torch.tensor(w), torch.tensor(b)).backward(torch.tensor(dy * 2.0**-600))
+            want = t.grad.numpy() * 2.0**600
+            assert np.isfinite(gx).all(), (w0, scale)
+            np.testing.assert_allclose(gx, want, rtol=1e-9, atol=1e-12 * np.abs(want).max())

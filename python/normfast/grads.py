@@ -132,7 +132,10 @@ def _channel_backward(x, dy, code, gx, keep, mean, rstd, weight, bias, activatio
         # scaling, so that a constant grad_out gives 0 to the rounding of the mean, not of P * grad_out;
         # rounding M goes back into R'. z keeps its value with s2 as its shift.
         M = np.divide(-Rp, P, out=np.zeros(shape), where=P != 0)
-        bad = bad | _unfit(p, M)  # past p's range where the logits' blend scales g past it
+        # Past float64's range (a weight near 0, as 1e-310): M = 0, and R' keeps all of Rp. Past p's:
+        # those groups in float64.
+        M = np.where(np.isinf(M), 0, M)
+        bad = bad | _unfit(p, M)
         M = np.where(bad, 0, M).astype(p)
         c2, R2 = b + _normc.centrings(s2, mean, P), Rp + P * M
         bad = bad | _unfit(p, c2, Q, R2)

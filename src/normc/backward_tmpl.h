@@ -350,7 +350,8 @@ static void NF_NAME(seggrad_row, NF_TAG)(const void *xv, const void *dyv, void *
     for (int64_t j = 0; j < sp->nseg; j++) {
         const int64_t k = j % S, at = base + j * sp->seg_stride;
         const double P = w[k] * rs;
-        const NF_A Pk = (NF_A)P, Mk = P != 0 ? (NF_A)(-R0 / P) : 0, Rk = (NF_A)(R0 + P * (double)Mk);
+        const double m = P != 0 ? -R0 / P : 0; /* past double's range (P near 0): M = 0, R all of R0 */
+        const NF_A Pk = (NF_A)P, Mk = isinf(m) ? 0 : (NF_A)m, Rk = (NF_A)(R0 + P * (double)Mk);
         const NF_A *qv[7] = {&s, &a[k], &c[k], &Pk, &Mk, &Q, &Rk};
         NF_BY_ACT(sp->act, NF_NAME(gx_body, NF_TAG), x + at, dy + at, 1, gx + at, 1, qv, 0, L, 1, 0, 0);
     }
