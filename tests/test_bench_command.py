@@ -32,6 +32,22 @@ def test_threads_past_the_cap_are_reported():
     assert f"threads={normfast.max_threads()}" in r.stdout
 
 
+def test_bench_runs_without_its_peers_and_says_so(tmp_path):
+    """Without PyTorch and ONNX Runtime (packages of those names that raise ImportError on the path) the
+    bench still runs every table, against NumPy, and its first line says which peers it left out."""
+    import os
+
+    for mod in ("torch", "onnxruntime"):
+        (tmp_path / mod).mkdir()
+        (tmp_path / mod / "__init__.py").write_text("raise ImportError('not here')\n")
+    r = subprocess.run([sys.executable, "-m", "normfast", "bench", "--quick", "--repeat", "1"], capture_output=True,
+                       text=True, timeout=300, env=dict(os.environ, PYTHONPATH=str(tmp_path)))
+    assert r.returncode == 0, r.stderr
+    first = r.stdout.splitlines()[0]
+    assert first.endswith("(not installed, left out: torch, onnxruntime)") and "torch 2" not in first
+    assert "numpy" in r.stdout.splitlines()[4]  # the first table's header
+
+
 @pytest.mark.parametrize("seconds, text", [(2.434e-6, "2.43 µs"), (145e-6, "145 µs"), (999.4e-6, "999 µs"),
                                            (1.45e-3, "1.45 ms"), (0.1451, "145 ms"), (1.2, "1.2 s"),
                                            (75.0, "75 s")])

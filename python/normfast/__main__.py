@@ -114,9 +114,15 @@ def cmd_bench(args):
         torch.set_num_threads(threads)
     except ImportError:
         torch = None
+    try:
+        import onnxruntime
+    except ImportError:
+        onnxruntime = None
     cfg = show_config(mode="dicts")
-    print(f"normfast {cfg['version']}  isa={cfg['isa']}  threads={threads}  numpy {np.__version__}"
-          + (f"  torch {torch.__version__}" if torch else "  (torch not installed)"))
+    peers = [f"{name} {mod.__version__}" for name, mod in (("torch", torch), ("onnxruntime", onnxruntime)) if mod]
+    missing = [name for name, mod in (("torch", torch), ("onnxruntime", onnxruntime)) if not mod]
+    print("  ".join([f"normfast {cfg['version']}", f"isa={cfg['isa']}", f"threads={threads}", f"numpy {np.__version__}",
+                     *peers] + ([f"(not installed, left out: {', '.join(missing)})"] if missing else [])))
     if args.threads is not None and args.threads > threads:
         print(_capped(args.threads, threads))
     print(f"Median of {args.repeat} calls per implementation; spread = normfast's fastest-slowest call; "
