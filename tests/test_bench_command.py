@@ -40,12 +40,71 @@ def test_bench_runs_without_its_peers_and_says_so(tmp_path):
     for mod in ("torch", "onnxruntime"):
         (tmp_path / mod).mkdir()
         (tmp_path / mod / "__init__.py").write_text("raise ImportError('not here')\n")
-    r = subprocess.run([sys.executable, "-m", "normfast", "bench", "--quick", "--repeat", "1"], capture_output=True,
-                       text=True, timeout=300, env=dict(os.environ, PYTHONPATH=str(tmp_path)))
+    saved = tmp_path / "run.json"
+    r = subprocess.run([sys.executable, "-m", "normfast", "bench", "--quick", "--repeat", "1", "--json", str(saved)],
+                       capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=str(tmp_path)))
     assert r.returncode == 0, r.stderr
     first = r.stdout.splitlines()[0]
     assert first.endswith("(not installed, left out: torch, onnxruntime)") and "torch 2" not in first
     assert "numpy" in r.stdout.splitlines()[4]  # the first table's header
+    # --json: every row of every table, with the machine it ran on
+    run = _bench.read_run(str(saved), "--compare")
+    assert r.stdout.rstrip().endswith(f"wrote {len(run['rows'])} rows to {saved}")
+    tables = {row["table"] for row in run["rows"]}
+    assert tables == {"moments", "norms", "half types", "backward", "toolkit", "under load", "data-set statistics"}
+    for row in run["rows"]:
+        assert row["min"] <= row["median"] <= row["max"] and row["calls"] >= 1 and row["ratio"] > 0, row
+        assert row["case"] in r.stdout
+    m = run["machine"]
+    assert m["isa"] == normfast.show_config(mode="dicts")["isa"] and m["threads"] == normfast.get_num_threads()
+    assert m["quick"] is True and m["repeat"] == 1 and "torch" not in m["versions"]
+
+
+def _run(rows, **machine):
+    return {"machine": {"format": _bench.RUN_FORMAT, "cpu": "x", "isa": "avx2", "threads": 2, **machine},
+            "rows": [{"table": t, "case": c, "ratio": q} for t, c, q in rows]}
+
+
+def test_compare_judges_each_row_on_its_ratio_to_its_own_floor(tmp_path, capsys):
+    """--compare: each row's normfast / floor now against before; a growth past the threshold fails the run
+    (exit 1), rows only in one run are listed, and a different machine or setting is noted."""
+    import argparse
+
+    from normfast.__main__ import _print_comparison
+
+    before = _run([("norms", "a", 1.0), ("norms", "b", 2.0), ("norms", "gone", 1.0)], threads=1)
+    now = _run([("norms", "a", 1.2), ("norms", "b", 2.7), ("norms", "new", 1.0)])
+    args = argparse.Namespace(compare="earlier.json", threshold=1.3)
+    assert _print_comparison(before, now, args) == 1  # b grew 35%
+    out = capsys.readouterr().out
+    lines = {line.split()[1]: line for line in out.splitlines() if line.startswith("norms")}
+    assert "+20%" in lines["a"] and "SLOWER" not in lines["a"]
+    assert "+35%" in lines["b"] and lines["b"].rstrip().endswith("SLOWER")
+    assert lines["new"].split()[2:] == ["-", "1.00", "new"] and lines["gone"].split()[2:] == ["1.00", "-", "gone"]
+    assert "note: threads was 1, now 2" in out and "1 row(s) slower than x1.3" in out
+    args.threshold = 1.4
+    assert _print_comparison(before, now, args) == 0
+    assert "no row slower than x1.4" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "No such file"), ("{", "not JSON"), ('{"rows": []}', "not a run written by `normfast bench --json`"),
+    ('{"machine": {"format": 99}, "rows": []}', "run format 99, expected 1")])
+def test_compare_with_a_bad_file_fails_before_the_run(tmp_path, content, message):
+    path = tmp_path / "earlier.json"
+    if content is not None:
+        path.write_text(content)
+    r = subprocess.run([sys.executable, "-m", "normfast", "bench", "--compare", str(path)], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.startswith(f"normfast bench: error: --compare: {path}: ") and message in r.stderr
+
+
+@pytest.mark.parametrize("value", ["1", "0.5", "x", "inf", "nan"])
+def test_threshold_is_a_factor_above_one(value):
+    r = subprocess.run([sys.executable, "-m", "normfast", "bench", "--threshold", value], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2 and f"argument --threshold: expected a number > 1, got {value!r}" in r.stderr
 
 
 @pytest.mark.parametrize("seconds, text", [(2.434e-6, "2.43 µs"), (145e-6, "145 µs"), (999.4e-6, "999 µs"),

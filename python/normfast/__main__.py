@@ -37,11 +37,12 @@ def _duration(seconds):
     return f"{seconds:.3g} s"
 
 
-def _peer_table(cases, args, peers=("numpy", "torch", "onnxruntime")):
+def _peer_table(table, cases, args, peers=("numpy", "torch", "onnxruntime")):
     """Time each case's implementations and print one row per case: normfast's median, its spread
     (fastest-slowest call) and number of calls, each peer's median and speedup, the floor; returns the 'vs
     best' ratios. A case is (name, make), make() giving ({implementation: callable}, [floor callables]);
-    args gives the calls per implementation (repeat) and the pause before them."""
+    args gives the calls per implementation (repeat) and the pause before them, and collects each row in
+    args.records under `table` (for --json and --compare: ratio = normfast / floor, both of this run)."""
     rows, ratios = [], []
     for name, make in cases:
         fns, floors = make()
@@ -50,6 +51,8 @@ def _peer_table(cases, args, peers=("numpy", "torch", "onnxruntime")):
         nf = t["normfast"]
         best = min(v.median for k, v in t.items() if k != "normfast")
         ratios.append(best / nf.median)
+        args.records.append(_bench.record(table, name, nf, nf.median / floor, floor=floor, vs_best=best / nf.median,
+                                          peers={k: v.median for k, v in t.items() if k != "normfast"}))
         rows.append([name, _duration(nf.median), f"{_duration(nf.min)}-{_duration(nf.max)}", str(nf.calls)]
                     + [f"{_duration(t[p].median)} ({t[p].median / nf.median:.1f}x)" if p in t else "-"
                        for p in peers]
@@ -79,6 +82,8 @@ def _load_table(args, threads):
                 set_num_threads(n)
                 t[n] = _bench.time_calls(fn, args.repeat, pause=args.pause)
             set_num_threads(threads)
+            args.records.append(_bench.record("under load", name, t[threads], t[threads].median / t[1].median,
+                                              one_thread=t[1].median))
             rows.append([name, _duration(t[1].median), _duration(t[threads].median),
                          f"{_duration(t[threads].min)}-{_duration(t[threads].max)}", str(t[threads].calls),
                          f"{t[threads].median / t[1].median:.2f}"])
@@ -88,6 +93,17 @@ def _load_table(args, threads):
 def _capped(asked, granted):
     """What the benchmark says when --threads asked for more than set_num_threads grants."""
     return f"--threads {asked} capped at {granted}: normfast.max_threads(), 4 x the CPUs this process may run on"
+
+
+def _factor(text):
+    """--threshold: a number > 1."""
+    try:
+        x = float(text)
+    except ValueError:
+        x = math.nan
+    if not x > 1 or not math.isfinite(x):
+        raise argparse.ArgumentTypeError(f"expected a number > 1, got {text!r}")
+    return x
 
 
 def _count(text):
@@ -102,6 +118,9 @@ def _count(text):
 
 
 def cmd_bench(args):
+    # An earlier run to compare with is read before this one starts: a bad file fails at once.
+    before = _bench.read_run(args.compare, "--compare") if args.compare else None
+    args.records = []
     if args.repeat is None:
         args.repeat = 5 if args.quick else 11
     args.pause = 0.02 if args.quick else 0.05  # before each implementation's calls (see time_calls)
@@ -141,7 +160,7 @@ def cmd_bench(args):
             shape = (max(1, shape[0] // 4),) + tuple(shape[1:])
             name += f" as {shape}"
         cases.append((name, lambda s=shape, d=dtype, a=axis: moments_case(s, d, a)))
-    _peer_table(cases, args, ("numpy", "torch"))
+    _peer_table("moments", cases, args, ("numpy", "torch"))
 
     print("\nnormalization layers, float32, normfast with out=; floor = the faster of np.copyto and "
           "torch copy_; '-' = peer has no such op")
@@ -149,7 +168,7 @@ def cmd_bench(args):
              if not (args.quick and shape[0] > 512)]
     cases += [(name, lambda s=shape, la=last, n=norm: _bench.norm_peers(s, la, n, threads))
               for name, shape, last, norm in _bench.NORM_CASES if not (args.quick and shape[0] > 8)]
-    ratios = _peer_table(cases, args)
+    ratios = _peer_table("norms", cases, args)
     _summary(ratios, f"; {sum(r < 1 for r in ratios)} case(s) where a peer is faster")
 
     print("\nhalf types, normfast with out=; PyTorch in the same type, NumPy in float32 and rounded; "
@@ -157,18 +176,18 @@ def cmd_bench(args):
     half = [(name, lambda k=kind, s=shape, d=dt: _bench.half_peers(k, s, d, threads))
             for name, kind, shape, dt in _bench.HALF_CASES if _bench.half_dtype(dt) is not None]
     missing = "" if len(half) == len(_bench.HALF_CASES) else " (bfloat16 cases need ml_dtypes)"
-    ratios = _peer_table(half[:2] if args.quick else half, args)
+    ratios = _peer_table("half types", half[:2] if args.quick else half, args)
     _summary(ratios, missing)
 
     print("\nbackward (grad_x, grad_weight, grad_bias), float32; PyTorch = its native backward ops given the "
           "saved statistics; floor = x + grad_out into an array (the bytes a backward must move)")
-    ratios = _peer_table([(name, lambda k=kind, s=shape, la=last: _bench.grad_peers(k, s, la, threads))
+    ratios = _peer_table("backward", [(name, lambda k=kind, s=shape, la=last: _bench.grad_peers(k, s, la, threads))
                           for name, kind, shape, last in _bench.GRAD_CASES
                           if not (args.quick and np.prod(shape) > 4_000_000)], args)
     _summary(ratios)
 
     print("\ninference toolkit and streaming statistics, float32; floor = copying the input")
-    _peer_table([(name, lambda k=kind, s=shape: _bench.tool_peers(k, s, threads))
+    _peer_table("toolkit", [(name, lambda k=kind, s=shape: _bench.tool_peers(k, s, threads))
                  for name, kind, shape in _bench.TOOL_CASES], args)
 
     _load_table(args, threads)
@@ -176,9 +195,37 @@ def cmd_bench(args):
     shape = (32,) + _bench.STATS_SHAPE[1:] if args.quick else _bench.STATS_SHAPE
     print(f"\ndata-set statistics (dataset_stats, `stats`: count, mean, var, min, max) of a float32 .npy "
           f"{shape} in the page cache; NumPy and PyTorch load it whole first; floor = reading its bytes")
-    _peer_table([(f"{what} {shape}", lambda k=kept: _bench.stats_peers(shape, k))
+    _peer_table("data-set statistics", [(f"{what} {shape}", lambda k=kept: _bench.stats_peers(shape, k))
                  for what, kept in _bench.STATS_CASES], args)
-    return 0
+    run = {"machine": _bench.machine(threads, args.quick, args.repeat), "rows": args.records}
+    if args.json:
+        _write_atomic(args.json, lambda f: f.write((json.dumps(run, indent=1) + "\n").encode()), "--json")
+        print(f"\nwrote {len(args.records)} rows to {args.json}")
+    return _print_comparison(before, run, args) if before else 0
+
+
+def _print_comparison(before, run, args):
+    """The change of each row against an earlier run, judged on its ratio to the floor of its own run
+    (absolute times move between runs and machines); 1 where a row's ratio grew past the threshold."""
+    rows, worse = [], 0
+    for change in _bench.compare_runs(before["rows"], run["rows"]):
+        old, new = change.get("before"), change.get("now")
+        if old is None or new is None:
+            rows.append([change["table"], change["case"], "-" if old is None else f"{old:.2f}",
+                         "-" if new is None else f"{new:.2f}", "new" if old is None else "gone", ""])
+            continue
+        slower = new / old > args.threshold
+        worse += slower
+        rows.append([change["table"], change["case"], f"{old:.2f}", f"{new:.2f}", f"{new / old - 1:+.0%}",
+                     "SLOWER" if slower else ""])
+    print(f"\nagainst {args.compare}: normfast / floor of each run (under load: N threads / 1 thread); "
+          f"'SLOWER' past x{args.threshold:g}")
+    for line in _bench.machine_differences(before["machine"], run["machine"]):
+        print(f"note: {line}")
+    _table(["table", "case", "before", "now", "change", ""], rows)
+    print(f"\n{worse} row(s) slower than x{args.threshold:g} of their earlier ratio" if worse else
+          f"\nno row slower than x{args.threshold:g} of its earlier ratio")
+    return 1 if worse else 0
 
 
 def _kept_axes(text):
@@ -214,7 +261,7 @@ def _stats_table(r):
 _STREAM_LINKS = ("/dev/stdout", "/dev/stderr", "/dev/fd/", "/proc/")
 
 
-def _write_atomic(path, write):
+def _write_atomic(path, write, option="--output"):
     """write(file) into a temporary file beside path's target (a link is written through, not
     replaced), renamed over it only once it is complete. The file keeps an existing file's mode; a new
     one gets the umask's; an existing file we may not write is refused, as cp refuses it. Anything but a
@@ -236,11 +283,11 @@ def _write_atomic(path, write):
         os.umask(umask)
         mode = 0o666 & ~umask
     except OSError as e:
-        raise dataset.DatasetError(f"--output: {path}: {e.strerror or e}") from None
+        raise dataset.DatasetError(f"{option}: {path}: {e.strerror or e}") from None
     try:
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=f".{os.path.basename(target)}.", suffix=".tmp")
     except OSError as e:
-        raise dataset.DatasetError(f"--output: {path}: {e.strerror or e}") from None
+        raise dataset.DatasetError(f"{option}: {path}: {e.strerror or e}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -249,7 +296,7 @@ def _write_atomic(path, write):
     except BaseException as e:
         os.unlink(tmp)
         if isinstance(e, OSError):
-            raise dataset.DatasetError(f"--output: {path}: {e.strerror or e}") from None
+            raise dataset.DatasetError(f"{option}: {path}: {e.strerror or e}") from None
         raise
 
 
@@ -330,6 +377,12 @@ def main(argv=None):
     bench.add_argument("--repeat", type=_count, default=None,
                        help="timed calls per implementation, the median reported (>= 1; default 11, 5 with --quick)")
     bench.add_argument("--quick", action="store_true", help="smaller inputs and fewer calls (a quick look)")
+    bench.add_argument("--json", metavar="FILE", help="write every row (times, spread, floor, ratios) and the "
+                       "machine (CPU, ISA, threads, versions) to FILE")
+    bench.add_argument("--compare", metavar="FILE", help="print each row's change against an earlier --json run, "
+                       "judged on normfast / floor of each run; exit 1 if one grew past --threshold")
+    bench.add_argument("--threshold", type=_factor, default=1.3,
+                       help="--compare: the growth of a row's ratio that fails it (a factor > 1, default 1.3)")
     bench.set_defaults(func=cmd_bench)
     stats = sub.add_parser("stats", help="count, mean, std, min and max of a data set (.npy, .npz, images)",
                            description="Statistics of all the inputs together, as one concatenated array: "
@@ -355,8 +408,14 @@ def main(argv=None):
                        help="no progress bar or summary on stderr (skipped files are still listed)")
     stats.set_defaults(func=cmd_stats)
     args = parser.parse_args(argv)
-    if args.command != "stats":
+    if args.command == "info":
         return args.func(args)
+    if args.command == "bench":
+        try:
+            return args.func(args)
+        except (_bench.RunFileError, dataset.DatasetError) as e:  # --compare's or --json's file
+            print(f"normfast bench: error: {e}", file=sys.stderr)
+            return 2
     try:
         return args.func(args)
     except (ValueError, TypeError, OSError, ImportError) as e:  # bad input: a message, not a traceback

@@ -2,6 +2,9 @@
 bench/: normfast against NumPy (and PyTorch when installed) in one process, next to a copy of the same
 bytes, the memory-traffic floor."""
 import contextlib
+import json
+import math
+import os
 import subprocess
 import sys
 import time
@@ -620,3 +623,84 @@ def load_call(kind, shape):
     if kind == "bn-train":
         return lambda: norms.batch_norm(x, training=True, eps=EPS, out=out)
     return lambda: norms.layer_norm(x, shape[-1], eps=EPS, out=out)
+
+
+# --- runs saved (--json) and compared (--compare) ----------------------------------------------------
+RUN_FORMAT = 1  # the version of the --json layout
+
+
+class RunFileError(ValueError):
+    """An earlier run's file (--compare) that cannot be read or is not a run."""
+
+
+def record(table, case, timing, ratio, **extra):
+    """One row of a run: normfast's times (seconds) and `ratio`, its time over the floor measured in the
+    same run (under load: N threads over 1 thread), by which rows are compared across runs."""
+    return {"table": table, "case": case, "median": timing.median, "min": timing.min, "max": timing.max,
+            "calls": timing.calls, "ratio": ratio, **extra}
+
+
+def machine(threads, quick, repeat):
+    """What a run ran on: the CPU, its vector extensions, the ISA normfast chose, threads, versions."""
+    import platform
+
+    from . import __version__, show_config
+
+    cpu, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and cpu in ("", platform.machine(), platform.processor()):
+                    cpu = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+    except OSError:  # not Linux
+        pass
+    versions = {"normfast": __version__, "numpy": np.__version__, "python": platform.python_version()}
+    for name in ("torch", "onnxruntime"):
+        try:
+            versions[name] = __import__(name).__version__
+        except ImportError:
+            pass
+    return {"format": RUN_FORMAT, "cpu": cpu, "cpus": os.cpu_count(), "platform": platform.platform(),
+            "cpu_flags": sorted(flags & {"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_fp16",
+                                         "avx512_bf16", "neon", "asimd"}),
+            "isa": show_config(mode="dicts")["isa"], "threads": threads, "quick": quick, "repeat": repeat,
+            "versions": versions, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def read_run(path, option):
+    """An earlier run written by --json, checked: a RunFileError naming `option` and the file otherwise."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            run = json.load(f)
+    except OSError as e:
+        raise RunFileError(f"{option}: {path}: {e.strerror or e}") from None
+    except ValueError as e:
+        raise RunFileError(f"{option}: {path}: not JSON ({e})") from None
+    ok = (isinstance(run, dict) and isinstance(run.get("machine"), dict) and isinstance(run.get("rows"), list)
+          and all(isinstance(r, dict) and {"table", "case", "ratio"} <= r.keys() for r in run["rows"]))
+    if not ok:
+        raise RunFileError(f"{option}: {path}: not a run written by `normfast bench --json`")
+    if run["machine"].get("format") != RUN_FORMAT:
+        raise RunFileError(f"{option}: {path}: run format {run['machine'].get('format')!r}, expected {RUN_FORMAT}")
+    return run
+
+
+def compare_runs(before, now):
+    """Per (table, case), in this run's order then the rows gone: {table, case, before, now} with each
+    run's ratio (None where the row is not in that run, or its ratio was not finite)."""
+    def ratios(rows):
+        return {(r["table"], r["case"]): (r["ratio"] if isinstance(r["ratio"], (int, float)) and
+                                          math.isfinite(r["ratio"]) else None) for r in rows}
+
+    old, new = ratios(before), ratios(now)
+    keys = list(new) + [k for k in old if k not in new]
+    return [{"table": t, "case": c, "before": old.get((t, c)), "now": new.get((t, c))} for t, c in keys]
+
+
+def machine_differences(before, now):
+    """Lines saying what differs between two runs' machines and settings, which the ratios do not cancel."""
+    keys = ("cpu", "cpus", "isa", "threads", "quick", "repeat")
+    return [f"{k} was {before.get(k)!r}, now {now.get(k)!r}" for k in keys if before.get(k) != now.get(k)]
