@@ -26,8 +26,8 @@ def _merge(x, axis=(0, 2), other_axis=(0, 2)):
     return (a + normfast.RunningMoments(other_axis).update(x)).var()
 
 
-def _precise(x, axis=1, unbiased=True):
-    return normfast.precise_batch_norm_stats([x, x], axis=axis, unbiased=unbiased)
+def _precise(x, channel_axis=1, unbiased=True):
+    return normfast.precise_batch_norm_stats([x, x], channel_axis=channel_axis, unbiased=unbiased)
 
 
 def _trained(layer, x):
@@ -103,7 +103,7 @@ def calls(rng=None, dtype=np.float32, shape=(3, C, 5, 2)):
             grad_out=dy, x=x, normalized_shape=(last,), weight=vec(n=last))),
         "RunningMoments": (_running_moments, dict(x=x, axis=(0, 2))),
         "RunningMoments_merge": (_merge, dict(x=x, axis=(0, 2), other_axis=(0, 2))),
-        "precise_batch_norm_stats": (_precise, dict(x=x, axis=1)),
+        "precise_batch_norm_stats": (_precise, dict(x=x, channel_axis=1)),
         "fold_batch_norm": (normfast.fold_batch_norm, dict(
             weight=x, bias=vec(n=first), running_mean=vec(n=first), running_var=vec(2.0, first),
             gamma=vec(n=first), beta=vec(n=first), eps=1e-5, axis=0)),

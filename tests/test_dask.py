@@ -227,7 +227,7 @@ def test_an_array_larger_than_a_worker_s_memory(client):
     x = da.random.default_rng(5).standard_normal((rows, 1024, 128), chunks=(16, 1024, 128))
     assert all(x.nbytes > 1.9 * limit for limit in limits.values())
     mean, var = dask.compute(*nd.moments(x, (0, 1), ddof=1))  # per column: every chunk feeds every output
-    mb, vb = nd.precise_batch_norm_stats(x, axis=2)
+    mb, vb = nd.precise_batch_norm_stats(x, channel_axis=2)
     # The reference, block by block in this process (the generator is seeded per block).
     acc = normfast.RunningMoments(axis=(0, 1))
     for block in x.to_delayed().ravel():

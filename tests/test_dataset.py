@@ -108,7 +108,7 @@ def test_equals_the_statistics_of_the_concatenation(tmp_path_factory, case, how,
     inputs = _store(tmp, parts, how, 0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # ddof=1 of one sample: NaN, as numpy
-        r = normfast.dataset_stats(inputs, axis=kept if kept else (), ddof=ddof, block_bytes=block, workers=workers)
+        r = normfast.dataset_stats(inputs, channel_axis=kept if kept else (), ddof=ddof, block_bytes=block, workers=workers)
         check(r, parts, kept, ddof, dtype=dtype)
         # Against the package's own moments too: the same statistics as one in-memory array.
         if np.dtype(dtype).kind == "f" and len(parts) == 1:
@@ -123,16 +123,16 @@ def test_the_block_size_and_the_pool_change_nothing(tmp_path):
     x = np.random.default_rng(0).standard_normal((40, 3, 50, 7)) * 5 + 1e3
     np.save(tmp_path / "x.npy", x)
     np.savez_compressed(tmp_path / "z.npz", x=x)
-    base = normfast.dataset_stats([str(tmp_path / "x.npy"), str(tmp_path / "z.npz")], axis=1, workers=1)
+    base = normfast.dataset_stats([str(tmp_path / "x.npy"), str(tmp_path / "z.npz")], channel_axis=1, workers=1)
     for block in (64, 5000, 1 << 16):
         for workers in (1, 2, 4):
-            r = normfast.dataset_stats([str(tmp_path / "x.npy"), str(tmp_path / "z.npz")], axis=1, workers=workers,
+            r = normfast.dataset_stats([str(tmp_path / "x.npy"), str(tmp_path / "z.npz")], channel_axis=1, workers=workers,
                                        block_bytes=block)
             if block == normfast.dataset.BLOCK_BYTES:
                 assert r.to_dict() == base.to_dict()
             check(r, [x, x], (1,))
-        assert normfast.dataset_stats(str(tmp_path / "x.npy"), axis=1, block_bytes=block, workers=1).to_dict() == \
-            normfast.dataset_stats(str(tmp_path / "x.npy"), axis=1, block_bytes=block, workers=3).to_dict()
+        assert normfast.dataset_stats(str(tmp_path / "x.npy"), channel_axis=1, block_bytes=block, workers=1).to_dict() == \
+            normfast.dataset_stats(str(tmp_path / "x.npy"), channel_axis=1, block_bytes=block, workers=3).to_dict()
 
 
 def test_a_file_larger_than_a_block_is_read_in_blocks(tmp_path, monkeypatch):
@@ -141,7 +141,7 @@ def test_a_file_larger_than_a_block_is_read_in_blocks(tmp_path, monkeypatch):
     seen = []
     reduce = normfast.dataset._Piece.reduce
     monkeypatch.setattr(normfast.dataset._Piece, "reduce", lambda p, b: (seen.append(p.values.nbytes), reduce(p, b))[1])
-    r = normfast.dataset_stats(str(tmp_path / "x.npy"), axis=1, block_bytes=1 << 16)
+    r = normfast.dataset_stats(str(tmp_path / "x.npy"), channel_axis=1, block_bytes=1 << 16)
     rows = (1 << 16) // (3 * 32 * 32 * 4)  # whole (3, 32, 32) samples per block
     assert len(seen) == -(-64 // rows) and max(seen) <= 1 << 16 and sum(seen) == x.nbytes
     check(r, [x], (1,), dtype=np.float32)
@@ -152,7 +152,7 @@ def test_nan_and_infinities_show_as_numpy_shows_them():
     x[0, 1, 2] = np.nan
     x[1, 2, 3] = np.inf
     x[0, 0, 0] = -np.inf
-    r = normfast.dataset_stats(x, axis=1)
+    r = normfast.dataset_stats(x, channel_axis=1)
     with np.errstate(invalid="ignore"):
         np.testing.assert_array_equal(r.min, np.min(x, axis=(0, 2)))
         np.testing.assert_array_equal(r.max, np.max(x, axis=(0, 2)))
@@ -161,16 +161,16 @@ def test_nan_and_infinities_show_as_numpy_shows_them():
 
 def test_no_data_gives_nan_with_a_warning():
     with pytest.warns(RuntimeWarning, match="no data"):
-        r = normfast.dataset_stats(np.zeros((0, 3)), axis=1)
+        r = normfast.dataset_stats(np.zeros((0, 3)), channel_axis=1)
     assert r.count == 0 and r.shape == (3,) and np.isnan(r.mean).all() and np.isnan(r.min).all()
 
 
 def test_inputs_may_differ_in_reduced_sizes_and_rank_only_by_kept_shape():
     a, b = np.random.default_rng(2).random((5, 3)), np.random.default_rng(3).random((2, 7, 3))
-    check(normfast.dataset_stats([a, b], axis=-1), [a.reshape(-1, 3), b.reshape(-1, 3)], (-1,))
+    check(normfast.dataset_stats([a, b], channel_axis=-1), [a.reshape(-1, 3), b.reshape(-1, 3)], (-1,))
     with pytest.raises(ValueError, match=r"paths_or_arrays\[1\]: kept axes of shape \(2,\), expected \(5,\) "
                                          r"as in paths_or_arrays\[0\]"):
-        normfast.dataset_stats([a, b], axis=0)
+        normfast.dataset_stats([a, b], channel_axis=0)
 
 
 def test_to_dict_is_json_and_scalars_come_back_as_scalars():
@@ -273,7 +273,7 @@ def test_a_folder_of_images_of_different_sizes_per_channel_scaled(tmp_path):
         raw = normfast.dataset_stats(str(tmp_path / "imgs"), scale=False)
     check(raw, arrays, (-1,))
     with pytest.warns(UserWarning, match="notes.txt"):
-        whole = normfast.dataset_stats(str(tmp_path / "imgs"), axis=())
+        whole = normfast.dataset_stats(str(tmp_path / "imgs"), channel_axis=())
     check(whole, arrays, (), scale=1 / 255)
 
 
@@ -364,8 +364,8 @@ BAD = [
     (_mixed_channels, {"mode": "XYZ"}, ValueError, "mode: expected a Pillow mode name such as 'RGB', 'L' or 'RGBA', "
                                                    "got 'XYZ'"),
     (_mixed_channels, {"mode": 3}, TypeError, "mode: expected None or a Pillow mode name"),
-    (lambda t: _saved(t, "a.npy", np.ones((2, 3))), {"axis": 2}, ValueError, r"a.npy: axis: axis 2 is out of range"),
-    (lambda t: _saved(t, "a.npy", np.ones((2, 3))), {"axis": "0"}, TypeError, "axis: expected None"),
+    (lambda t: _saved(t, "a.npy", np.ones((2, 3))), {"channel_axis": 2}, ValueError, r"a.npy: channel_axis: axis 2 is out of range"),
+    (lambda t: _saved(t, "a.npy", np.ones((2, 3))), {"channel_axis": "0"}, TypeError, "channel_axis: expected None"),
     (lambda t: _saved(t, "a.npy", np.ones((2, 3))), {"ddof": "1"}, TypeError, "ddof: expected a real number"),
     (lambda t: _saved(t, "a.npy", np.ones((2, 3))), {"workers": 0}, ValueError, "workers: expected a positive int"),
     (lambda t: [], {}, ValueError, "expected at least one input"),
@@ -384,9 +384,9 @@ def test_dataset_stats_names_bad_arrays_and_axes():
     with pytest.raises(TypeError, match=r"paths_or_arrays\[0\]: .*masked"):
         normfast.dataset_stats([np.ma.masked_array(x, mask=x > 4)])
     for axis in (np.nan, np.array([0.1, 0.2]), 1.5):
-        with pytest.raises(TypeError, match="axis: expected None"):
-            normfast.dataset_stats([x], axis=axis)
-    s = normfast.dataset_stats([np.arange(4.0).reshape((1,) * 62 + (2, 2))], axis=63)  # rank 64
+        with pytest.raises(TypeError, match="channel_axis: expected None"):
+            normfast.dataset_stats([x], channel_axis=axis)
+    s = normfast.dataset_stats([np.arange(4.0).reshape((1,) * 62 + (2, 2))], channel_axis=63)  # rank 64
     np.testing.assert_array_equal(s.mean, [1.0, 2.0])
 
 
@@ -400,22 +400,22 @@ def run_cli(*args):
 def test_command_table_json_and_npz(tmp_path, capsys):
     x = np.random.default_rng(8).standard_normal((20, 3, 5, 5)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
-    assert cli.main(["stats", str(tmp_path / "x.npy"), "--axis", "1", "-q"]) == 0
+    assert cli.main(["stats", str(tmp_path / "x.npy"), "--channel-axis", "1", "-q"]) == 0
     out, err = capsys.readouterr()
     assert err == "" and "count 500 per statistic" in out and len(out.strip().splitlines()) == 5
-    assert cli.main(["stats", str(tmp_path / "x.npy"), "--axis", "1", "--format", "json", "--ddof", "1"]) == 0
+    assert cli.main(["stats", str(tmp_path / "x.npy"), "--channel-axis", "1", "--format", "json", "--ddof", "1"]) == 0
     out, err = capsys.readouterr()
     d = json.loads(out)
     assert "normfast stats: 1 input(s)" in err  # the summary line, on stderr
-    r = normfast.dataset_stats(str(tmp_path / "x.npy"), axis=1, ddof=1)
+    r = normfast.dataset_stats(str(tmp_path / "x.npy"), channel_axis=1, ddof=1)
     assert d == json.loads(json.dumps(r.to_dict()))
-    assert cli.main(["stats", str(tmp_path / "x.npy"), "--axis", "0,1", "-o", str(tmp_path / "s.npz"), "-q"]) == 0
+    assert cli.main(["stats", str(tmp_path / "x.npy"), "--channel-axis", "0,1", "-o", str(tmp_path / "s.npz"), "-q"]) == 0
     with np.load(tmp_path / "s.npz") as z:
-        check_like = normfast.dataset_stats(str(tmp_path / "x.npy"), axis=(0, 1))
+        check_like = normfast.dataset_stats(str(tmp_path / "x.npy"), channel_axis=(0, 1))
         np.testing.assert_array_equal(z["mean"], check_like.mean)
         np.testing.assert_array_equal(z["max"], x.max(axis=(2, 3)))
         assert int(z["count"]) == 25
-    assert cli.main(["stats", str(tmp_path / "x.npy"), "--axis", "none", "-o", str(tmp_path / "s.json"), "-q"]) == 0
+    assert cli.main(["stats", str(tmp_path / "x.npy"), "--channel-axis", "none", "-o", str(tmp_path / "s.json"), "-q"]) == 0
     assert json.loads((tmp_path / "s.json").read_text())["count"] == x.size
     assert sorted(os.listdir(tmp_path)) == ["s.json", "s.npz", "x.npy"]  # no temporary files left
 
@@ -424,7 +424,7 @@ def test_command_bad_input_exits_1_without_traceback_and_writes_nothing(tmp_path
     (tmp_path / "out.json").write_text("old")
     np.save(tmp_path / "x.npy", np.ones((4, 3)))
     cases = [[str(tmp_path / "missing.npy")], [_truncated_npy(tmp_path)], [_truncated_png(tmp_path)],
-             [str(tmp_path / "x.npy"), "--axis", "5"], _mixed_channels(tmp_path),
+             [str(tmp_path / "x.npy"), "--channel-axis", "5"], _mixed_channels(tmp_path),
              [str(tmp_path / "x.npy"), "--format", "npz"]]
     for args in cases:
         p = run_cli(*args, "-o", str(tmp_path / "out.json")) if "--format" not in args else run_cli(*args)
@@ -433,8 +433,8 @@ def test_command_bad_input_exits_1_without_traceback_and_writes_nothing(tmp_path
         assert p.stdout == ""
     assert (tmp_path / "out.json").read_text() == "old"  # untouched, and no temporary file beside it
     assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
-    p = run_cli(str(tmp_path / "x.npy"), "--axis", "x")
-    assert p.returncode == 2 and "--axis: expected 'none'" in p.stderr and "Traceback" not in p.stderr
+    p = run_cli(str(tmp_path / "x.npy"), "--channel-axis", "x")
+    assert p.returncode == 2 and "--channel-axis: expected 'none'" in p.stderr and "Traceback" not in p.stderr
 
 
 def test_write_is_atomic_when_writing_fails(tmp_path, monkeypatch):
@@ -571,7 +571,7 @@ def test_each_file_is_read_once_whatever_the_links(tmp_path):
     os.symlink(data, data / "sub" / "loop")  # data/sub/loop/sub/loop/... is data again
     os.symlink(data / "sub" / "x.npy", tmp_path / "link.npy")
     r = normfast.dataset_stats([str(data / "**" / "*.npy"), str(tmp_path / "link.npy"),
-                                str(data / "sub" / ".." / "sub" / "x.npy")], axis=1)
+                                str(data / "sub" / ".." / "sub" / "x.npy")], channel_axis=1)
     assert r.count == 4 and r.files == 1
     np.testing.assert_array_equal(r.mean, x.mean(0))
 
@@ -647,7 +647,7 @@ def test_big_endian_floats_and_objects_with_array(tmp_path):
     for dt in (">f4", ">f8", ">f2"):
         np.save(tmp_path / "be.npy", x.astype(dt))
         for inp in (str(tmp_path / "be.npy"), x.astype(dt)):
-            r = normfast.dataset_stats([inp], axis=1)
+            r = normfast.dataset_stats([inp], channel_axis=1)
             np.testing.assert_allclose(r.mean, x.mean(0), rtol=1e-3)
             np.testing.assert_allclose(r.var, x.var(0), rtol=1e-3)
 
@@ -658,7 +658,7 @@ def test_big_endian_floats_and_objects_with_array(tmp_path):
         def __array__(self, dtype=None, copy=None):
             return x
 
-    r = normfast.dataset_stats(Frame(), axis=1)
+    r = normfast.dataset_stats(Frame(), channel_axis=1)
     np.testing.assert_array_equal(r.mean, x.mean(0))
 
 
@@ -731,7 +731,7 @@ folder, n, kind = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 for i in range(n):
     (np.savez if kind == "npz" else np.save)(os.path.join(folder, f"{i:05}.{kind}"), np.full((2, 3), float(i)))
 resource.setrlimit(resource.RLIMIT_NOFILE, (128, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
-r = normfast.dataset_stats(folder, axis=1, workers=4, progress=False)
+r = normfast.dataset_stats(folder, channel_axis=1, workers=4, progress=False)
 print(r.count, r.files, r.mean.tolist())
 """
 
@@ -783,11 +783,11 @@ def test_a_folder_means_every_data_file_in_it(tmp_path):
     for name in ("README.md", "labels.csv", ".hidden", "sub/notes.txt", "sub/x.json"):
         (tmp_path / "d" / name).write_text("not data")
     with pytest.warns(UserWarning, match=r"skipped 5 file\(s\) that are not data: .* and 2 more"):
-        r = normfast.dataset_stats(str(tmp_path / "d"), axis=1)
+        r = normfast.dataset_stats(str(tmp_path / "d"), channel_axis=1)
     check(r, shards, (1,))
     assert r.files == 4 and len(r.skipped) == 5 and json.loads(json.dumps(r.to_dict()))["skipped"] == list(r.skipped)
     for quiet in ([], ["-q"]):
-        p = run_cli(str(tmp_path / "d"), "--axis", "1", "--format", "json", *quiet)
+        p = run_cli(str(tmp_path / "d"), "--channel-axis", "1", "--format", "json", *quiet)
         assert p.returncode == 0 and json.loads(p.stdout)["count"] == 18, p.stderr
         assert "skipped 5 file(s) that are not data" in p.stderr and "Warning" not in p.stderr, p.stderr
     (tmp_path / "e").mkdir()
@@ -956,10 +956,10 @@ def test_the_command_writes_strict_json_and_warnings_as_one_line(tmp_path):
     Pillow's warnings are one line each, not Python's two with a source line."""
     np.save(tmp_path / "empty.npy", np.zeros((0, 3)))
     np.save(tmp_path / "inf.npy", np.array([[1.0, np.inf, 3.0]]))
-    p = run_cli(str(tmp_path / "empty.npy"), "--axis", "1", "--format", "json", "-q")
+    p = run_cli(str(tmp_path / "empty.npy"), "--channel-axis", "1", "--format", "json", "-q")
     assert p.returncode == 0 and json.loads(p.stdout)["mean"] == [None] * 3
     assert p.stderr == "normfast stats: warning: no data\n", p.stderr
-    p = run_cli(str(tmp_path / "inf.npy"), "--axis", "1", "--format", "json", "-q")
+    p = run_cli(str(tmp_path / "inf.npy"), "--channel-axis", "1", "--format", "json", "-q")
     assert p.returncode == 0 and json.loads(p.stdout)["mean"] == [1.0, None, 3.0], p.stdout
 
 

@@ -43,7 +43,7 @@ def test_streaming_statistics_over_more_than_2_31_elements():
     assert acc.count == x.size + 3 * PATTERN.size
     want_mean, want_var = reference.moments(PATTERN.astype(np.float32))
     np.testing.assert_allclose([acc.mean, acc.var()], [want_mean, want_var], rtol=2e-6)
-    mean, var = normfast.precise_batch_norm_stats([x.T[None]], axis=1)  # (1, 1024, rows): channels = pattern
+    mean, var = normfast.precise_batch_norm_stats([x.T[None]], channel_axis=1)  # (1, 1024, rows): channels = pattern
     np.testing.assert_allclose(mean, PATTERN.astype(np.float32), rtol=2e-6)
     np.testing.assert_allclose(var, 0, atol=1e-5)
 

@@ -109,8 +109,8 @@ def test_running_moments_updates_and_merges_follow_numpy_on_infinities(case, ord
             b, a = shards.pop(j), shards.pop(i)
             shards.append(a + b if order.random() < 0.5 else a.merge(b))
         check_columns(shards[0].mean, shards[0].var(), cat, dtype)
-        check_columns(*normfast.precise_batch_norm_stats(parts, axis=1, unbiased=False), cat, dtype)
-        r = normfast.dataset_stats(parts, axis=1)
+        check_columns(*normfast.precise_batch_norm_stats(parts, channel_axis=1, unbiased=False), cat, dtype)
+        r = normfast.dataset_stats(parts, channel_axis=1)
         check_columns(r.mean, r.var, cat, dtype)
     # The in-memory engine on the concatenation, the reference every merge must agree with.
     check_columns(*normfast.moments(cat, axis=0), cat, dtype)
@@ -174,7 +174,7 @@ def test_dataset_stats_counts_per_element_with_infinities_in_kept_blocks(tmp_pat
     x[3, 5, 0], x[60, 5, 0], x[10, 30, 2], x[11, 31, 1] = np.inf, -np.inf, np.inf, np.nan
     np.save(tmp_path / "x.npy", x)
     with no_runtime_warnings():
-        r = normfast.dataset_stats([str(tmp_path / "x.npy"), x[:7]], axis=(1, 2), block_bytes=1 << 10)
+        r = normfast.dataset_stats([str(tmp_path / "x.npy"), x[:7]], channel_axis=(1, 2), block_bytes=1 << 10)
     check_columns(r.mean, r.var, np.concatenate([x, x[:7]]), np.float64)
 
 
@@ -366,7 +366,7 @@ def test_other_kinds_are_refused_everywhere(bad):
 
 def test_dataset_stats_takes_bool_data():
     x = np.random.default_rng(2).random((50, 4)) < 0.4
-    r = normfast.dataset_stats([x, x[:3]], axis=1)
+    r = normfast.dataset_stats([x, x[:3]], channel_axis=1)
     want = numpy_moments(np.concatenate([x, x[:3]]), 0)
     assert_close(r.mean, want[0], 1e-12)
     assert_close(r.var, want[1], 1e-12)
@@ -423,8 +423,8 @@ def test_merges_keep_a_tiny_spread(mean, std, parts):
     got = {
         "update": acc.var(),
         "merge": merged.var(),
-        "precise": normfast.precise_batch_norm_stats([p.T[None] for p in pieces], axis=1, unbiased=False)[1],
-        "dataset": normfast.dataset_stats(pieces, axis=1).var,
+        "precise": normfast.precise_batch_norm_stats([p.T[None] for p in pieces], channel_axis=1, unbiased=False)[1],
+        "dataset": normfast.dataset_stats(pieces, channel_axis=1).var,
         "dask": nd.moments(da.from_array(x, chunks=(len(x) // parts + 1, 2)), 0)[1].compute(),
     }
     for name, v in got.items():

@@ -206,9 +206,9 @@ def test_precise_batch_norm_stats(case, unbiased):
     cols = np.concatenate([np.moveaxis(b, axis, -1).reshape(-1, b.shape[axis]).astype(np.float64) for b in batches])
     if cols.shape[0] <= unbiased:
         with pytest.raises(ValueError, match="batches: expected more than"):
-            normfast.precise_batch_norm_stats(iter(batches), axis=axis, unbiased=unbiased)
+            normfast.precise_batch_norm_stats(iter(batches), channel_axis=axis, unbiased=unbiased)
         return
-    mean, var = normfast.precise_batch_norm_stats(iter(batches), axis=axis, unbiased=unbiased)
+    mean, var = normfast.precise_batch_norm_stats(iter(batches), channel_axis=axis, unbiased=unbiased)
     ref_mean, ref_var = reference.moments(cols, axis=0, ddof=int(unbiased))
     assert mean.dtype == var.dtype == np.float64 and mean.shape == (batches[0].shape[axis],)
     np.testing.assert_allclose(mean, ref_mean, rtol=2e-6)
@@ -238,9 +238,10 @@ BAD = [
      r"batches\[1\]: expected an array of rank 2"),
     (PRECISE, {"batches": [np.ones(3)]}, ValueError, "rank >= 2"),
     ("precise_batch_norm_stats", {"x": lambda kw: kw["x"][0, 0, 0]}, ValueError, "rank >= 2"),
-    *[(c, {"axis": 4}, np.exceptions.AxisError, "axis: axis 4 is out of range")
-      for c in ("RunningMoments", "precise_batch_norm_stats")],
-    *[(c, {"axis": 1.0}, TypeError, "axis: expected") for c in ("RunningMoments", "precise_batch_norm_stats")],
+    ("RunningMoments", {"axis": 4}, np.exceptions.AxisError, "axis: axis 4 is out of range"),
+    ("precise_batch_norm_stats", {"channel_axis": 4}, np.exceptions.AxisError, "channel_axis: axis 4 is out of range"),
+    ("RunningMoments", {"axis": 1.0}, TypeError, "axis: expected"),
+    ("precise_batch_norm_stats", {"channel_axis": 1.0}, TypeError, "channel_axis: expected"),
     ("precise_batch_norm_stats", {"unbiased": 1}, TypeError, "unbiased: expected True or False"),
     (PRECISE, {"batches": [np.ones((1, 3))]}, ValueError, "more than 1 value"),
     ("precise_batch_norm_stats", {"x": lambda kw: kw["x"][:0]}, ValueError, "batches: expected more than 1 value"),

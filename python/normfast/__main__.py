@@ -229,7 +229,7 @@ def _print_comparison(before, run, args):
 
 
 def _kept_axes(text):
-    """--axis: 'none' (reduce every axis), an int or a comma-separated list of ints."""
+    """--channel-axis: 'none' (reduce every axis), an int or a comma-separated list of ints."""
     if text.strip().lower() == "none":
         return ()
     try:
@@ -340,7 +340,7 @@ def cmd_stats(args):
     t = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        r = dataset.dataset_stats(args.paths, axis=args.axis, ddof=args.ddof, scale=not args.scale_off,
+        r = dataset.dataset_stats(args.paths, channel_axis=args.channel_axis, ddof=args.ddof, scale=not args.scale_off,
                                   mode=args.mode, progress=progress, workers=args.workers)
     t = time.perf_counter() - t
     for w in caught:  # skipped files, no data, huge images: one line each, even with --quiet
@@ -390,7 +390,7 @@ def main(argv=None):
                            "(Pillow); folders, for every .npy, .npz and image in them (other files are skipped "
                            "and listed); globs.")
     stats.add_argument("paths", nargs="+", metavar="PATH")
-    stats.add_argument("--axis", type=_kept_axes, default=None,
+    stats.add_argument("--channel-axis", type=_kept_axes, default=None,
                        help="the axes kept (the rest are reduced): an int, ints separated by commas, or 'none'; "
                        "default: the channel axis of images, none for arrays")
     stats.add_argument("--ddof", type=int, default=0, help="variance divisor count - ddof (default 0)")

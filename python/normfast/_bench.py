@@ -546,7 +546,7 @@ def stats_peers(shape, kept):
             while f.readinto(buf):
                 pass
 
-    fns = {"normfast": lambda: dataset.dataset_stats(path, axis=kept), "numpy": textbook}
+    fns = {"normfast": lambda: dataset.dataset_stats(path, channel_axis=kept), "numpy": textbook}
     try:
         import torch
     except ImportError:

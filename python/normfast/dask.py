@@ -231,12 +231,12 @@ def rms_norm(x, normalized_shape, weight=None, *, eps=None):
     return _row_call(x, normalized_shape, lambda b: norms.rms_norm(b, normalized_shape, weight, eps=eps), weight)
 
 
-def precise_batch_norm_stats(x, axis=1, *, unbiased=True):
+def precise_batch_norm_stats(x, channel_axis=1, *, unbiased=True):
     """The exact per-channel (mean, var) of a whole dask array (floats, integers or bools), computed now:
     float64 NumPy arrays, shape (C,), the variance unbiased unless unbiased=False (as
-    normfast.precise_batch_norm_stats)."""
+    normfast.precise_batch_norm_stats, whose channel_axis this is)."""
     x = _array(x, integers=True)
-    c = _checks.channel_axis(axis, x.ndim)
+    c = _checks.channel_axis(channel_axis, x.ndim, "channel_axis")
     unbiased = _checks.flag(unbiased, "unbiased")
     count = x.size // max(x.shape[c], 1)
     if count < 1 + unbiased:

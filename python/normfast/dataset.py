@@ -168,7 +168,7 @@ class _Source:
         ndim = len(self.shape)
         spec = default_kept if axis is None else axis
         try:
-            kept = () if spec == () else _checks.axes(spec, ndim)
+            kept = () if spec == () else _checks.axes(spec, ndim, "channel_axis")
         except (ValueError, TypeError) as e:
             raise DatasetError(f"{self.name}: {e} (shape {self.shape[::-1] if self.reversed else self.shape})") \
                 from None
@@ -675,7 +675,7 @@ def _progress_bar(total, files, enabled):
                 desc=f"{files} file(s)" if files != 1 else "1 file", leave=False)
 
 
-def dataset_stats(paths_or_arrays, axis=None, *, ddof=0, scale=True, mode=None, progress=False, workers=None,
+def dataset_stats(paths_or_arrays, channel_axis=None, *, ddof=0, scale=True, mode=None, progress=False, workers=None,
                   block_bytes=BLOCK_BYTES):
     """Count, mean, variance, std, min and max of a whole data set, as one concatenated array.
 
@@ -686,12 +686,15 @@ def dataset_stats(paths_or_arrays, axis=None, *, ddof=0, scale=True, mode=None, 
         blocks, never whole; images (Pillow; read as (H, W, C) arrays); folders, read for every data file
         in them (.npy, .npz and images, recursively; other files are skipped, see Returns); globs
         (``"data/**/*.npy"``); and arrays of float, integer or bool data (anything with ``__array__``).
-    axis : None, () , int or tuple of ints
-        The axes **kept** (as ``channel`` in the norms); every other axis is reduced, so inputs may differ
+    channel_axis : None, () , int or tuple of ints
+        The axes **kept**, one statistic per index of them (scikit-image's name; ``axis`` in normfast's
+        reductions names the axes reduced, as in NumPy); every other axis is reduced, so inputs may differ
         in the sizes of reduced axes. None keeps the channel axis of images (the last) and reduces every
         axis of arrays; () reduces every axis.
     ddof : int
-        The variance divisor is count - ddof.
+        The variance divisor is count - ddof; 0 (the population variance, NumPy's default) as for any
+        description of data, where ``precise_batch_norm_stats`` is unbiased as BatchNorm's running
+        variance.
     scale : bool
         Scale images to [0, 1] by their bit depth (8-bit values divided by 255, 16-bit by 65535); arrays
         are never scaled.
@@ -717,8 +720,9 @@ def dataset_stats(paths_or_arrays, axis=None, *, ddof=0, scale=True, mode=None, 
     workers = _normc.get_num_threads() if workers is None else _checks.positive_int(workers, "workers")
     block_bytes = _checks.positive_int(block_bytes, "block_bytes")
     mode = _check_mode(mode)
+    axis = channel_axis
     if axis is not None and not (isinstance(axis, tuple) and not axis):
-        axis = tuple(_checks.integer(a, "axis", "None, () , an int or a tuple of ints", repr(axis))
+        axis = tuple(_checks.integer(a, "channel_axis", "None, () , an int or a tuple of ints", repr(axis))
                      for a in (axis if isinstance(axis, (tuple, list)) else (axis,)))
     sources, skipped = _sources(paths_or_arrays, scale, mode)
     shape = first = None
@@ -733,7 +737,8 @@ def dataset_stats(paths_or_arrays, axis=None, *, ddof=0, scale=True, mode=None, 
                                    f"{first.name} (mode {first.source_mode}): pass mode={wide!r} "
                                    f"(--mode {wide}) to convert every image to one mode")
             what = "channels" if isinstance(s, _ImageSource) and axis is None else "kept axes of shape"
-            raise DatasetError(f"{s.name}: {what} {kept}, expected {shape} as in {first.name} (axis={axis})")
+            raise DatasetError(f"{s.name}: {what} {kept}, expected {shape} as in {first.name} "
+                               f"(channel_axis={axis})")
     if skipped:
         warnings.warn(f"dataset_stats: skipped {_few(skipped)}", UserWarning, stacklevel=2)
     acc = _Acc(shape)

@@ -291,12 +291,14 @@ class RunningCovariance(_Mergeable):
         return f"RunningCovariance(n_features={self.n_features}, count={self._count})"
 
 
-def precise_batch_norm_stats(batches, *, axis=1, unbiased=True):
+def precise_batch_norm_stats(batches, *, channel_axis=1, unbiased=True):
     """Exact per-channel mean and variance over every batch of an iterable, for inference with the whole
     data set's statistics instead of moving averages (one pass over each batch; float64 accumulation).
 
     Batches (float, integer or bool arrays of rank >= 2) may differ in every size but the channel axis
-    `axis`. Returns float64 (mean, var), shape (C,), the variance unbiased unless unbiased=False."""
+    `channel_axis` (the axis kept, as in dataset_stats; the norms name their channel axis `axis`, as
+    Keras does). Returns float64 (mean, var), shape (C,), the variance unbiased unless unbiased=False:
+    the running variance PyTorch's BatchNorm keeps and normalizes with in eval mode is the unbiased one."""
     unbiased = _checks.flag(unbiased, "unbiased")
     try:
         it = iter(batches)
@@ -306,7 +308,7 @@ def precise_batch_norm_stats(batches, *, axis=1, unbiased=True):
     for i, b in enumerate(it):
         name = f"batches[{i}]"
         b, _ = data(b, name)
-        c = _checks.channel_axis(axis, b.ndim)
+        c = _checks.channel_axis(channel_axis, b.ndim, "channel_axis")
         if acc is None:
             acc = RunningMoments(axis=tuple(j for j in range(b.ndim) if j != c))
         acc._update(b, name)
