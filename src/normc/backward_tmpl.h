@@ -47,7 +47,7 @@ static NF_INLINE double NF_NAME(gact, NF_TAG)(NF_A dy, NF_A z, int act)
 
 /* Whether a float block sum must be redone in double: it overflowed (grad_out near float's largest value,
  * or products g * (x - s) past it) where double may hold it. Never for double. */
-static NF_INLINE int NF_NAME(sum_lost, NF_TAG)(NF_A tg, NF_A td)
+static NF_INLINE int NF_NAME(sum_lost, NF_TAG)(double tg, double td)
 {
     return sizeof(NF_A) < sizeof(double) && !(isfinite(tg) && isfinite(td));
 }
@@ -373,8 +373,6 @@ static NF_INLINE void NF_NAME(rowgrad_body, NF_TAG)(const NF_T *x, const NF_T *d
         const NF_A s = (NF_A)mu;
         double sg = 0, sd = 0;
         const int wide = NF_NAME(spans, NF_TAG)(rs);
-        if (wide) /* rare: x - s past float's range */
-            NF_NAME(red_wide, NF_TAG)(xr, dr, 1, n, s, 1, 0, has_w ? w : NULL, NF_ACT_NONE, &sg, &sd);
         for (int64_t b = 0; !wide && b < n; b += NF_BLOCK) {
             const int64_t e = n - b < NF_BLOCK ? n : b + NF_BLOCK;
             NF_A tg = 0, td = 0;
@@ -395,12 +393,14 @@ static NF_INLINE void NF_NAME(rowgrad_body, NF_TAG)(const NF_T *x, const NF_T *d
                 tg += g;
                 td += g * (NF_LOAD(xr[j]) - s);
             }
-            if (NF_NAME(sum_lost, NF_TAG)(tg, td)) {
-                NF_NAME(red_wide, NF_TAG)(xr + b, dr + b, 1, e - b, s, 1, 0, has_w ? w + b : NULL, NF_ACT_NONE, &sg, &sd);
-                continue;
-            }
             sg += tg;
             sd += td;
+        }
+        /* Rare: x - s past float's range, or a block's float sums overflowed (not finite in double only
+         * then): the row's sums again in double. Decided once per row, out of the loops above. */
+        if (wide || NF_NAME(sum_lost, NF_TAG)(sg, sd)) {
+            sg = sd = 0;
+            NF_NAME(red_wide, NF_TAG)(xr, dr, 1, n, s, 1, 0, has_w ? w : NULL, NF_ACT_NONE, &sg, &sd);
         }
         /* gx = P * (g - M) + Q * (x - s) + R, as the channel norms' second pass; x - mean = (x - s) + dm
          * and the roundings of s and M are put back through R, in double. */
