@@ -238,11 +238,17 @@ def _per_channel(a, c):
     return a.sum(axis=tuple(i for i in range(a.ndim) if i != c)) if a.ndim > 1 else a.reshape(-1)
 
 
-@np.errstate(over="ignore")  # float64 sums past float32's range round to inf, as the engine's stores do
+@np.errstate(over="ignore")
+def _rounded(a, pdt):
+    """A float64 gradient in the parameters' dtype: past its range, inf, quietly, as the engine's stores
+    round (NumPy's cast would warn: an error under -W error)."""
+    return a.astype(pdt)
+
+
 def _param_grads(sum_g, sum_gxhat, c, weight, bias, pdt):
     """(grad_weight, grad_bias) in the parameters' dtype, None where the forward had no such parameter."""
-    gw = None if weight is None else _per_channel(sum_gxhat, c).astype(pdt)
-    gb = None if bias is None else _per_channel(sum_g, c).astype(pdt)
+    gw = None if weight is None else _rounded(_per_channel(sum_gxhat, c), pdt)
+    gb = None if bias is None else _rounded(_per_channel(sum_g, c), pdt)
     return gw, gb
 
 
@@ -410,9 +416,8 @@ def switchable_norm_backward(grad_out, x, weight, bias, mean_weight, var_weight,
     # d loss / d blend weight i: the statistic i seen from every (sample, channel) group.
     g_wm = np.array([np.sum(gmu * m) for m, _, _, _ in stats])
     g_wv = np.array([np.sum(gvar * v) for _, v, _, _ in stats])
-    with np.errstate(over="ignore"):  # past pdt's range: inf, quietly, as _param_grads'
-        g_logits = _softmax_backward(wm, g_wm).astype(call.pdt), _softmax_backward(wv, g_wv).astype(call.pdt)
-    return (gx, *_param_grads(sum_g, sum_gxhat, c, call.weight, call.bias, call.pdt), *g_logits)
+    return (gx, *_param_grads(sum_g, sum_gxhat, c, call.weight, call.bias, call.pdt),
+            _rounded(_softmax_backward(wm, g_wm), call.pdt), _rounded(_softmax_backward(wv, g_wv), call.pdt))
 
 
 @np.errstate(over="ignore")  # squares of float64 data near its largest value overflow to inf, as the engine's
@@ -459,8 +464,7 @@ def _row_backward(grad_out, x, normalized_shape, weight, bias, eps, mean, rstd, 
                             grad_weight=gw, grad_bias=gb)
         if gw is not None:
             _exact_param_sums(x2, dy2, mean, rstd, gw, gb)
-    with np.errstate(over="ignore"):  # float64 sums past pdt's range round to inf, as _param_grads'
-        return (gx, *(None if p is None else g.reshape(nshape).astype(pdt) for p, g in zip(params, (gw, gb))))
+    return (gx, *(None if p is None else _rounded(g.reshape(nshape), pdt) for p, g in zip(params, (gw, gb))))
 
 
 def _exact_param_sums(x, dy, mean, rstd, gw, gb):
