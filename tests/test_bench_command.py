@@ -81,7 +81,7 @@ def test_compare_judges_each_row_on_its_ratio_to_its_own_floor(tmp_path, capsys)
     assert "+20%" in lines["a"] and "SLOWER" not in lines["a"]
     assert "+35%" in lines["b"] and lines["b"].rstrip().endswith("SLOWER")
     assert lines["new"].split()[2:] == ["-", "1.00", "new"] and lines["gone"].split()[2:] == ["1.00", "-", "gone"]
-    assert "note: threads was 1, now 2" in out and "1 row(s) slower than x1.3" in out
+    assert "note: threads was 1, now 2" in out and "1 row(s) slower than x1.3 " in out
     args.threshold = 1.4
     assert _print_comparison(before, now, args) == 0
     assert "no row slower than x1.4" in capsys.readouterr().out
@@ -89,7 +89,12 @@ def test_compare_judges_each_row_on_its_ratio_to_its_own_floor(tmp_path, capsys)
 
 @pytest.mark.parametrize("content, message", [
     (None, "No such file"), ("{", "not JSON"), ('{"rows": []}', "not a run written by `normfast bench --json`"),
-    ('{"machine": {"format": 99}, "rows": []}', "run format 99, expected 1")])
+    ('{"machine": {"format": 99}, "rows": []}', "run format 99, expected 1"),
+    ("[" * 100000 + "]" * 100000, "not JSON"),  # past the parser's depth: RecursionError
+    *[('{"machine": {"format": 1}, "rows": [%s]}' % row, "not a run written by `normfast bench --json`")
+      for row in ('{"table": "t", "case": "c", "ratio": 0}', '{"table": "t", "case": "c", "ratio": -1.0}',
+                  '{"table": "t", "case": "c", "ratio": true}', '{"table": "t", "case": [1], "ratio": 1.0}',
+                  '{"table": "t", "case": "c", "ratio": "1"}', '1')]])
 def test_compare_with_a_bad_file_fails_before_the_run(tmp_path, content, message):
     path = tmp_path / "earlier.json"
     if content is not None:
@@ -98,6 +103,15 @@ def test_compare_with_a_bad_file_fails_before_the_run(tmp_path, content, message
                        text=True, timeout=120)
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.startswith(f"normfast bench: error: --compare: {path}: ") and message in r.stderr
+
+
+@pytest.mark.parametrize("where", ["folder", "missing folder"])
+def test_json_to_a_place_it_cannot_be_written_fails_before_the_run(tmp_path, where):
+    path = tmp_path if where == "folder" else tmp_path / "no" / "run.json"
+    r = subprocess.run([sys.executable, "-m", "normfast", "bench", "--json", str(path)], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.startswith(f"normfast bench: error: --json: {path}: ")
 
 
 @pytest.mark.parametrize("value", ["1", "0.5", "x", "inf", "nan"])

@@ -120,6 +120,11 @@ def _count(text):
 def cmd_bench(args):
     # An earlier run to compare with is read before this one starts: a bad file fails at once.
     before = _bench.read_run(args.compare, "--compare") if args.compare else None
+    if args.json:  # where it will be written, checked before the run as --compare's file is
+        folder = os.path.dirname(os.path.abspath(args.json))
+        if os.path.isdir(args.json) or not os.path.isdir(folder):
+            raise dataset.DatasetError(f"--json: {args.json}: "
+                                       + ("is a folder" if os.path.isdir(args.json) else "no such folder"))
     args.records = []
     if args.repeat is None:
         args.repeat = 5 if args.quick else 11
@@ -219,12 +224,12 @@ def _print_comparison(before, run, args):
         rows.append([change["table"], change["case"], f"{old:.2f}", f"{new:.2f}", f"{new / old - 1:+.0%}",
                      "SLOWER" if slower else ""])
     print(f"\nagainst {args.compare}: normfast / floor of each run (under load: N threads / 1 thread); "
-          f"'SLOWER' past x{args.threshold:g}")
+          f"'SLOWER' past x{args.threshold}")
     for line in _bench.machine_differences(before["machine"], run["machine"]):
         print(f"note: {line}")
     _table(["table", "case", "before", "now", "change", ""], rows)
-    print(f"\n{worse} row(s) slower than x{args.threshold:g} of their earlier ratio" if worse else
-          f"\nno row slower than x{args.threshold:g} of its earlier ratio")
+    print(f"\n{worse} row(s) slower than x{args.threshold} of their earlier ratio" if worse else
+          f"\nno row slower than x{args.threshold} of its earlier ratio")
     return 1 if worse else 0
 
 

@@ -677,10 +677,16 @@ def read_run(path, option):
             run = json.load(f)
     except OSError as e:
         raise RunFileError(f"{option}: {path}: {e.strerror or e}") from None
-    except ValueError as e:
-        raise RunFileError(f"{option}: {path}: not JSON ({e})") from None
+    except (ValueError, RecursionError) as e:  # RecursionError: nested past the parser's depth
+        raise RunFileError(f"{option}: {path}: not JSON ({str(e)[:80]})") from None
+
+    def row_ok(r):  # as record() writes it: names, and a ratio > 0 (a bool is not one)
+        q = r.get("ratio") if isinstance(r, dict) else None
+        return (isinstance(r.get("table"), str) and isinstance(r.get("case"), str) and isinstance(q, (int, float))
+                and not isinstance(q, bool) and math.isfinite(q) and q > 0) if isinstance(r, dict) else False
+
     ok = (isinstance(run, dict) and isinstance(run.get("machine"), dict) and isinstance(run.get("rows"), list)
-          and all(isinstance(r, dict) and {"table", "case", "ratio"} <= r.keys() for r in run["rows"]))
+          and all(row_ok(r) for r in run["rows"]))
     if not ok:
         raise RunFileError(f"{option}: {path}: not a run written by `normfast bench --json`")
     if run["machine"].get("format") != RUN_FORMAT:
@@ -690,10 +696,9 @@ def read_run(path, option):
 
 def compare_runs(before, now):
     """Per (table, case), in this run's order then the rows gone: {table, case, before, now} with each
-    run's ratio (None where the row is not in that run, or its ratio was not finite)."""
-    def ratios(rows):
-        return {(r["table"], r["case"]): (r["ratio"] if isinstance(r["ratio"], (int, float)) and
-                                          math.isfinite(r["ratio"]) else None) for r in rows}
+    run's ratio (None where the row is not in that run)."""
+    def ratios(rows):  # read_run has checked them
+        return {(r["table"], r["case"]): r["ratio"] for r in rows}
 
     old, new = ratios(before), ratios(now)
     keys = list(new) + [k for k in old if k not in new]
